@@ -1,0 +1,38 @@
+"""infntk: exact, fast, checkable kernels of infinitely wide fully-connected networks.
+
+>>> import numpy as np, infntk
+>>> net = infntk.FCNet("relu", depth=2, w_std=2 ** 0.5, b_std=None)
+>>> X = np.array([[1.0, 0.0], [0.0, 2.0]])
+>>> k = net.kernels(X)
+>>> bool(np.allclose(np.diag(k.nngp), (X ** 2).sum(1)))   # relu, w_std^2 = 2: q is preserved
+True
+
+Submodules are imported on first use: ``infntk.hermite``, ``infntk.spectrum``,
+``infntk.empirical``, ``infntk.convergence``, ``infntk.dynamics``, ``infntk.training``,
+``infntk.sklearn``, ``infntk.distributed``.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .activations import ACTIVATIONS, Activation, get_activation
+
+__version__ = "0.1.0"
+
+_LAZY_SUBMODULES = {"hermite", "spectrum", "empirical", "convergence", "dynamics", "training",
+                    "sklearn", "distributed", "activations", "fcnet"}
+_LAZY_NAMES = {"FCNet": "fcnet", "Kernels": "fcnet"}
+
+__all__ = ["FCNet", "Kernels", "ACTIVATIONS", "Activation", "get_activation", "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'infntk' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _LAZY_SUBMODULES | set(_LAZY_NAMES))

@@ -1,0 +1,24 @@
+"""The one tolerance policy of the test suite. A test that needs another tolerance says why.
+
+* ``CLOSED_FORM_RTOL``: SPEC section 6, float64 closed forms against a 50-digit reference,
+  relative to ``max(|K|)`` of the Gram matrix.
+* ``QUADRATURE_RTOL``: closed-form duals against 2-D numerical integration at 30+ digits.
+* ``PSD_RTOL``: smallest eigenvalue >= -PSD_RTOL * largest (rounding of a symmetric eigensolver).
+* ``MC_SIGMAS``: Monte Carlo comparisons pass within this many standard errors.
+"""
+CLOSED_FORM_RTOL = 1e-12
+QUADRATURE_RTOL = 1e-12
+PSD_RTOL = 1e-12
+MC_SIGMAS = 4.0
+
+
+def rel_err_vs_max(actual, expected):
+    """max |actual - expected| / max |expected| (0 when both vanish)."""
+    import numpy as np
+    actual = np.asarray(actual, dtype=float)
+    expected = np.asarray(expected, dtype=float)
+    scale = np.max(np.abs(expected))
+    diff = np.max(np.abs(actual - expected))
+    if scale == 0:
+        return float(diff)
+    return float(diff / scale)
