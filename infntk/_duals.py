@@ -1,0 +1,303 @@
+"""Closed-form dual activations, compiled: the one place where each closed form is defined.
+
+For (u, v) ~ N(0, [[q1, s], [s, q2]]) a dual returns
+
+* ``k  = E[phi(u) phi(v)]`` and ``kd = E[phi'(u) phi'(v)]``,
+* ``kA = sqrt(k11 k22) - k`` and ``kB = sqrt(k11 k22) + k`` (``k11 = E[phi(u)^2]``), the two
+  quantities that vanish for identical (resp. antipodal) features, computed without
+  subtracting nearly equal numbers wherever the closed form allows it.
+
+The pair state handed in is ``(q1, q2, m, A, B)`` with ``m = sqrt(q1 q2)``,
+``A = m - s >= 0`` and ``B = m + s >= 0``; the correlation is ``rho = (B - A) / (2 m)`` and
+the angle ``theta = arccos(rho) = 2 atan2(sqrt(A), sqrt(B))``, which is accurate to a few ulp
+*relative* to both ``theta`` and ``pi - theta`` as long as ``A`` and ``B`` are.
+
+Conventions
+-----------
+* Degenerate rows (``m = 0``, a zero input with no bias): the correlation is 0/0 and is
+  defined as 0 (``theta = pi / 2``), as if ``u`` and ``v`` were independent (SPEC 2).
+  Positively homogeneous activations of degree 0 (step, sign, and the derivative of the
+  ReLU family) are evaluated in the limit ``q -> 0+``, e.g. ``E[step(u)^2] = 1/2`` for every
+  ``q >= 0``; this is the value the Hermite series gives.
+* step and sign: ``phi' = 0`` almost everywhere, so ``kd = 0``.
+
+Families (codes from :mod:`infntk.activations`)
+-----------------------------------------------
+ABRELU(a, b)  phi = b max(x, 0) + a min(x, 0)   (relu, leaky_relu, abs, identity)
+    k = sqrt(q1 q2) N (cos t + c g(t) / pi),  N = (a^2 + b^2) / 2,  c = (a - b)^2 / (2 N),
+    g(t) = sin t - t cos t;   kd = ABSTEP(a, b) below.        (Cho & Saul 2009)
+ABSTEP(a, b)  phi = b 1(x > 0) + a 1(x < 0)     (step, sign)
+    k = (a - b)^2 (pi - t) / (2 pi) + a b
+ARCCOS(n)     phi = max(x, 0)^n, n >= 2
+    k = (q1 q2)^(n/2) J_n(t) / (2 pi),  kd = n^2 (q1 q2)^((n-1)/2) J_{n-1}(t) / (2 pi)
+ERF           k = (2/pi) asin(2 s / sqrt((1 + 2 q1)(1 + 2 q2))),
+              kd = (4/pi) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 s^2)          (Williams 1997)
+SIN, COS      k = exp(-(q1 + q2)/2) sinh(s) resp. cosh(s); kd swaps the two
+GAUSSIAN      phi = exp(-x^2/2): k = 1 / sqrt((1 + q1)(1 + q2) - s^2),
+              kd = s / ((1 + q1)(1 + q2) - s^2)^(3/2)
+GELU          phi = x Phi(x): see :func:`_gelu`.
+"""
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+from .activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS, FAMILY_ERF,
+                          FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
+
+PI = math.pi
+_HALF_PI = 0.5 * math.pi
+
+# Series of g(x) = sin x - x cos x = sum_{k>=1} (-1)^(k+1) 2k x^(2k+1) / (2k+1)!, used for
+# x < 0.5 where the direct form cancels; 8 terms reach 1e-18 relative at x = 0.5.
+_G_SERIES = tuple(((-1.0) ** (k + 1)) * 2 * k / math.factorial(2 * k + 1) for k in range(1, 9))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def g_small(x, sin_x, cos_x):
+    """sin x - x cos x for 0 <= x <= pi/2, accurate to a few ulp (relative).
+
+    ``sin_x`` and ``cos_x`` are used for x >= 0.5 only, where the subtraction loses at most
+    a factor 12.
+    """
+    if x < 0.5:
+        x2 = x * x
+        acc = _G_SERIES[7]
+        acc = acc * x2 + _G_SERIES[6]
+        acc = acc * x2 + _G_SERIES[5]
+        acc = acc * x2 + _G_SERIES[4]
+        acc = acc * x2 + _G_SERIES[3]
+        acc = acc * x2 + _G_SERIES[2]
+        acc = acc * x2 + _G_SERIES[1]
+        acc = acc * x2 + _G_SERIES[0]
+        return acc * x2 * x
+    return sin_x - x * cos_x
+
+
+# atan on [0, 1] without a libm call (so that loops over pairs can be vectorized): reduce to
+# |z| <= tan(pi/16) around the centres 0, tan(pi/8), 1 and sum 13 Taylor terms
+# (truncation < 2e-17 relative). Tested against numpy.arctan to <= 2 ulp.
+_ATAN_TAYLOR = tuple(((-1.0) ** k) / (2 * k + 1) for k in range(13))
+_TAN_PI_16 = math.tan(math.pi / 16)
+_TAN_3PI_16 = math.tan(3 * math.pi / 16)
+_C1 = math.tan(math.pi / 8)
+_ATAN_C1 = math.atan(_C1)
+_ATAN_1 = math.pi / 4
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def atan_unit(x):
+    """arctan(x) for 0 <= x <= 1, within 2 ulp, branch-light and libm-free."""
+    c = 0.0
+    base = 0.0
+    if x > _TAN_3PI_16:
+        c = 1.0
+        base = _ATAN_1
+    elif x > _TAN_PI_16:
+        c = _C1
+        base = _ATAN_C1
+    z = (x - c) / (1.0 + c * x)
+    z2 = z * z
+    p = _ATAN_TAYLOR[12]
+    p = p * z2 + _ATAN_TAYLOR[11]
+    p = p * z2 + _ATAN_TAYLOR[10]
+    p = p * z2 + _ATAN_TAYLOR[9]
+    p = p * z2 + _ATAN_TAYLOR[8]
+    p = p * z2 + _ATAN_TAYLOR[7]
+    p = p * z2 + _ATAN_TAYLOR[6]
+    p = p * z2 + _ATAN_TAYLOR[5]
+    p = p * z2 + _ATAN_TAYLOR[4]
+    p = p * z2 + _ATAN_TAYLOR[3]
+    p = p * z2 + _ATAN_TAYLOR[2]
+    p = p * z2 + _ATAN_TAYLOR[1]
+    return base + (z + z * (z2 * p))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def angles(m, A, B):
+    """(theta, pi - theta) from the pair state; (pi/2, pi/2) for a degenerate pair.
+
+    The smaller of the two is computed directly (relative accuracy), the other as its
+    complement (at least pi/2, so also accurate to a couple of ulp).
+    """
+    if m == 0.0:
+        return _HALF_PI, _HALF_PI
+    if A <= B:
+        theta = 2.0 * atan_unit(math.sqrt(A / B))
+        return theta, PI - theta
+    phi = 2.0 * atan_unit(math.sqrt(B / A))
+    return PI - phi, phi
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def abstep_dual(a, b, theta, phi):
+    """k, kA, kB of phi = b 1(x>0) + a 1(x<0) (also the kd of the ABReLU family)."""
+    c = (a - b) * (a - b) / (2.0 * PI)
+    k = c * phi + a * b
+    kA = c * theta
+    kB = 0.5 * (a + b) * (a + b) + c * phi
+    return k, kA, kB
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def abrelu_normalized(c, m, A, B, theta, phi):
+    """(1 - rho', 1 + rho') for phi = b relu(x) - a relu(-x), rho' the output correlation.
+
+    rho' = cos t + c g(t) / pi with c = (a - b)^2 / (a^2 + b^2) in [0, 2]. Both are sums
+    of non-negative terms (no cancellation) in the branch used.
+    """
+    if m == 0.0:
+        # independent inputs: rho' = c g(pi/2)/pi = c/pi
+        return 1.0 - c / PI, 1.0 + c / PI
+    omc = A / m          # 1 - cos(theta)
+    opc = B / m          # 1 + cos(theta) = 1 - cos(phi)
+    sin_t = math.sqrt(A * B) / m
+    cos_t = 0.5 * (opc - omc)
+    if theta <= _HALF_PI:
+        gt = g_small(theta, sin_t, cos_t)
+        return omc - c * gt / PI, opc + c * gt / PI
+    gp = g_small(phi, sin_t, -cos_t)
+    gt = sin_t - theta * cos_t         # = sin(phi) + theta cos(phi): no cancellation here
+    e = 1.0 - c
+    return (1.0 + e) - e * opc - c * gp / PI, opc + c * gt / PI
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def arccos_J(n, theta, phi):
+    """Cho & Saul's J_n(theta) for n = 1, 2, 3 (n = 0 is pi - theta)."""
+    ct = math.cos(theta)
+    st = math.sin(theta)
+    if n == 0:
+        return phi
+    if n == 1:
+        return st + phi * ct
+    if n == 2:
+        return 3.0 * st * ct + phi * (1.0 + 2.0 * ct * ct)
+    return 4.0 * st * st * st + 15.0 * st * ct * ct + phi * (9.0 * st * st * ct + 15.0 * ct * ct * ct)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def arccos_J0(n):
+    """J_n(0) = pi (2n - 1)!!."""
+    r = PI
+    for j in range(1, n + 1):
+        r *= 2 * j - 1
+    return r
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _erf_k(q1, q2, m, A):
+    """(2/pi) asin(beta) via 1 - beta computed without cancellation."""
+    D = math.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2))
+    dq = math.sqrt(q1) - math.sqrt(q2)
+    one_minus_beta = (2.0 * dq * dq / (D + 1.0 + 2.0 * m) + 1.0 + 2.0 * A) / D
+    return 1.0 - (4.0 / PI) * math.asin(math.sqrt(0.5 * one_minus_beta))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _gelu(q1, q2, s, AB):
+    """E[u Phi(u) v Phi(v)] and E[phi'(u) phi'(v)] for GELU phi(x) = x Phi(x)."""
+    # placeholder replaced below once the verified formula is in (see docs/closed_forms.md)
+    return 0.0, 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def diag_dual(family, p0, p1, q):
+    """(k11, kd11) = (E[phi(u)^2], E[phi'(u)^2]) for u ~ N(0, q)."""
+    if family == FAMILY_ABRELU:
+        return 0.5 * (p0 * p0 + p1 * p1) * q, 0.5 * (p0 * p0 + p1 * p1)
+    if family == FAMILY_ABSTEP:
+        return 0.5 * (p0 * p0 + p1 * p1), 0.0
+    if family == FAMILY_ARCCOS:
+        n = int(p0)
+        return q ** n * arccos_J0(n) / (2.0 * PI), n * n * q ** (n - 1) * arccos_J0(n - 1) / (2.0 * PI)
+    if family == FAMILY_ERF:
+        return _erf_k(q, q, q, 0.0), (4.0 / PI) / math.sqrt(1.0 + 4.0 * q)
+    if family == FAMILY_SIN:
+        return -0.5 * math.expm1(-2.0 * q), 0.5 * (1.0 + math.exp(-2.0 * q))
+    if family == FAMILY_COS:
+        return 0.5 * (1.0 + math.exp(-2.0 * q)), -0.5 * math.expm1(-2.0 * q)
+    if family == FAMILY_GAUSSIAN:
+        r = 1.0 / math.sqrt(1.0 + 2.0 * q)
+        return r, q * r * r * r
+    if family == FAMILY_GELU:
+        return _gelu(q, q, q, 0.0)
+    return math.nan, math.nan
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def abrelu_pair(a, b, m, A, B):
+    """(k, kd, kA, kB) of phi = b max(x, 0) + a min(x, 0)."""
+    theta, phi = angles(m, A, B)
+    N = 0.5 * (a * a + b * b)
+    kd, _, _ = abstep_dual(a, b, theta, phi)
+    if N == 0.0:
+        return 0.0, kd, 0.0, 0.0
+    c = (a - b) * (a - b) / (2.0 * N)
+    omr, opr = abrelu_normalized(c, m, A, B, theta, phi)
+    scale = N * m
+    return 0.5 * scale * (opr - omr), kd, scale * omr, scale * opr
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def abstep_pair(a, b, m, A, B):
+    """(k, kd = 0, kA, kB) of phi = b 1(x > 0) + a 1(x < 0)."""
+    theta, phi = angles(m, A, B)
+    k, kA, kB = abstep_dual(a, b, theta, phi)
+    return k, 0.0, kA, kB
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def arccos_pair(n, m, A, B):
+    """(k, kd, kA, kB) of phi = max(x, 0)^n, n >= 2 (Cho & Saul 2009)."""
+    theta, phi = angles(m, A, B)
+    Jt = arccos_J(n, theta, phi)
+    J0 = arccos_J0(n)
+    mn = m ** n / (2.0 * PI)
+    kd = n * n * m ** (n - 1) * arccos_J(n - 1, theta, phi) / (2.0 * PI)
+    return mn * Jt, kd, mn * (J0 - Jt), mn * (J0 + Jt)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def smooth_pair(family, q1, q2, m, A, B, sk1, sk2):
+    """(k, kd, kA, kB) of the non-homogeneous closed forms (erf, sin, cos, gaussian, gelu)."""
+    s = 0.5 * (B - A)
+    AB = A * B
+    if family == FAMILY_ERF:
+        k = _erf_k(q1, q2, m, A)
+        kd = (4.0 / PI) / math.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * AB)
+    elif family == FAMILY_SIN or family == FAMILY_COS:
+        dq = math.sqrt(q1) - math.sqrt(q2)
+        em = math.exp(-0.5 * (dq * dq + 2.0 * A))
+        ep = math.exp(-0.5 * (dq * dq + 2.0 * B))
+        if family == FAMILY_SIN:
+            k = 0.5 * (em - ep)
+            kd = 0.5 * (em + ep)
+        else:
+            k = 0.5 * (em + ep)
+            kd = 0.5 * (em - ep)
+    elif family == FAMILY_GAUSSIAN:
+        det = 1.0 + q1 + q2 + AB
+        k = 1.0 / math.sqrt(det)
+        kd = s * k / det
+    elif family == FAMILY_GELU:
+        k, kd = _gelu(q1, q2, s, AB)
+    else:
+        return math.nan, math.nan, math.nan, math.nan
+    # The gaps are formed by subtraction here (absolute accuracy ~ ulp(sk)); a rounding-level
+    # negative value is set to 0 (the exact value is >= 0 by Cauchy-Schwarz).
+    sk = sk1 * sk2
+    return k, kd, max(sk - k, 0.0), max(sk + k, 0.0)
+
+
+@njit(cache=True, error_model="numpy")
+def pair_dual(family, p0, p1, q1, q2, m, A, B, sk1, sk2):
+    """(k, kd, kA, kB) for one pair of any family; ``sk = sqrt(E[phi(u)^2])`` per row."""
+    if family == FAMILY_ABRELU:
+        return abrelu_pair(p0, p1, m, A, B)
+    if family == FAMILY_ABSTEP:
+        return abstep_pair(p0, p1, m, A, B)
+    if family == FAMILY_ARCCOS:
+        return arccos_pair(int(p0), m, A, B)
+    return smooth_pair(family, q1, q2, m, A, B, sk1, sk2)

@@ -1,0 +1,222 @@
+"""Compiled layerwise Sigma/Theta recursions over whole Gram matrices (closed-form duals).
+
+Kernels receive plain arrays and scalars only and never validate: :mod:`infntk.fcnet`
+checks and casts first. Two compiled entry points: :func:`row_statistics` (O(n L)) and
+:func:`gram_block` (the pair loop, ``prange`` over output rows).
+
+The recursion, for Dense layers ``l = 0..L`` with coefficients ``cK[l]``, ``cb[l]`` (see
+:func:`infntk.fcnet.layer_coefficients`) and ``K_0 = <x, y>/d``::
+
+    Sigma^{l+1} = w2 K_l + b2
+    Theta^{l+1} = cK[l] K_l + w2 kd_l Theta^l + cb[l]          (Theta^0 = 0)
+    K_l, kd_l   = E[phi(u) phi(v)], E[phi'(u) phi'(v)],  (u, v) ~ N(0, Sigma^l)
+
+Per pair the loop carries ``A = sqrt(q1 q2) - Sigma`` and ``B = sqrt(q1 q2) + Sigma``,
+which vanish for identical and antipodal features; they are propagated by
+``A' = gap + w2 kA``, ``B' = gap + w2 kB + 2 b2`` with the bias gap
+``sqrt(q1' q2') - w2 sqrt(k11 k22) - b2 = w2 b2 (sqrt k11 - sqrt k22)^2 / (...) >= 0``.
+At the first layer they come from the input rows themselves (a projection with an exact
+product for nearly parallel rows), never from ``1 - <x,y>/(|x||y|)``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._duals import abrelu_pair, abstep_pair, arccos_pair, diag_dual, smooth_pair
+from .activations import FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS
+
+# Rows whose Gram cosine is within this distance of +-1 get their angle from the rows.
+_PARALLEL_TOL = 0.0625
+_SPLITTER = 134217729.0  # 2^27 + 1, Dekker/Veltkamp split
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _two_product(a, b):
+    """p, e with p + e = a * b exactly (Dekker, no FMA needed)."""
+    p = a * b
+    t = _SPLITTER * a
+    ah = t - (t - a)
+    al = a - ah
+    t = _SPLITTER * b
+    bh = t - (t - b)
+    bl = b - bh
+    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, e
+
+
+@njit(cache=True, error_model="numpy")
+def _sin2_from_rows(x, y, nx2, g):
+    """sin^2 of the angle between rows x and y, accurate relative to itself.
+
+    r = y - t x with t = <x,y>/|x|^2 (any t leaves |x ^ y| unchanged); each component
+    is formed from an exact product, so r is accurate even when it is tiny compared with y.
+    """
+    t = g / nx2
+    rr = 0.0
+    xr = 0.0
+    yy = 0.0
+    for k in range(x.shape[0]):
+        p, e = _two_product(t, x[k])
+        r = (y[k] - p) - e
+        rr += r * r
+        xr += x[k] * r
+        yy += y[k] * y[k]
+    s2 = (rr - xr * xr / nx2) / yy
+    if s2 < 0.0:
+        s2 = 0.0
+    return s2
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _first_layer(x, y, g, nx2, ny2, w2, b2, d, identical):
+    """(A, B) of Sigma^1 for rows x, y with Gram entry g and squared norms nx2, ny2."""
+    nx = math.sqrt(nx2)
+    ny = math.sqrt(ny2)
+    q1 = w2 * nx2 / d + b2
+    q2 = w2 * ny2 / d + b2
+    m = math.sqrt(q1 * q2)
+    nn = nx * ny
+    if identical:
+        omc = 0.0
+        opc = 2.0
+    elif nn == 0.0:
+        omc = 1.0
+        opc = 1.0
+    else:
+        c = g / nn
+        if c > 1.0 - _PARALLEL_TOL or c < -1.0 + _PARALLEL_TOL:
+            s2 = _sin2_from_rows(x, y, nx2, g)
+            ac = math.sqrt(1.0 - s2)
+            if c > 0.0:
+                omc = s2 / (1.0 + ac)
+                opc = 1.0 + ac
+            else:
+                omc = 1.0 + ac
+                opc = s2 / (1.0 + ac)
+        else:
+            omc = 1.0 - c
+            opc = 1.0 + c
+    wn = w2 * nn / d
+    dn = nx - ny
+    gap = w2 * b2 * dn * dn / d / (m + wn + b2) if b2 > 0.0 else 0.0
+    return gap + wn * omc, gap + wn * opc + 2.0 * b2
+
+
+@njit(cache=True, error_model="numpy")
+def row_statistics(X, nsq, family, p0, p1, depth, w2, b2, cK, cb):
+    """Per-row quantities of every layer.
+
+    Returns
+    -------
+    q : (n, depth + 1)   Sigma^l(x, x) for l = 1..depth+1 (column l-1)
+    sk : (n, depth)      sqrt(E[phi(u)^2]) at the activation of layer l = 1..depth
+    ntk : (n,)           Theta^{depth+1}(x, x)
+    """
+    n = X.shape[0]
+    d = X.shape[1]
+    q = np.empty((n, depth + 1))
+    sk = np.empty((n, depth))
+    ntk = np.empty(n)
+    for i in range(n):
+        k0 = nsq[i] / d
+        qi = w2 * k0 + b2
+        th = cK[0] * k0 + cb[0]
+        q[i, 0] = qi
+        for l in range(depth):
+            k11, kd11 = diag_dual(family, p0, p1, qi)
+            sk[i, l] = math.sqrt(k11)
+            th = cK[l + 1] * k11 + w2 * kd11 * th + cb[l + 1]
+            qi = w2 * k11 + b2
+            q[i, l + 1] = qi
+        ntk[i] = th
+    return q, sk, ntk
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _advance(j, k, kd, kA, kB, s1, s2, qn1, qn2, w2, b2, cK, cb, A, B, TH, K):
+    """One Dense layer for column j: Theta, the NNGP term and the carried gaps (A, B)."""
+    TH[j] = cK * k + w2 * kd * TH[j] + cb
+    K[j] = k
+    gap = 0.0
+    if b2 > 0.0:
+        ds = s1 - s2
+        gap = w2 * b2 * ds * ds / (math.sqrt(qn1 * qn2) + w2 * s1 * s2 + b2)
+    A[j] = gap + w2 * kA
+    B[j] = gap + w2 * kB + 2.0 * b2
+
+
+@njit(cache=True, error_model="numpy")
+def _gram_row(ib, X1, X2, G, nsq1, nsq2, q1, q2T, sk1, sk2T, row0, symmetric,
+              family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk):
+    """One output row: the first layer for every column, then layer by layer over columns.
+
+    Looping over columns innermost (with column-major per-row statistics ``q2T[l, j]``)
+    keeps the state in three work vectors and lets the compiler vectorize the loop.
+    """
+    i = row0 + ib
+    jend = i + 1 if symmetric else X2.shape[0]
+    d = X1.shape[1]
+    A = np.empty(jend)
+    B = np.empty(jend)
+    TH = np.empty(jend)
+    K = np.empty(jend)
+    x = X1[i]
+    for j in range(jend):
+        A[j], B[j] = _first_layer(x, X2[j], G[ib, j], nsq1[i], nsq2[j], w2, b2, d,
+                                  symmetric and j == i)
+        K[j] = G[ib, j] / d
+        TH[j] = cK[0] * K[j] + cb[0]
+    for l in range(depth):
+        qa = q1[i, l]
+        s1 = sk1[i, l]
+        qn1 = q1[i, l + 1]
+        q2l = q2T[l]
+        s2l = sk2T[l]
+        q2n = q2T[l + 1]
+        cKl = cK[l + 1]
+        cbl = cb[l + 1]
+        if family == FAMILY_ABRELU:
+            for j in range(jend):
+                k, kd, kA, kB = abrelu_pair(p0, p1, math.sqrt(qa * q2l[j]), A[j], B[j])
+                _advance(j, k, kd, kA, kB, s1, s2l[j], qn1, q2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+        elif family == FAMILY_ABSTEP:
+            for j in range(jend):
+                k, kd, kA, kB = abstep_pair(p0, p1, math.sqrt(qa * q2l[j]), A[j], B[j])
+                _advance(j, k, kd, kA, kB, s1, s2l[j], qn1, q2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+        elif family == FAMILY_ARCCOS:
+            n = int(p0)
+            for j in range(jend):
+                k, kd, kA, kB = arccos_pair(n, math.sqrt(qa * q2l[j]), A[j], B[j])
+                _advance(j, k, kd, kA, kB, s1, s2l[j], qn1, q2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+        else:
+            for j in range(jend):
+                qb = q2l[j]
+                k, kd, kA, kB = smooth_pair(family, qa, qb, math.sqrt(qa * qb), A[j], B[j],
+                                            s1, s2l[j])
+                _advance(j, k, kd, kA, kB, s1, s2l[j], qn1, q2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+    for j in range(jend):
+        out_nngp[ib, j] = w2 * K[j] + b2
+        out_ntk[ib, j] = TH[j]
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def gram_block(X1, X2, G, nsq1, nsq2, q1, q2T, sk1, sk2T, row0, symmetric,
+               family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk):
+    """Fill ``out_nngp[ib]``, ``out_ntk[ib]`` for the rows ``ib`` of one block.
+
+    ``G[ib, j] = <X1[row0 + ib], X2[j]>``. With ``symmetric`` (X2 is X1) only the columns
+    ``j <= row0 + ib`` are computed (the caller mirrors). Per-row arrays are indexed
+    globally (``q1[row0 + ib]``), outputs locally. Rows are taken in pairs (ib, nb-1-ib) so
+    that the triangle's work is split evenly between threads.
+    """
+    nb = G.shape[0]
+    for t in prange((nb + 1) // 2):
+        _gram_row(t, X1, X2, G, nsq1, nsq2, q1, q2T, sk1, sk2T, row0, symmetric,
+                  family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk)
+        u = nb - 1 - t
+        if u != t:
+            _gram_row(u, X1, X2, G, nsq1, nsq2, q1, q2T, sk1, sk2T, row0, symmetric,
+                      family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk)
