@@ -149,7 +149,11 @@ def _closed_family(act: Activation, derivative=False):
 
 
 def _half_moment(j):
-    """int_0^inf z^j phi(z) dz = 2^(j/2) Gamma((j+1)/2) / (2 sqrt(pi))."""
+    """int_0^inf z^j phi(z) dz: (j-1)!!/2 (j even), 2^((j-1)/2) ((j-1)/2)! / sqrt(2 pi) (odd)."""
+    if j <= 150:
+        if j % 2 == 0:
+            return math.prod(range(j - 1, 0, -2)) / 2
+        return 2.0 ** ((j - 1) // 2) * math.factorial((j - 1) // 2) / math.sqrt(2 * math.pi)
     return math.exp(0.5 * j * math.log(2) + math.lgamma(0.5 * (j + 1)) - 0.5 * math.log(math.pi)
                     - math.log(2))
 
@@ -515,7 +519,7 @@ def derivative_coefficients(activation, K, q=1.0, **params):
 
     Examples
     --------
-    >>> derivative_coefficients("relu", 2)[0]
+    >>> float(derivative_coefficients("relu", 2)[0])
     0.5
     """
     act = _resolve(activation, params)
@@ -557,7 +561,7 @@ def second_moment(activation, q=1.0, derivative=False, **params):
 
     Examples
     --------
-    >>> second_moment("relu", 2.0)
+    >>> float(second_moment("relu", 2.0))
     1.0
     """
     act = _resolve(activation, params)
