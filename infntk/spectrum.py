@@ -65,21 +65,32 @@ class SphereSpectrum:
     kernel: str
 
 
+def _multiplicity_int(d, k):
+    """N(d, k) as an exact Python integer."""
+    if k == 0:
+        return 1
+    return (2 * k + d - 2) * math.comb(k + d - 3, k - 1) // k
+
+
 def log_multiplicity(d, kmax):
     """``log N(d, k)`` for ``k = 0..kmax``: the dimension of degree-k harmonics on S^{d-1}."""
     d = check_positive_int(d, "d", minimum=2)
     kmax = check_positive_int(kmax, "kmax", minimum=0)
-    out = np.zeros(kmax + 1)
-    for k in range(1, kmax + 1):
-        out[k] = (math.log(2 * k + d - 2) - math.log(k) + math.lgamma(k + d - 2)
-                  - math.lgamma(k) - math.lgamma(d - 1))
-    return out
+    return np.array([math.log(_multiplicity_int(d, k)) for k in range(kmax + 1)])
 
 
 def multiplicity(d, kmax):
-    """``N(d, k) = (2k+d-2)/k binom(k+d-3, k-1)`` (``N(d, 0) = 1``), float64, inf on overflow."""
-    with np.errstate(over="ignore"):
-        return np.exp(log_multiplicity(d, kmax))
+    """``N(d, k) = (2k+d-2)/k binom(k+d-3, k-1)`` (``N(d, 0) = 1``): exact integers as float64
+    (correctly rounded), ``inf`` where they overflow."""
+    d = check_positive_int(d, "d", minimum=2)
+    kmax = check_positive_int(kmax, "kmax", minimum=0)
+    out = np.empty(kmax + 1)
+    for k in range(kmax + 1):
+        try:
+            out[k] = float(_multiplicity_int(d, k))
+        except OverflowError:
+            out[k] = np.inf
+    return out
 
 
 def legendre_d(t, d, kmax):
@@ -218,7 +229,6 @@ def sphere_eigenvalues(kernel_fn_or_net, d, kmax, kernel="ntk", method="angle", 
     mu2, _ = _mu(f, d, kmax, (3 * n) // 2, method)
     err = np.abs(mu2 - mu) + 8 * _EPS * scale
     logN = log_multiplicity(d, kmax)
-    with np.errstate(over="ignore"):
-        N = np.exp(logN)
+    N = multiplicity(d, kmax)
     return SphereSpectrum(mu=mu2, multiplicity=N, log_multiplicity=logN, error=err, d=d,
                           kernel=kernel)
