@@ -22,7 +22,8 @@ ridge regression (eq. 5), the spectral filters of eq. (22), the largest stable s
 the generalization bound of Arora et al. (2019).
 
 Public names: :func:`gradient_flow`, :class:`GradientFlow`, :class:`Prediction`,
-:func:`gradient_descent`, :func:`training_loss`, :func:`kernel_ridge`, :func:`flow_filter`,
+:func:`gradient_descent`, :func:`training_loss`, :func:`kernel_ridge`, :func:`ridge_loo_error`,
+:func:`flow_filter`,
 :func:`gd_filter`, :func:`ridge_filter`, :func:`equivalent_ridge`, :func:`max_learning_rate`,
 :func:`arora_bound`, :func:`arora_gram`.
 
@@ -53,8 +54,8 @@ import scipy.linalg
 from ._validation import check_matrix
 
 __all__ = ["Prediction", "GradientFlow", "gradient_flow", "gradient_descent", "training_loss",
-           "kernel_ridge", "flow_filter", "gd_filter", "ridge_filter", "equivalent_ridge",
-           "max_learning_rate", "arora_gram", "arora_bound"]
+           "kernel_ridge", "ridge_loo_error", "flow_filter", "gd_filter", "ridge_filter",
+           "equivalent_ridge", "max_learning_rate", "arora_gram", "arora_bound"]
 
 # |K - K^T| above this fraction of max|K| is not rounding: the Gram is rejected.
 _SYMMETRY_RTOL = 1e-8
@@ -636,6 +637,57 @@ def kernel_ridge(K_train, K_test_train, y, ridge, f0_train=0.0, f0_test=0.0):
     train = np.stack(trains)
     test = None if B is None else np.stack(tests)
     return Prediction(train, test, None, _loss(train, y))
+
+
+def ridge_loo_error(K_train, y, ridges, f0_train=0.0):
+    """Leave-one-out mean squared error of kernel ridge regression (eq. 5), for each ridge.
+
+    For the hat matrix ``H = K (K + z I)^{-1}`` the leave-one-out residual of point ``i`` is
+    exactly ``(r_i - (H r)_i) / (1 - H_ii)`` with ``r = y - f_0(X)`` (no refits). With
+    ``K = U diag(lam) U^T``: ``r - H r = U diag(z / (lam + z)) U^T r`` and
+    ``1 - H_ii = sum_j U_ij^2 z / (lam_j + z)``, both from one eigendecomposition.
+
+    Parameters
+    ----------
+    K_train : (n, n) array
+        Symmetric PSD Gram.
+    y : (n,) or (n, k) array
+    ridges : float or (R,) array
+        Ridges ``z > 0``.
+    f0_train : float or array
+        Base predictions; the kernel fits the residual ``y - f0_train`` (eq. 24).
+
+    Returns
+    -------
+    (R,) ndarray
+        ``mean_i ||e_i||^2`` (summed over outputs) for each ridge; use ``ridges[argmin]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> K = np.eye(3); y = np.array([1.0, 2.0, 3.0])
+    >>> ridge_loo_error(K, y, [1.0])      # K = I: H = I/2, e_i = (y_i / 2) / (1/2) = y_i
+    array([4.66666667])
+    """
+    K = _check_gram(K_train, "K_train")
+    n = K.shape[0]
+    y = _check_targets(y, n, "y")
+    r = y - _check_f0(f0_train, y.shape, "f0_train")
+    z, _ = _check_times(ridges, "ridges")
+    if not np.isfinite(z).all() or (z <= 0).any():
+        raise ValueError(f"ridges must be finite and > 0, got {ridges!r}.")
+    lam, U = scipy.linalg.eigh(K)
+    lam = np.clip(lam, 0.0, None)
+    c = U.T @ r
+    U2 = U ** 2
+    out = np.empty(z.shape)
+    for i, zi in enumerate(z):
+        s = zi / (lam + zi)                                    # (n,) shrinkage kept
+        resid = U @ (s[:, None] * c if c.ndim == 2 else s * c)
+        denom = U2 @ s                                         # 1 - H_ii
+        e = resid / (denom[:, None] if resid.ndim == 2 else denom)
+        out[i] = np.mean(e ** 2) * (e.shape[1] if e.ndim == 2 else 1)
+    return out
 
 
 # ----------------------------------------------------------------------------- step size

@@ -420,3 +420,25 @@ def test_property_filter_ordering(problem, t):
     assert np.all(g >= 0) and np.all(g <= lr * t / n * (1 + 1e-14))
     r = dyn.ridge_filter(lam, dyn.equivalent_ridge(t, n, lr))
     assert np.all(r <= g * (1 + 1e-12)) and np.all(g <= 1.2985 * r)
+
+
+@pytest.mark.parametrize("k", [None, 2])
+def test_ridge_loo_error_matches_explicit_refits(k):
+    n = 9
+    K, _ = joint_kernel(n, 1, seed=29)
+    rng = np.random.default_rng(30)
+    y = rng.standard_normal((n,) if k is None else (n, k))
+    f0 = rng.standard_normal(y.shape)
+    ridges = np.array([1e-3, 0.1, 2.0])
+    loo = dyn.ridge_loo_error(K, y, ridges, f0)
+    for j, z in enumerate(ridges):
+        errs = []
+        for i in range(n):
+            keep = np.arange(n) != i
+            p = dyn.kernel_ridge(K[np.ix_(keep, keep)], K[i:i + 1, keep], y[keep], z,
+                                 f0[keep], f0[i:i + 1])
+            errs.append(np.sum((p.test[0] - y[i]) ** 2))
+        # closed-form LOO vs n refits: equal up to rounding of the (well-conditioned) solves
+        assert loo[j] == pytest.approx(np.mean(errs), rel=1e-9)
+    with pytest.raises(ValueError, match="ridges must be finite and > 0"):
+        dyn.ridge_loo_error(K, y, [0.0])
