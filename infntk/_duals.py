@@ -187,12 +187,22 @@ def arccos_J0(n):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _erf_k(q1, q2, m, A):
-    """(2/pi) asin(beta) via 1 - beta computed without cancellation."""
-    D = math.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2))
-    dq = math.sqrt(q1) - math.sqrt(q2)
-    one_minus_beta = (2.0 * dq * dq / (D + 1.0 + 2.0 * m) + 1.0 + 2.0 * A) / D
-    return 1.0 - (4.0 / PI) * math.asin(math.sqrt(0.5 * one_minus_beta))
+def _erf_k(q1, q2, r1, r2, A, B):
+    """(2/pi) asin(beta), beta = 2 s / sqrt((1 + 2 q1)(1 + 2 q2)), r = sqrt(q).
+
+    |beta| <= 1/2: directly. Otherwise through 1 -+ beta, formed without cancellation as
+    (2 (r1 - r2)^2 / (D + 1 + 2 r1 r2) + 1 + 2 A) / D  (resp. B for 1 + beta), and
+    asin(beta) = +-(pi/2 - 2 asin(sqrt((1 -+ beta)/2))).
+    """
+    D = math.sqrt(1.0 + 2.0 * q1) * math.sqrt(1.0 + 2.0 * q2)
+    beta = (B - A) / D
+    if abs(beta) <= 0.5:
+        return (2.0 / PI) * math.asin(beta)
+    dq = r1 - r2
+    gap = 2.0 * dq * dq / (D + 1.0 + 2.0 * r1 * r2)
+    if beta > 0.0:
+        return 1.0 - (4.0 / PI) * math.asin(math.sqrt(0.5 * (gap + 1.0 + 2.0 * A) / D))
+    return (4.0 / PI) * math.asin(math.sqrt(0.5 * (gap + 1.0 + 2.0 * B) / D)) - 1.0
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -205,15 +215,24 @@ def _gelu(q1, q2, s, AB):
 @njit(cache=True, error_model="numpy")
 def diag_dual(family, p0, p1, q):
     """(k11, kd11) = (E[phi(u)^2], E[phi'(u)^2]) for u ~ N(0, q)."""
+    # q = 0 is a degenerate row: correlation 0 with itself too (SPEC 2), so that the
+    # diagonal agrees with the Gram matrix; it matters where phi' (or phi) has a kink at 0.
     if family == FAMILY_ABRELU:
+        if q == 0.0:
+            kd, _, _ = abstep_dual(p0, p1, _HALF_PI, _HALF_PI)
+            return 0.0, kd
         return 0.5 * (p0 * p0 + p1 * p1) * q, 0.5 * (p0 * p0 + p1 * p1)
     if family == FAMILY_ABSTEP:
+        if q == 0.0:
+            k, _, _ = abstep_dual(p0, p1, _HALF_PI, _HALF_PI)
+            return k, 0.0
         return 0.5 * (p0 * p0 + p1 * p1), 0.0
     if family == FAMILY_ARCCOS:
         n = int(p0)
         return q ** n * arccos_J0(n) / (2.0 * PI), n * n * q ** (n - 1) * arccos_J0(n - 1) / (2.0 * PI)
     if family == FAMILY_ERF:
-        return _erf_k(q, q, q, 0.0), (4.0 / PI) / math.sqrt(1.0 + 4.0 * q)
+        r = math.sqrt(q)
+        return _erf_k(q, q, r, r, 0.0, 2.0 * q), (4.0 / PI) / math.sqrt(1.0 + 4.0 * q)
     if family == FAMILY_SIN:
         return -0.5 * math.expm1(-2.0 * q), 0.5 * (1.0 + math.exp(-2.0 * q))
     if family == FAMILY_COS:
@@ -241,10 +260,16 @@ def abrelu_pair(a, b, m, A, B):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def abstep_pair(a, b, m, A, B):
-    """(k, kd = 0, kA, kB) of phi = b 1(x > 0) + a 1(x < 0)."""
+def abstep_pair(a, b, m, A, B, skk):
+    """(k, kd = 0, kA, kB) of phi = b 1(x > 0) + a 1(x < 0); ``skk = sqrt(k11 k22)``.
+
+    For a degenerate pair (``m = 0``) the gaps are taken against the degenerate rows'
+    own second moments (which follow the same independence convention).
+    """
     theta, phi = angles(m, A, B)
     k, kA, kB = abstep_dual(a, b, theta, phi)
+    if m == 0.0:
+        return k, 0.0, skk - k, skk + k
     return k, 0.0, kA, kB
 
 
@@ -260,15 +285,15 @@ def arccos_pair(n, m, A, B):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def smooth_pair(family, q1, q2, m, A, B, sk1, sk2):
+def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
     """(k, kd, kA, kB) of the non-homogeneous closed forms (erf, sin, cos, gaussian, gelu)."""
     s = 0.5 * (B - A)
     AB = A * B
     if family == FAMILY_ERF:
-        k = _erf_k(q1, q2, m, A)
+        k = _erf_k(q1, q2, r1, r2, A, B)
         kd = (4.0 / PI) / math.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * AB)
     elif family == FAMILY_SIN or family == FAMILY_COS:
-        dq = math.sqrt(q1) - math.sqrt(q2)
+        dq = r1 - r2
         em = math.exp(-0.5 * (dq * dq + 2.0 * A))
         ep = math.exp(-0.5 * (dq * dq + 2.0 * B))
         if family == FAMILY_SIN:
@@ -292,12 +317,15 @@ def smooth_pair(family, q1, q2, m, A, B, sk1, sk2):
 
 
 @njit(cache=True, error_model="numpy")
-def pair_dual(family, p0, p1, q1, q2, m, A, B, sk1, sk2):
+def pair_dual(family, p0, p1, q1, q2, A, B, sk1, sk2):
     """(k, kd, kA, kB) for one pair of any family; ``sk = sqrt(E[phi(u)^2])`` per row."""
+    r1 = math.sqrt(q1)
+    r2 = math.sqrt(q2)
+    m = r1 * r2
     if family == FAMILY_ABRELU:
         return abrelu_pair(p0, p1, m, A, B)
     if family == FAMILY_ABSTEP:
-        return abstep_pair(p0, p1, m, A, B)
+        return abstep_pair(p0, p1, m, A, B, sk1 * sk2)
     if family == FAMILY_ARCCOS:
         return arccos_pair(int(p0), m, A, B)
-    return smooth_pair(family, q1, q2, m, A, B, sk1, sk2)
+    return smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2)

@@ -48,23 +48,49 @@ def _two_product(a, b):
 
 
 @njit(cache=True, error_model="numpy")
+def _cross_norm2_exact(x, y):
+    """|x ^ y|^2 = sum_{k<l} (x_k y_l - x_l y_k)^2 with each minor from exact products.
+
+    Exactly 0 for exactly proportional rows; O(d^2), used only when the O(d) projection
+    cannot resolve the angle (sin^2 below 1e-28).
+    """
+    acc = 0.0
+    for k in range(x.shape[0]):
+        for l in range(k + 1, x.shape[0]):
+            p1, e1 = _two_product(x[k], y[l])
+            p2, e2 = _two_product(x[l], y[k])
+            m = (p1 - p2) + (e1 - e2)
+            acc += m * m
+    return acc
+
+
+@njit(cache=True, error_model="numpy")
 def _sin2_from_rows(x, y, nx2, g):
     """sin^2 of the angle between rows x and y, accurate relative to itself.
 
     r = y - t x with t = <x,y>/|x|^2 (any t leaves |x ^ y| unchanged); each component
-    is formed from an exact product, so r is accurate even when it is tiny compared with y.
+    is formed from an exact product, so r is accurate even when it is tiny compared with y
+    and sin^2 = (|r|^2 - <x,r>^2/|x|^2)/|y|^2 carries a relative error ~ 1e-48 / sin^2.
+    Below 1e-28 (angles under 1e-14, in practice exactly parallel rows) the exact O(d^2)
+    minor sum decides, so that exactly parallel rows get exactly 0.
     """
     t = g / nx2
     rr = 0.0
     xr = 0.0
     yy = 0.0
+    same = True
     for k in range(x.shape[0]):
         p, e = _two_product(t, x[k])
         r = (y[k] - p) - e
         rr += r * r
         xr += x[k] * r
         yy += y[k] * y[k]
+        same = same and x[k] == y[k]
+    if same:
+        return 0.0
     s2 = (rr - xr * xr / nx2) / yy
+    if s2 < 1e-28:
+        s2 = _cross_norm2_exact(x, y) / nx2 / yy
     if s2 < 0.0:
         s2 = 0.0
     return s2
@@ -75,9 +101,7 @@ def _first_layer(x, y, g, nx2, ny2, w2, b2, d, identical):
     """(A, B) of Sigma^1 for rows x, y with Gram entry g and squared norms nx2, ny2."""
     nx = math.sqrt(nx2)
     ny = math.sqrt(ny2)
-    q1 = w2 * nx2 / d + b2
-    q2 = w2 * ny2 / d + b2
-    m = math.sqrt(q1 * q2)
+    m = math.sqrt(w2 * nx2 / d + b2) * math.sqrt(w2 * ny2 / d + b2)
     nn = nx * ny
     if identical:
         omc = 0.0
@@ -136,20 +160,20 @@ def row_statistics(X, nsq, family, p0, p1, depth, w2, b2, cK, cb):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _advance(j, k, kd, kA, kB, s1, s2, qn1, qn2, w2, b2, cK, cb, A, B, TH, K):
+def _advance(j, k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, A, B, TH, K):
     """One Dense layer for column j: Theta, the NNGP term and the carried gaps (A, B)."""
     TH[j] = cK * k + w2 * kd * TH[j] + cb
     K[j] = k
     gap = 0.0
     if b2 > 0.0:
         ds = s1 - s2
-        gap = w2 * b2 * ds * ds / (math.sqrt(qn1 * qn2) + w2 * s1 * s2 + b2)
+        gap = w2 * b2 * ds * ds / (rn1 * rn2 + w2 * s1 * s2 + b2)
     A[j] = gap + w2 * kA
     B[j] = gap + w2 * kB + 2.0 * b2
 
 
 @njit(cache=True, error_model="numpy")
-def _gram_row(ib, X1, X2, G, nsq1, nsq2, q1, q2T, sk1, sk2T, row0, symmetric,
+def _gram_row(ib, X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symmetric,
               family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk):
     """One output row: the first layer for every column, then layer by layer over columns.
 
@@ -171,39 +195,40 @@ def _gram_row(ib, X1, X2, G, nsq1, nsq2, q1, q2T, sk1, sk2T, row0, symmetric,
         TH[j] = cK[0] * K[j] + cb[0]
     for l in range(depth):
         qa = q1[i, l]
+        ra = r1[i, l]
         s1 = sk1[i, l]
-        qn1 = q1[i, l + 1]
+        rn1 = r1[i, l + 1]
         q2l = q2T[l]
+        r2l = r2T[l]
         s2l = sk2T[l]
-        q2n = q2T[l + 1]
+        r2n = r2T[l + 1]
         cKl = cK[l + 1]
         cbl = cb[l + 1]
         if family == FAMILY_ABRELU:
             for j in range(jend):
-                k, kd, kA, kB = abrelu_pair(p0, p1, math.sqrt(qa * q2l[j]), A[j], B[j])
-                _advance(j, k, kd, kA, kB, s1, s2l[j], qn1, q2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                k, kd, kA, kB = abrelu_pair(p0, p1, ra * r2l[j], A[j], B[j])
+                _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         elif family == FAMILY_ABSTEP:
             for j in range(jend):
-                k, kd, kA, kB = abstep_pair(p0, p1, math.sqrt(qa * q2l[j]), A[j], B[j])
-                _advance(j, k, kd, kA, kB, s1, s2l[j], qn1, q2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                k, kd, kA, kB = abstep_pair(p0, p1, ra * r2l[j], A[j], B[j], s1 * s2l[j])
+                _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         elif family == FAMILY_ARCCOS:
             n = int(p0)
             for j in range(jend):
-                k, kd, kA, kB = arccos_pair(n, math.sqrt(qa * q2l[j]), A[j], B[j])
-                _advance(j, k, kd, kA, kB, s1, s2l[j], qn1, q2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                k, kd, kA, kB = arccos_pair(n, ra * r2l[j], A[j], B[j])
+                _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         else:
             for j in range(jend):
-                qb = q2l[j]
-                k, kd, kA, kB = smooth_pair(family, qa, qb, math.sqrt(qa * qb), A[j], B[j],
+                k, kd, kA, kB = smooth_pair(family, qa, q2l[j], ra, r2l[j], A[j], B[j],
                                             s1, s2l[j])
-                _advance(j, k, kd, kA, kB, s1, s2l[j], qn1, q2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
     for j in range(jend):
         out_nngp[ib, j] = w2 * K[j] + b2
         out_ntk[ib, j] = TH[j]
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def gram_block(X1, X2, G, nsq1, nsq2, q1, q2T, sk1, sk2T, row0, symmetric,
+def gram_block(X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symmetric,
                family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk):
     """Fill ``out_nngp[ib]``, ``out_ntk[ib]`` for the rows ``ib`` of one block.
 
@@ -214,9 +239,9 @@ def gram_block(X1, X2, G, nsq1, nsq2, q1, q2T, sk1, sk2T, row0, symmetric,
     """
     nb = G.shape[0]
     for t in prange((nb + 1) // 2):
-        _gram_row(t, X1, X2, G, nsq1, nsq2, q1, q2T, sk1, sk2T, row0, symmetric,
+        _gram_row(t, X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symmetric,
                   family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk)
         u = nb - 1 - t
         if u != t:
-            _gram_row(u, X1, X2, G, nsq1, nsq2, q1, q2T, sk1, sk2T, row0, symmetric,
+            _gram_row(u, X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symmetric,
                       family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk)
