@@ -224,8 +224,12 @@ def _legendre_rule(p):
     return np.polynomial.legendre.leggauss(p)
 
 
-def _breakpoints(K, sq, kinks=(), zmax=None):
-    """Sorted panel breakpoints in z for phi(sq z) (see the module notes)."""
+def _breakpoints(K, sq, kinks=(), zmax=None, outer_step=1.0):
+    """Sorted panel breakpoints in z for phi(sq z) (see the module notes).
+
+    ``outer_step``: panel width beyond ``|z| = 4`` (the mpmath path uses wider panels there,
+    its panel degree being raised until convergence anyway).
+    """
     Z = math.sqrt(4 * K + 2) + _TAIL_PAD if zmax is None else zmax
     delta = 1.0 if sq <= 1 else 2.0 ** (-math.floor(math.log2(sq)))
     pts = {0.0}
@@ -236,7 +240,7 @@ def _breakpoints(K, sq, kinks=(), zmax=None):
     x = 1.0
     while x < Z:
         pts.update((x, -x))
-        x += 1.0
+        x += 1.0 if x < 4 else outer_step
     pts.update((Z, -Z))
     if sq > 0:
         for c in kinks:
@@ -385,7 +389,7 @@ def _mp_coefficients_one(f, kinks, K, q, dps):
     with mpmath.workdps(dps + 10):
         sq = mpmath.sqrt(q)
         Z = math.sqrt(4 * K + 2) + math.sqrt(2 * (dps + 10) * math.log(10)) + 2
-        bp = _breakpoints(K, float(sq), kinks, zmax=Z)
+        bp = _breakpoints(K, float(sq), kinks, zmax=Z, outer_step=4.0)
         bps = [mpmath.mpf(x) for x in bp]
         if float(sq) > 0:             # exact kink positions in mp
             for c in kinks:
@@ -570,13 +574,18 @@ def second_moment(activation, q=1.0, derivative=False, **params):
 
 
 def _tails(act, K, qa, derivative=False):
-    """(coefficients (m, K+1), tails T_0..T_K (m, K+1), rounding floor (m,))."""
+    """(coefficients (m, K+1), tails T_0..T_K (m, K+1), rounding floors (m, K+1)).
+
+    Floors: closed forms subtract ``sum_{k<=j} a_k^2`` from the exact ``E[phi^2]``, rounding
+    error ``<= 4 (j+2) eps E``; the quadrature tails are sums of squared residuals whose
+    rounding error is of order ``eps^2 E`` (we allow ``16 (j+2) eps^2 E``).
+    """
     fam = _closed_family(act, derivative=derivative)
     if fam is not None:
         a = _family_coefficients(fam, K, qa)
         E = _family_second_moment(fam, qa)
         T = np.maximum(E[:, None] - np.cumsum(a * a, axis=1), 0.0)
-        floor = 4 * (K + 2) * _EPS * E
+        floor = _floor(E, K, _EPS)
         if not derivative:
             zero = qa == 0
             a[zero] = 0.0
@@ -596,10 +605,14 @@ def _tails(act, K, qa, derivative=False):
             E0 = 0.5 * (dm * dm + dp * dp)
             T[~pos] = np.maximum(E0 - np.cumsum(b[~pos] ** 2, axis=1), 0.0)
         E = np.maximum(b[:, 0] ** 2 + T[:, 0], 0.0)
-        return b, T, 4 * (K + 2) * _EPS * E
+        return b, T, _floor(E, K, _EPS * _EPS * 4)
     a, T = _double_quadrature(act.fn, act.kinks, K, qa, want_tails=True)
     E = a[:, 0] ** 2 + T[:, 0]
-    return a, T, 4 * (K + 2) * _EPS * E
+    return a, T, _floor(E, K, _EPS * _EPS * 4)
+
+
+def _floor(E, K, unit):
+    return 4 * unit * E[:, None] * np.arange(2, K + 3)[None, :]
 
 
 def tail(activation, K, q=1.0, derivative=False, **params):
@@ -645,7 +658,7 @@ def mehler_bound(activation, K, q1, q2, derivative=False, **params):
     qall, _ = _check_q(np.concatenate([q1b.ravel(), q2b.ravel()]), "q1, q2")
     uq, inv = np.unique(qall, return_inverse=True)
     _, T, floor = _tails(act, K, uq, derivative)
-    t = T[:, K] + floor
+    t = T[:, K] + floor[:, K]
     n = q1b.size
     out = np.sqrt(t[inv[:n]] * t[inv[n:]]).reshape(q1b.shape)
     return out[()] if out.ndim == 0 else out
@@ -715,7 +728,7 @@ def dual_series(activation, q1, q2, rho, K, **params):
         a, T, floor = _tails(act, K, uq, derivative)
         E = a[:, 0] ** 2 + T[:, 0]
         val = np.einsum("ik,ik,ik->i", a[i1], a[i2], powers)
-        tk = T[:, K] + floor
+        tk = T[:, K] + floor[:, K]
         bound = np.sqrt(tk[i1] * tk[i2]) + 4 * (K + 1) * _EPS * np.sqrt(E[i1] * E[i2])
         res += [val.reshape(q1b.shape), bound.reshape(q1b.shape)]
     return DualSeries(res[0], res[2], res[1], res[3], K)
@@ -749,7 +762,7 @@ def truncation_order(activation, q, tol, kmax=400, derivative=None, **params):
     worst = np.zeros(kmax + 1)
     for der in which:
         _, T, floor = _tails(act, kmax, uq, der)
-        worst = np.maximum(worst, np.max(T + floor[:, None], axis=0))
+        worst = np.maximum(worst, np.max(T + floor, axis=0))
     ok = np.flatnonzero(worst <= tol)
     if ok.size == 0:
         raise ValueError(f"tol={tol:g} is not reachable with K <= kmax={kmax} for "
@@ -797,7 +810,7 @@ def gamma_ntk(activation, alpha, K=None, tol=1e-14, q=1.0, **params):
             math.log(max(tol, 1e-300)) / math.log(max(alpha, 1e-300))))))
     K = check_positive_int(K, "K", minimum=1)
     b, T, floor = _tails(act, K, qa, derivative=True)
-    b, T, floor = b[0], T[0], floor[0]
+    b, T, floor = b[0], T[0], floor[0, K]
     D = T[0]
     if D <= floor:
         raise ValueError("gamma_ntk: phi' has no Hermite coefficient of order >= 1 (phi is "
