@@ -88,6 +88,12 @@ class FCNet:
     parameterization : {"ntk", "standard"}
     width : int, optional
         Finite hidden width; required by (and only used in) ``"standard"``.
+    tol : float
+        Activations without a closed form (tanh, sigmoid, softplus, silu, elu, callables):
+        the truncation of the Hermite (Mehler) series is chosen so that the reported bound
+        ``Kernels.error_bound`` meets ``tol``. Ignored for closed forms.
+    deriv : callable, optional
+        For a callable activation only: its derivative.
     **activation_params
         E.g. ``alpha=0.1`` for ``leaky_relu``, ``n=2`` for ``arccos``.
 
@@ -107,8 +113,8 @@ class FCNet:
     """
 
     def __init__(self, activation="relu", depth=1, w_std=1.0, b_std=0.0, parameterization="ntk",
-                 width=None, **activation_params):
-        self.activation = get_activation(activation, **activation_params)
+                 width=None, tol=1e-10, deriv=None, **activation_params):
+        self.activation = get_activation(activation, deriv=deriv, **activation_params)
         self.depth = check_depth(depth)
         self.w_std = check_std(w_std, "w_std")
         self.b_std = check_std(b_std, "b_std", allow_none=True)
@@ -126,10 +132,11 @@ class FCNet:
         self.width = width
         if self.activation.closed_form == "gelu":
             raise NotImplementedError("gelu: the closed form is being verified; not available yet.")
-        if self.activation.closed_form is None:
-            raise NotImplementedError(
-                f"activation {self.activation.name!r} has no closed form; the Hermite-series "
-                "engine is not available yet.")
+        tol = float(tol)
+        if not (0.0 < tol < 1.0):
+            raise ValueError(f"tol must be in (0, 1), got {tol!r}.")
+        #: requested bound on the truncation error of Hermite-series activations
+        self.tol = tol
 
     def __repr__(self):
         return (f"FCNet(activation={self.activation!r}, depth={self.depth}, w_std={self.w_std}, "
@@ -191,6 +198,9 @@ class FCNet:
         n1, n2 = A.shape[0], B.shape[0]
         out_nngp = self._check_out(out_nngp, (n1, n2), "out_nngp")
         out_ntk = self._check_out(out_ntk, (n1, n2), "out_ntk")
+        if self.activation.closed_form is None:
+            from . import _series_engine
+            return _series_engine.series_kernels(self, A, B, same, out_nngp, out_ntk, block_rows)
         setup = self._setup(A.shape[1])
         family, p0, p1, w2, b2, cK, cb = setup
         nsq1, q1, sk1, _ = self._rows(A, setup)
@@ -232,6 +242,9 @@ class FCNet:
             An ``(n,)`` array of the NTK diagonal, with ``.nngp`` and ``.ntk`` (both ``(n,)``).
         """
         X = check_matrix(X, "X")
+        if self.activation.closed_form is None:
+            from . import _series_engine
+            return _series_engine.series_diag(self, X)
         setup = self._setup(X.shape[1])
         _, q, _, ntk = self._rows(X, setup)
         return KernelDiag(q[:, -1].copy(), ntk)
