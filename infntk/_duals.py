@@ -207,9 +207,20 @@ def _erf_k(q1, q2, r1, r2, A, B):
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _gelu(q1, q2, s, AB):
-    """E[u Phi(u) v Phi(v)] and E[phi'(u) phi'(v)] for GELU phi(x) = x Phi(x)."""
-    # placeholder replaced below once the verified formula is in (see docs/closed_forms.md)
-    return 0.0, 0.0
+    """E[u Phi(u) v Phi(v)] and E[phi'(u) phi'(v)] for GELU phi(x) = x Phi(x) (exact).
+
+    With P = (1 + q1)(1 + q2) and Delta^2 = P - s^2 = 1 + q1 + q2 + (q1 q2 - s^2):
+    F = s/4 + [s atan2(s, Delta) + (s^2 + q1 q2 Delta^2) / (P Delta)] / (2 pi),
+    G = dF/ds = 1/4 + atan2(s, Delta)/(2 pi) + s/(2 pi Delta) [(2 + q1 + q2)/P + 1/Delta^2].
+    Derived by Price's theorem (docs/closed_forms.md); as in neural-tangents' exact Gelu.
+    """
+    P = (1.0 + q1) * (1.0 + q2)
+    D2 = 1.0 + q1 + q2 + AB
+    Dl = math.sqrt(D2)
+    at = math.atan2(s, Dl)
+    F = 0.25 * s + (s * at + (s * s + q1 * q2 * D2) / (P * Dl)) / (2.0 * PI)
+    G = 0.25 + at / (2.0 * PI) + s / (2.0 * PI * Dl) * ((2.0 + q1 + q2) / P + 1.0 / D2)
+    return F, G
 
 
 @njit(cache=True, error_model="numpy")

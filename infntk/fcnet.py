@@ -130,8 +130,6 @@ class FCNet:
         elif width is not None:
             width = check_positive_int(width, "width")
         self.width = width
-        if self.activation.closed_form == "gelu":
-            raise NotImplementedError("gelu: the closed form is being verified; not available yet.")
         tol = float(tol)
         if not (0.0 < tol < 1.0):
             raise ValueError(f"tol must be in (0, 1), got {tol!r}.")

@@ -7,7 +7,7 @@ from hypothesis.extra import numpy as hnp
 CLOSED_FORM_ACTIVATIONS = [
     ("relu", {}), ("leaky_relu", {"alpha": 0.1}), ("abs", {}), ("identity", {}),
     ("step", {}), ("sign", {}), ("arccos", {"n": 0}), ("arccos", {"n": 2}), ("arccos", {"n": 3}),
-    ("erf", {}), ("sin", {}), ("cos", {}), ("gaussian", {}),
+    ("erf", {}), ("sin", {}), ("cos", {}), ("gaussian", {}), ("gelu", {}),
 ]
 
 
