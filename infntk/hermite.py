@@ -285,17 +285,26 @@ def _scaled_hermite_table(z, s, K):
 
 
 def _project(F, z, s, K, want_tails):
-    """Coefficients (m, K+1) of the rows of F (m, nodes) and, optionally, all tails T_0..T_K.
+    """Coefficients (m, K+1) of the rows of F (m, nodes) and, optionally, tails T_j.
 
     ``s`` holds the square roots of the probability weights. The tails are sums of squared
     residuals ``sum_j w_j (f_j - sum_{k<=K} a_k h_k(z_j))^2``: non-negative and free of the
-    cancellation in ``E[phi^2] - sum a_k^2``.
+    cancellation in ``E[phi^2] - sum a_k^2``. ``want_tails``: False, ``"all"`` (every order,
+    cost O(m nodes K) elementwise) or ``"ends"`` (only T_0 and T_K, two matrix products; the
+    other columns are NaN).
     """
     G = _scaled_hermite_table(z, s, K)
     Fs = F * s[None, :]
     a = Fs @ G
     if not want_tails:
         return a, None
+    if want_tails == "ends":
+        T = np.full_like(a, np.nan)
+        R0 = Fs - a[:, :1] * G[None, :, 0]
+        T[:, 0] = np.einsum("ij,ij->i", R0, R0)
+        RK = Fs - a @ G.T
+        T[:, K] = np.einsum("ij,ij->i", RK, RK)
+        return a, T
     T = np.empty_like(a)
     R = Fs
     for k in range(K + 1):
@@ -573,7 +582,7 @@ def second_moment(activation, q=1.0, derivative=False, **params):
     return _out(_second_moment_arrays(act, qa, derivative), scalar)
 
 
-def _tails(act, K, qa, derivative=False):
+def _tails(act, K, qa, derivative=False, all_orders=False):
     """(coefficients (m, K+1), tails T_0..T_K (m, K+1), rounding floors (m, K+1)).
 
     Floors: closed forms subtract ``sum_{k<=j} a_k^2`` from the exact ``E[phi^2]``, rounding
@@ -592,13 +601,14 @@ def _tails(act, K, qa, derivative=False):
             a[zero, 0] = float(act.fn(np.zeros(1))[0])
             T[zero] = 0.0
         return a, T, floor
+    mode = "all" if all_orders else "ends"
     if derivative:
         b = np.empty((qa.size, K + 1))
         T = np.empty((qa.size, K + 1))
         pos = qa > 0
         if pos.any():
             fd = act.deriv
-            b[pos], T[pos] = _double_quadrature(fd, act.kinks, K, qa[pos], want_tails=True)
+            b[pos], T[pos] = _double_quadrature(fd, act.kinks, K, qa[pos], want_tails=mode)
         if not pos.all():
             b[~pos] = _deriv_limit_at_zero(act, K)
             dm, dp = (float(v) for v in act.deriv(np.array([-1e-300, 1e-300])))
@@ -606,7 +616,7 @@ def _tails(act, K, qa, derivative=False):
             T[~pos] = np.maximum(E0 - np.cumsum(b[~pos] ** 2, axis=1), 0.0)
         E = np.maximum(b[:, 0] ** 2 + T[:, 0], 0.0)
         return b, T, _floor(E, K, _EPS * _EPS * 4)
-    a, T = _double_quadrature(act.fn, act.kinks, K, qa, want_tails=True)
+    a, T = _double_quadrature(act.fn, act.kinks, K, qa, want_tails=mode)
     E = a[:, 0] ** 2 + T[:, 0]
     return a, T, _floor(E, K, _EPS * _EPS * 4)
 
@@ -761,7 +771,7 @@ def truncation_order(activation, q, tol, kmax=400, derivative=None, **params):
     which = (False, True) if derivative is None else (bool(derivative),)
     worst = np.zeros(kmax + 1)
     for der in which:
-        _, T, floor = _tails(act, kmax, uq, der)
+        _, T, floor = _tails(act, kmax, uq, der, all_orders=True)
         worst = np.maximum(worst, np.max(T + floor, axis=0))
     ok = np.flatnonzero(worst <= tol)
     if ok.size == 0:
