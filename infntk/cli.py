@@ -16,7 +16,8 @@ and exit with status 2, without a traceback.
 Example
 -------
 >>> from infntk.cli import main
->>> main(["demo", "--quiet"])
+>>> main(["demo", "--quiet"])  # doctest: +ELLIPSIS
+self-check PASS: ...
 0
 """
 from __future__ import annotations
