@@ -70,7 +70,6 @@ import numbers
 
 import mpmath
 import numpy as np
-from scipy import special
 
 from ._validation import check_positive_int
 from .activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, Activation,
@@ -707,6 +706,10 @@ def dual_series(activation, q1, q2, rho, K, **params):
     q1, q2 : array_like, >= 0
     rho : array_like, in [-1, 1]
     K : int >= 0
+
+    The derivative series uses coefficients projected directly from the registry's ``phi'``
+    (exact for registered activations; for a callable without ``deriv=`` that is a central
+    difference, ~1e-10), which :func:`derivative_coefficients` (SPEC 4 relation) cross-checks.
 
     Returns
     -------
