@@ -76,7 +76,7 @@ from .activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, Activatio
                           get_activation)
 
 __all__ = ["coefficients", "derivative_coefficients", "second_moment", "tail", "mehler_bound",
-           "dual_series", "DualSeries", "truncation_order", "gamma_ntk", "gauss_hermite_order",
+           "dual_series", "DualSeries", "row_expansions", "RowExpansions", "truncation_order", "gamma_ntk", "gauss_hermite_order",
            "GH_MAX_ORDER"]
 
 _EPS = np.finfo(float).eps
@@ -745,6 +745,60 @@ def dual_series(activation, q1, q2, rho, K, **params):
         bound = np.sqrt(tk[i1] * tk[i2]) + 4 * (K + 1) * _EPS * np.sqrt(E[i1] * E[i2])
         res += [val.reshape(q1b.shape), bound.reshape(q1b.shape)]
     return DualSeries(res[0], res[2], res[1], res[3], K)
+
+
+class RowExpansions(tuple):
+    """Result of :func:`row_expansions`: ``(a, b, tail_a, tail_b)``.
+
+    ``a``, ``b``: (m, K+1) coefficients of ``phi`` and ``phi'`` per variance; ``tail_a``,
+    ``tail_b``: (m,) tails ``T_K`` including their rounding allowance, so that
+    ``sqrt(tail_a[i] tail_a[j])`` bounds the truncation error of pair ``(i, j)``.
+    """
+
+    def __new__(cls, a, b, tail_a, tail_b):
+        return super().__new__(cls, (a, b, tail_a, tail_b))
+
+    a = property(lambda self: self[0])
+    b = property(lambda self: self[1])
+    tail_a = property(lambda self: self[2])
+    tail_b = property(lambda self: self[3])
+
+
+def row_expansions(activation, K, q, **params):
+    r"""Everything a per-pair Mehler engine needs for one layer, for every row's variance.
+
+    For ``E[phi(u)phi(v)] ~ sum_k a_k(q_i) a_k(q_j) rho^k`` and
+    ``E[phi'(u)phi'(v)] ~ sum_k b_k(q_i) b_k(q_j) rho^k``, with certified errors
+    ``sqrt(tail_a[i] tail_a[j])`` and ``sqrt(tail_b[i] tail_b[j])`` (plus the evaluation's own
+    rounding, ``~4 (K+1) eps sqrt(E_i E_j)``). Coefficients are computed once per distinct
+    variance.
+
+    Parameters
+    ----------
+    activation : str, callable or Activation
+    K : int >= 0
+    q : array_like (m,), >= 0
+
+    Returns
+    -------
+    RowExpansions
+        ``(a, b, tail_a, tail_b)`` with shapes (m, K+1), (m, K+1), (m,), (m,).
+
+    Examples
+    --------
+    >>> r = row_expansions("tanh", 30, [0.5, 1.0])
+    >>> r.a.shape, r.tail_a.shape
+    ((2, 31), (2,))
+    """
+    act = _resolve(activation, params)
+    K = _check_K(K)
+    qa, _ = _check_q(q)
+    uq, inv = np.unique(qa, return_inverse=True)
+    out = []
+    for derivative in (False, True):
+        c, T, floor = _tails(act, K, uq, derivative)
+        out.append((c[inv], (T[:, K] + floor[:, K])[inv]))
+    return RowExpansions(out[0][0], out[1][0], out[0][1], out[1][1])
 
 
 def truncation_order(activation, q, tol, kmax=400, derivative=None, **params):

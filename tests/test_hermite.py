@@ -241,3 +241,14 @@ def test_bad_arguments():
         H.truncation_order("tanh", 1.0, -1.0)
     with pytest.raises(ValueError, match="NaN or inf"):
         H.coefficients(lambda x: np.exp(x * x), 3, 1.0)
+
+
+def test_row_expansions_consistent_with_dual_series():
+    q = np.array([0.5, 1.0, 0.5, 2.0])
+    r = H.row_expansions("tanh", 25, q)
+    s = H.dual_series("tanh", q[:, None], q[None, :], 0.4, 25)
+    pw = 0.4 ** np.arange(26)
+    np.testing.assert_allclose((r.a * pw) @ r.a.T, s.nngp, rtol=0, atol=1e-15)
+    np.testing.assert_allclose((r.b * pw) @ r.b.T, s.ntk_dot, rtol=0, atol=1e-15)
+    assert np.all(np.sqrt(np.outer(r.tail_a, r.tail_a)) <= s.nngp_bound)
+    np.testing.assert_allclose(r.b, H.derivative_coefficients("tanh", 25, q), rtol=0, atol=1e-13)
