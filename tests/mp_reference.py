@@ -336,9 +336,11 @@ def load_reference_cases(path=None):
         One dict per case with keys ``activation`` (str), ``params`` (dict, e.g.
         ``{"alpha": 0.1}``, pass as ``**params`` to ``infntk.FCNet``), ``depth`` (int),
         ``w_std`` (float), ``b_std`` (float or None), ``parameterization`` (str), ``width``
-        (int or None), ``X`` (float64, shape (n, d), the same array for every case),
-        ``nngp`` and ``ntk`` (float64, shape (n, n), ``X`` against itself), and ``id`` (a
-        readable name for pytest ids).
+        (int or None), ``geometry`` (``"near"``: nearly identical/antipodal/zero rows, or
+        ``"norms"``: parallel rows of norms 1e-3..1e3 and a zero row), ``X`` (float64, shape
+        (n, 5), shared by the cases of one geometry), ``nngp`` and ``ntk`` (float64, shape
+        (n, n), the 50-digit values rounded once, ``X`` against itself), and ``id`` (a readable
+        name for pytest ids).
 
     Example
     -------
@@ -351,17 +353,17 @@ def load_reference_cases(path=None):
     path = DEFAULT_DATA_PATH if path is None else path
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
-        X = z["X"]
-        nngp, ntk = z["nngp"], z["ntk"]
+        arrays = {k: z[k] for k in z.files if k != "meta"}
     cases = []
-    for k, m in enumerate(meta):
+    for m in meta:
+        g, k = m["geometry"], m["index"]
         c = dict(m)
-        c["X"] = X
-        c["nngp"] = nngp[k]
-        c["ntk"] = ntk[k]
+        c["X"] = arrays[f"X_{g}"]
+        c["nngp"] = arrays[f"nngp_{g}"][k]
+        c["ntk"] = arrays[f"ntk_{g}"][k]
         ps = ",".join(f"{a}={v}" for a, v in c["params"].items())
-        c["id"] = (f"{c['activation']}({ps})-{c['parameterization']}"
-                   f"{'' if c['width'] is None else c['width']}-L{c['depth']}"
-                   f"-w{c['w_std']}-b{c['b_std']}")
+        c["id"] = (f"{g}-{c['activation']}{'(' + ps + ')' if ps else ''}-"
+                   f"{c['parameterization']}{'' if c['width'] is None else c['width']}"
+                   f"-L{c['depth']}-w{c['w_std']}-b{c['b_std']}")
         cases.append(c)
     return cases

@@ -1,0 +1,123 @@
+"""Write tests/data/reference_kernels.npz: 50-digit NNGP/NTK Gram matrices on hard inputs.
+
+The references come from ``tests/mp_reference.py`` (pure mpmath, independent of the compiled
+engine). Run from the repository root::
+
+    python scripts/make_references.py            # about 3 minutes on one core
+
+Contents
+--------
+Two input geometries (SPEC section 6), each a float64 array with d = 5 columns, stored exactly:
+
+* ``X_near`` (8 rows): a generic random row ``x``; rows at relative distance
+  ``||y - x|| / ||x|| = 1e-2, 1e-4, 1e-6, 1e-8, 1e-10`` from it (random directions); a nearly
+  antipodal row ``-x + 1e-8 ||x|| u``; a zero row.
+* ``X_norms`` (6 rows): ``x``, and the parallel rows ``1e-3 x``, ``1e3 x``, ``7.3e2 x`` (not a
+  power of two, so not exactly parallel after rounding), ``0.37 x``; a zero row.
+
+They are separate so that the error measure "relative to max |K|" of one Gram is not swamped by
+the 1e3 row when checking the nearly identical pairs.
+
+For every closed-form activation (relu, leaky_relu alpha=0.1, abs, identity, step, sign,
+arccos n=0..3, erf, sin, cos, gaussian, gelu):
+
+* ``"ntk"`` parameterization, ``w_std in {1.0, 1.5}`` x ``b_std in {None, 0.0, 0.3}``,
+  depths 0, 1, 2, 3, 10, 100;
+* ``"standard"`` with ``width=512``, ``(w_std, b_std) in {(1.5, None), (1.0, 0.0), (1.0, 0.3)}``,
+  depths 0, 1, 3, 10;
+* arccos n = 2, 3: depths <= 3 only (their variances grow or vanish doubly exponentially, and
+  overflow float64 beyond that); any case with a non-finite float64 entry is dropped.
+
+Arrays: ``X_near``, ``X_norms``, ``nngp_near``/``ntk_near`` (cases, 8, 8),
+``nngp_norms``/``ntk_norms`` (cases, 6, 6), and ``meta``: a JSON list (one entry per case, in the
+order near cases then norms cases) of ``{activation, params, depth, w_std, b_std,
+parameterization, width, geometry, index}``. Load with ``tests.mp_reference.load_reference_cases``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from mp_reference import mp_kernels_depths  # noqa: E402
+
+OUT = os.path.join(ROOT, "tests", "data", "reference_kernels.npz")
+SEED = 20240607
+D = 5
+
+ACTIVATIONS = [
+    ("relu", {}), ("leaky_relu", {"alpha": 0.1}), ("abs", {}), ("identity", {}), ("step", {}),
+    ("sign", {}), ("arccos", {"n": 0}), ("arccos", {"n": 1}), ("arccos", {"n": 2}),
+    ("arccos", {"n": 3}), ("erf", {}), ("sin", {}), ("cos", {}), ("gaussian", {}), ("gelu", {}),
+]
+NTK_DEPTHS = [0, 1, 2, 3, 10, 100]
+STD_DEPTHS = [0, 1, 3, 10]
+NTK_COMBOS = [(w, b) for w in (1.0, 1.5) for b in (None, 0.0, 0.3)]
+STD_COMBOS = [(1.5, None), (1.0, 0.0), (1.0, 0.3)]
+WIDTH = 512
+
+
+def geometries():
+    """The two hard input sets (deterministic)."""
+    rng = np.random.default_rng(SEED)
+    x = rng.normal(size=D)
+    nx = np.linalg.norm(x)
+
+    def away(rel):
+        u = rng.normal(size=D)
+        return x + rel * nx * u / np.linalg.norm(u)
+
+    near = [x] + [away(r) for r in (1e-2, 1e-4, 1e-6, 1e-8, 1e-10)]
+    u = rng.normal(size=D)
+    near.append(-x + 1e-8 * nx * u / np.linalg.norm(u))
+    near.append(np.zeros(D))
+    norms = [x, 1e-3 * x, 1e3 * x, 7.3e2 * x, 0.37 * x, np.zeros(D)]
+    return {"near": np.array(near), "norms": np.array(norms)}
+
+
+def main():
+    geo = geometries()
+    meta = []
+    store = {g: ([], []) for g in geo}
+    t0 = time.time()
+    for gname, X in geo.items():
+        for act, params in ACTIVATIONS:
+            t1 = time.time()
+            limit = 3 if act == "arccos" and params["n"] >= 2 else None
+            runs = [("ntk", None, w, b, NTK_DEPTHS) for w, b in NTK_COMBOS]
+            runs += [("standard", WIDTH, w, b, STD_DEPTHS) for w, b in STD_COMBOS]
+            for par, width, w, b, depths in runs:
+                if limit is not None:
+                    depths = [L for L in depths if L <= limit]
+                res = mp_kernels_depths(act, X, None, depths, w, b, par, width, **params)
+                for L in depths:
+                    nngp, ntk = res[L]
+                    if not (np.all(np.isfinite(nngp)) and np.all(np.isfinite(ntk))):
+                        print(f"  dropped (not finite in float64): {gname} {act}{params} {par} "
+                              f"w={w} b={b} L={L}")
+                        continue
+                    store[gname][0].append(nngp)
+                    store[gname][1].append(ntk)
+                    meta.append({"activation": act, "params": params, "depth": L, "w_std": w,
+                                 "b_std": b, "parameterization": par, "width": width,
+                                 "geometry": gname, "index": len(store[gname][0]) - 1})
+            print(f"{gname:5s} {act}{params}: {time.time() - t1:.1f} s", flush=True)
+    arrays = {"meta": np.array(json.dumps(meta))}
+    for g, X in geo.items():
+        arrays[f"X_{g}"] = X
+        arrays[f"nngp_{g}"] = np.array(store[g][0])
+        arrays[f"ntk_{g}"] = np.array(store[g][1])
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    np.savez_compressed(OUT, **arrays)
+    print(f"{len(meta)} cases, {os.path.getsize(OUT) / 1e6:.2f} MB, {time.time() - t0:.0f} s -> {OUT}")
+
+
+if __name__ == "__main__":
+    main()
