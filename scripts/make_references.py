@@ -3,7 +3,7 @@
 The references come from ``tests/mp_reference.py`` (pure mpmath, independent of the compiled
 engine). Run from the repository root::
 
-    python scripts/make_references.py            # about 3 minutes on one core
+    python scripts/make_references.py            # 40-80 s on one core, 0.25 MB
 
 Contents
 --------
