@@ -3,7 +3,7 @@
 Measures, for a ReLU network, the time of one cross block ``net.kernels(Xi, Xj)`` of
 ``c x c`` pairs for growing ``c`` and several depths, reports the throughput in
 pair-layers per second (``c^2 (L + 1) / time``), then times ``distributed.gram`` end to end
-on the local threaded scheduler and writes the result to a ``.npy`` memmap, and extrapolates
+(``gram_to_npy``) on the local threaded scheduler, writing both kernels to ``.npy`` memmaps, and extrapolates
 to a ``10^5 x 10^5`` Gram matrix.
 
 Usage::
@@ -48,17 +48,16 @@ def block_scaling(sizes, depths, d, repeat):
 
 
 def end_to_end(n, chunk, depth, d):
-    from infntk.distributed import gram, to_npy
+    from infntk.distributed import gram_to_npy
     X = np.random.default_rng(1).standard_normal((n, d))
     net = infntk.FCNet("relu", depth=depth, w_std=2 ** 0.5, b_std=0.1)
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "K.npy")
         t0 = time.perf_counter()
-        to_npy(gram(net, X, chunks=chunk).ntk, path)
+        gram_to_npy(net, X, path=os.path.join(tmp, "K"), chunks=chunk)
         t = time.perf_counter() - t0
     pairs = n * (n + 1) / 2   # lower triangle with the diagonal (upper blocks transposed)
     print(f"gram -> .npy, n={n}, chunk={chunk}, depth={depth}: {t:.2f} s, "
-          f"{pairs * (depth + 1) / t:.3e} pair-layers/s (NTK only written; both computed)")
+          f"{pairs * (depth + 1) / t:.3e} pair-layers/s (NNGP and NTK written to .npy)")
     return pairs * (depth + 1) / t
 
 

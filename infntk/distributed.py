@@ -48,7 +48,7 @@ import numpy as np
 from ._validation import check_pair
 from .fcnet import Kernels
 
-__all__ = ["gram", "to_npy"]
+__all__ = ["gram", "gram_to_npy", "to_npy"]
 
 
 def _require_dask():
@@ -119,6 +119,33 @@ def _check_chunks(chunks, same):
     return rc, cc
 
 
+def _lower_blocks(net, A, B, same, rc, cc):
+    """Row/column bounds and ``{(i, j): {"nngp": dask block, "ntk": dask block}}`` for every
+    block to compute (``j <= i`` only when ``same``)."""
+    dask, da = _require_dask()
+    if not hasattr(net, "kernels"):
+        raise TypeError(f"net must have a kernels(X1, X2) method (an infntk.FCNet), "
+                        f"got {type(net).__name__}.")
+    delayed = dask.delayed
+    dnet = delayed(_recipe(net), pure=True)
+    rows = _bounds(A.shape[0], rc)
+    cols = rows if same else _bounds(B.shape[0], cc)
+    xa = [delayed(np.ascontiguousarray(A[r0:r1]), pure=True) for r0, r1 in rows]
+    xb = xa if same else [delayed(np.ascontiguousarray(B[c0:c1]), pure=True)
+                          for c0, c1 in cols]
+    block = delayed(_block, pure=True, nout=2)
+    computed = {}
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            if same and j > i:
+                continue  # the transpose of block (j, i)
+            nngp, ntk = block(dnet, xa[i], None if (same and i == j) else xb[j])
+            shape = (r1 - r0, c1 - c0)
+            computed[i, j] = {"nngp": da.from_delayed(nngp, shape, dtype=np.float64),
+                              "ntk": da.from_delayed(ntk, shape, dtype=np.float64)}
+    return rows, cols, computed
+
+
 def gram(net, X1, X2=None, chunks=4096):
     """NNGP and NTK Gram matrices of ``net`` as lazy dask arrays, one task per block.
 
@@ -159,26 +186,7 @@ def gram(net, X1, X2=None, chunks=4096):
     dask, da = _require_dask()
     A, B, same = check_pair(X1, X2)
     rc, cc = _check_chunks(chunks, same)
-    if not hasattr(net, "kernels"):
-        raise TypeError(f"net must have a kernels(X1, X2) method (an infntk.FCNet), "
-                        f"got {type(net).__name__}.")
-    delayed = dask.delayed
-    dnet = delayed(_recipe(net), pure=True)
-    rows = _bounds(A.shape[0], rc)
-    cols = rows if same else _bounds(B.shape[0], cc)
-    xa = [delayed(np.ascontiguousarray(A[r0:r1]), pure=True) for r0, r1 in rows]
-    xb = xa if same else [delayed(np.ascontiguousarray(B[c0:c1]), pure=True)
-                          for c0, c1 in cols]
-    block = delayed(_block, pure=True, nout=2)
-    computed = {}
-    for i, (r0, r1) in enumerate(rows):
-        for j, (c0, c1) in enumerate(cols):
-            if same and j > i:
-                continue  # the transpose of block (j, i)
-            nngp, ntk = block(dnet, xa[i], None if (same and i == j) else xb[j])
-            shape = (r1 - r0, c1 - c0)
-            computed[i, j] = {"nngp": da.from_delayed(nngp, shape, dtype=np.float64),
-                              "ntk": da.from_delayed(ntk, shape, dtype=np.float64)}
+    rows, cols, computed = _lower_blocks(net, A, B, same, rc, cc)
     out = {}
     for name in ("nngp", "ntk"):
         out[name] = [[computed[i, j][name] if (i, j) in computed else computed[j, i][name].T
@@ -220,3 +228,67 @@ def to_npy(arr, path, progress=False):
     mm.flush()
     del mm
     return np.load(path, mmap_mode="r")
+
+
+def gram_to_npy(net, X1, X2=None, path="K", chunks=4096, kernels=("nngp", "ntk"),
+                progress=False):
+    """Compute Gram matrices on the current dask scheduler and write them to ``.npy`` files.
+
+    Row ``i`` of blocks (for ``X2=None`` only the blocks ``j <= i``) is computed as one batch
+    of tasks (both kernels from the same block tasks) and written here into
+    ``np.memmap`` files; for ``X2=None`` each off-diagonal block is also written transposed
+    into the upper triangle, so every pair is computed once.
+
+    Parameters
+    ----------
+    net : infntk.FCNet
+    X1 : (n1, d) array
+    X2 : (n2, d) array, optional
+    path : str
+        Output stem: writes ``{path}_nngp.npy`` and ``{path}_ntk.npy`` (those in ``kernels``).
+    chunks : int or (int, int)
+        Block size, as in :func:`gram`.
+    kernels : sequence of {"nngp", "ntk"}
+    progress : bool
+        tqdm progress bar over the rows of blocks.
+
+    Returns
+    -------
+    dict
+        ``{kernel: numpy.memmap}`` of the written files, opened read-only.
+
+    Notes
+    -----
+    Memory here: one row of blocks, ``chunk * n2 * 8`` bytes per kernel (``chunk = 2048``,
+    ``n2 = 10^5``: 1.6 GB each). Disk: ``n1 * n2 * 8`` bytes per kernel. Parallelism: the
+    ``n2 / chunk`` blocks of a row run at once, enough for clusters of up to that many
+    worker threads.
+    """
+    dask, _ = _require_dask()
+    A, B, same = check_pair(X1, X2)
+    rc, cc = _check_chunks(chunks, same)
+    kernels = tuple(kernels)
+    if not kernels or any(k not in ("nngp", "ntk") for k in kernels):
+        raise ValueError(f'kernels must be a non-empty subset of ("nngp", "ntk"), got {kernels!r}.')
+    rows, cols, computed = _lower_blocks(net, A, B, same, rc, cc)
+    n1, n2 = A.shape[0], B.shape[0]
+    paths = {k: f"{path}_{k}.npy" for k in kernels}
+    mms = {k: np.lib.format.open_memmap(p, mode="w+", dtype=np.float64, shape=(n1, n2))
+           for k, p in paths.items()}
+    from tqdm.auto import tqdm
+    for i in tqdm(range(len(rows)), disable=not progress, desc="row blocks"):
+        js = [j for j in range(len(cols)) if (i, j) in computed]
+        vals = dask.compute(*[computed[i, j][k] for j in js for k in kernels])
+        r0, r1 = rows[i]
+        it = iter(vals)
+        for j in js:
+            c0, c1 = cols[j]
+            for k in kernels:
+                blk = next(it)
+                mms[k][r0:r1, c0:c1] = blk
+                if same and j < i:
+                    mms[k][c0:c1, r0:r1] = blk.T
+    for mm in mms.values():
+        mm.flush()
+    del mms
+    return {k: np.load(p, mmap_mode="r") for k, p in paths.items()}
