@@ -156,3 +156,12 @@ def test_svc_ntk_breast_cancer_and_iris():
     acc = cross_val_score(make_pipeline(StandardScaler(), SVC(C=10.0, kernel=NNGP(depth=2))),
                           Xi, yi, cv=5)
     assert acc.mean() >= 0.9
+
+
+def test_missing_sklearn_message(monkeypatch):
+    import importlib
+    import sys
+    monkeypatch.delitem(sys.modules, "infntk.sklearn")
+    monkeypatch.setitem(sys.modules, "sklearn.gaussian_process.kernels", None)
+    with pytest.raises(ImportError, match=r"pip install 'infntk\[sklearn\]'"):
+        importlib.import_module("infntk.sklearn")
