@@ -353,7 +353,7 @@ def _cmd_demo(args):
             print(f"inputs X ({X.shape[0]} points in R^{X.shape[1]}):\n{X}")
             print(f"NNGP Sigma^(L+1)(X, X):\n{k.nngp}")
             print(f"NTK Theta^(L+1)(X, X):\n{k.ntk}")
-        print(f"time: {1e3 * t_first:.1f} ms first call (includes loading compiled code), "
+        print(f"time: {1e3 * t_first:.1f} ms first call (includes Numba compilation, or loading its cache), "
               f"{1e6 * t_warm:.0f} us per call after")
     status = "PASS" if ok else "FAIL"
     print(f"self-check {status}: closed form vs independent NumPy arc-cosine recursion "
