@@ -97,66 +97,71 @@ __all__ = ["series_kernels", "series_diag", "series_block", "K_MAX"]
 K_MAX = 400
 _EPS = float(np.finfo(float).eps)
 _N_QUANTILES = 16
+_CHUNK = 256
 
 
 # ----------------------------------------------------------------------------- compiled pairs
 @njit(cache=True, error_model="numpy")
 def _series_row(ib, G, nsq1, row0, symmetric, depth, Ks, w2, b2, d, cK, cb,
                 rq1, rq2, a1, b1, a2T, b2T, E1, Ed1, out_nngp, out_ntk, excess):
+    """One output row, by chunks of ``_CHUNK`` columns (the work vectors stay in L1)."""
     i = row0 + ib
     jend = i + 1 if symmetric else G.shape[1]
-    S = np.empty(jend)
-    TH = np.empty(jend)
-    R = np.empty(jend)
-    acc = np.empty(jend)
-    accd = np.empty(jend)
-    for j in range(jend):
-        g = G[ib, j] / d
-        if symmetric and j == i:
-            g = nsq1[i] / d
-        S[j] = w2 * g + b2
-        TH[j] = cK[0] * g + cb[0]
+    S = np.empty(_CHUNK)
+    TH = np.empty(_CHUNK)
+    R = np.empty(_CHUNK)
+    acc = np.empty(_CHUNK)
+    accd = np.empty(_CHUNK)
     ex = 0.0
-    for l in range(depth):
-        K = Ks[l]
-        r1 = rq1[l, i]
-        r2 = rq2[l]
-        for j in range(jend):
-            m = r1 * r2[j]
-            rho = S[j] / m if m > 0.0 else 0.0
-            if rho > 1.0:
-                ex = max(ex, rho - 1.0)
-                rho = 1.0
-            elif rho < -1.0:
-                ex = max(ex, -1.0 - rho)
-                rho = -1.0
-            R[j] = rho
-        c = a1[l, i, K]
-        cd = b1[l, i, K]
-        ak = a2T[l, K]
-        bk = b2T[l, K]
-        for j in range(jend):
-            acc[j] = c * ak[j]
-            accd[j] = cd * bk[j]
-        for k in range(K - 1, -1, -1):
-            c = a1[l, i, k]
-            cd = b1[l, i, k]
-            ak = a2T[l, k]
-            bk = b2T[l, k]
-            for j in range(jend):
-                acc[j] = acc[j] * R[j] + c * ak[j]
-                accd[j] = accd[j] * R[j] + cd * bk[j]
-        if symmetric:
-            acc[i] = E1[l, i]
-            accd[i] = Ed1[l, i]
-        cKl = cK[l + 1]
-        cbl = cb[l + 1]
-        for j in range(jend):
-            TH[j] = cKl * acc[j] + w2 * accd[j] * TH[j] + cbl
-            S[j] = w2 * acc[j] + b2
-    for j in range(jend):
-        out_nngp[ib, j] = S[j]
-        out_ntk[ib, j] = TH[j]
+    for j0 in range(0, jend, _CHUNK):
+        nj = min(_CHUNK, jend - j0)
+        for jj in range(nj):
+            j = j0 + jj
+            g = G[ib, j] / d
+            if symmetric and j == i:
+                g = nsq1[i] / d
+            S[jj] = w2 * g + b2
+            TH[jj] = cK[0] * g + cb[0]
+        for l in range(depth):
+            K = Ks[l]
+            r1 = rq1[l, i]
+            r2 = rq2[l, j0:j0 + nj]
+            for jj in range(nj):
+                m = r1 * r2[jj]
+                rho = S[jj] / m if m > 0.0 else 0.0
+                if rho > 1.0:
+                    ex = max(ex, rho - 1.0)
+                    rho = 1.0
+                elif rho < -1.0:
+                    ex = max(ex, -1.0 - rho)
+                    rho = -1.0
+                R[jj] = rho
+            c = a1[l, i, K]
+            cd = b1[l, i, K]
+            ak = a2T[l, K, j0:j0 + nj]
+            bk = b2T[l, K, j0:j0 + nj]
+            for jj in range(nj):
+                acc[jj] = c * ak[jj]
+                accd[jj] = cd * bk[jj]
+            for k in range(K - 1, -1, -1):
+                c = a1[l, i, k]
+                cd = b1[l, i, k]
+                ak = a2T[l, k, j0:j0 + nj]
+                bk = b2T[l, k, j0:j0 + nj]
+                for jj in range(nj):
+                    acc[jj] = acc[jj] * R[jj] + c * ak[jj]
+                    accd[jj] = accd[jj] * R[jj] + cd * bk[jj]
+            if symmetric and j0 <= i < j0 + nj:
+                acc[i - j0] = E1[l, i]
+                accd[i - j0] = Ed1[l, i]
+            cKl = cK[l + 1]
+            cbl = cb[l + 1]
+            for jj in range(nj):
+                TH[jj] = cKl * acc[jj] + w2 * accd[jj] * TH[jj] + cbl
+                S[jj] = w2 * acc[jj] + b2
+        for jj in range(nj):
+            out_nngp[ib, j0 + jj] = S[jj]
+            out_ntk[ib, j0 + jj] = TH[jj]
     excess[ib] = ex
 
 
@@ -238,37 +243,25 @@ def _row_statistics(net, nsq, d):
     return q, E, Ed, th
 
 
-def _tails_all_orders(act, K, qa, derivative):
-    """hermite's coefficients, tails of every order and floors (older signature fallback)."""
-    try:
-        return hermite._tails(act, K, qa, derivative, all_orders=True)
-    except TypeError:
-        return hermite._tails(act, K, qa, derivative)
-
-
 class _LayerData:
     """Coefficients and bound ingredients of one layer for a set of variances ``q``.
 
-    ``a, b (m, Kc+1)``; ``tT[K], tD[K]``: tails ``T_K + floor`` of phi and phi' (0 for
-    ``q = 0``); ``S1[K] = sum_{k<=K} k b_k^2``. With ``all_orders`` every ``K <= Kc`` is
-    available (for the choice of ``K``), otherwise only ``K = Kc``.
+    ``a, b (m, Kc+1)``; ``tT[:, K], tD[:, K]``: tails ``T_K + floor`` of phi and phi' for
+    every ``K <= Kc`` (0 for ``q = 0``), from ``T_K = T_Kc + sum_{K<j<=Kc} a_j^2`` (sums of
+    non-negative terms: no cancellation); ``S1[:, K] = sum_{k<=K} k b_k^2``.
     """
 
-    def __init__(self, act, Kc, q, all_orders):
+    def __init__(self, act, Kc, q):
         uq, inv = np.unique(q, return_inverse=True)
-        if all_orders:
-            a, T, fl = _tails_all_orders(act, Kc, uq, False)
-            b, Td, fld = _tails_all_orders(act, Kc, uq, True)
-        else:
-            a, T, fl = hermite._tails(act, Kc, uq, False)
-            b, Td, fld = hermite._tails(act, Kc, uq, True)
+        a, T, fl = hermite._tails(act, Kc, uq, False)
+        b, Td, fld = hermite._tails(act, Kc, uq, True)
         zero = uq == 0.0
-        self.a = a[inv]
-        self.b = b[inv]
-        tT = T + fl
-        tD = Td + fld
+        tT = _all_tails(a, T[:, Kc]) + fl
+        tD = _all_tails(b, Td[:, Kc]) + fld
         tT[zero] = 0.0
         tD[zero] = 0.0      # rho = 0 exactly for degenerate rows: only k = 0 is used
+        self.a = a[inv]
+        self.b = b[inv]
         self.tT = tT[inv]
         self.tD = tD[inv]
         self.S1 = np.cumsum(np.arange(Kc + 1)[None, :] * b * b, axis=1)[inv]
@@ -276,6 +269,16 @@ class _LayerData:
 
     def at(self, K):
         return self.tT[:, K], self.tD[:, K], self.S1[:, K]
+
+
+def _all_tails(a, tK):
+    """T_k for k = 0..Kc from T_Kc and the coefficients (suffix sums of a_j^2)."""
+    sq = a[:, ::-1] ** 2
+    suffix = np.cumsum(sq, axis=1)[:, ::-1]          # suffix[:, k] = sum_{j>=k} a_j^2
+    out = np.empty_like(a)
+    out[:, :-1] = suffix[:, 1:]
+    out[:, -1] = 0.0
+    return out + tK[:, None]
 
 
 def _row_bounds(net, d, q, E, Ed, th, layer_tails, Ks):
@@ -326,29 +329,45 @@ def _choose_orders(net, d, q, E, Ed, th, target, split):
     sample = _sample_rows(q)
     qs, Es, Eds, ths = q[:, sample], E[:, sample], Ed[:, sample], th[:, sample]
     # all orders up to a cap for the sample; the cap grows only if needed
-    cap = 64
+    cap = 128
     while True:
-        data = [_LayerData(act, cap, qs[l], all_orders=True) for l in range(L)]
+        data = [_LayerData(act, cap, qs[l]) for l in range(L)]
         worst = [np.max(np.maximum(dl.tT, dl.tD), axis=0) for dl in data]   # (cap+1,)
-        taus = np.sort(np.unique(np.concatenate(worst)))[::-1]
+        floor = max(w.min() for w in worst)
+        taus = np.unique(np.concatenate(worst))            # ascending
+        taus = taus[taus >= floor]
+
+        def orders(tau):
+            return [int(np.flatnonzero(w <= tau)[0]) for w in worst]
+
+        def meets(tau):
+            Ks = orders(tau)
+            uS, uT = _row_bounds(net, d, qs, Es, Eds, ths,
+                                 [dl.at(k) for dl, k in zip(data, Ks)], Ks)
+            return max(np.max(uS), np.max(uT)) <= 0.5 * target
+
+        # the largest tail level whose orders meet the target (bisection: the bound decreases
+        # with tau up to rounding; the check on all rows below catches any miss)
         chosen = None
-        for tau in taus:
-            if any(w.min() > tau for w in worst):
-                break
-            Ks = [int(np.flatnonzero(w <= tau)[0]) for w in worst]
-            uS, uT = _row_bounds(net, d, qs, Es, Eds, ths, [dl.at(k) for dl, k in zip(data, Ks)],
-                                 Ks)
-            if max(np.max(uS), np.max(uT)) <= 0.5 * target:
-                chosen = Ks
-                break
+        if taus.size and meets(taus[0]):
+            lo, hi = 0, taus.size - 1          # meets(taus[lo]) holds
+            if meets(taus[hi]):
+                lo = hi
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if meets(taus[mid]):
+                    lo = mid
+                else:
+                    hi = mid
+            chosen = orders(taus[lo])
         if chosen is not None or cap >= K_MAX:
             break
-        cap = min(K_MAX, 2 * cap)
+        cap = K_MAX
     if chosen is None:
         chosen = [cap] * L
     # full set of rows: verify, raise the orders if the sample missed a worse row
     while True:
-        full = [_LayerData(act, K, q[l], all_orders=False) for l, K in enumerate(chosen)]
+        full = [_LayerData(act, K, q[l]) for l, K in enumerate(chosen)]
         tails = [dl.at(K) for dl, K in zip(full, chosen)]
         uS, uT = _row_bounds(net, d, q, E, Ed, th, tails, chosen)
         bound = max(_pair_bound(uS[:split], uS[split:] if split < uS.size else uS[:split]),

@@ -1,0 +1,92 @@
+"""Throughput of the Hermite-series engine (activations without a closed form), issue 3 sec. 4.
+
+A tanh network, depth 3, n = 2000 points of dimension d = 50 (standard normal), tol = 1e-10:
+prints the truncation orders chosen per layer, the certified error bound, the time of the
+per-row part (row variances, coefficient and tail computation, choice of the orders), the
+pair loop's throughput in pair-layers per second (n1 n2 L / s, counting every entry of the
+output even where symmetry lets the engine compute one triangle, as bench_kernels.py does),
+and the spectrum for kmax = 200 via infntk.spectrum.sphere_eigenvalues. Then the same for
+the other named activations at a smaller n.
+
+Usage: python benchmarks/bench_series.py [--n 2000] [--d 50] [--depth 3] [--tol 1e-10]
+"""
+import argparse
+import time
+
+import numpy as np
+
+import infntk
+from infntk import _series_engine as se
+
+
+def best_of(f, repeats):
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = f()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def per_row_time(net, X):
+    """Time of everything but the pair loop: row statistics, orders, coefficients."""
+    d = X.shape[1]
+    nsq = np.einsum("ij,ij->i", X, X)
+
+    def run():
+        q, E, Ed, th = se._row_statistics(net, nsq, d)
+        scale = float(max(q[-1].max(), th[-1].max()))
+        return se._choose_orders(net, d, q, E, Ed, th, net.tol * scale, X.shape[0])
+    return run
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--d", type=int, default=50)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--tol", type=float, default=1e-10)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    import numba
+    print(f"numba {numba.__version__}, threads {numba.get_num_threads()}")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((args.n, args.d))
+    net = infntk.FCNet("tanh", depth=args.depth, w_std=1.0, b_std=0.1, tol=args.tol)
+    net.kernels(X[:8])                       # compile / load the cache outside the timing
+    t_rows, res = best_of(per_row_time(net, X), args.repeats)
+    Ks = res[0]
+    t_all, k = best_of(lambda: net.kernels(X), args.repeats)
+    pl = args.n * args.n * args.depth
+    t_pairs = t_all - t_rows
+    print(f"tanh depth {args.depth}, n {args.n}, d {args.d}, tol {args.tol:g}: orders K_l = "
+          f"{list(k.orders)}, error_bound {k.error_bound:.3g} "
+          f"(kernel scale {max(np.abs(k.nngp).max(), np.abs(k.ntk).max()):.3g})")
+    print(f"  total {t_all:.3f} s; per-row part (variances, coefficients, orders) {t_rows:.3f} s;"
+          f" pair loop {t_pairs:.3f} s")
+    print(f"  pair-layers/s: {pl / t_all:.3g} overall, {pl / t_pairs:.3g} in the pair loop")
+    t_cross, _ = best_of(lambda: net.kernels(X, X[::-1].copy()), 1)
+    print(f"  cross (X2 given, full n x n): {t_cross:.3f} s, {pl / t_cross:.3g} pair-layers/s")
+    try:
+        from infntk.spectrum import sphere_eigenvalues
+    except ImportError:
+        sphere_eigenvalues = None
+    if sphere_eigenvalues is not None:
+        t_spec, spec = best_of(lambda: sphere_eigenvalues(net, args.d, 200), 1)
+        print(f"  spectrum kmax=200, d={args.d}: {t_spec:.3f} s (mu_0 {spec.mu[0]:.4g}, "
+              f"mu_200 {spec.mu[200]:.3g})")
+    n_small = min(args.n, 1000)
+    Xs = X[:n_small]
+    print(f"other activations, n {n_small}, depth {args.depth}, tol {args.tol:g}:")
+    for name in ("sigmoid", "softplus", "silu", "elu"):
+        import warnings
+        net = infntk.FCNet(name, depth=args.depth, w_std=1.0, b_std=0.1, tol=args.tol)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            t, k = best_of(lambda: net.kernels(Xs), 1)
+        print(f"  {name:8} K_l {list(k.orders)}  bound {k.error_bound:.3g}  {t:.3f} s  "
+              f"{n_small * n_small * args.depth / t:.3g} pair-layers/s")
+
+
+if __name__ == "__main__":
+    main()
