@@ -69,10 +69,12 @@ Truncation order
 ----------------
 ``K_l`` is chosen so that ``error_bound <= tol * scale``, ``scale`` the largest diagonal
 entry of the NNGP and NTK over all rows (which bounds ``max |K|`` of both Gram matrices):
-the tails of every order are computed for a sample of rows (quantiles of each layer's
-variances), a common per-layer tail level ``tau`` is lowered until the sample's propagated bound
-meets the target, and the bound is then computed for all rows; if that fails, ``tau`` is lowered
-further. Analytic activations (tanh, sigmoid, softplus, silu) have exponentially decaying tails
+the tails of every order (``T_k = T_Kc + sum_{k<j<=Kc} a_j^2``) are computed for a sample of
+rows (16 quantiles of each layer's variances), the largest common tail level ``tau`` whose
+per-layer orders make the sample's propagated bound meet half the target is found by
+bisection, and the bound is then computed for all rows; if that fails, the orders are raised
+by 25 % until it holds. The orders used are attached to the result as ``Kernels.orders``.
+Analytic activations (tanh, sigmoid, softplus, silu) have exponentially decaying tails
 and meet ``tol = 1e-10`` with ``K`` of a few tens to ~150 (tanh, ``q ~ 1``: ~100). Kinked ones
 converge algebraically (elu, ``alpha = 1``: ``T'_K ~ K^{-3/2}``; ``alpha != 1``:
 ``T'_K ~ K^{-1/2}``): the order stops at ``K_MAX`` and a ``RuntimeWarning`` reports the
@@ -98,6 +100,7 @@ K_MAX = 400
 _EPS = float(np.finfo(float).eps)
 _N_QUANTILES = 16
 _CHUNK = 256
+_CAP0 = 96
 
 
 # ----------------------------------------------------------------------------- compiled pairs
@@ -328,10 +331,11 @@ def _choose_orders(net, d, q, E, Ed, th, target, split):
     L = net.depth
     sample = _sample_rows(q)
     qs, Es, Eds, ths = q[:, sample], E[:, sample], Ed[:, sample], th[:, sample]
-    # all orders up to a cap for the sample; the cap grows only if needed
-    cap = 128
+    # all orders up to a cap for the sample; a layer's cap is raised (once, to K_MAX) only if
+    # its tails at the cap are not far below the target
+    caps = [_CAP0] * L
+    data = [_LayerData(act, _CAP0, qs[l]) for l in range(L)]
     while True:
-        data = [_LayerData(act, cap, qs[l]) for l in range(L)]
         worst = [np.max(np.maximum(dl.tT, dl.tD), axis=0) for dl in data]   # (cap+1,)
         floor = max(w.min() for w in worst)
         taus = np.unique(np.concatenate(worst))            # ascending
@@ -360,11 +364,15 @@ def _choose_orders(net, d, q, E, Ed, th, target, split):
                 else:
                     hi = mid
             chosen = orders(taus[lo])
-        if chosen is not None or cap >= K_MAX:
+        raise_ = [l for l in range(L) if caps[l] < K_MAX and worst[l][-1] > 1e-3 * target]
+        if not raise_ or (chosen is not None and all(
+                k < caps[l] for l, k in enumerate(chosen))):
             break
-        cap = K_MAX
+        for l in raise_:
+            caps[l] = K_MAX
+            data[l] = _LayerData(act, K_MAX, qs[l])
     if chosen is None:
-        chosen = [cap] * L
+        chosen = list(caps)
     # full set of rows: verify, raise the orders if the sample missed a worse row
     while True:
         full = [_LayerData(act, K, q[l]) for l, K in enumerate(chosen)]
