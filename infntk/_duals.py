@@ -284,6 +284,37 @@ def abstep_pair(a, b, m, A, B, skk):
     return k, 0.0, kA, kB
 
 
+# T(x) = x - sin x cos x = sum_{k>=1} (-1)^(k+1) 4^k x^(2k+1) / (2k+1)!, for x < 0.5
+_T_SERIES = tuple(((-1.0) ** (k + 1)) * 4.0 ** k / math.factorial(2 * k + 1) for k in range(1, 10))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def t_small(x, sin_x, cos_x):
+    """x - sin x cos x for 0 <= x <= pi/2, relative accuracy (series below 0.5)."""
+    if x < 0.5:
+        x2 = x * x
+        acc = _T_SERIES[8]
+        for i in range(7, -1, -1):
+            acc = acc * x2 + _T_SERIES[i]
+        return acc * x2 * x
+    return x - sin_x * cos_x
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def arccos_J_complement(n, m, A, B, theta, phi):
+    """J_n(0) - J_n(theta) >= 0 without cancellation for small theta (n = 2, 3)."""
+    sin_t = math.sqrt(A * B) / m
+    cos_t = 0.5 * (B - A) / m
+    if theta > 1.0:
+        return arccos_J0(n) - arccos_J(n, theta, phi)
+    s2 = sin_t * sin_t
+    if n == 2:
+        return 2.0 * phi * s2 + 3.0 * t_small(theta, sin_t, cos_t)
+    V = A / m
+    S = g_small(theta, sin_t, cos_t)
+    return 15.0 * (PI * V - S) + 11.0 * s2 * sin_t + 6.0 * phi * s2 * cos_t
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def arccos_pair(n, m, A, B):
     """(k, kd, kA, kB) of phi = max(x, 0)^n, n >= 2 (Cho & Saul 2009)."""
@@ -292,12 +323,14 @@ def arccos_pair(n, m, A, B):
     J0 = arccos_J0(n)
     mn = m ** n / (2.0 * PI)
     kd = n * n * m ** (n - 1) * arccos_J(n - 1, theta, phi) / (2.0 * PI)
-    return mn * Jt, kd, mn * (J0 - Jt), mn * (J0 + Jt)
+    if m == 0.0:
+        return 0.0, kd, 0.0, 0.0
+    return mn * Jt, kd, mn * arccos_J_complement(n, m, A, B, theta, phi), mn * (J0 + Jt)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
-    """(k, kd, kA, kB) of the non-homogeneous closed forms (erf, sin, cos, gaussian, gelu)."""
+def smooth_kkd(family, q1, q2, r1, r2, A, B):
+    """(k, kd) of the non-homogeneous closed forms at the pair state (q, r = sqrt(q), A, B)."""
     s = 0.5 * (B - A)
     AB = A * B
     if family == FAMILY_ERF:
@@ -320,11 +353,101 @@ def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
     elif family == FAMILY_GELU:
         k, kd = _gelu(q1, q2, s, AB)
     else:
-        return math.nan, math.nan, math.nan, math.nan
-    # The gaps are formed by subtraction here (absolute accuracy ~ ulp(sk)); a rounding-level
-    # negative value is set to 0 (the exact value is >= 0 by Cauchy-Schwarz).
+        k = math.nan
+        kd = math.nan
+    return k, kd
+
+
+# 4-point Gauss-Legendre rule on [-1, 1]
+_GL_X = (-0.8611363115940526, -0.3399810435848563, 0.3399810435848563, 0.8611363115940526)
+_GL_W = (0.3478548451374538, 0.6521451548625461, 0.6521451548625461, 0.3478548451374538)
+# below this gap (relative to min(m, 1), the analyticity radius of the duals in s) the
+# angular part of a gap is integrated (GL4 error < 1e-14 relative); above it, subtracted.
+_GAP_QUAD = 0.01
+# below this |log(r1/r2)|/2 the radial gap is taken from its even expansion in delta
+_RADIAL_D0 = 1e-3
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _gap_integral(family, q1, q2, r1, r2, m, g, upper):
+    """int of kd = dk/ds (Price) over the gap g = m - s (upper) or s + m (lower)."""
+    acc = 0.0
+    for i in range(4):
+        h = 0.5 * g * (1.0 + _GL_X[i])       # distance from the end point +-m
+        if upper:
+            _, kd = smooth_kkd(family, q1, q2, r1, r2, h, 2.0 * m - h)
+        else:
+            _, kd = smooth_kkd(family, q1, q2, r1, r2, 2.0 * m - h, h)
+        acc += _GL_W[i] * kd
+    return 0.5 * g * acc
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _radial_direct(family, a, b):
+    """sqrt(E[phi(a z)^2] E[phi(b z)^2]) - E[phi(a z) phi(b z)] by subtraction."""
+    k11, _ = smooth_kkd(family, a * a, a * a, a, a, 0.0, 2.0 * a * a)
+    k22, _ = smooth_kkd(family, b * b, b * b, b, b, 0.0, 2.0 * b * b)
+    k12, _ = smooth_kkd(family, a * a, b * b, a, b, 0.0, 2.0 * a * b)
+    return math.sqrt(k11) * math.sqrt(k22) - k12
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _radial_gap(family, r1, r2, sk1, sk2):
+    """R = sqrt(k11 k22) - k(q1, q2, s = sqrt(q1 q2)) >= 0, the gap of perfectly correlated
+    inputs of different scales; 0 for r1 = r2 and even in delta = log(r1/r2)/2.
+
+    For |delta| < 1e-3 it is R(delta0) (delta/delta0)^2 corrected by Richardson from
+    R(2 delta0) (relative error ~1e-11); otherwise by subtraction (relative error < 1e-10).
+    """
+    if r1 == r2:
+        return 0.0
+    if r1 == 0.0 or r2 == 0.0:
+        return sk1 * sk2 - smooth_kkd(family, r1 * r1, r2 * r2, r1, r2, 0.0, 0.0)[0]
+    delta = 0.5 * math.log(r1 / r2)
+    if abs(delta) >= _RADIAL_D0:
+        return sk1 * sk2 - smooth_kkd(family, r1 * r1, r2 * r2, r1, r2, 0.0,
+                                      2.0 * r1 * r2)[0]
+    c = math.sqrt(r1) * math.sqrt(r2)
+    e1 = math.exp(_RADIAL_D0)
+    e2 = math.exp(2.0 * _RADIAL_D0)
+    R1 = _radial_direct(family, c * e1, c / e1)
+    R2 = _radial_direct(family, c * e2, c / e2)
+    # R = C2 d^2 + C4 d^4:  C2 d0^2 = (16 R1 - R2) / 12, C4 d0^4 = (R2 - 4 R1) / 12
+    t = (delta / _RADIAL_D0) ** 2
+    return t * ((16.0 * R1 - R2) + t * (R2 - 4.0 * R1)) / 12.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
+    """(k, kd, kA, kB) of the non-homogeneous closed forms (erf, sin, cos, gaussian, gelu).
+
+    The gaps are split into a radial and an angular part,
+    ``kA = [sqrt(k11 k22) - k(m)] + [k(m) - k(s)]`` with ``m = sqrt(q1 q2)``: the angular
+    part is ``int_s^m kd dt`` (Price's theorem) by Gauss-Legendre when the gap is small, the
+    radial part from its even expansion in ``log(r1/r2)``; likewise ``kB`` near ``s = -m``.
+    Both are then accurate relative to themselves, which matters in the chaotic regime where
+    the recursion magnifies ``1 - rho`` layer after layer.
+    """
+    k, kd = smooth_kkd(family, q1, q2, r1, r2, A, B)
     sk = sk1 * sk2
-    return k, kd, max(sk - k, 0.0), max(sk + k, 0.0)
+    m = r1 * r2
+    lim = _GAP_QUAD * min(m, 1.0)
+    if A <= lim:
+        kA = _radial_gap(family, r1, r2, sk1, sk2) + _gap_integral(family, q1, q2, r1, r2, m,
+                                                                    A, True)
+    else:
+        kA = sk - k
+    if B <= lim:
+        kneg, _ = smooth_kkd(family, q1, q2, r1, r2, 2.0 * m, 0.0)
+        if family == FAMILY_ERF or family == FAMILY_SIN:    # odd: sk + k(-m) = R
+            anti = _radial_gap(family, r1, r2, sk1, sk2)
+        else:
+            anti = sk + kneg
+        kB = anti + _gap_integral(family, q1, q2, r1, r2, m, B, False)
+    else:
+        kB = sk + k
+    # rounding-level negative values are set to 0 (exact values are >= 0 by Cauchy-Schwarz)
+    return k, kd, max(kA, 0.0), max(kB, 0.0)
 
 
 @njit(cache=True, error_model="numpy")

@@ -66,18 +66,20 @@ def _cross_norm2_exact(x, y):
 
 @njit(cache=True, error_model="numpy")
 def _sin2_from_rows(x, y, nx2, g):
-    """sin^2 of the angle between rows x and y, accurate relative to itself.
+    """sin^2 of the angle between rows x and y, accurate relative to itself, and |x|^2 - |y|^2.
 
     r = y - t x with t = <x,y>/|x|^2 (any t leaves |x ^ y| unchanged); each component
     is formed from an exact product, so r is accurate even when it is tiny compared with y
     and sin^2 = (|r|^2 - <x,r>^2/|x|^2)/|y|^2 carries a relative error ~ 1e-48 / sin^2.
     Below 1e-28 (angles under 1e-14, in practice exactly parallel rows) the exact O(d^2)
-    minor sum decides, so that exactly parallel rows get exactly 0.
+    minor sum decides, so that exactly parallel rows get exactly 0. The squared-norm
+    difference is summed from (x_k - y_k)(x_k + y_k), accurate for nearly equal rows.
     """
     t = g / nx2
     rr = 0.0
     xr = 0.0
     yy = 0.0
+    dn2 = 0.0
     same = True
     for k in range(x.shape[0]):
         p, e = _two_product(t, x[k])
@@ -85,15 +87,16 @@ def _sin2_from_rows(x, y, nx2, g):
         rr += r * r
         xr += x[k] * r
         yy += y[k] * y[k]
+        dn2 += (x[k] - y[k]) * (x[k] + y[k])
         same = same and x[k] == y[k]
     if same:
-        return 0.0
+        return 0.0, 0.0
     s2 = (rr - xr * xr / nx2) / yy
     if s2 < 1e-28:
         s2 = _cross_norm2_exact(x, y) / nx2 / yy
     if s2 < 0.0:
         s2 = 0.0
-    return s2
+    return s2, dn2
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -103,6 +106,7 @@ def _first_layer(x, y, g, nx2, ny2, w2, b2, d, identical):
     ny = math.sqrt(ny2)
     m = math.sqrt(w2 * nx2 / d + b2) * math.sqrt(w2 * ny2 / d + b2)
     nn = nx * ny
+    dn = nx - ny
     if identical:
         omc = 0.0
         opc = 2.0
@@ -112,7 +116,8 @@ def _first_layer(x, y, g, nx2, ny2, w2, b2, d, identical):
     else:
         c = g / nn
         if c > 1.0 - _PARALLEL_TOL or c < -1.0 + _PARALLEL_TOL:
-            s2 = _sin2_from_rows(x, y, nx2, g)
+            s2, dn2 = _sin2_from_rows(x, y, nx2, g)
+            dn = dn2 / (nx + ny)
             ac = math.sqrt(1.0 - s2)
             if c > 0.0:
                 omc = s2 / (1.0 + ac)
@@ -124,7 +129,6 @@ def _first_layer(x, y, g, nx2, ny2, w2, b2, d, identical):
             omc = 1.0 - c
             opc = 1.0 + c
     wn = w2 * nn / d
-    dn = nx - ny
     gap = w2 * b2 * dn * dn / d / (m + wn + b2) if b2 > 0.0 else 0.0
     return gap + wn * omc, gap + wn * opc + 2.0 * b2
 
