@@ -163,7 +163,7 @@ def abrelu_normalized(c, m, A, B, theta, phi):
     return (1.0 + e) - e * opc - c * gp / PI, opc + c * gt / PI
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def arccos_J(n, theta, phi):
     """Cho & Saul's J_n(theta) for n = 1, 2, 3 (n = 0 is pi - theta)."""
     ct = math.cos(theta)
@@ -177,7 +177,7 @@ def arccos_J(n, theta, phi):
     return 4.0 * st * st * st + 15.0 * st * ct * ct + phi * (9.0 * st * st * ct + 15.0 * ct * ct * ct)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def arccos_J0(n):
     """J_n(0) = pi (2n - 1)!!."""
     r = PI
@@ -186,7 +186,7 @@ def arccos_J0(n):
     return r
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _erf_k(q1, q2, r1, r2, A, B):
     """(2/pi) asin(beta), beta = 2 s / sqrt((1 + 2 q1)(1 + 2 q2)), r = sqrt(q).
 
@@ -205,7 +205,7 @@ def _erf_k(q1, q2, r1, r2, A, B):
     return (4.0 / PI) * math.asin(math.sqrt(0.5 * (gap + 1.0 + 2.0 * B) / D)) - 1.0
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _gelu(q1, q2, s, AB):
     """E[u Phi(u) v Phi(v)] and E[phi'(u) phi'(v)] for GELU phi(x) = x Phi(x) (exact).
 
@@ -288,7 +288,7 @@ def abstep_pair(a, b, m, A, B, skk):
 _T_SERIES = tuple(((-1.0) ** (k + 1)) * 4.0 ** k / math.factorial(2 * k + 1) for k in range(1, 10))
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def t_small(x, sin_x, cos_x):
     """x - sin x cos x for 0 <= x <= pi/2, relative accuracy (series below 0.5)."""
     if x < 0.5:
@@ -300,7 +300,7 @@ def t_small(x, sin_x, cos_x):
     return x - sin_x * cos_x
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def arccos_J_complement(n, m, A, B, theta, phi):
     """J_n(0) - J_n(theta) >= 0 without cancellation for small theta (n = 2, 3)."""
     sin_t = math.sqrt(A * B) / m
@@ -315,7 +315,7 @@ def arccos_J_complement(n, m, A, B, theta, phi):
     return 15.0 * (PI * V - S) + 11.0 * s2 * sin_t + 6.0 * phi * s2 * cos_t
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def arccos_pair(n, m, A, B):
     """(k, kd, kA, kB) of phi = max(x, 0)^n, n >= 2 (Cho & Saul 2009)."""
     theta, phi = angles(m, A, B)
@@ -328,7 +328,7 @@ def arccos_pair(n, m, A, B):
     return mn * Jt, kd, mn * arccos_J_complement(n, m, A, B, theta, phi), mn * (J0 + Jt)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def smooth_kkd(family, q1, q2, r1, r2, A, B):
     """(k, kd) of the non-homogeneous closed forms at the pair state (q, r = sqrt(q), A, B)."""
     s = 0.5 * (B - A)
@@ -368,7 +368,7 @@ _GAP_QUAD = 0.01
 _RADIAL_D0 = 1e-3
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _gap_integral(family, q1, q2, r1, r2, m, g, upper):
     """int of kd = dk/ds (Price) over the gap g = m - s (upper) or s + m (lower)."""
     acc = 0.0
@@ -382,7 +382,7 @@ def _gap_integral(family, q1, q2, r1, r2, m, g, upper):
     return 0.5 * g * acc
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _radial_direct(family, a, b):
     """sqrt(E[phi(a z)^2] E[phi(b z)^2]) - E[phi(a z) phi(b z)] by subtraction."""
     k11, _ = smooth_kkd(family, a * a, a * a, a, a, 0.0, 2.0 * a * a)
@@ -391,7 +391,7 @@ def _radial_direct(family, a, b):
     return math.sqrt(k11) * math.sqrt(k22) - k12
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _radial_gap(family, r1, r2, sk1, sk2):
     """R = sqrt(k11 k22) - k(q1, q2, s = sqrt(q1 q2)) >= 0, the gap of perfectly correlated
     inputs of different scales; 0 for r1 = r2 and even in delta = log(r1/r2)/2.
@@ -417,7 +417,7 @@ def _radial_gap(family, r1, r2, sk1, sk2):
     return t * ((16.0 * R1 - R2) + t * (R2 - 4.0 * R1)) / 12.0
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
     """(k, kd, kA, kB) of the non-homogeneous closed forms (erf, sin, cos, gaussian, gelu).
 

@@ -164,6 +164,19 @@ def row_statistics(X, nsq, family, p0, p1, depth, w2, b2, cK, cb):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _geomean(qa, qb, ra, rb):
+    """sqrt(qa qb), from the per-row square roots where the product under- or overflows.
+
+    (Written this way because the plain product of the square roots, though always safe,
+    stops LLVM from vectorizing the ReLU-family loop.)
+    """
+    m = math.sqrt(qa * qb)
+    if m > 1e-150 and m < 1e150:
+        return m
+    return ra * rb
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _advance(j, k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, A, B, TH, K):
     """One Dense layer for column j: Theta, the NNGP term and the carried gaps (A, B)."""
     TH[j] = cK * k + w2 * kd * TH[j] + cb
@@ -210,16 +223,16 @@ def _gram_row(ib, X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symm
         cbl = cb[l + 1]
         if family == FAMILY_ABRELU:
             for j in range(jend):
-                k, kd, kA, kB = abrelu_pair(p0, p1, ra * r2l[j], A[j], B[j])
+                k, kd, kA, kB = abrelu_pair(p0, p1, _geomean(qa, q2l[j], ra, r2l[j]), A[j], B[j])
                 _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         elif family == FAMILY_ABSTEP:
             for j in range(jend):
-                k, kd, kA, kB = abstep_pair(p0, p1, ra * r2l[j], A[j], B[j], s1 * s2l[j])
+                k, kd, kA, kB = abstep_pair(p0, p1, _geomean(qa, q2l[j], ra, r2l[j]), A[j], B[j], s1 * s2l[j])
                 _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         elif family == FAMILY_ARCCOS:
             n = int(p0)
             for j in range(jend):
-                k, kd, kA, kB = arccos_pair(n, ra * r2l[j], A[j], B[j])
+                k, kd, kA, kB = arccos_pair(n, _geomean(qa, q2l[j], ra, r2l[j]), A[j], B[j])
                 _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         else:
             for j in range(jend):

@@ -473,8 +473,7 @@ def series_kernels(net, A, B, same, out_nngp, out_ntk, block_rows):
     if same:
         _mirror_lower_to_upper(out_nngp, block_rows)
         _mirror_lower_to_upper(out_ntk, block_rows)
-    res = Kernels(out_nngp, out_ntk, float(bound))
-    res.orders = tuple(int(k) for k in Ks)
+    res = Kernels(out_nngp, out_ntk, float(bound), tuple(int(k) for k in Ks))
     return res
 
 

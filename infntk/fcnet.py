@@ -24,14 +24,16 @@ _BLOCK_ROWS = 256
 class Kernels:
     """NNGP and NTK Gram matrices of one network, ``(n1, n2)`` float64 each.
 
-    ``error_bound`` is ``None`` for closed forms (accurate to rounding, see SPEC 6) and the
-    certified truncation bound for Hermite-series activations.
-    Unpacks as ``nngp, ntk = net.kernels(X)``.
+    ``error_bound`` is ``None`` for closed forms (accurate to rounding, see SPEC 6); for
+    Hermite-series activations it is one absolute bound on ``|computed - exact|`` covering
+    every entry of both matrices, and ``orders`` gives the series truncation order used at
+    each layer. Unpacks as ``nngp, ntk = net.kernels(X)``.
     """
 
     nngp: np.ndarray
     ntk: np.ndarray
     error_bound: float | None = None
+    orders: tuple | None = None
 
     def __iter__(self):
         return iter((self.nngp, self.ntk))
@@ -91,7 +93,9 @@ class FCNet:
     tol : float
         Activations without a closed form (tanh, sigmoid, softplus, silu, elu, callables):
         the truncation of the Hermite (Mehler) series is chosen so that the reported bound
-        ``Kernels.error_bound`` meets ``tol``. Ignored for closed forms.
+        satisfies ``Kernels.error_bound <= tol * scale``, ``scale`` the largest diagonal entry
+        of the NNGP and NTK (which bounds ``max |K|``); a ``RuntimeWarning`` says so when the
+        order cap (400) cannot reach it. Ignored for closed forms.
     deriv : callable, optional
         For a callable activation only: its derivative.
     **activation_params
