@@ -47,13 +47,15 @@ def test_kernel_npz_symmetric_and_cross(tmp_path):
     k = np.load(tmp_path / "k.npz")
     # CSV round trip: savetxt writes 18 significant digits, exact for float64
     ref = net.kernels(X)
-    np.testing.assert_array_equal(k["ntk"], ref.ntk)
-    np.testing.assert_array_equal(k["nngp"], ref.nngp)
+    np.testing.assert_allclose(k["ntk"], ref.ntk, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(k["nngp"], ref.nngp, rtol=1e-13, atol=1e-15)
     assert main(["kernel", str(tmp_path / "X.csv"), "--y", str(tmp_path / "Y.npy"),
                  "--out", str(tmp_path / "c.npz"), "--kernel", "ntk"] + args) == 0
     c = np.load(tmp_path / "c.npz")
     assert list(c.keys()) == ["ntk"]
-    np.testing.assert_array_equal(c["ntk"], net.kernels(X, Y).ntk)
+    # the row blocks change the shape of the BLAS product X Y^T, hence its rounding: allow
+    # a few ulp (the symmetric case above happens to be bitwise equal, not guaranteed)
+    np.testing.assert_allclose(c["ntk"], net.kernels(X, Y).ntk, rtol=1e-13, atol=1e-15)
 
 
 def test_kernel_npy_memmap_blocks(tmp_path):
