@@ -66,10 +66,10 @@ def test_kernel_npy_memmap_blocks(tmp_path):
             "--w-std", "1.5", "--b-std", "0.1", "--block-rows", "4", "--no-progress"]
     assert main(base + ["--out", str(tmp_path / "K.npy")]) == 0
     ref = net.kernels(X)
-    np.testing.assert_array_equal(np.load(tmp_path / "K_ntk.npy"), ref.ntk)
-    np.testing.assert_array_equal(np.load(tmp_path / "K_nngp.npy"), ref.nngp)
+    np.testing.assert_allclose(np.load(tmp_path / "K_ntk.npy"), ref.ntk, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(np.load(tmp_path / "K_nngp.npy"), ref.nngp, rtol=1e-13, atol=1e-15)
     assert main(base + ["--out", str(tmp_path / "T.npy"), "--kernel", "ntk"]) == 0
-    np.testing.assert_array_equal(np.load(tmp_path / "T.npy"), ref.ntk)
+    np.testing.assert_allclose(np.load(tmp_path / "T.npy"), ref.ntk, rtol=1e-13, atol=1e-15)
 
 
 def _bad_inputs(tmp_path):
