@@ -100,37 +100,45 @@ def _sin2_from_rows(x, y, nx2, g):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _first_layer(x, y, g, nx2, ny2, w2, b2, d, identical):
-    """(A, B) of Sigma^1 for rows x, y with Gram entry g and squared norms nx2, ny2."""
+def _needs_rows(g, nx2, ny2):
+    """Whether the Gram cosine is too close to +-1 to give the angle to full accuracy."""
+    nn = math.sqrt(nx2) * math.sqrt(ny2)
+    return nn > 0.0 and abs(g) > (1.0 - _PARALLEL_TOL) * nn
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _first_layer_ab(nx2, ny2, omc, opc, dn, w2, b2, d):
+    """(A, B) of Sigma^1 from |x|^2, |y|^2, 1 -+ cos(x, y) and |x| - |y|."""
     nx = math.sqrt(nx2)
     ny = math.sqrt(ny2)
     m = math.sqrt(w2 * nx2 / d + b2) * math.sqrt(w2 * ny2 / d + b2)
-    nn = nx * ny
-    dn = nx - ny
-    if identical:
-        omc = 0.0
-        opc = 2.0
-    elif nn == 0.0:
-        omc = 1.0
-        opc = 1.0
-    else:
-        c = g / nn
-        if c > 1.0 - _PARALLEL_TOL or c < -1.0 + _PARALLEL_TOL:
-            s2, dn2 = _sin2_from_rows(x, y, nx2, g)
-            dn = dn2 / (nx + ny)
-            ac = math.sqrt(1.0 - s2)
-            if c > 0.0:
-                omc = s2 / (1.0 + ac)
-                opc = 1.0 + ac
-            else:
-                omc = 1.0 + ac
-                opc = s2 / (1.0 + ac)
-        else:
-            omc = 1.0 - c
-            opc = 1.0 + c
-    wn = w2 * nn / d
-    gap = w2 * b2 * dn * dn / d / (m + wn + b2) if b2 > 0.0 else 0.0
+    wn = w2 * nx * ny / d
+    gap = 0.0
+    if b2 > 0.0:
+        gap = w2 * b2 * dn * dn / d / (m + wn + b2)
     return gap + wn * omc, gap + wn * opc + 2.0 * b2
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _first_layer_gram(g, nx2, ny2, w2, b2, d):
+    """(A, B) of Sigma^1 from the Gram entry: exact unless _needs_rows (branch-free)."""
+    nn = math.sqrt(nx2) * math.sqrt(ny2)
+    c = g / nn if nn > 0.0 else 0.0
+    return _first_layer_ab(nx2, ny2, 1.0 - c, 1.0 + c, math.sqrt(nx2) - math.sqrt(ny2),
+                           w2, b2, d)
+
+
+@njit(cache=True, error_model="numpy")
+def _first_layer_rows(x, y, g, nx2, ny2, w2, b2, d, identical):
+    """(A, B) of Sigma^1 from the rows themselves, for (nearly) parallel or identical rows."""
+    if identical:
+        return _first_layer_ab(nx2, ny2, 0.0, 2.0, 0.0, w2, b2, d)
+    s2, dn2 = _sin2_from_rows(x, y, nx2, g)
+    dn = dn2 / (math.sqrt(nx2) + math.sqrt(ny2))
+    ac = math.sqrt(1.0 - s2)
+    if g > 0.0:
+        return _first_layer_ab(nx2, ny2, s2 / (1.0 + ac), 1.0 + ac, dn, w2, b2, d)
+    return _first_layer_ab(nx2, ny2, 1.0 + ac, s2 / (1.0 + ac), dn, w2, b2, d)
 
 
 @njit(cache=True, error_model="numpy")
@@ -205,11 +213,16 @@ def _gram_row(ib, X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symm
     TH = np.empty(jend)
     K = np.empty(jend)
     x = X1[i]
-    for j in range(jend):
-        A[j], B[j] = _first_layer(x, X2[j], G[ib, j], nsq1[i], nsq2[j], w2, b2, d,
-                                  symmetric and j == i)
-        K[j] = G[ib, j] / d
+    gi = G[ib]
+    nx2 = nsq1[i]
+    for j in range(jend):                # vectorized: angles from the Gram matrix
+        A[j], B[j] = _first_layer_gram(gi[j], nx2, nsq2[j], w2, b2, d)
+        K[j] = gi[j] / d
         TH[j] = cK[0] * K[j] + cb[0]
+    for j in range(jend):                # rare: (nearly) parallel rows, from the rows
+        same = symmetric and j == i
+        if same or _needs_rows(gi[j], nx2, nsq2[j]):
+            A[j], B[j] = _first_layer_rows(x, X2[j], gi[j], nx2, nsq2[j], w2, b2, d, same)
     for l in range(depth):
         qa = q1[i, l]
         ra = r1[i, l]
