@@ -9,7 +9,9 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_matrix", "check_pair", "check_std", "check_depth", "check_positive_int"]
+__all__ = ["check_matrix", "check_pair", "check_std", "check_depth", "check_positive_int",
+           "check_parameterization", "check_real_dtype", "check_finite", "check_positive_real",
+           "check_tol", "PARAMETERIZATIONS"]
 
 
 def check_matrix(X, name="X"):
@@ -20,11 +22,7 @@ def check_matrix(X, name="X"):
     """
     if X is None:
         raise TypeError(f"{name} must be a 2-D array, got None.")
-    arr = np.asarray(X)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)
-                                   or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must be a real numeric array (float or int dtype), "
-                        f"got dtype {arr.dtype}.")
+    arr = check_real_dtype(X, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (one row per point), got shape {arr.shape}.")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -75,3 +73,59 @@ def check_positive_int(value, name, minimum=1):
 def check_depth(depth):
     """The number of hidden layers, an integer >= 0."""
     return check_positive_int(depth, "depth", minimum=0)
+
+
+PARAMETERIZATIONS = ("ntk", "standard")
+
+
+def check_parameterization(value, name="parameterization"):
+    """``"ntk"`` or ``"standard"`` (see docs/conventions.md, section 1)."""
+    if not isinstance(value, str) or value not in PARAMETERIZATIONS:
+        raise ValueError(f"{name} must be one of {PARAMETERIZATIONS}, got {value!r}.")
+    return value
+
+
+def check_real_dtype(arr, name, allow_bool=False):
+    """Return ``np.asarray(arr)`` if its dtype is a real float or integer, else ``TypeError``.
+
+    Rejects object, complex, string and (unless ``allow_bool``) boolean dtypes.
+    """
+    arr = np.asarray(arr)
+    ok = np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    if allow_bool and arr.dtype == bool:
+        ok = True
+    if arr.dtype == object or not ok:
+        raise TypeError(f"{name} must be real (float or int), got dtype {arr.dtype}.")
+    return arr
+
+
+def check_finite(arr, name):
+    """Raise ``ValueError`` naming ``name`` if ``arr`` holds NaN or inf."""
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf.")
+    return arr
+
+
+def check_positive_real(value, name, allow_zero=False, allow_inf=False):
+    """A real number ``> 0`` (``>= 0`` with ``allow_zero``), finite unless ``allow_inf``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "non-negative" if allow_zero else "positive"
+        raise TypeError(f"{name} must be a {kind} real number, got {value!r}.")
+    value = float(value)
+    bad = math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or (
+        math.isinf(value) and not allow_inf)
+    if bad:
+        bound = ">= 0" if allow_zero else "> 0"
+        finite = "" if allow_inf else "finite and "
+        raise ValueError(f"{name} must be {finite}{bound}, got {value!r}.")
+    return value
+
+
+def check_tol(value, name="tol"):
+    """A relative tolerance in the open interval (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in (0, 1), got {value!r}.")
+    value = float(value)
+    if not (0.0 < value < 1.0):
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}.")
+    return value
