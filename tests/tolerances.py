@@ -22,3 +22,26 @@ def rel_err_vs_max(actual, expected):
     if scale == 0:
         return float(diff)
     return float(diff / scale)
+
+
+def tolerance(value, reason):
+    """A tolerance other than the named policies above, with its justification.
+
+    Every tolerance a test uses is either one of the constants of this module or goes
+    through here, so that ``grep "tolerance("`` lists every exception together with why it
+    is what it is (sample size, rounding count, quadrature order, a bound's slack, ...).
+
+    >>> tolerance(1e-13, "row-block shape changes the BLAS rounding of X Y^T")
+    1e-13
+    """
+    if not isinstance(reason, str) or len(reason.strip()) < 10:
+        raise ValueError("tolerance() needs a reason: say why this value (>= 10 characters).")
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"a tolerance must be > 0, got {value!r}.")
+    return value
+
+
+def mc_tolerance(std_error, sigmas=MC_SIGMAS):
+    """Tolerance of a Monte Carlo comparison: ``sigmas`` standard errors of the estimate."""
+    return float(sigmas) * float(std_error)
