@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import infntk
-from infntk import _series_engine as se
+from infntk._backends import series as se
 
 
 def best_of(f, repeats):
@@ -30,13 +30,14 @@ def best_of(f, repeats):
 
 def per_row_time(net, X):
     """Time of everything but the pair loop: row statistics, orders, coefficients."""
-    d = X.shape[1]
+    eng = net._engine(X.shape[1])
     nsq = np.einsum("ij,ij->i", X, X)
 
     def run():
-        q, E, Ed, th = se._row_statistics(net, nsq, d)
+        q, E, Ed, th = se._row_statistics(eng.activation, eng.setup, nsq)
         scale = float(max(q[-1].max(), th[-1].max()))
-        return se._choose_orders(net, d, q, E, Ed, th, net.tol * scale, X.shape[0])
+        return se._choose_orders(eng.activation, eng.setup, q, E, Ed, th, net.tol * scale,
+                                 X.shape[0])
     return run
 
 

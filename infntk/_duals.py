@@ -15,7 +15,7 @@ the angle ``theta = arccos(rho) = 2 atan2(sqrt(A), sqrt(B))``, which is accurate
 Conventions
 -----------
 * Degenerate rows (``m = 0``, a zero input with no bias): the correlation is 0/0 and is
-  defined as 0 (``theta = pi / 2``), as if ``u`` and ``v`` were independent (SPEC 2).
+  defined as 0 (``theta = pi / 2``), as if ``u`` and ``v`` were independent (docs/conventions.md).
   Positively homogeneous activations of degree 0 (step, sign, and the derivative of the
   ReLU family) are evaluated in the limit ``q -> 0+``, e.g. ``E[step(u)^2] = 1/2`` for every
   ``q >= 0``; this is the value the Hermite series gives.
@@ -226,7 +226,7 @@ def _gelu(q1, q2, s, AB):
 @njit(cache=True, error_model="numpy")
 def diag_dual(family, p0, p1, q):
     """(k11, kd11) = (E[phi(u)^2], E[phi'(u)^2]) for u ~ N(0, q)."""
-    # q = 0 is a degenerate row: correlation 0 with itself too (SPEC 2), so that the
+    # q = 0 is a degenerate row: correlation 0 with itself too (docs/conventions.md), so that the
     # diagonal agrees with the Gram matrix; it matters where phi' (or phi) has a kink at 0.
     if family == FAMILY_ABRELU:
         if q == 0.0:

@@ -28,9 +28,13 @@ def check_matrix(X, name="X"):
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{name} must be non-empty, got shape {arr.shape}.")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]}).")
+    step = max(1, (1 << 22) // arr.shape[1])     # rows per chunk: no large temporaries
+    for r0 in range(0, arr.shape[0], step):
+        chunk = arr[r0:r0 + step]
+        if not np.isfinite(chunk).all():
+            bad = np.argwhere(~np.isfinite(chunk))[0]
+            raise ValueError(f"{name} contains NaN or inf (first at row {r0 + bad[0]}, "
+                             f"column {bad[1]}).")
     return arr
 
 
@@ -95,7 +99,7 @@ def check_real_dtype(arr, name, allow_bool=False):
     if allow_bool and arr.dtype == bool:
         ok = True
     if arr.dtype == object or not ok:
-        raise TypeError(f"{name} must be real (float or int), got dtype {arr.dtype}.")
+        raise TypeError(f"{name} must be real numeric (float or int dtype), got dtype {arr.dtype}.")
     return arr
 
 

@@ -8,10 +8,9 @@ Each entry gives
 * ``fn(x)`` / ``deriv(x)``: NumPy, elementwise, float64;
 * ``mp_fn(x)`` / ``mp_deriv(x)``: the same in mpmath, for high-precision references;
 * ``kinks``: points where ``fn`` or ``deriv`` is not smooth (split points for quadrature);
-* ``closed_form``: the key of the compiled closed-form dual in :mod:`infntk._duals`, or
-  ``None`` if the kernels come from the Hermite series;
-* ``degree``: the degree of positive homogeneity (``phi(c x) = c**degree phi(x)`` for
-  ``c > 0``), or ``None``.
+* ``family``: the compiled closed-form dual (:mod:`infntk._duals`) as a :class:`Family`
+  ``(code, p0, p1)``, or ``None`` if the kernels come from the Hermite series. This is the
+  only place that says which closed form an activation has.
 
 Table (``ACTIVATIONS``)
 -----------------------
@@ -44,13 +43,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import mpmath
 import numpy as np
 from scipy import special
 
-__all__ = ["Activation", "ACTIVATIONS", "get_activation", "activation_names"]
+__all__ = ["Activation", "ACTIVATIONS", "Family", "get_activation", "activation_names"]
+
+
+class Family(NamedTuple):
+    """A closed-form dual: the family ``code`` (``FAMILY_*`` below) and its two parameters.
+
+    ABRELU ``(a, b)``: ``phi = b max(x, 0) + a min(x, 0)``; ABSTEP ``(a, b)``:
+    ``phi = b 1(x > 0) + a 1(x < 0)``; ARCCOS ``(n, 0)``: ``max(x, 0)^n``; the smooth
+    families (ERF, SIN, COS, GAUSSIAN, GELU) take ``(0, 0)``.
+    """
+
+    code: int
+    p0: float = 0.0
+    p1: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,14 +75,17 @@ class Activation:
     mp_fn: Callable | None = None
     mp_deriv: Callable | None = None
     kinks: tuple = ()
-    closed_form: str | None = None
-    degree: int | None = None
+    #: the compiled closed-form dual, or None (Hermite series)
+    family: Family | None = None
     params: dict = field(default_factory=dict)
-    #: parameters of the compiled closed form: (family code, p0, p1), see infntk._duals
-    dual_params: tuple = ()
 
     def __call__(self, x):
         return self.fn(np.asarray(x, dtype=float))
+
+    def deriv_at_zero(self):
+        """``(phi'(0-), phi'(0+))``: the one-sided derivatives at 0 (kinks make them differ)."""
+        dm, dp = (float(v) for v in self.deriv(np.array([-1e-300, 1e-300])))
+        return dm, dp
 
     def __repr__(self):
         ps = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -134,10 +149,8 @@ def _abrelu(name, a, b, params):
         mp_fn=lambda x: b * x if x > 0 else a * x,
         mp_deriv=lambda x: mpmath.mpf(b) if x > 0 else mpmath.mpf(a),
         kinks=(0.0,) if a != b else (),
-        closed_form="abrelu",
-        degree=1,
         params=params,
-        dual_params=(FAMILY_ABRELU, float(a), float(b)),
+        family=Family(FAMILY_ABRELU, float(a), float(b)),
     )
 
 
@@ -166,9 +179,7 @@ def _make_step():
         mp_fn=_mp_heaviside,
         mp_deriv=lambda x: mpmath.mpf(0),
         kinks=(0.0,),
-        closed_form="abstep",
-        degree=0,
-        dual_params=(FAMILY_ABSTEP, 0.0, 1.0),
+        family=Family(FAMILY_ABSTEP, 0.0, 1.0),
     )
 
 
@@ -180,9 +191,7 @@ def _make_sign():
         mp_fn=_mp_sign,
         mp_deriv=lambda x: mpmath.mpf(0),
         kinks=(0.0,),
-        closed_form="abstep",
-        degree=0,
-        dual_params=(FAMILY_ABSTEP, -1.0, 1.0),
+        family=Family(FAMILY_ABSTEP, -1.0, 1.0),
     )
 
 
@@ -207,9 +216,7 @@ def _make_arccos(n=1):
             mp_fn=lambda x: x ** n if x > 0 else mpmath.mpf(0),
             mp_deriv=lambda x: n * x ** (n - 1) if x > 0 else mpmath.mpf(0),
             kinks=(0.0,),
-            closed_form="arccos",
-            degree=n,
-            dual_params=(FAMILY_ARCCOS, float(n), 0.0),
+            family=Family(FAMILY_ARCCOS, float(n), 0.0),
         )
     return Activation(**{**act.__dict__, "name": "arccos", "params": {"n": n}})
 
@@ -222,20 +229,19 @@ def _make_erf():
         deriv=lambda x: c * np.exp(-np.asarray(x, dtype=float) ** 2),
         mp_fn=mpmath.erf,
         mp_deriv=lambda x: 2 / mpmath.sqrt(mpmath.pi) * mpmath.exp(-x * x),
-        closed_form="erf",
-        dual_params=(FAMILY_ERF, 0.0, 0.0),
+        family=Family(FAMILY_ERF, 0.0, 0.0),
     )
 
 
 def _make_sin():
     return Activation(name="sin", fn=np.sin, deriv=np.cos, mp_fn=mpmath.sin, mp_deriv=mpmath.cos,
-                      closed_form="sin", dual_params=(FAMILY_SIN, 0.0, 0.0))
+                      family=Family(FAMILY_SIN, 0.0, 0.0))
 
 
 def _make_cos():
     return Activation(name="cos", fn=np.cos, deriv=lambda x: -np.sin(x), mp_fn=mpmath.cos,
-                      mp_deriv=lambda x: -mpmath.sin(x), closed_form="cos",
-                      dual_params=(FAMILY_COS, 0.0, 0.0))
+                      mp_deriv=lambda x: -mpmath.sin(x),
+                      family=Family(FAMILY_COS, 0.0, 0.0))
 
 
 def _make_gaussian():
@@ -245,8 +251,7 @@ def _make_gaussian():
         deriv=lambda x: -np.asarray(x, dtype=float) * np.exp(-0.5 * np.asarray(x, dtype=float) ** 2),
         mp_fn=lambda x: mpmath.exp(-x * x / 2),
         mp_deriv=lambda x: -x * mpmath.exp(-x * x / 2),
-        closed_form="gaussian",
-        dual_params=(FAMILY_GAUSSIAN, 0.0, 0.0),
+        family=Family(FAMILY_GAUSSIAN, 0.0, 0.0),
     )
 
 
@@ -257,8 +262,7 @@ def _make_gelu():
         deriv=lambda x: _norm_cdf(x) + np.asarray(x, dtype=float) * _norm_pdf(x),
         mp_fn=lambda x: x * _mp_norm_cdf(x),
         mp_deriv=lambda x: _mp_norm_cdf(x) + x * _mp_norm_pdf(x),
-        closed_form="gelu",
-        dual_params=(FAMILY_GELU, 0.0, 0.0),
+        family=Family(FAMILY_GELU, 0.0, 0.0),
     )
 
 

@@ -30,6 +30,10 @@ import time
 
 import numpy as np
 
+from . import _gram
+from ._validation import check_pair
+from .fcnet import FCNet
+
 __all__ = ["main", "build_parser", "UsageError"]
 
 
@@ -120,7 +124,6 @@ def _user(fn, *a, **kw):
 
 
 def _make_net(args):
-    from .fcnet import FCNet
     return _user(FCNet, args.activation, depth=args.depth, w_std=args.w_std, b_std=args.b_std,
                  parameterization=args.parameterization, width=args.width,
                  **_activation_params(args.param))
@@ -145,42 +148,19 @@ def _add_net_args(p):
 def compute_to(net, X, Y, outs, block_rows=256, progress=True):
     """Fill the ``(n1, n2)`` arrays ``outs = {"nngp": a, "ntk": b}`` (or one of them).
 
-    Row blocks of ``X`` are passed to ``net.kernels``; for ``Y is None`` only the blocks on
-    and below the diagonal are computed and the upper triangle is mirrored at the end (half
-    the work). The arrays may be ``np.memmap``: memory stays ``O(block_rows * n2)``.
+    One call of the Gram driver (:func:`infntk._gram.gram`): for ``Y is None`` only the lower
+    triangle is computed and then mirrored; a kernel not in ``outs`` is computed into a
+    per-block scratch buffer only. The arrays may be ``np.memmap``: memory stays
+    ``O(block_rows * n2)`` beyond the inputs.
     """
     from tqdm.auto import tqdm
-
-    from .fcnet import _mirror_lower_to_upper
-    same = Y is None
-    B = X if same else Y
-    n1, n2 = X.shape[0], B.shape[0]
+    A, B, same = _user(check_pair, X, Y, "X", "--y")
+    n1, n2 = A.shape[0], B.shape[0]
     total = n1 * (n1 + 1) // 2 if same else n1 * n2
     with tqdm(total=total, unit="pair", unit_scale=True, disable=not progress,
               desc="kernel", file=sys.stderr) as bar:
-        for r0 in range(0, n1, block_rows):
-            r1 = min(r0 + block_rows, n1)
-            cols = r1 if same else n2
-            Xi = np.ascontiguousarray(X[r0:r1], dtype=np.float64)
-            Bj = np.ascontiguousarray(B[:cols], dtype=np.float64)
-            if same:
-                k = net.kernels(Xi, Bj)
-                for name, arr in outs.items():
-                    arr[r0:r1, :cols] = getattr(k, name)
-            else:
-                scratch = {n: np.empty((r1 - r0, n2)) for n in ("nngp", "ntk") if n not in outs}
-                target = {n: outs[n][r0:r1] if n in outs else scratch[n] for n in ("nngp", "ntk")}
-                if all(t.flags.c_contiguous for t in target.values()):
-                    net.kernels(Xi, Bj, out_nngp=target["nngp"], out_ntk=target["ntk"])
-                else:  # pragma: no cover - our outputs are C-contiguous
-                    k = net.kernels(Xi, Bj)
-                    for name, arr in outs.items():
-                        arr[r0:r1] = getattr(k, name)
-            bar.update((r1 - r0) * cols if not same else
-                       (r1 - r0) * (r0 + r1 + 1) // 2)
-    if same:
-        for arr in outs.values():
-            _mirror_lower_to_upper(arr, block_rows)
+        _user(_gram.gram, net._engine(A.shape[1]), A, B, same, outs.get("nngp"),
+              outs.get("ntk"), block_rows, kinds=tuple(outs), progress=bar.update)
     for arr in outs.values():
         if isinstance(arr, np.memmap):
             arr.flush()
@@ -193,12 +173,9 @@ def _cmd_kernel(args):
     if Y is not None and Y.shape[1] != X.shape[1]:
         raise UsageError(f"X and --y must have the same number of columns, got X {X.shape} "
                          f"and Y {Y.shape}")
-    # validate values (NaN, empty) through the package's checks, without copying a memmap
-    from ._validation import check_matrix
-    for arr, name in ((X, "X"), (Y, "--y")):
-        if arr is not None:
-            for r0 in range(0, arr.shape[0], 65536):
-                _user(check_matrix, arr[r0:r0 + 65536], name)
+    # validate values (NaN, empty) up front, without copying a float64 memmap
+    X, Y2, same = _user(check_pair, X, Y, "X", "--y")
+    Y = None if same else Y2
     net = _make_net(args)
     kinds = ("nngp", "ntk") if args.kernel == "both" else (args.kernel,)
     n1, n2 = X.shape[0], (X if Y is None else Y).shape[0]
@@ -327,7 +304,6 @@ def _naive_relu_kernels(X, depth, w_std):
 
 
 def _cmd_demo(args):
-    from .fcnet import FCNet
     depth, w_std = args.depth, math.sqrt(2.0)
     net = FCNet("relu", depth=depth, w_std=w_std, b_std=None)
     X = DEMO_X

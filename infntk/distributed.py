@@ -45,8 +45,9 @@ import numbers
 
 import numpy as np
 
+from ._gram import Kernels, check_kinds, row_blocks
 from ._validation import check_pair
-from .fcnet import Kernels
+from .fcnet import FCNet
 
 __all__ = ["gram", "gram_to_npy", "to_npy"]
 
@@ -66,7 +67,6 @@ def _recipe(net):
     """A small picklable description of ``net``: the FCNet constructor arguments when they
     rebuild it (registered activations hold lambdas and mpmath constants that do not pickle),
     otherwise the object itself, cloudpickled."""
-    from .fcnet import FCNet
     if isinstance(net, FCNet):
         act = net.activation
         args = (act.name, net.depth, net.w_std, net.b_std, net.parameterization, net.width,
@@ -84,7 +84,6 @@ def _recipe(net):
 def _load_net(recipe):
     kind, payload = recipe
     if kind == "spec":
-        from .fcnet import FCNet
         name, depth, w_std, b_std, parameterization, width, params = payload
         return FCNet(name, depth=depth, w_std=w_std, b_std=b_std,
                      parameterization=parameterization, width=width, **dict(params))
@@ -96,10 +95,6 @@ def _block(recipe, Xi, Xj):
     net = _load_net(recipe)
     k = net.kernels(Xi) if Xj is None else net.kernels(Xi, Xj)
     return k.nngp, k.ntk
-
-
-def _bounds(n, c):
-    return [(r0, min(r0 + c, n)) for r0 in range(0, n, c)]
 
 
 def _check_chunks(chunks, same):
@@ -128,8 +123,8 @@ def _lower_blocks(net, A, B, same, rc, cc):
                         f"got {type(net).__name__}.")
     delayed = dask.delayed
     dnet = delayed(_recipe(net), pure=True)
-    rows = _bounds(A.shape[0], rc)
-    cols = rows if same else _bounds(B.shape[0], cc)
+    rows = list(row_blocks(A.shape[0], rc))
+    cols = rows if same else list(row_blocks(B.shape[0], cc))
     xa = [delayed(np.ascontiguousarray(A[r0:r1]), pure=True) for r0, r1 in rows]
     xb = xa if same else [delayed(np.ascontiguousarray(B[c0:c1]), pure=True)
                           for c0, c1 in cols]
@@ -267,9 +262,7 @@ def gram_to_npy(net, X1, X2=None, path="K", chunks=4096, kernels=("nngp", "ntk")
     dask, _ = _require_dask()
     A, B, same = check_pair(X1, X2)
     rc, cc = _check_chunks(chunks, same)
-    kernels = tuple(kernels)
-    if not kernels or any(k not in ("nngp", "ntk") for k in kernels):
-        raise ValueError(f'kernels must be a non-empty subset of ("nngp", "ntk"), got {kernels!r}.')
+    kernels = check_kinds(kernels, "kernels")
     rows, cols, computed = _lower_blocks(net, A, B, same, rc, cc)
     n1, n2 = A.shape[0], B.shape[0]
     paths = {k: f"{path}_{k}.npy" for k in kernels}

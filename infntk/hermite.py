@@ -134,9 +134,9 @@ def _closed_family(act: Activation, derivative=False):
     ``derivative=True`` returns the family of the a.e. derivative (``B = A = 0`` for step and
     sign, whose derivative vanishes almost everywhere, SPEC section 3).
     """
-    if not act.dual_params:
+    if act.family is None:
         return None
-    family, p0, p1 = act.dual_params
+    family, p0, p1 = act.family
     if family == FAMILY_ABRELU:          # b max(x,0) + a min(x,0) = b r_1(x) - a r_1(-x)
         return (0, p1, p0) if derivative else (1, p1, -p0)
     if family == FAMILY_ABSTEP:          # b 1(x>0) + a 1(x<0)
@@ -499,8 +499,7 @@ def coefficients(activation, K, q=1.0, precision="double", dps=50, **params):
 
 def _deriv_limit_at_zero(act, K):
     """lim_{q->0+} b_k(q): the coefficients of d_- 1(z<0) + d_+ 1(z>0), d_+- = phi'(+-0)."""
-    tiny = 1e-300
-    dm, dp = (float(v) for v in act.deriv(np.array([-tiny, tiny])))
+    dm, dp = act.deriv_at_zero()
     return _family_coefficients((0, dp, dm), K, np.ones(1))[0]
 
 
@@ -610,7 +609,7 @@ def _tails(act, K, qa, derivative=False, all_orders=False):
             b[pos], T[pos] = _double_quadrature(fd, act.kinks, K, qa[pos], want_tails=mode)
         if not pos.all():
             b[~pos] = _deriv_limit_at_zero(act, K)
-            dm, dp = (float(v) for v in act.deriv(np.array([-1e-300, 1e-300])))
+            dm, dp = act.deriv_at_zero()
             E0 = 0.5 * (dm * dm + dp * dp)
             T[~pos] = np.maximum(E0 - np.cumsum(b[~pos] ** 2, axis=1), 0.0)
         E = np.maximum(b[:, 0] ** 2 + T[:, 0], 0.0)

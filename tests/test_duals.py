@@ -38,7 +38,7 @@ def _state(q1, q2, rho):
 
 
 def _compiled(act, q1, q2, rho):
-    fam, p0, p1 = act.dual_params
+    fam, p0, p1 = act.family
     A, B = _state(q1, q2, rho)
     k11 = diag_dual(fam, p0, p1, q1)[0]
     k22 = diag_dual(fam, p0, p1, q2)[0]
@@ -88,7 +88,7 @@ def test_compiled_duals_match_quadrature(case, q1, q2, rho):
         qF = quad_expect(act.mp_fn, act.mp_fn, mp.mpf(q1), mp.mpf(q2), rho_mp, kinked)
         qG = quad_expect(act.mp_deriv, act.mp_deriv, mp.mpf(q1), mp.mpf(q2), rho_mp, kinked)
     scale = math.sqrt(k11 * k22) or 1.0
-    kd11, kd22 = (diag_dual(*act.dual_params, q)[1] for q in (q1, q2))
+    kd11, kd22 = (diag_dual(*act.family, q)[1] for q in (q1, q2))
     dscale = math.sqrt(kd11 * kd22) or 1.0
     assert abs(k - float(qF)) <= QUADRATURE_RTOL * scale
     assert abs(kd - float(qG)) <= QUADRATURE_RTOL * dscale

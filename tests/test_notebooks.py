@@ -55,7 +55,6 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     # every notebook shows at least one figure
     assert any(out.get("output_type") == "display_data" and "image/png" in out.get("data", {})
                for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs), name
-    assert elapsed < 60, f"{name} took {elapsed:.1f} s"
     print(f"{name}: {elapsed:.1f} s")
     if os.environ.get("INFNTK_SAVE_EXECUTED"):
         nbformat.write(nb, os.path.join(os.environ["INFNTK_SAVE_EXECUTED"], name))

@@ -1,4 +1,4 @@
-"""The Hermite-series engine (infntk._series_engine) through infntk.FCNet.
+"""The Hermite-series engine (infntk._backends.series) through infntk.FCNet.
 
 Layers of checks (STYLE 6):
 

@@ -1,11 +1,12 @@
-"""Compiled layerwise Sigma/Theta recursions over whole Gram matrices (closed-form duals).
+"""The closed-form engine: compiled layerwise Sigma/Theta recursions (closed-form duals).
 
-Kernels receive plain arrays and scalars only and never validate: :mod:`infntk.fcnet`
-checks and casts first. Two compiled entry points: :func:`row_statistics` (O(n L)) and
-:func:`gram_block` (the pair loop, ``prange`` over output rows).
+Kernels receive plain arrays and records of arrays only and never validate (the public API
+checks and casts first). Two compiled entry points: :func:`row_statistics` (O(n L)) and
+:func:`gram_block` (the pair loop, ``prange`` over output rows); :class:`ClosedFormEngine`
+wraps them in the engine protocol of :mod:`infntk._backends`.
 
 The recursion, for Dense layers ``l = 0..L`` with coefficients ``cK[l]``, ``cb[l]`` (see
-:func:`infntk.fcnet.layer_coefficients`) and ``K_0 = <x, y>/d``::
+:mod:`infntk._layers`) and ``K_0 = <x, y>/d``::
 
     Sigma^{l+1} = w2 K_l + b2
     Theta^{l+1} = cK[l] K_l + w2 kd_l Theta^l + cb[l]          (Theta^0 = 0)
@@ -21,12 +22,50 @@ product for nearly parallel rows), never from ``1 - <x,y>/(|x||y|)``.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
-from ._duals import abrelu_pair, abstep_pair, arccos_pair, diag_dual, smooth_pair
-from .activations import FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS
+from .._duals import abrelu_pair, abstep_pair, arccos_pair, diag_dual, smooth_pair
+from ..activations import FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS
+from ._common import check_rows_finite
+
+__all__ = ["ClosedFormEngine", "NetRecord", "RowRecord", "ColRecord", "row_statistics",
+           "gram_block"]
+
+
+class NetRecord(NamedTuple):
+    """The network, as the compiled kernels see it."""
+
+    family: int
+    p0: float
+    p1: float
+    depth: int
+    w2: float
+    b2: float
+    cK: np.ndarray     # (depth + 1,)
+    cb: np.ndarray     # (depth + 1,)
+
+
+class RowRecord(NamedTuple):
+    """Per-row data of the output rows (row-major: ``q[i, l]``)."""
+
+    X: np.ndarray      # (n1, d)
+    nsq: np.ndarray    # (n1,) squared norms
+    q: np.ndarray      # (n1, depth + 1) variances Sigma^l(x, x), l = 1..depth+1
+    r: np.ndarray      # sqrt(q)
+    sk: np.ndarray     # (n1, depth) sqrt(E[phi(u)^2]) at each activation
+
+
+class ColRecord(NamedTuple):
+    """Per-row data of the output columns, layer-major (``qT[l, j]``) for the inner loop."""
+
+    X: np.ndarray      # (n2, d)
+    nsq: np.ndarray    # (n2,)
+    qT: np.ndarray     # (depth + 1, n2)
+    rT: np.ndarray
+    skT: np.ndarray    # (depth, n2)
 
 # Rows whose Gram cosine is within this distance of +-1 get their angle from the rows.
 _PARALLEL_TOL = 0.0625
@@ -142,8 +181,8 @@ def _first_layer_rows(x, y, g, nx2, ny2, w2, b2, d, identical):
 
 
 @njit(cache=True, error_model="numpy")
-def row_statistics(X, nsq, family, p0, p1, depth, w2, b2, cK, cb):
-    """Per-row quantities of every layer.
+def row_statistics(net, X, nsq):
+    """Per-row quantities of every layer (``net``: a :class:`NetRecord`).
 
     Returns
     -------
@@ -151,6 +190,7 @@ def row_statistics(X, nsq, family, p0, p1, depth, w2, b2, cK, cb):
     sk : (n, depth)      sqrt(E[phi(u)^2]) at the activation of layer l = 1..depth
     ntk : (n,)           Theta^{depth+1}(x, x)
     """
+    family, p0, p1, depth, w2, b2, cK, cb = net
     n = X.shape[0]
     d = X.shape[1]
     q = np.empty((n, depth + 1))
@@ -198,13 +238,15 @@ def _advance(j, k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, A, B, TH, K):
 
 
 @njit(cache=True, error_model="numpy")
-def _gram_row(ib, X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symmetric,
-              family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk):
+def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     """One output row: the first layer for every column, then layer by layer over columns.
 
     Looping over columns innermost (with column-major per-row statistics ``q2T[l, j]``)
     keeps the state in three work vectors and lets the compiler vectorize the loop.
     """
+    family, p0, p1, depth, w2, b2, cK, cb = net
+    X1, nsq1, q1, r1, sk1 = rows
+    X2, nsq2, q2T, r2T, sk2T = cols
     i = row0 + ib
     jend = i + 1 if symmetric else X2.shape[0]
     d = X1.shape[1]
@@ -258,8 +300,7 @@ def _gram_row(ib, X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symm
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def gram_block(X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symmetric,
-               family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk):
+def gram_block(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     """Fill ``out_nngp[ib]``, ``out_ntk[ib]`` for the rows ``ib`` of one block.
 
     ``G[ib, j] = <X1[row0 + ib], X2[j]>``. With ``symmetric`` (X2 is X1) only the columns
@@ -269,9 +310,53 @@ def gram_block(X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symmetr
     """
     nb = G.shape[0]
     for t in prange((nb + 1) // 2):
-        _gram_row(t, X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symmetric,
-                  family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk)
+        _gram_row(t, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk)
         u = nb - 1 - t
         if u != t:
-            _gram_row(u, X1, X2, G, nsq1, nsq2, q1, q2T, r1, r2T, sk1, sk2T, row0, symmetric,
-                      family, p0, p1, depth, w2, b2, cK, cb, out_nngp, out_ntk)
+            _gram_row(u, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk)
+
+
+# ----------------------------------------------------------------------------- the engine
+class _Plan(NamedTuple):
+    rows: RowRecord
+    cols: ColRecord
+    error_bound: None = None
+    orders: None = None
+
+
+class ClosedFormEngine:
+    """Engine protocol (:mod:`infntk._backends`) for activations with a closed-form dual.
+
+    Parameters
+    ----------
+    family : infntk.activations.Family
+    setup : infntk._layers.LayerSetup
+    """
+
+    def __init__(self, family, setup):
+        self.net = NetRecord(int(family.code), float(family.p0), float(family.p1),
+                             setup.depth, setup.w2, setup.b2, setup.cK, setup.cb)
+
+    def rows(self, X):
+        """``RowRecord`` of validated rows ``X`` plus the NTK diagonal; overflow raises."""
+        nsq = np.einsum("ij,ij->i", X, X)
+        q, sk, ntk = row_statistics(self.net, X, nsq)
+        check_rows_finite(q, ntk)
+        return RowRecord(X, nsq, q, np.sqrt(q), sk), ntk
+
+    def prepare(self, rows1, rows2, symmetric):
+        rec1, _ = rows1
+        rec2, _ = rows2
+        qT = np.ascontiguousarray(rec2.q.T)
+        cols = ColRecord(rec2.X, rec2.nsq, qT, np.sqrt(qT), np.ascontiguousarray(rec2.sk.T))
+        return _Plan(rec1, cols)
+
+    def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):
+        gram_block(self.net, plan.rows, plan.cols, G, row0, symmetric, out_nngp, out_ntk)
+
+    def finish(self, plan):
+        return None
+
+    def diag(self, rows):
+        rec, ntk = rows
+        return rec.q[:, -1].copy(), ntk
