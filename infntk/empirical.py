@@ -1,9 +1,9 @@
 """Finite fully-connected networks in pure NumPy, and their empirical NNGP and NTK kernels.
 
 :class:`MLP` is exactly the network of docs/conventions.md, section 1 (``L = depth`` hidden
-layers of ``width`` units, scalar output, iid N(0, 1) parameters) with a hand-written backward pass. Its kernels are
-the finite-width, random counterparts of :class:`infntk.FCNet`'s analytic ones, which they
-approach as ``width`` grows (see :mod:`infntk.convergence`).
+layers of ``width`` units, scalar output, iid N(0, 1) parameters) with a hand-written backward
+pass. Its kernels are the finite-width, random counterparts of :class:`infntk.FCNet`'s analytic
+ones, which they approach as ``width`` grows (see :mod:`infntk.convergence`).
 
 The empirical NTK is computed by the layerwise factorization of the Jacobian Gram matrix,
 
@@ -56,8 +56,8 @@ class LayerKernels:
     """Per-layer empirical kernels of an :class:`MLP`, keyed by the layer index ``l``.
 
     Each entry is an ``(n1, n2)`` array, to be compared with the analytic quantity of
-    docs/conventions.md, section 2, named below (NTK parameterization; in ``"standard"`` the NNGP-side quantities
-    are the same and ``theta`` estimates the standard-parameterization recursion at this width).
+    docs/conventions.md, section 2, named below (NTK parameterization; in ``"standard"`` the
+    NNGP-side quantities are the same and ``theta`` estimates the standard-parameterization recursion at this width).
 
     Attributes
     ----------
@@ -501,8 +501,8 @@ class MLP:
         """The empirical NNGP: ``w_std^2 <phi(h^L(x)), phi(h^L(y))> / width + b_std^2``.
 
         The covariance of the output given the last hidden layer; estimates ``Sigma^{L+1}``
-        of docs/conventions.md, section 2, in both parameterizations (``b_std=None`` counts as 0). For
-        ``depth=0`` it is exactly ``Sigma^1 = w_std^2 <x, y>/d + b_std^2``.
+        of docs/conventions.md, section 2, in both parameterizations (``b_std=None`` counts as
+        0). For ``depth=0`` it is exactly ``Sigma^1 = w_std^2 <x, y>/d + b_std^2``.
 
         Parameters
         ----------

@@ -849,7 +849,8 @@ def gamma_ntk(activation, alpha, K=None, tol=1e-14, q=1.0, **params):
     normalized to ``|z|^2 = d``). ``alpha`` in [0, 1] is the **spurious-feature fraction**: a
     sample ``z = [x, y]`` is split into a core part ``x`` and a spurious part ``y`` of
     dimension ``d_y = alpha d``; ``alpha`` is the correlation ``<z, z^s>/d`` between a sample
-    and its spurious copy ``z^s = [x', y]`` (Bombari & Mondelli 2024; docs/conventions.md, section 6).
+    and its spurious copy ``z^s = [x', y]`` (Bombari & Mondelli 2024; docs/conventions.md,
+    section 6).
 
     Both sums are evaluated exactly up to ``K`` and the rest is bounded: the denominator
     ``D = T'_0 = E[phi'^2] - b_0^2`` is known, the numerator's tail lies in

@@ -319,7 +319,8 @@ class KernelRegime:
     disc_empirical : ndarray
         RMS over test points of ``f_net(x; theta_T) - f_lin(x)``, with ``f_lin`` the exact
         ``T``-step gradient descent with the network's own NTK at initialization (eq. 7.4 of
-        docs/conventions.md in discrete time, :func:`infntk.dynamics.gradient_descent`), same ``f_0``.
+        docs/conventions.md in discrete time, :func:`infntk.dynamics.gradient_descent`), same
+        ``f_0``.
     disc_analytic : ndarray
         The same against the analytic NTK (``infntk.FCNet(...).ntk``), same ``f_0``.
     disc_flow : ndarray
