@@ -1,4 +1,6 @@
-"""Throughput of the Hermite-series engine (activations without a closed form), issue 3 sec. 4.
+"""Throughput of the Hermite-series engine (activations without a closed form).
+
+The series path and its accuracy contract: docs/conventions.md, sections 6 and 8.
 
 A tanh network, depth 3, n = 2000 points of dimension d = 50 (standard normal), tol = 1e-10:
 prints the truncation orders chosen per layer, the certified error bound, the time of the

@@ -7,9 +7,12 @@
 >>> bool(np.allclose(np.diag(k.nngp), (X ** 2).sum(1)))   # relu, w_std^2 = 2: q is preserved
 True
 
-Submodules are imported on first use: ``infntk.hermite``, ``infntk.spectrum``,
-``infntk.empirical``, ``infntk.convergence``, ``infntk.dynamics``, ``infntk.training``,
-``infntk.sklearn``, ``infntk.distributed``.
+Every public submodule is reachable as an attribute and imported on first use:
+``infntk.fcnet``, ``infntk.activations``, ``infntk.hermite``, ``infntk.quadrature``,
+``infntk.spectrum``, ``infntk.empirical``, ``infntk.convergence``, ``infntk.bounds``,
+``infntk.dynamics``, ``infntk.training``, ``infntk.after_kernel``, ``infntk.sklearn`` (needs
+scikit-learn), ``infntk.distributed`` (needs dask) and ``infntk.cli``. Conventions:
+docs/conventions.md.
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ from .activations import ACTIVATIONS, Activation, get_activation
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = {"hermite", "spectrum", "empirical", "convergence", "dynamics", "training",
-                    "sklearn", "distributed", "activations", "fcnet"}
+_LAZY_SUBMODULES = {"activations", "after_kernel", "bounds", "cli", "convergence", "distributed",
+                    "dynamics", "empirical", "fcnet", "hermite", "quadrature", "sklearn",
+                    "spectrum", "training"}
 _LAZY_NAMES = {"FCNet": "fcnet", "Kernels": "fcnet"}
 
 __all__ = ["FCNet", "Kernels", "ACTIVATIONS", "Activation", "get_activation", "__version__"]

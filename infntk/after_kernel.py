@@ -1,15 +1,17 @@
-"""The after-kernel: the NTK of a trained network as a booster and as a predictor (eq. 23-25).
+"""The after-kernel: the NTK of a trained network as a booster and as a predictor.
 
-After ``T`` steps of gradient descent, the notes (000, eq. 23-24) show that further training
-fits the residuals ``y - f(X; theta_T)`` by kernel regression with the *after-training* NTK
-``K_T = K(., .; theta_T)`` ("gradient boosting"), and report (eq. 25) that the kernel alone,
+After ``T`` steps of gradient descent, further training in the kernel regime fits the residuals
+``y - f(X; theta_T)`` by kernel regression with the *after-training* NTK
+``K_T = K(., .; theta_T)`` ("gradient boosting", docs/conventions.md, eq. 7.8), and the kernel
+alone (eq. 7.9, Long 2021),
 
 .. math:: K_T(x, X)(\\tilde z I + K_T(X, X))^{-1} y,
 
-with a re-tuned ridge ``z~``, predicts about as well as the booster. :func:`compare` measures
-this on held-out data for one task, several seeds: the trained network, the booster (eq. 24),
-the after-kernel alone (eq. 25), and kernel ridge regression with the empirical NTK at
-initialization and with the analytic (infinite-width) NTK of :class:`infntk.FCNet`. Every
+with a re-tuned ridge ``z~``, is expected to predict about as well as the booster.
+:func:`compare` measures this on held-out data for one task, several seeds: the trained
+network, the booster (eq. 7.8), the after-kernel alone (eq. 7.9), and kernel ridge regression
+with the empirical NTK at initialization and with the analytic (infinite-width) NTK of
+:class:`infntk.FCNet`. Every
 ridge is chosen by exact leave-one-out error on the training set
 (:func:`infntk.dynamics.ridge_loo_error`), never on the test set.
 
@@ -29,7 +31,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dynamics
-from ._validation import check_positive_int
+from ._validation import check_positive_int, check_tol
+from .empirical import MLP
+from .fcnet import FCNet
+from .training import train
 
 __all__ = ["TASKS", "Task", "load_task", "AfterKernelTable", "compare", "METHODS"]
 
@@ -37,8 +42,8 @@ TASKS = ("diabetes", "breast_cancer", "digits", "teacher")
 METHODS = ("dnn", "booster", "after_kernel", "ntk_init", "ntk_analytic")
 _METHOD_TITLES = {
     "dnn": "DNN f(x; theta_T)",
-    "booster": "booster f_T + KRR(K_T) on residuals (eq. 24)",
-    "after_kernel": "KRR with K_T alone, re-tuned ridge (eq. 25)",
+    "booster": "booster f_T + KRR(K_T) on residuals (eq. 7.8)",
+    "after_kernel": "KRR with K_T alone, re-tuned ridge (eq. 7.9)",
     "ntk_init": "KRR with empirical NTK at init K_0",
     "ntk_analytic": "KRR with analytic NTK (FCNet)",
 }
@@ -63,8 +68,6 @@ class Task:
 
 
 def _teacher(n, seed, d=8, noise=0.1):
-    from .empirical import MLP
-
     rng = np.random.default_rng(10_000 + seed)
     X = rng.standard_normal((n, d))
     teacher = MLP(32, 2, "tanh", w_std=1.5, b_std=0.1, seed=12345, input_dim=d)  # fixed
@@ -205,10 +208,10 @@ def _krr_tuned(K, Kx, y, f0=0.0, f0x=0.0):
     return dynamics.kernel_ridge(K, Kx, y, z, f0, f0x), z
 
 
-def compare(task="diabetes", n_train=200, n_test=200, width=256, depth=2, activation="relu",
-            w_std=1.0, b_std=0.0, parameterization="ntk", steps=1000, lr_fraction=0.5,
+def compare(task="diabetes", n_train=200, n_test=200, activation="relu", depth=2, w_std=1.0,
+            b_std=0.0, parameterization="ntk", width=256, *, steps=1000, lr_fraction=0.5,
             seeds=(0, 1, 2, 3, 4)):
-    """The eq. (23)-(25) comparison table on one task, over seeds.
+    """The after-kernel comparison table (docs/conventions.md, eq. 7.8-7.9) on one task.
 
     For each seed: split the data (:func:`load_task`), draw an
     :class:`~infntk.empirical.MLP`, train it for ``steps`` full-batch gradient-descent steps
@@ -216,8 +219,8 @@ def compare(task="diabetes", n_train=200, n_test=200, width=256, depth=2, activa
     its empirical NTK ``K_T`` at ``theta_T``, and evaluate on the test split:
 
     * ``dnn``: ``f(x; theta_T)``;
-    * ``booster`` (eq. 24): ``f(x; theta_T) + K_T(x, X)(z I + K_T)^{-1}(y - f(X; theta_T))``;
-    * ``after_kernel`` (eq. 25): ``K_T(x, X)(z~ I + K_T)^{-1} y``;
+    * ``booster`` (eq. 7.8): ``f(x; theta_T) + K_T(x, X)(z I + K_T)^{-1}(y - f(X; theta_T))``;
+    * ``after_kernel`` (eq. 7.9): ``K_T(x, X)(z~ I + K_T)^{-1} y``;
     * ``ntk_init``: the same with the empirical NTK at initialization ``K_0``;
     * ``ntk_analytic``: the same with the infinite-width NTK of :class:`infntk.FCNet` (for
       ``parameterization="standard"`` the analytic NTK at this ``width``).
@@ -229,8 +232,10 @@ def compare(task="diabetes", n_train=200, n_test=200, width=256, depth=2, activa
     task : str
         One of :data:`TASKS`.
     n_train, n_test : int
-    width, depth, activation, w_std, b_std, parameterization
-        The network (:class:`~infntk.empirical.MLP`, the same for :class:`infntk.FCNet`).
+    activation, depth, w_std, b_std, parameterization, width
+        The network, in the names and order of :class:`infntk.FCNet` (the same
+        :class:`~infntk.empirical.MLP` of hidden width ``width``). The arguments below are
+        keyword-only.
     steps : int
         ``T``.
     lr_fraction : float
@@ -250,12 +255,7 @@ def compare(task="diabetes", n_train=200, n_test=200, width=256, depth=2, activa
     >>> bool(np.all(t.train_mse["booster"] <= t.train_mse["dnn"]))
     True
     """
-    from .empirical import MLP
-    from .fcnet import FCNet
-    from .training import train
-
-    if not 0 < lr_fraction < 1:
-        raise ValueError(f"lr_fraction must be in (0, 1), got {lr_fraction!r}.")
+    lr_fraction = check_tol(lr_fraction, "lr_fraction")
     steps = check_positive_int(steps, "steps", minimum=0)
     seeds = list(seeds)
     if not seeds:

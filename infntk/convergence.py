@@ -5,9 +5,11 @@
   analytic kernels of :class:`infntk.FCNet`; :class:`SweepResult` summarizes the errors
   (means with confidence intervals, quantiles, the error of the seed-averaged kernel) and fits
   the exponent of error versus width by log-log regression.
-* :func:`arora_bound` and :func:`uniform_bound` put the measured errors next to the published
-  bounds (Arora et al. 2019; the per-layer uniform bound quoted in the project's source
-  document), with the constants that would make them tight on the data.
+* :mod:`infntk.bounds` puts the measured errors next to the published bounds
+  (:func:`~infntk.bounds.ntk_convergence_bound`, Arora et al. 2019a, Theorem 3.1;
+  :func:`~infntk.bounds.uniform_convergence_bound`, the per-layer uniform bound), with the
+  constants that would make them tight on the data. ``arora_bound`` and ``uniform_bound``
+  here are deprecated aliases of those.
 * :func:`depth_width_variance` measures the relative variance of ``Theta-hat(x, x)`` on a grid
   of depths and widths (Hanin & Nica 2019: it is governed by ``L / m``).
 
@@ -31,13 +33,17 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats
+from tqdm.auto import tqdm
 
-from ._validation import check_depth, check_matrix, check_positive_int, check_std
+from ._validation import (check_depth, check_matrix, check_parameterization, check_positive_int,
+                          check_std, check_tol)
 from .activations import get_activation
 from .empirical import MLP
+from .fcnet import FCNet
 
-__all__ = ["width_sweep", "SweepResult", "ExponentFit", "arora_bound", "uniform_bound",
-           "depth_width_variance", "DepthWidthResult", "default_points"]
+__all__ = ["width_sweep", "SweepResult", "ExponentFit", "depth_width_variance",
+           "DepthWidthResult", "default_points"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -62,20 +68,16 @@ def _errors(emp, ref):
 
 
 def _t_quantile(p, dof):
-    from scipy import stats
     return float(stats.t.ppf(p, dof))
 
 
 def _check_confidence(confidence):
-    if not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}.")
-    return float(confidence)
+    return check_tol(confidence, "confidence")
 
 
 def _fcnet_reference(activation, w_std, b_std, parameterization):
     """``reference(depth, X, width) -> (Sigma, Theta)`` from :class:`infntk.FCNet`."""
     def ref(depth, X, width):
-        from .fcnet import FCNet
         net = FCNet(activation, depth=depth, w_std=w_std, b_std=b_std,
                     parameterization=parameterization,
                     width=width if parameterization == "standard" else None)
@@ -84,7 +86,7 @@ def _fcnet_reference(activation, w_std, b_std, parameterization):
     return ref
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExponentFit:
     """Least-squares fit ``log(error) = intercept + slope * log(width)`` over all runs.
 
@@ -107,7 +109,7 @@ class ExponentFit:
                 f"{self.n_points} runs")
 
 
-@dataclass
+@dataclass(repr=False)
 class SweepResult:
     """Errors of empirical kernels against the analytic ones, per ``(width, seed)`` run.
 
@@ -132,6 +134,24 @@ class SweepResult:
     records: dict = field(default_factory=dict)
     reference: dict = field(default_factory=dict)
     complete: bool = True
+
+    def __repr__(self):
+        """One line: the network, the widths, the number of runs (the data stay out of it)."""
+        c = self.config
+        X = c.get("X") or [[]]
+        ws = self.widths
+        wtxt = (f"[{', '.join(map(str, ws))}]" if len(ws) <= 6
+                else f"[{ws[0]}, {ws[1]}, ..., {ws[-1]}] ({len(ws)} widths)")
+        per = {}
+        for (w, _) in self.records:
+            per[w] = per.get(w, 0) + 1
+        seeds = (str(next(iter(per.values()))) if len(set(per.values())) == 1
+                 else f"{min(per.values())}..{max(per.values())}") if per else "0"
+        return (f"SweepResult({c.get('activation')!r}, depth={c.get('depth')}, "
+                f"w_std={c.get('w_std')}, b_std={c.get('b_std')}, "
+                f"parameterization={c.get('parameterization')!r}, widths={wtxt}, "
+                f"seeds per width={seeds}, runs={len(self.records)}, "
+                f"points={len(X)}x{len(X[0])}, complete={self.complete})")
 
     # ---------------------------------------------------------------- access
     @property
@@ -309,12 +329,11 @@ def _width_list(widths):
 def _progress(total, enabled, desc):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc)
 
 
-def width_sweep(activation="relu", depth=2, widths=tuple(2 ** k for k in range(6, 14)), seeds=8,
-                X=None, w_std=1.0, b_std=0.0, parameterization="ntk", units=1,
+def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterization="ntk", *,
+                widths=tuple(2 ** k for k in range(6, 14)), seeds=8, X=None, units=1,
                 dtype=np.float64, results=None, progress=True, reference=None,
                 **activation_params):
     """Errors of the empirical kernels of finite networks against FCNet, over widths and seeds.
@@ -326,15 +345,16 @@ def width_sweep(activation="relu", depth=2, widths=tuple(2 ** k for k in range(6
 
     Parameters
     ----------
-    activation : str, callable or Activation
-    depth : int
+    activation, depth, w_std, b_std, parameterization
+        The network, as in :class:`infntk.FCNet` and :class:`~infntk.empirical.MLP` (same
+        names and order); the remaining arguments are keyword-only.
     widths : iterable of int
         Default ``2^6 .. 2^13``.
     seeds : int or iterable of int
         A count (seeds ``0 .. seeds-1``) or explicit seeds.
     X : array_like, shape (n, d), optional
         Default :func:`default_points` (8 points on the unit sphere of ``R^4``).
-    w_std, b_std, parameterization, dtype, **activation_params
+    dtype, **activation_params
         As in :class:`~infntk.empirical.MLP`.
     units : int
         Units averaged in the hidden layers' ``theta[l]`` (see ``MLP.layer_kernels``).
@@ -364,8 +384,7 @@ def width_sweep(activation="relu", depth=2, widths=tuple(2 ** k for k in range(6
     act = get_activation(activation, **activation_params)
     w_std = check_std(w_std, "w_std")
     b_std = check_std(b_std, "b_std", allow_none=True)
-    if parameterization not in ("ntk", "standard"):
-        raise ValueError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}.")
+    parameterization = check_parameterization(parameterization)
     widths = _width_list(widths)
     seeds = _seed_list(seeds)
     units = check_positive_int(units, "units")
@@ -427,175 +446,8 @@ def width_sweep(activation="relu", depth=2, widths=tuple(2 ** k for k in range(6
     return results
 
 
-# ----------------------------------------------------------------------------- bounds
-def _pairwise_errors(result, width, kernel):
-    ref = result.reference[width][kernel]
-    return [np.abs(result.records[width, s]["kernels"][kernel] - ref)
-            for (w, s) in sorted(result.records) if w == width]
-
-
-def arora_bound(result, delta=0.1, C=1.0):
-    """The bound of Arora et al. (2019) next to the measured errors of a ReLU width sweep.
-
-    Theorem (as quoted in the project's source document 001): for ReLU, no biases, inputs
-    with ``||x|| <= 1`` and width ``m >= C L^6 log(L/delta) / eps^4``, with probability
-    ``>= 1 - delta`` the empirical NTK is within ``(L+1) eps`` of the analytic one, i.e.
-
-    .. math:: |\\hat\\Theta(x, x') - \\Theta(x, x')| \\le (L + 1)\\,\\epsilon(m), \\qquad
-              \\epsilon(m) = (C L^6 \\log(L/\\delta) / m)^{1/4}.
-
-    ``C`` is an unspecified absolute constant. This function reports, per width, the
-    measured ``(1 - delta)``-quantile over seeds of the largest error over all pairs of
-    points (a uniform, hence conservative, version of the per-pair statement) divided by
-    ``L + 1`` (``eps_measured``), the bound's ``eps(m)`` for the given ``C``, and the constant
-    ``C_tight = m eps_measured^4 / (L^6 log(L/delta))`` that makes the bound an equality.
-
-    Arora et al. normalize differently (first layer ``W x`` without ``1/sqrt(d)``, hidden
-    layers with ``c_sigma = 2``): errors are converted exactly to their normalization and to
-    unit-norm inputs using the positive homogeneity of the ReLU network
-    (``Theta-hat(c x, y) = c Theta-hat(x, y)``, and a factor ``(2 / w_std^2)^(L+1)``), so any
-    ``w_std > 0`` and any nonzero inputs may be used.
-
-    Parameters
-    ----------
-    result : SweepResult
-        From :func:`width_sweep` with ``activation="relu"``, ``parameterization="ntk"``,
-        ``depth >= 1`` and no biases (``b_std`` None or 0).
-    delta : float in (0, 1)
-    C : float
-        The constant of the theorem to evaluate ``eps(m)`` with.
-
-    Returns
-    -------
-    dict
-        ``width, eps_measured, eps_bound, ratio (= eps_bound / eps_measured), C_tight``
-        (arrays over widths), ``C_cover`` (the smallest ``C`` for which the bound covers every
-        width: ``max C_tight``), ``n_seeds`` and ``L``.
-
-    Notes
-    -----
-    The quantile of ``S`` seeds is a noisy estimate when ``S`` is not much larger than
-    ``1/delta``. Since the measured errors decay like ``m^(-1/2)`` and ``eps(m)`` like
-    ``m^(-1/4)``, ``C_tight`` falls like ``1/m``: a ``C`` fitted at one width is loose by
-    ``(m'/m)^(1/4)`` at width ``m'``.
-
-    References
-    ----------
-    S. Arora, S. S. Du, W. Hu, Z. Li, R. Salakhutdinov, R. Wang, "On exact computation with
-    an infinitely wide neural net", NeurIPS 2019, arXiv:1904.11955, Theorem 3.1.
-    """
-    cfg = result.config
-    problems = []
-    if cfg["activation"] != "relu":
-        problems.append(f"activation is {cfg['activation']!r}, the theorem is for relu")
-    if cfg["parameterization"] != "ntk":
-        problems.append("parameterization must be 'ntk'")
-    if cfg["b_std"] not in (None, 0.0):
-        problems.append(f"b_std={cfg['b_std']} (the theorem has no biases)")
-    if cfg["depth"] < 1:
-        problems.append("depth must be >= 1 (L^6 log(L/delta) vanishes at L = 0)")
-    if cfg["w_std"] <= 0:
-        problems.append("w_std must be > 0")
-    if problems:
-        raise ValueError("result: arora_bound does not apply: " + "; ".join(problems) + ".")
-    if not isinstance(delta, (int, float)) or not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}.")
-    C = check_std(C, "C")
-    L = cfg["depth"]
-    X = np.asarray(cfg["X"], dtype=float)
-    d = X.shape[1]
-    norms = np.linalg.norm(X, axis=1)
-    keep = norms > 0
-    # error in Arora's normalization at unit-norm inputs: their inputs are X sqrt(2/d)
-    # (times w_std / sqrt 2 per layer for w_std != sqrt 2)
-    scale = (2.0 / cfg["w_std"] ** 2) ** (L + 1) * d / 2.0 / np.outer(norms[keep], norms[keep])
-    log_term = L ** 6 * math.log(L / delta)
-    rows = {k: [] for k in ("width", "eps_measured", "eps_bound", "ratio", "C_tight")}
-    n_seeds = None
-    for w in result.widths:
-        errs = [np.max(e[np.ix_(keep, keep)] * scale) for e in _pairwise_errors(result, w, "ntk")]
-        n_seeds = len(errs)
-        eps_meas = float(np.quantile(errs, 1 - delta)) / (L + 1)
-        eps_bd = (C * log_term / w) ** 0.25
-        rows["width"].append(w)
-        rows["eps_measured"].append(eps_meas)
-        rows["eps_bound"].append(eps_bd)
-        rows["ratio"].append(eps_bd / eps_meas if eps_meas > 0 else float("inf"))
-        rows["C_tight"].append(w * eps_meas ** 4 / log_term)
-    out = {k: np.asarray(v) for k, v in rows.items()}
-    out["C_cover"] = float(np.max(out["C_tight"]))
-    out["n_seeds"] = n_seeds
-    out["L"] = L
-    out["delta"] = float(delta)
-    return out
-
-
-def uniform_bound(result, C3=(1.0, 1.5, 2.0), d=None):
-    """The per-layer uniform bound ``C2 (C3^L / m^(1/6) + sqrt(d L log m / m))`` vs the data.
-
-    The bound (quoted in the project's source document 001, from the uniform-concentration
-    analysis of multi-layer networks) states that for ``m >= C d^2 exp(L^2)``, with
-    probability ``>= 1 - exp(-C1 m^(1/3))``, for every layer ``l``,
-    ``sup |H^(l) - Phi^(l)| <= C2 (C3^L / m^(1/6) + sqrt(d L log m / m))``. The constants
-    ``C1, C2, C3`` are not given. We take ``H^(l)`` to be the empirical NTK of layer ``l``
-    (``theta[l]`` of :func:`width_sweep`, exact per-unit NTKs; ``l = L+1`` is the network's)
-    and ``Phi^(l) = Theta^l``, ``L = depth`` (at least 1), ``d`` the input dimension, and the
-    sup over the finite set of points of the sweep (a lower bound of the true sup).
-
-    Since ``C2`` and ``C3`` are unknown, we report, for each given ``C3``, the smallest
-    ``C2`` that makes the bound cover every measured run at every width
-    (``max over runs of error / (C3^L m^(-1/6) + sqrt(d L log m / m))``) and, at the
-    largest width, how many times the covering bound exceeds the median measured error.
-
-    Parameters
-    ----------
-    result : SweepResult
-    C3 : float or sequence of float
-    d : int, optional
-        Input dimension in the bound; default the number of columns of the sweep's ``X``.
-
-    Returns
-    -------
-    dict
-        ``layers`` (``1 .. L+1``), ``C3`` (array), ``C2_min`` (array ``(len(C3), L+1)``),
-        ``looseness_at_max_width`` (same shape), ``max_width``, and ``measured_slope`` (the
-        fitted exponent of the max-abs error per layer; ``nan`` where the error is exactly 0,
-        as for ``l = 1``).
-    """
-    cfg = result.config
-    C3 = np.atleast_1d(np.asarray(C3, dtype=float))
-    if C3.ndim != 1 or not np.all(np.isfinite(C3)) or np.any(C3 <= 0):
-        raise ValueError(f"C3 must be positive finite numbers, got {C3!r}.")
-    L = cfg["depth"]
-    Lb = max(L, 1)
-    d = len(cfg["X"][0]) if d is None else check_positive_int(d, "d")
-    layers = list(range(1, L + 2))
-    widths = result.widths
-    if not widths:
-        raise ValueError("result has no runs.")
-    mw = max(widths)
-    C2 = np.zeros((C3.size, len(layers)))
-    loose = np.zeros_like(C2)
-    slopes = []
-    for j, l in enumerate(layers):
-        errs = result.errors(f"theta[{l}].maxabs")
-        for i, c3 in enumerate(C3):
-            shape = {w: c3 ** Lb / w ** (1 / 6) + math.sqrt(d * Lb * math.log(w) / w)
-                     for w in widths}
-            C2[i, j] = max(float(np.max(e)) / shape[w] for w, e in errs.items())
-            med = float(np.median(errs[mw]))
-            loose[i, j] = C2[i, j] * shape[mw] / med if med > 0 else float("inf")
-        try:
-            slopes.append(result.fit_exponent(f"theta[{l}].maxabs").slope)
-        except ValueError:
-            slopes.append(float("nan"))
-    return {"layers": np.asarray(layers), "C3": C3, "C2_min": C2,
-            "looseness_at_max_width": loose, "max_width": mw,
-            "measured_slope": np.asarray(slopes)}
-
-
 # ----------------------------------------------------------------------------- depth vs width
-@dataclass
+@dataclass(repr=False)
 class DepthWidthResult:
     """Moments of ``Theta-hat(x, x)`` over seeds on a grid of depths and widths.
 
@@ -609,7 +461,7 @@ class DepthWidthResult:
 
     depths: np.ndarray
     widths: np.ndarray
-    n_seeds: int
+    seeds: int
     mean: np.ndarray
     var: np.ndarray
     rel_var: np.ndarray
@@ -618,10 +470,22 @@ class DepthWidthResult:
     fit_c: float
     config: dict
 
+    @property
+    def n_seeds(self):
+        """Deprecated name of :attr:`seeds` (the number of networks per grid point)."""
+        warnings.warn("DepthWidthResult.n_seeds is deprecated; use .seeds.", DeprecationWarning,
+                      stacklevel=2)
+        return self.seeds
 
-def depth_width_variance(activation="relu", depths=(1, 2, 4, 8), widths=(16, 32, 64, 128),
-                         n_seeds=64, x=None, w_std=None, b_std=None, parameterization="ntk",
-                         confidence=0.95, progress=True, **activation_params):
+    def __repr__(self):
+        return (f"DepthWidthResult({self.config.get('activation')!r}, "
+                f"depths={self.depths.tolist()}, widths={self.widths.tolist()}, "
+                f"seeds={self.seeds}, fit_c={self.fit_c:.4g})")
+
+
+def depth_width_variance(activation="relu", w_std=None, b_std=None, parameterization="ntk", *,
+                         depths=(1, 2, 4, 8), widths=(16, 32, 64, 128), seeds=64, x=None,
+                         confidence=0.95, progress=True, n_seeds=None, **activation_params):
     """Relative variance of the diagonal empirical NTK ``Theta-hat(x, x)`` over an ``(L, m)`` grid.
 
     Hanin & Nica (2019) show that for ReLU networks the fluctuations of the NTK at
@@ -636,16 +500,21 @@ def depth_width_variance(activation="relu", depths=(1, 2, 4, 8), widths=(16, 32,
     Parameters
     ----------
     activation : str, callable or Activation
-    depths, widths : iterables of int
-    n_seeds : int
-        Independent networks per grid point (seeds ``[s, L, m]``).
-    x : array_like, shape (1, d) or (d,), optional
-        The input; default the first of :func:`default_points`.
     w_std, b_std : float
         Default ``w_std = sqrt(2)`` (variance preserving for ReLU), no biases.
     parameterization : {"ntk", "standard"}
+    depths, widths : iterables of int
+        Keyword-only, like everything below.
+    seeds : int or iterable of int
+        Independent networks per grid point: a count ``S >= 2`` (seeds ``0 .. S-1``) or
+        explicit seeds, as in :func:`width_sweep`; the network of seed ``s`` at ``(L, m)`` is
+        drawn with the generator seed ``[s, L, m]``.
+    x : array_like, shape (1, d) or (d,), optional
+        The input; default the first of :func:`default_points`.
     confidence : float
     progress : bool
+    n_seeds : int, optional
+        Deprecated name of ``seeds`` (a count).
 
     Returns
     -------
@@ -659,7 +528,15 @@ def depth_width_variance(activation="relu", depths=(1, 2, 4, 8), widths=(16, 32,
     act = get_activation(activation, **activation_params)
     depths = np.asarray(sorted({check_positive_int(L, "depths") for L in depths}))
     widths = np.asarray(_width_list(widths))
-    n_seeds = check_positive_int(n_seeds, "n_seeds", minimum=2)
+    if n_seeds is not None:
+        warnings.warn("depth_width_variance(n_seeds=...) is deprecated; use seeds=.",
+                      DeprecationWarning, stacklevel=2)
+        seeds = check_positive_int(n_seeds, "n_seeds", minimum=2)
+    seed_list = _seed_list(seeds)
+    if len(seed_list) < 2:
+        raise ValueError(f"seeds must give at least 2 networks (a variance is estimated), got "
+                         f"{seeds!r}.")
+    n_seeds = len(seed_list)
     confidence = _check_confidence(confidence)
     w_std = math.sqrt(2.0) if w_std is None else check_std(w_std, "w_std")
     b_std = check_std(b_std, "b_std", allow_none=True)
@@ -674,17 +551,16 @@ def depth_width_variance(activation="relu", depths=(1, 2, 4, 8), widths=(16, 32,
     try:
         for i, L in enumerate(depths):
             for j, m in enumerate(widths):
-                for s in range(n_seeds):
+                for k, s in enumerate(seed_list):
                     mlp = MLP(int(m), int(L), act, w_std=w_std, b_std=b_std,
                               parameterization=parameterization, seed=[s, int(L), int(m)],
                               input_dim=x.shape[1])
-                    vals[i, j, s] = mlp.ntk(x)[0, 0]
+                    vals[i, j, k] = mlp.ntk(x)[0, 0]
                     if bar is not None:
                         bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    from scipy import stats
     mean = vals.mean(axis=2)
     var = vals.var(axis=2, ddof=1)
     rel = var / mean ** 2
@@ -697,6 +573,20 @@ def depth_width_variance(activation="relu", depths=(1, 2, 4, 8), widths=(16, 32,
     fit_c = float((r * y).sum() / (r * r).sum())
     config = {"activation": act.name, "w_std": w_std, "b_std": b_std,
               "parameterization": parameterization, "x": x.tolist()}
-    return DepthWidthResult(depths=depths, widths=widths, n_seeds=n_seeds, mean=mean, var=var,
+    return DepthWidthResult(depths=depths, widths=widths, seeds=n_seeds, mean=mean, var=var,
                             rel_var=rel, rel_var_ci=(lo, hi), ratio=ratio, fit_c=fit_c,
                             config=config)
+
+
+# ----------------------------------------------------------------------------- deprecated names
+# The theorem bounds moved to infntk.bounds (which imports this module, so it cannot be
+# imported here): the former names load it lazily, warn, and return the former dicts.
+_MOVED = {"arora_bound": "_legacy_convergence_arora_bound",
+          "uniform_bound": "_legacy_convergence_uniform_bound"}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
+        return getattr(importlib.import_module(".bounds", __package__), _MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,35 +5,38 @@ on the 1/n-normalized squared loss
 
 .. math:: \\mathcal L(\\theta) = \\frac{1}{n}\\sum_{i=1}^n \\tfrac12 (f(x_i;\\theta) - y_i)^2
 
-moves the predictions by the linear ODE (lecture notes 000, eq. 14-15)
+moves the predictions by the linear ODE (docs/conventions.md, eq. 7.1-7.2; Jacot et al. 2018)
 
 .. math:: \\frac{d}{dt} f_t(x) = -\\frac{\\eta}{n} K(x, X)\\,(f_t(X) - y),
 
-whose solution is eq. (18) in sample and eq. (20) out of sample,
+whose solution is eq. (7.3) in sample and eq. (7.4) out of sample (Lee et al. 2019),
 
 .. math::
     f_t(X) - y = e^{-\\eta t K/n}(f_0(X) - y), \\qquad
     f_t(x) = f_0(x) + K(x, X) K^{-1}(I - e^{-\\eta t K / n})(y - f_0(X)),
 
-and kernel regression (eq. 21) in the limit ``t -> inf``. This module evaluates these formulas
+and kernel regression (eq. 7.5) in the limit ``t -> inf``. This module evaluates these formulas
 stably (one cached eigendecomposition, ``expm1``, eigenvalues clamped at 0, the null space of
 ``K`` handled as the exact limit), the exact discrete-time gradient-descent counterpart, kernel
-ridge regression (eq. 5), the spectral filters of eq. (22), the largest stable step size, and
-the generalization bound of Arora et al. (2019).
+ridge regression (eq. 7.6), the spectral filters of eq. (7.7) and the largest stable step
+size.
 
 Public names: :func:`gradient_flow`, :class:`GradientFlow`, :class:`Prediction`,
 :func:`gradient_descent`, :func:`training_loss`, :func:`kernel_ridge`, :func:`ridge_loo_error`,
 :func:`flow_filter`,
-:func:`gd_filter`, :func:`ridge_filter`, :func:`equivalent_ridge`, :func:`max_learning_rate`,
-:func:`arora_bound`, :func:`arora_gram`.
+:func:`gd_filter`, :func:`ridge_filter`, :func:`equivalent_ridge`, :func:`max_learning_rate`.
+The generalization bound of Arora et al. (2019b) and its Gram ``H^inf`` are in
+:mod:`infntk.bounds` (:func:`~infntk.bounds.generalization_bound`,
+:func:`~infntk.bounds.arora_gram`); ``arora_bound`` and ``arora_gram`` here are deprecated
+aliases.
 
 Conventions
 -----------
 * ``n`` is the number of training targets (rows of ``y``); ``lr`` is the learning rate ``eta``.
 * ``y`` of shape ``(n,)`` or ``(n, k)`` (``k`` independent outputs sharing the kernel).
-* The per-example loss is ``(f - y)^2 / 2`` as in eq. (14); the reported loss is
+* The per-example loss is ``(f - y)^2 / 2`` as in eq. (7.1); the reported loss is
   ``sum_i ||f(x_i) - y_i||^2 / (2 n)`` (summed over outputs).
-* ``ridge`` is added to the unnormalized Gram, as in eq. (5): ``(ridge I + K)^{-1}``, the
+* ``ridge`` is added to the unnormalized Gram, as in eq. (7.6): ``(ridge I + K)^{-1}``, the
   convention of :class:`sklearn.kernel_ridge.KernelRidge` (``alpha = ridge``).
 
 References
@@ -45,17 +48,16 @@ and Generalization for Overparameterized Two-Layer Neural Networks, ICML.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 
-from ._validation import check_matrix
+from ._validation import check_finite, check_matrix, check_positive_real, check_real_dtype
 
 __all__ = ["Prediction", "GradientFlow", "gradient_flow", "gradient_descent", "training_loss",
            "kernel_ridge", "ridge_loo_error", "flow_filter", "gd_filter", "ridge_filter",
-           "equivalent_ridge", "max_learning_rate", "arora_gram", "arora_bound"]
+           "equivalent_ridge", "max_learning_rate"]
 
 # |K - K^T| above this fraction of max|K| is not rounding: the Gram is rejected.
 _SYMMETRY_RTOL = 1e-8
@@ -87,52 +89,27 @@ def _check_cross(K_test_train, n, name="K_test_train"):
 def _check_targets(y, n, name="y"):
     if y is None:
         raise TypeError(f"{name} must be an array of shape ({n},) or ({n}, k), got None.")
-    arr = np.asarray(y)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)
-                                   or np.issubdtype(arr.dtype, np.integer)
-                                   or arr.dtype == bool):
-        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}.")
+    arr = check_real_dtype(y, name, allow_bool=True)
     if arr.ndim not in (1, 2) or arr.shape[0] != n or (arr.ndim == 2 and arr.shape[1] == 0):
         raise ValueError(f"{name} must have shape ({n},) or ({n}, k) with n = {n} training "
                          f"points, got {arr.shape}.")
-    arr = np.asarray(arr, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf.")
-    return arr
+    return check_finite(np.asarray(arr, dtype=np.float64), name)
 
 
 def _check_f0(f0, shape, name):
     """An initial prediction: a scalar, an array of ``shape``, or ``(n,)`` for ``(n, k)``."""
-    arr = np.asarray(0.0 if f0 is None else f0)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)
-                                   or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must be a real scalar or array, got dtype {arr.dtype}.")
-    arr = arr.astype(np.float64)
+    arr = check_real_dtype(0.0 if f0 is None else f0, name).astype(np.float64)
     if arr.ndim == 1 and len(shape) == 2 and arr.shape[0] == shape[0]:
         arr = arr[:, None]                          # one initial function for all k outputs
     elif arr.ndim != 0 and arr.shape != shape:
         raise ValueError(f"{name} must be a scalar or have shape {shape}, got {arr.shape}.")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf.")
+    check_finite(arr, name)
     return np.array(np.broadcast_to(arr, shape), dtype=np.float64)
-
-
-def _check_positive(value, name, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive real number, got {value!r}.")
-    value = float(value)
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}.")
-    return value
 
 
 def _check_times(t, name="t", integer=False):
     """Return ``(times as a 1-D float array, is_scalar)``; non-negative, inf allowed for t."""
-    arr = np.asarray(t)
-    if arr.dtype == object or arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating)
-                                                        or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must be a non-negative real scalar or 1-D array, got {t!r}.")
+    arr = check_real_dtype(t, name)
     if arr.ndim > 1:
         raise ValueError(f"{name} must be a scalar or a 1-D array, got shape {arr.shape}.")
     scalar = arr.ndim == 0
@@ -148,7 +125,7 @@ def _check_times(t, name="t", integer=False):
 
 # ----------------------------------------------------------------------------- filters
 def flow_filter(eigenvalues, t, lr=1.0, n=1):
-    """Gradient-flow spectral filter of eq. (22): ``(1 - exp(-lr t lam / n)) / lam``.
+    """Gradient-flow spectral filter of eq. (7.7): ``(1 - exp(-lr t lam / n)) / lam``.
 
     Parameters
     ----------
@@ -224,7 +201,7 @@ def gd_filter(eigenvalues, steps, lr=1.0, n=1):
 
 
 def ridge_filter(eigenvalues, ridge):
-    """Kernel-ridge spectral filter of eq. (22): ``1 / (lam + ridge) <= 1 / ridge``.
+    """Kernel-ridge spectral filter of eq. (7.7): ``1 / (lam + ridge) <= 1 / ridge``.
 
     Parameters
     ----------
@@ -250,7 +227,7 @@ def ridge_filter(eigenvalues, ridge):
 def equivalent_ridge(t, n, lr=1.0):
     """The ridge ``z = n / (lr t)`` whose filter matches gradient flow's at both ends.
 
-    Both filters of eq. (22) behave as ``1 / lam`` for large ``lam``; at ``lam -> 0`` the flow
+    Both filters of eq. (7.7) behave as ``1 / lam`` for large ``lam``; at ``lam -> 0`` the flow
     filter tends to ``lr t / n`` and the ridge filter to ``1 / z``. Equating the two gives this
     ``z``. In between, with ``u = lam / z``, the ratio flow / ridge is
     ``(1 + u)(1 - e^{-u}) / u``, which lies in ``[1, 1.2985)`` (maximum at ``u ~ 1.793``):
@@ -274,8 +251,8 @@ def equivalent_ridge(t, n, lr=1.0):
     >>> equivalent_ridge(t=100.0, n=50, lr=0.5)
     1.0
     """
-    t = _check_positive(t, "t")
-    lr = _check_positive(lr, "lr")
+    t = check_positive_real(t, "t")
+    lr = check_positive_real(lr, "lr")
     return float(n) / (lr * t)
 
 
@@ -336,7 +313,7 @@ class GradientFlow:
     null-space component of the residual untouched in sample, and moves test predictions along
     ``K(x, X) U_0`` (zero whenever ``K_test_train`` comes from the same PSD kernel as
     ``K_train``). Cost: ``O(n^3)`` once, then ``O((n + m) n k)`` per time.
-    ``t = inf`` is eq. (21), computed by a Cholesky solve (a least-squares solve if ``K`` is
+    ``t = inf`` is eq. (7.5), computed by a Cholesky solve (a least-squares solve if ``K`` is
     singular).
 
     Examples
@@ -362,7 +339,7 @@ class GradientFlow:
             self.f0_test = _check_f0(f0_test, (m,) + self.y.shape[1:], "f0_test")
         else:
             self.f0_test = None
-        self.lr = _check_positive(lr, "lr")
+        self.lr = check_positive_real(lr, "lr")
         lam, U = scipy.linalg.eigh(self.K_train)
         self.eigenvalues = np.clip(lam, 0.0, None)
         self.eigenvectors = U
@@ -412,7 +389,7 @@ class GradientFlow:
 
     # -------------------------------------------------------------- public
     def predict(self, t):
-        """Gradient-flow predictions at time(s) ``t`` (eq. 18, 20; eq. 21 at ``t = inf``).
+        """Gradient-flow predictions at time(s) ``t`` (eq. 7.3, 7.4; eq. 7.5 at ``t = inf``).
 
         Parameters
         ----------
@@ -474,12 +451,12 @@ class GradientFlow:
 
 
 def gradient_flow(K_train, K_test_train, y, f0_train=0.0, f0_test=0.0, t=np.inf, lr=1.0):
-    """Predictions of gradient flow on the MSE with a fixed kernel, eq. (20) of the notes.
+    """Predictions of gradient flow on the MSE with a fixed kernel (docs/conventions.md, eq. 7.4).
 
     .. math::
         f_t(x) = f_0(x) + K(x, X) K^{-1} (I - e^{-\\eta t K / n}) (y - f_0(X))
 
-    (eq. 18 in sample, eq. 21 at ``t = inf``), the solution of
+    (eq. 7.3 in sample, eq. 7.5 at ``t = inf``), the solution of
     ``df/dt = -(lr / n) K (f - y)``, i.e. gradient flow on ``sum_i (f(x_i) - y_i)^2 / (2 n)``.
 
     Parameters
@@ -493,7 +470,7 @@ def gradient_flow(K_train, K_test_train, y, f0_train=0.0, f0_test=0.0, t=np.inf,
     f0_train, f0_test : float or array
         Predictions at initialization, broadcastable to ``y.shape`` and ``(m,) + y.shape[1:]``.
     t : float or (T,) array
-        Time(s) ``>= 0``; ``np.inf`` for kernel regression (eq. 21).
+        Time(s) ``>= 0``; ``np.inf`` for kernel regression (eq. 7.5).
     lr : float
         Learning rate ``eta``.
 
@@ -509,7 +486,8 @@ def gradient_flow(K_train, K_test_train, y, f0_train=0.0, f0_test=0.0, t=np.inf,
 
     References
     ----------
-    Lecture notes 000 (Malamud), eq. (14)-(21); Lee et al. (2019), eq. (9).
+    docs/conventions.md, eq. (7.1)-(7.5); Jacot, Gabriel, Hongler (2018); Lee et al. (2019),
+    eq. (9).
 
     Examples
     --------
@@ -566,12 +544,12 @@ def training_loss(K_train, y, f0_train=0.0, t=np.inf, lr=1.0):
 
 # ----------------------------------------------------------------------------- ridge
 def kernel_ridge(K_train, K_test_train, y, ridge, f0_train=0.0, f0_test=0.0):
-    """Kernel ridge regression on the residual, eq. (5) of the notes.
+    """Kernel ridge regression on the residual (docs/conventions.md, eq. 7.6).
 
     .. math:: \\hat f(x) = f_0(x) + K(x, X)(z I + K(X, X))^{-1}(y - f_0(X))
 
     With ``f0 = 0`` this is :class:`sklearn.kernel_ridge.KernelRidge` with ``alpha = ridge``
-    and ``kernel="precomputed"``. ``ridge = 0`` is eq. (21).
+    and ``kernel="precomputed"``. ``ridge = 0`` is eq. (7.5).
 
     Parameters
     ----------
@@ -583,7 +561,7 @@ def kernel_ridge(K_train, K_test_train, y, ridge, f0_train=0.0, f0_test=0.0):
         ``z >= 0``; an array gives one prediction per ridge (leading axis), from one
         eigendecomposition (useful for tuning).
     f0_train, f0_test : float or array
-        Base predictions (e.g. a trained network, eq. 24); the kernel fits the residual.
+        Base predictions (e.g. a trained network, eq. 7.8); the kernel fits the residual.
 
     Returns
     -------
@@ -640,7 +618,7 @@ def kernel_ridge(K_train, K_test_train, y, ridge, f0_train=0.0, f0_test=0.0):
 
 
 def ridge_loo_error(K_train, y, ridges, f0_train=0.0):
-    """Leave-one-out mean squared error of kernel ridge regression (eq. 5), for each ridge.
+    """Leave-one-out mean squared error of kernel ridge regression (eq. 7.6), for each ridge.
 
     For the hat matrix ``H = K (K + z I)^{-1}`` the leave-one-out residual of point ``i`` is
     exactly ``(r_i - (H r)_i) / (1 - H_ii)`` with ``r = y - f_0(X)`` (no refits). With
@@ -655,7 +633,7 @@ def ridge_loo_error(K_train, y, ridges, f0_train=0.0):
     ridges : float or (R,) array
         Ridges ``z > 0``.
     f0_train : float or array
-        Base predictions; the kernel fits the residual ``y - f0_train`` (eq. 24).
+        Base predictions; the kernel fits the residual ``y - f0_train`` (eq. 7.8).
 
     Returns
     -------
@@ -726,107 +704,15 @@ def max_learning_rate(K_train):
     return 2.0 * n / lam_max
 
 
-# ----------------------------------------------------------------------------- Arora et al.
-def _check_unit_rows(X, name="X", normalize=False):
-    X = check_matrix(X, name)
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X))
-    if normalize:
-        if (norms == 0).any():
-            raise ValueError(f"{name} has a zero row (row {int(np.argmin(norms))}); it cannot "
-                             "be normalized to unit norm.")
-        return X / norms[:, None]
-    if np.max(np.abs(norms - 1.0)) > 1e-8:
-        i = int(np.argmax(np.abs(norms - 1.0)))
-        raise ValueError(f"{name} must have unit-norm rows (Arora et al. assume ||x|| = 1); row "
-                         f"{i} has norm {norms[i]:.6g}. Pass normalize=True to rescale.")
-    return X
+# ----------------------------------------------------------------------------- deprecated names
+# The bounds of Arora et al. moved to infntk.bounds (which sits above FCNet; this module stays
+# NumPy/SciPy only). The former names load it lazily, warn, and return what they used to.
+_MOVED = {"arora_bound": "_legacy_dynamics_arora_bound",
+          "arora_gram": "_legacy_dynamics_arora_gram"}
 
 
-def arora_gram(X, normalize=False):
-    """``H^inf`` of Arora et al. (2019): the first-layer NTK Gram of a two-layer ReLU network.
-
-    .. math:: H^\\infty_{ij} = E_{w \\sim N(0, I)}[x_i^T x_j 1\\{w^T x_i \\ge 0, w^T x_j \\ge 0\\}]
-              = \\frac{x_i^T x_j (\\pi - \\arccos(x_i^T x_j))}{2 \\pi}
-
-    for unit-norm rows. ``E[1{u >= 0} 1{v >= 0}]`` is the NNGP of a one-hidden-layer step
-    network, so this reuses the closed form of :class:`infntk.FCNet` (``"step"``, depth 1).
-
-    Parameters
-    ----------
-    X : (n, d) array
-        Unit-norm rows (checked to 1e-8), or any nonzero rows with ``normalize=True``.
-    normalize : bool
-        Rescale rows to unit norm first.
-
-    Returns
-    -------
-    (n, n) ndarray
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> np.round(arora_gram(np.array([[1.0, 0.0], [0.0, 1.0]])), 6)  # diagonal 1/2, <x,y>=0
-    array([[0.5, 0. ],
-           [0. , 0.5]])
-    """
-    from .fcnet import FCNet
-
-    X = _check_unit_rows(X, "X", normalize)
-    # step net, depth 1, w_std = 1, no bias: Sigma^2 = E[step(u) step(v)] = (pi - theta)/(2 pi),
-    # the angle theta being that of the rows (Sigma^1 = <x, y>/d only scales them).
-    orthant = FCNet("step", depth=1, w_std=1.0, b_std=None).nngp(X)
-    return (X @ X.T) * orthant
-
-
-def arora_bound(X, y, normalize=False):
-    """The data-dependent generalization bound ``sqrt(2 y^T (H^inf)^{-1} y / n)``.
-
-    Arora et al. (2019, Theorem 5.1): a two-layer ReLU network trained by gradient descent from
-    a small random initialization has population loss (1-Lipschitz loss bounded by 1) at most
-    this quantity plus ``O(sqrt(log(n / (lambda_0 delta)) / n))``, ``lambda_0`` the smallest
-    eigenvalue of ``H^inf`` (:func:`arora_gram`). The complexity ``y^T (H^inf)^{-1} y`` is small
-    for labels aligned with the top eigenvectors of ``H^inf`` (learnable structure) and large
-    for random labels: the bound separates the two (see the example).
-
-    Parameters
-    ----------
-    X : (n, d) array
-        Inputs with unit-norm rows (or ``normalize=True``).
-    y : (n,) array
-        Labels (e.g. ``+-1``).
-    normalize : bool
-        Rescale the rows of ``X`` to unit norm first.
-
-    Returns
-    -------
-    float
-
-    References
-    ----------
-    Arora, Du, Hu, Li, Wang (2019), Fine-Grained Analysis of Optimization and Generalization
-    for Overparameterized Two-Layer Neural Networks, ICML, arXiv:1901.08584.
-
-    Examples
-    --------
-    True labels (digit 0 versus 1) against the same labels randomly permuted:
-
-    >>> import numpy as np
-    >>> from sklearn.datasets import load_digits
-    >>> X, t = load_digits(n_class=2, return_X_y=True)
-    >>> X, y = X[:150], 2.0 * t[:150] - 1
-    >>> true = arora_bound(X, y, normalize=True)
-    >>> rand = arora_bound(X, np.random.default_rng(0).permutation(y), normalize=True)
-    >>> bool(true < 0.5 * rand)
-    True
-    """
-    X = _check_unit_rows(X, "X", normalize)
-    n = X.shape[0]
-    y = _check_targets(y, n, "y")
-    if y.ndim != 1:
-        raise ValueError(f"y must be 1-D (one label per row of X), got shape {y.shape}.")
-    lam, U = scipy.linalg.eigh(arora_gram(X))
-    if lam[0] <= 10.0 * n * np.finfo(float).eps * lam[-1]:
-        raise ValueError(f"H^inf is singular to working precision (lambda_0 = {lam[0]:.3g}; "
-                         "duplicate or parallel rows in X?); the bound needs lambda_0 > 0.")
-    c = U.T @ y
-    return float(np.sqrt(2.0 * np.dot(c, c / lam) / n))
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
+        return getattr(importlib.import_module(".bounds", __package__), _MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

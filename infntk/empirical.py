@@ -1,9 +1,9 @@
 """Finite fully-connected networks in pure NumPy, and their empirical NNGP and NTK kernels.
 
-:class:`MLP` is exactly the network of SPEC section 1 (``L = depth`` hidden layers of ``width``
-units, scalar output, iid N(0, 1) parameters) with a hand-written backward pass. Its kernels are
-the finite-width, random counterparts of :class:`infntk.FCNet`'s analytic ones, which they
-approach as ``width`` grows (see :mod:`infntk.convergence`).
+:class:`MLP` is exactly the network of docs/conventions.md, section 1 (``L = depth`` hidden
+layers of ``width`` units, scalar output, iid N(0, 1) parameters) with a hand-written backward
+pass. Its kernels are the finite-width, random counterparts of :class:`infntk.FCNet`'s analytic
+ones, which they approach as ``width`` grows (see :mod:`infntk.convergence`).
 
 The empirical NTK is computed by the layerwise factorization of the Jacobian Gram matrix,
 
@@ -32,18 +32,18 @@ True
 """
 from __future__ import annotations
 
+import copy as _copy
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import check_depth, check_matrix, check_pair, check_positive_int, check_std
+from ._validation import (check_depth, check_finite, check_matrix, check_pair,
+                          check_parameterization, check_positive_int, check_real_dtype, check_std)
 from .activations import get_activation
 
 __all__ = ["MLP", "LayerKernels"]
 
-_PARAMETERIZATIONS = ("ntk", "standard")
 # Target size in bytes of one block's cached features (activations and backpropagated
 # signals of all layers); the default block size is derived from it.
 _BLOCK_BYTES = 256 * 2 ** 20
@@ -53,11 +53,11 @@ _CACHE_BYTES = 2 * 2 ** 30
 
 @dataclass
 class LayerKernels:
-    """Per-layer empirical kernels of an :class:`MLP`, keyed by the SPEC layer index ``l``.
+    """Per-layer empirical kernels of an :class:`MLP`, keyed by the layer index ``l``.
 
-    Each entry is an ``(n1, n2)`` array, to be compared with the analytic quantity of SPEC
-    section 2 named below (NTK parameterization; in ``"standard"`` the NNGP-side quantities
-    are the same and ``theta`` estimates the standard-parameterization recursion at this width).
+    Each entry is an ``(n1, n2)`` array, to be compared with the analytic quantity of
+    docs/conventions.md, section 2, named below (NTK parameterization; in ``"standard"`` the
+    NNGP-side quantities are the same and ``theta`` estimates the standard-parameterization recursion at this width).
 
     Attributes
     ----------
@@ -85,7 +85,7 @@ class LayerKernels:
 
 
 class MLP:
-    """A finite fully-connected network with scalar output (SPEC section 1), in NumPy.
+    """A finite fully-connected network with scalar output (docs/conventions.md, section 1).
 
     Parameters
     ----------
@@ -111,7 +111,8 @@ class MLP:
     input_dim : int, optional
         Input dimension ``d``. When omitted it is fixed by the first call (``forward``, ``ntk``,
         ...); the parameters are drawn then, from the same generator, so the network is the
-        same as with ``input_dim`` given.
+        same as with ``input_dim`` given. Give it to use :attr:`num_params`, :attr:`params`
+        and :attr:`layer_sizes` before the first call.
     **activation_params
         Parameters of a named activation (e.g. ``alpha=0.1`` for ``leaky_relu``).
 
@@ -145,10 +146,7 @@ class MLP:
         self.activation = get_activation(activation, **activation_params)
         self.w_std = check_std(w_std, "w_std")
         self.b_std = check_std(b_std, "b_std", allow_none=True)
-        if not isinstance(parameterization, str) or parameterization not in _PARAMETERIZATIONS:
-            raise ValueError(f"parameterization must be one of {_PARAMETERIZATIONS}, "
-                             f"got {parameterization!r}.")
-        self.parameterization = parameterization
+        self.parameterization = check_parameterization(parameterization)
         try:
             self.dtype = np.dtype(dtype)
         except TypeError:
@@ -182,8 +180,25 @@ class MLP:
 
     @property
     def num_params(self):
-        """The number ``P`` of scalar parameters."""
-        return int(sum(p.size for p in self.params))
+        """The number ``P`` of scalar parameters, from the layer sizes (no parameters drawn).
+
+        ``P = sum_l n_l (n_{l-1} + [biases])`` over ``l = 1 .. L+1``. It depends on the input
+        dimension ``d``: known before the first call when ``input_dim=`` was given to the
+        constructor; otherwise this raises a ``RuntimeError`` saying so (the parameters are
+        only drawn once ``d`` is known).
+
+        Examples
+        --------
+        >>> MLP(8, depth=1, activation="relu", input_dim=3).num_params   # 8*3 + 8 + 8 + 1
+        41
+        """
+        if self.input_dim is None:
+            raise RuntimeError("num_params: the number of parameters depends on the input "
+                               "dimension d, which is not known before the first call; pass "
+                               "input_dim=d to MLP(...) (or call forward/ntk on data first).")
+        sizes = [self.input_dim] + [self.width] * self.depth + [1]
+        bias = 1 if self.has_bias else 0
+        return int(sum(n_out * (n_in + bias) for n_in, n_out in zip(sizes[:-1], sizes[1:])))
 
     def _init_params(self, d):
         self.input_dim = d
@@ -243,15 +258,12 @@ class MLP:
             arr = np.array(p, dtype=self.dtype, copy=True)
             if arr.shape != shape:
                 raise ValueError(f"params[{i}] must have shape {shape}, got {arr.shape}.")
-            if not np.isfinite(arr).all():
-                raise ValueError(f"params[{i}] contains NaN or inf.")
-            new.append(arr)
+            new.append(check_finite(arr, f"params[{i}]"))
         self.input_dim = expected_d
         self._params = new
 
     def copy(self):
         """An independent copy (parameters copied; the random generator is copied too)."""
-        import copy as _copy
         other = _copy.copy(self)
         other._rng = _copy.deepcopy(self._rng)
         other._params = None if self._params is None else [p.copy() for p in self._params]
@@ -351,12 +363,11 @@ class MLP:
             Same layout and shapes as :attr:`params`.
         """
         X = self._check_X(X)
-        dout = np.asarray(dout)
+        dout = check_real_dtype(dout, "dout")
         if dout.shape != (X.shape[0],):
             raise ValueError(f"dout must have shape ({X.shape[0]},) (one value per row of X), "
                              f"got {dout.shape}.")
-        if not np.issubdtype(dout.dtype, np.number) or not np.isfinite(dout).all():
-            raise ValueError("dout must be a finite real array.")
+        check_finite(dout, "dout")
         A, Hs = self._forward_cache(X)
         G = self._backward(Hs, dout.astype(self.dtype)[:, None])
         grads = []
@@ -431,7 +442,7 @@ class MLP:
 
         Computed by the layerwise factorization (module docstring), never forming the
         Jacobian, over row blocks of ``block_size`` (default: about 256 MB of features per
-        block). Estimates ``Theta^{L+1}`` of SPEC section 2 (``"ntk"``), or the
+        block). Estimates ``Theta^{L+1}`` of docs/conventions.md, section 2 (``"ntk"``), or the
         standard-parameterization NTK at this width.
 
         Parameters
@@ -490,8 +501,8 @@ class MLP:
         """The empirical NNGP: ``w_std^2 <phi(h^L(x)), phi(h^L(y))> / width + b_std^2``.
 
         The covariance of the output given the last hidden layer; estimates ``Sigma^{L+1}``
-        of SPEC section 2 in both parameterizations (``b_std=None`` counts as 0). For
-        ``depth=0`` it is exactly ``Sigma^1 = w_std^2 <x, y>/d + b_std^2``.
+        of docs/conventions.md, section 2, in both parameterizations (``b_std=None`` counts as
+        0). For ``depth=0`` it is exactly ``Sigma^1 = w_std^2 <x, y>/d + b_std^2``.
 
         Parameters
         ----------

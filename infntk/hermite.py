@@ -1,6 +1,6 @@
 r"""Hermite expansions of activations: coefficients, tails, Mehler dual series, gamma_NTK.
 
-Conventions (SPEC section 4): normalized probabilists' Hermite functions
+Conventions (docs/conventions.md, section 6): normalized probabilists' Hermite functions
 :math:`h_k = He_k/\sqrt{k!}`, orthonormal under :math:`z \sim N(0, 1)`; for a variance ``q``,
 
 .. math:: a_k(q) = E[\phi(\sqrt{q} z) h_k(z)], \qquad
@@ -37,16 +37,6 @@ How the coefficients are computed (``precision="double"``)
   then algebraic in the panel width (typically ``1e-6`` to ``1e-9``); declare its kinks
   through an :class:`~infntk.activations.Activation` with ``kinks=``.
 
-* **Composite Gauss-Legendre** (``_PANEL_POINTS`` points per panel) for activations with kinks
-  (elu, and any declared kink) and for large ``q``: breakpoints at ``z = 0``, at every kink
-  ``c/sqrt(q)``, geometrically graded panels ``+-delta 2^j`` towards 0 with
-  ``delta ~ 1/sqrt(q)`` (resolving the complex singularities of tanh-like functions at distance
-  ``~1/sqrt(q)``), unit panels beyond ``|z| = 1`` up to ``Z = sqrt(4K + 2) + 10``. Piecewise
-  smooth integrands are then integrated to double precision (measured ``<= 5e-16`` relative to
-  ``sqrt(E[phi^2])`` for elu). A callable with an undeclared kink away from 0 is *not* resolved
-  exactly: accuracy is then algebraic in the panel width (typically ``1e-6`` to ``1e-9``);
-  declare its kinks through an :class:`~infntk.activations.Activation` with ``kinks=``.
-
 ``precision="mp"`` uses the same composite breakpoints with mpmath Gauss-Legendre panels at
 ``dps`` digits, raising the panel degree until two successive degrees agree.
 
@@ -66,18 +56,18 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
+from typing import NamedTuple
 
 import mpmath
 import numpy as np
 
-from ._validation import check_positive_int
+from ._validation import check_positive_int, check_positive_real, check_real_dtype
 from .activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, Activation,
                           get_activation)
 
 __all__ = ["coefficients", "derivative_coefficients", "second_moment", "tail", "mehler_bound",
-           "dual_series", "DualSeries", "row_expansions", "RowExpansions", "truncation_order", "gamma_ntk", "gauss_hermite_order",
-           "GH_MAX_ORDER"]
+           "dual_series", "DualSeries", "row_expansions", "RowExpansions", "truncation_order",
+           "gamma_ntk", "GammaNTK", "gauss_hermite_order", "GH_MAX_ORDER"]
 
 _EPS = np.finfo(float).eps
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -100,12 +90,7 @@ def _check_K(K, name="K"):
 
 def _check_q(q, name="q"):
     """Return (1-D float64 array of variances, was_scalar)."""
-    if isinstance(q, bool):
-        raise TypeError(f"{name} must be a real number or array of variances, got {q!r}.")
-    arr = np.asarray(q)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)
-                                   or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must be real (float or int), got dtype {arr.dtype}.")
+    arr = check_real_dtype(q, name)
     scalar = arr.ndim == 0
     arr = np.atleast_1d(arr).astype(np.float64)
     if arr.ndim != 1:
@@ -506,15 +491,18 @@ def _deriv_limit_at_zero(act, K):
 def derivative_coefficients(activation, K, q=1.0, **params):
     r"""Hermite coefficients :math:`b_0..b_K` of :math:`z \mapsto \phi'(\sqrt{q} z)` (double).
 
-    .. math:: b_k(q) = \sqrt{(k+1)/q}\; a_{k+1}(q) \qquad (q > 0,\ \text{SPEC 4; Stein's lemma})
+    .. math:: b_k(q) = \sqrt{(k+1)/q}\; a_{k+1}(q) \qquad (q > 0,\ \text{Stein's lemma})
+
+    (docs/conventions.md, section 6)
 
     The relation holds for absolutely continuous ``phi``. For the closed-form family the
-    a.e. derivative is expanded directly (exactly), so step and sign give ``b = 0`` (SPEC 3:
-    the delta at 0 is ignored) instead of the delta's coefficients.
+    a.e. derivative is expanded directly (exactly), so step and sign give ``b = 0`` (the delta
+    at 0 is ignored, docs/conventions.md, section 5) instead of the delta's coefficients.
 
     ``q = 0``: the limit ``q -> 0+``, i.e. the coefficients of
     ``phi'(0-) 1(z<0) + phi'(0+) 1(z>0)``: ``[phi'(0), 0, ...]`` for smooth ``phi``, and for
-    relu ``b_0 = 1/2``, so that ``E[phi'(u) phi'(v)] = 1/4`` for a zero input (SPEC 2).
+    relu ``b_0 = 1/2``, so that ``E[phi'(u) phi'(v)] = 1/4`` for a zero input (docs/conventions.md,
+    section 4).
 
     Note: the relation multiplies the absolute error of ``a_{k+1}`` (``~1e-16 sqrt(E[phi^2])``)
     by ``sqrt((k+1)/q)``; for very small ``q`` prefer the closed forms.
@@ -672,22 +660,25 @@ def mehler_bound(activation, K, q1, q2, derivative=False, **params):
     return out[()] if out.ndim == 0 else out
 
 
-class DualSeries(tuple):
+class DualSeries(NamedTuple):
     """Result of :func:`dual_series`: ``(nngp, ntk_dot, nngp_bound, dot_bound, K)``.
 
     ``nngp`` ~ E[phi(u) phi(v)], ``ntk_dot`` ~ E[phi'(u) phi'(v)], the bounds bound
     ``|truncated - exact|`` (truncation plus rounding), ``K`` the truncation order.
+    Unpacks like the tuple it is.
     """
 
-    def __new__(cls, nngp, dot, nngp_bound, dot_bound, K):
-        obj = super().__new__(cls, (nngp, dot, nngp_bound, dot_bound, K))
-        return obj
+    nngp: np.ndarray
+    ntk_dot: np.ndarray
+    nngp_bound: np.ndarray
+    dot_bound: np.ndarray
+    K: int
 
-    nngp = property(lambda self: self[0])
-    ntk_dot = property(lambda self: self[1])
-    nngp_bound = property(lambda self: self[2])
-    dot_bound = property(lambda self: self[3])
-    K = property(lambda self: self[4])
+    def __repr__(self):
+        shape = np.shape(self.nngp)
+        return (f"DualSeries(shape={shape}, K={self.K}, max nngp_bound="
+                f"{float(np.max(self.nngp_bound)):.3g}, max dot_bound="
+                f"{float(np.max(self.dot_bound)):.3g})")
 
 
 def dual_series(activation, q1, q2, rho, K, **params):
@@ -708,7 +699,8 @@ def dual_series(activation, q1, q2, rho, K, **params):
 
     The derivative series uses coefficients projected directly from the registry's ``phi'``
     (exact for registered activations; for a callable without ``deriv=`` that is a central
-    difference, ~1e-10), which :func:`derivative_coefficients` (SPEC 4 relation) cross-checks.
+    difference, ~1e-10), which :func:`derivative_coefficients` (the relation
+    ``b_k = sqrt((k+1)/q) a_{k+1}``) cross-checks.
 
     Returns
     -------
@@ -746,7 +738,7 @@ def dual_series(activation, q1, q2, rho, K, **params):
     return DualSeries(res[0], res[2], res[1], res[3], K)
 
 
-class RowExpansions(tuple):
+class RowExpansions(NamedTuple):
     """Result of :func:`row_expansions`: ``(a, b, tail_a, tail_b)``.
 
     ``a``, ``b``: (m, K+1) coefficients of ``phi`` and ``phi'`` per variance; ``tail_a``,
@@ -754,13 +746,15 @@ class RowExpansions(tuple):
     ``sqrt(tail_a[i] tail_a[j])`` bounds the truncation error of pair ``(i, j)``.
     """
 
-    def __new__(cls, a, b, tail_a, tail_b):
-        return super().__new__(cls, (a, b, tail_a, tail_b))
+    a: np.ndarray
+    b: np.ndarray
+    tail_a: np.ndarray
+    tail_b: np.ndarray
 
-    a = property(lambda self: self[0])
-    b = property(lambda self: self[1])
-    tail_a = property(lambda self: self[2])
-    tail_b = property(lambda self: self[3])
+    def __repr__(self):
+        m, k1 = np.shape(self.a)
+        return (f"RowExpansions(rows={m}, K={k1 - 1}, max tail_a={float(np.max(self.tail_a)):.3g},"
+                f" max tail_b={float(np.max(self.tail_b)):.3g})")
 
 
 def row_expansions(activation, K, q, **params):
@@ -820,8 +814,7 @@ def truncation_order(activation, q, tol, kmax=400, derivative=None, **params):
     """
     act = _resolve(activation, params)
     qa, _ = _check_q(q)
-    if not (isinstance(tol, numbers.Real) and tol > 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be a positive finite number, got {tol!r}.")
+    tol = check_positive_real(tol, "tol")
     kmax = _check_K(kmax, "kmax")
     uq = np.unique(qa)
     which = (False, True) if derivative is None else (bool(derivative),)
@@ -836,6 +829,16 @@ def truncation_order(activation, q, tol, kmax=400, derivative=None, **params):
     return int(ok[0])
 
 
+class GammaNTK(NamedTuple):
+    """Result of :func:`gamma_ntk`: ``(gamma, error)`` with ``|gamma - exact| <= error``."""
+
+    gamma: float
+    error: float
+
+    def __repr__(self):
+        return f"GammaNTK(gamma={self.gamma:.15g}, error={self.error:.2g})"
+
+
 def gamma_ntk(activation, alpha, K=None, tol=1e-14, q=1.0, **params):
     r"""The spurious-memorization constant :math:`\gamma_{NTK}` (Bombari & Mondelli 2024).
 
@@ -845,7 +848,8 @@ def gamma_ntk(activation, alpha, K=None, tol=1e-14, q=1.0, **params):
     normalized to ``|z|^2 = d``). ``alpha`` in [0, 1] is the **spurious-feature fraction**: a
     sample ``z = [x, y]`` is split into a core part ``x`` and a spurious part ``y`` of
     dimension ``d_y = alpha d``; ``alpha`` is the correlation ``<z, z^s>/d`` between a sample
-    and its spurious copy ``z^s = [x', y]`` (seed document 001, "Spurious Data Memorization").
+    and its spurious copy ``z^s = [x', y]`` (Bombari & Mondelli 2024; docs/conventions.md,
+    section 6).
 
     Both sums are evaluated exactly up to ``K`` and the rest is bounded: the denominator
     ``D = T'_0 = E[phi'^2] - b_0^2`` is known, the numerator's tail lies in
@@ -853,7 +857,9 @@ def gamma_ntk(activation, alpha, K=None, tol=1e-14, q=1.0, **params):
 
     Returns
     -------
-    (gamma, error) : floats, ``|gamma - exact| <= error``.
+    GammaNTK
+        ``(gamma, error)`` (a named tuple of floats, unpacks as before), with
+        ``|gamma - exact| <= error``.
 
     Examples
     --------
@@ -863,10 +869,10 @@ def gamma_ntk(activation, alpha, K=None, tol=1e-14, q=1.0, **params):
     ValueError: gamma_ntk: phi' has no Hermite coefficient of order >= 1 (phi is affine); gamma_NTK is undefined.
     """
     act = _resolve(activation, params)
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be a real number in [0, 1] (the spurious-feature "
-                         f"fraction), got {alpha!r}.")
-    alpha = float(alpha)
+    alpha = check_positive_real(alpha, "alpha", allow_zero=True)
+    if alpha > 1:
+        raise ValueError(f"alpha must be in [0, 1] (the spurious-feature fraction), got "
+                         f"{alpha!r}.")
     qa, _ = _check_q(q)
     if qa.size != 1:
         raise ValueError("gamma_ntk: q must be a scalar variance.")
@@ -886,4 +892,4 @@ def gamma_ntk(activation, alpha, K=None, tol=1e-14, q=1.0, **params):
     rest = alpha ** (K + 1) * (T[K] + floor)
     gamma = alpha * (num + 0.5 * rest) / D
     err = alpha * (0.5 * rest) / D + alpha * (floor / D) * (num / D + 1.0)
-    return float(gamma), float(err)
+    return GammaNTK(float(gamma), float(err))

@@ -1,7 +1,8 @@
 r"""The second, independent route to the dual activations: 2-D Gauss-Hermite quadrature.
 
-For :math:`(u, v) \sim N(0, [[q_1, s], [s, q_2]])` write :math:`u = \sqrt{q_1} z_1`,
-:math:`v = \sqrt{q_2}(\rho z_1 + \sqrt{1-\rho^2} z_2)` with :math:`\rho = s/\sqrt{q_1 q_2}` and
+For :math:`(u, v)` centred Gaussian with variances :math:`q_1, q_2` and correlation
+:math:`\rho` (the convention of :func:`infntk.hermite.dual_series`) write
+:math:`u = \sqrt{q_1} z_1`, :math:`v = \sqrt{q_2}(\rho z_1 + \sqrt{1-\rho^2} z_2)` with
 :math:`z_1, z_2` iid :math:`N(0,1)`, and apply the tensor Gauss-Hermite rule of ``order``
 points per axis (as neural-tangents' ``stax.ElementwiseNumerical`` does):
 
@@ -26,19 +27,21 @@ Errors below are ``max |quadrature - reference| / E[phi^2]`` over ``rho`` in [-1
   the closed forms or the Hermite series with its certified bound; this route is a smoke
   check there, not a reference.
 
-Zero variance: if ``q1 q2 = 0`` the correlation is taken as 0 (SPEC section 2), i.e. ``u`` and
-``v`` independent.
+Zero variance: if ``q1 q2 = 0`` the correlation is taken as 0 (docs/conventions.md, section 4),
+i.e. ``u`` and ``v`` independent.
 """
 from __future__ import annotations
 
 import functools
+import warnings
+from typing import NamedTuple
 
 import numpy as np
 
-from ._validation import check_positive_int
+from ._validation import check_finite, check_positive_int, check_real_dtype
 from .activations import get_activation
 
-__all__ = ["dual_quadrature"]
+__all__ = ["dual_quadrature", "DualQuadrature"]
 
 _CHUNK_ELEMENTS = 2_000_000
 
@@ -50,18 +53,28 @@ def _rule(order):
 
 
 def _as_array(x, name):
-    arr = np.asarray(x)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)
-                                   or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must be real (float or int), got dtype {arr.dtype}.")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf.")
-    return arr
+    return check_finite(check_real_dtype(x, name).astype(np.float64), name)
 
 
-def dual_quadrature(activation, q1, q2, s, order=80, derivative=True, **params):
+class DualQuadrature(NamedTuple):
+    """Result of :func:`dual_quadrature` with ``derivative=True``: ``(nngp, dot)``."""
+
+    nngp: np.ndarray
+    dot: np.ndarray
+
+    def __repr__(self):
+        return f"DualQuadrature(shape={np.shape(self.nngp)})"
+
+
+_NO_RHO = object()
+
+
+def dual_quadrature(activation, q1, q2, *args, rho=_NO_RHO, order=80, derivative=True, s=None,
+                    **params):
     r"""2-D Gauss-Hermite estimates of :math:`E[\phi(u)\phi(v)]` and :math:`E[\phi'(u)\phi'(v)]`.
+
+    Same convention as :func:`infntk.hermite.dual_series`: variances ``q1``, ``q2`` and the
+    **correlation** ``rho`` (docs/conventions.md, section 6).
 
     Parameters
     ----------
@@ -69,37 +82,76 @@ def dual_quadrature(activation, q1, q2, s, order=80, derivative=True, **params):
         As in :func:`infntk.activations.get_activation` (parameters as keyword arguments).
     q1, q2 : array_like, >= 0
         Variances of ``u`` and ``v``.
-    s : array_like
-        Covariance of ``u`` and ``v``; ``|s| <= sqrt(q1 q2)`` up to rounding (clipped).
+    rho : array_like, keyword-only
+        Correlation of ``u`` and ``v``, in ``[-1, 1]`` up to rounding (clipped). Ignored where
+        ``q1 q2 = 0``.
     order : int, default 80
         Gauss-Hermite points per axis (cost ``order**2`` activation calls per pair).
     derivative : bool, default True
         Also return :math:`E[\phi'(u)\phi'(v)]` (from the registry's derivative).
+    s : array_like, optional
+        Deprecated: the covariance ``rho sqrt(q1 q2)`` of the former signature
+        ``dual_quadrature(activation, q1, q2, s, order, derivative)``. Passing a fourth
+        positional argument still means ``s`` in this release (with a ``DeprecationWarning``);
+        in the next release the fourth positional argument becomes ``rho``.
 
     Returns
     -------
-    nngp : ndarray, broadcast shape of (q1, q2, s)
-    dot : ndarray, same shape (only if ``derivative``)
+    DualQuadrature or ndarray
+        ``(nngp, dot)`` (a named tuple, unpacks as before) if ``derivative``, else ``nngp``;
+        arrays of the broadcast shape of ``(q1, q2, rho)``.
 
     Examples
     --------
-    >>> nngp, dot = dual_quadrature("erf", 1.0, 1.0, 0.5)
+    >>> nngp, dot = dual_quadrature("erf", 1.0, 1.0, rho=0.5)
     >>> import numpy as np
     >>> bool(abs(nngp - 2 / np.pi * np.arcsin(1.0 / 3.0)) < 1e-13)
     True
     """
+    if args:
+        if len(args) > 3:
+            raise TypeError(f"dual_quadrature takes at most 6 positional arguments, got "
+                            f"{3 + len(args)}.")
+        warnings.warn("dual_quadrature(activation, q1, q2, s, ...): the positional covariance "
+                      "s is deprecated; pass the correlation as rho= (the convention of "
+                      "infntk.hermite.dual_series). In the next release the fourth positional "
+                      "argument will be rho.", DeprecationWarning, stacklevel=2)
+        if s is not None:
+            raise TypeError("dual_quadrature got the covariance both positionally and as s=.")
+        s = args[0]
+        if len(args) > 1:
+            order = args[1]
+        if len(args) > 2:
+            derivative = args[2]
+    elif s is not None:
+        warnings.warn("dual_quadrature(s=...) is deprecated; pass the correlation as rho= "
+                      "(the convention of infntk.hermite.dual_series).", DeprecationWarning,
+                      stacklevel=2)
+    if (s is None) == (rho is _NO_RHO):
+        raise TypeError("dual_quadrature needs exactly one of rho= (the correlation) or the "
+                        "deprecated covariance s.")
     act = get_activation(activation, **params)
     order = check_positive_int(order, "order", minimum=2)
-    q1, q2, s = np.broadcast_arrays(_as_array(q1, "q1"), _as_array(q2, "q2"), _as_array(s, "s"))
+    if s is not None:
+        q1, q2, c = np.broadcast_arrays(_as_array(q1, "q1"), _as_array(q2, "q2"),
+                                        _as_array(s, "s"))
+    else:
+        q1, q2, c = np.broadcast_arrays(_as_array(q1, "q1"), _as_array(q2, "q2"),
+                                        _as_array(rho, "rho"))
     if (q1 < 0).any() or (q2 < 0).any():
         raise ValueError("q1 and q2 must be variances >= 0.")
     shape = q1.shape
-    q1, q2, s = q1.ravel(), q2.ravel(), s.ravel()
+    q1, q2, c = q1.ravel(), q2.ravel(), c.ravel()
     prod = q1 * q2
-    if (np.abs(s) > np.sqrt(prod) * (1 + 1e-12) + 1e-300).any():
-        raise ValueError("s must satisfy |s| <= sqrt(q1 q2) (a valid covariance).")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.where(prod > 0, s / np.sqrt(prod), 0.0)
+    if s is not None:
+        if (np.abs(c) > np.sqrt(prod) * (1 + 1e-12) + 1e-300).any():
+            raise ValueError("s must satisfy |s| <= sqrt(q1 q2) (a valid covariance).")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = np.where(prod > 0, c / np.sqrt(prod), 0.0)
+    else:
+        if (np.abs(c) > 1 + 1e-12).any():
+            raise ValueError("rho must satisfy |rho| <= 1 (a correlation).")
+        rho = np.where(prod > 0, c, 0.0)
     rho = np.clip(rho, -1.0, 1.0)
     z, w = _rule(order)
     W = w[:, None] * w[None, :]
@@ -109,9 +161,9 @@ def dual_quadrature(activation, q1, q2, s, order=80, derivative=True, **params):
     for lo in range(0, q1.size, chunk):
         sl = slice(lo, lo + chunk)
         r = rho[sl, None, None]
-        c = np.sqrt((1.0 - r) * (1.0 + r))
+        cc = np.sqrt((1.0 - r) * (1.0 + r))
         u = np.sqrt(q1[sl])[:, None] * z[None, :]                              # (p, i)
-        v = np.sqrt(q2[sl])[:, None, None] * (r * z[None, :, None] + c * z[None, None, :])
+        v = np.sqrt(q2[sl])[:, None, None] * (r * z[None, :, None] + cc * z[None, None, :])
         for fn, out in zip(fns, outs):
             fu = np.asarray(fn(u), dtype=np.float64)
             fv = np.asarray(fn(v), dtype=np.float64)
@@ -119,4 +171,4 @@ def dual_quadrature(activation, q1, q2, s, order=80, derivative=True, **params):
     res = tuple(o.reshape(shape) for o in outs)
     if not shape:
         res = tuple(o[()] for o in res)
-    return res if derivative else res[0]
+    return DualQuadrature(*res) if derivative else res[0]

@@ -79,7 +79,9 @@ class _FCNetKernel(Kernel):
 
     def __init__(self, activation="relu", depth=1, w_std=1.0, b_std=0.0,
                  parameterization="ntk", width=None, activation_params=None,
-                 w_std_bounds=(1e-2, 1e2), b_std_bounds=(1e-5, 1e2)):
+                 w_std_bounds=(1e-2, 1e2), b_std_bounds=(1e-5, 1e2), **activation_kwargs):
+        if activation_kwargs:            # NTK("leaky_relu", alpha=0.1), as FCNet accepts it
+            activation_params = {**(activation_params or {}), **activation_kwargs}
         self.activation = activation
         self.depth = depth
         self.w_std = w_std
@@ -190,6 +192,11 @@ class NTK(_FCNetKernel):
         Keyword parameters of the activation, e.g. ``{"alpha": 0.1}`` for ``leaky_relu``.
     w_std_bounds, b_std_bounds : pair of floats or "fixed"
         Bounds of the hyperparameters for the optimizer.
+    **activation_kwargs
+        The activation's parameters may also be given as keyword arguments, as for
+        :class:`infntk.FCNet`: ``NTK("leaky_relu", alpha=0.1)`` is
+        ``NTK("leaky_relu", activation_params={"alpha": 0.1})`` (they are stored in
+        ``activation_params``, so ``clone`` and ``get_params`` keep them).
 
     Examples
     --------

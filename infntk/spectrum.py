@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg, special
 
-from ._validation import check_positive_int
+from ._validation import check_finite, check_positive_int
 
 __all__ = ["sphere_eigenvalues", "SphereSpectrum", "multiplicity", "log_multiplicity",
            "legendre_d"]
@@ -174,8 +174,7 @@ def _mu(f, d, kmax, n, method):
     if vals.shape != t.shape:
         raise ValueError(f"the kernel function returned shape {vals.shape} for t of shape "
                          f"{t.shape}; it must act elementwise.")
-    if not np.isfinite(vals).all():
-        raise ValueError("the kernel function returned NaN or inf on [-1, 1].")
+    check_finite(vals, "the kernel function's values on [-1, 1]")
     P = legendre_d(t, d, kmax)
     return (w * vals) @ P, float(np.sum(w * np.abs(vals)))
 

@@ -24,12 +24,15 @@ Under Gradient Descent, NeurIPS.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import check_matrix, check_positive_int
+from . import dynamics
+from ._validation import check_finite, check_matrix, check_positive_int, check_positive_real, \
+    check_tol
+from .empirical import MLP
+from .fcnet import FCNet
 
 __all__ = ["LinearizedMLP", "TrainingRecord", "train", "KernelRegime", "kernel_regime",
            "fit_power_law"]
@@ -177,12 +180,6 @@ class TrainingRecord:
     loss: np.ndarray
 
 
-def _check_lr(lr):
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not np.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}.")
-    return float(lr)
-
-
 def _check_record(record, steps):
     if record is None:
         return np.array([0, steps])
@@ -217,7 +214,8 @@ def train(model, X, y, lr, steps, X_test=None, record=None, copy=True):
     """Full-batch gradient descent on ``sum_i (f(x_i) - y_i)^2 / (2 n)``.
 
     ``theta <- theta - lr * (1/n) sum_i (f(x_i) - y_i) grad f(x_i)``, the discrete version of
-    eq. (14) of the lecture notes with the same ``lr`` as :func:`infntk.dynamics.gradient_flow`.
+    the gradient flow of docs/conventions.md, eq. (7.1)-(7.2), with the same ``lr`` as
+    :func:`infntk.dynamics.gradient_flow`.
 
     Parameters
     ----------
@@ -259,9 +257,8 @@ def train(model, X, y, lr, steps, X_test=None, record=None, copy=True):
     y = np.asarray(y, dtype=np.float64)
     if y.shape != (n,):
         raise ValueError(f"y must have shape ({n},) (one target per row of X), got {y.shape}.")
-    if not np.isfinite(y).all():
-        raise ValueError("y contains NaN or inf.")
-    lr = _check_lr(lr)
+    check_finite(y, "y")
+    lr = check_positive_real(lr, "lr")
     steps = check_positive_int(steps, "steps", minimum=0)
     if X_test is not None:
         X_test = check_matrix(X_test, "X_test")
@@ -321,8 +318,9 @@ class KernelRegime:
     seeds : list
     disc_empirical : ndarray
         RMS over test points of ``f_net(x; theta_T) - f_lin(x)``, with ``f_lin`` the exact
-        ``T``-step gradient descent with the network's own NTK at initialization (eq. 20 in
-        discrete time, :func:`infntk.dynamics.gradient_descent`), same ``f_0``.
+        ``T``-step gradient descent with the network's own NTK at initialization (eq. 7.4 of
+        docs/conventions.md in discrete time, :func:`infntk.dynamics.gradient_descent`), same
+        ``f_0``.
     disc_analytic : ndarray
         The same against the analytic NTK (``infntk.FCNet(...).ntk``), same ``f_0``.
     disc_flow : ndarray
@@ -364,8 +362,8 @@ class KernelRegime:
         return "\n".join(lines)
 
 
-def kernel_regime(X, y, X_test, y_test=None, widths=(128, 256, 512, 1024, 2048, 4096), depth=1,
-                  activation="relu", w_std=1.0, b_std=0.0, steps=200, lr_fraction=0.5,
+def kernel_regime(X, y, X_test, y_test=None, activation="relu", depth=1, w_std=1.0, b_std=0.0, *,
+                  widths=(128, 256, 512, 1024, 2048, 4096), steps=200, lr_fraction=0.5,
                   seeds=(0, 1, 2)):
     """Measure the kernel regime: finite network versus fixed-kernel predictions, by width.
 
@@ -382,10 +380,10 @@ def kernel_regime(X, y, X_test, y_test=None, widths=(128, 256, 512, 1024, 2048, 
     X_test : (m, d) array
     y_test : (m,) array, optional
         Only used for the yardstick ``scale`` (RMS of ``y_test``, else of ``y``).
+    activation, depth, w_std, b_std
+        The network, as in :class:`infntk.FCNet` / :class:`~infntk.empirical.MLP` (same names
+        and order; closed-form activations). The arguments below are keyword-only.
     widths : sequence of int
-    depth : int
-    activation, w_std, b_std
-        As in :class:`infntk.FCNet` / :class:`~infntk.empirical.MLP` (closed-form activations).
     steps : int
     lr_fraction : float
         Fraction of the largest stable step ``2 n / lam_max`` (``< 1``).
@@ -398,18 +396,13 @@ def kernel_regime(X, y, X_test, y_test=None, widths=(128, 256, 512, 1024, 2048, 
         ``ntk_change`` are expected to scale like ``width^(-1/2)`` (Jacot et al. 2018,
         Lee et al. 2019).
     """
-    from . import dynamics
-    from .empirical import MLP
-    from .fcnet import FCNet
-
     X = check_matrix(X, "X")
     X_test = check_matrix(X_test, "X_test")
     y = np.asarray(y, dtype=np.float64)
     if y.shape != (X.shape[0],):
         raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}.")
     widths = np.array([check_positive_int(int(w), "widths") for w in widths])
-    if not 0 < lr_fraction < 1:
-        raise ValueError(f"lr_fraction must be in (0, 1), got {lr_fraction!r}.")
+    lr_fraction = check_tol(lr_fraction, "lr_fraction")
     seeds = list(seeds)
     net = FCNet(activation, depth=depth, w_std=w_std, b_std=b_std)
     Theta = net.ntk(X)

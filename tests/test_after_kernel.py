@@ -20,7 +20,7 @@ def test_compare_runs_and_booster_never_worse_on_training_residuals(task):
         assert all(np.all((0 <= a) & (a <= 1)) for a in t.test_acc.values())
     assert np.all(t.ntk_change > 0)
     text = t.table()
-    assert "eq. 24" in text and "eq. 25" in text and task in text
+    assert "eq. 7.8" in text and "eq. 7.9" in text and task in text
 
 
 def test_booster_is_eq24_by_hand():

@@ -35,7 +35,7 @@ def test_smooth_closed_forms(q1, q2, rho):
     """Smooth activations, q <= 1: order 80 is exact to ~1e-14 (module notes)."""
     s = rho * math.sqrt(q1 * q2)
     for name, ref in (("erf", _erf_dual), ("sin", _sin_dual)):
-        n, d = dual_quadrature(name, q1, q2, s, order=80)
+        n, d = dual_quadrature(name, q1, q2, rho=rho, order=80)
         rn, rd = ref(q1, q2, s)
         scale = math.sqrt(H.second_moment(name, q1) * H.second_moment(name, q2))
         dscale = math.sqrt(H.second_moment(name, q1, derivative=True)
@@ -48,13 +48,13 @@ def test_vectorized_against_series_for_tanh():
     rng = np.random.default_rng(3)
     q1, q2 = rng.uniform(0.1, 1.0, (2, 4, 5))
     rho = rng.uniform(-1, 1, (4, 5))
-    n, d = dual_quadrature("tanh", q1, q2, rho * np.sqrt(q1 * q2), order=160)
+    n, d = dual_quadrature("tanh", q1, q2, rho=rho, order=160)
     assert n.shape == (4, 5) and d.shape == (4, 5)
     ser = H.dual_series("tanh", q1, q2, rho, 150)
     assert np.all(np.abs(n - ser.nngp) <= ser.nngp_bound + 1e-13)
     assert np.all(np.abs(d - ser.ntk_dot) <= ser.dot_bound + 1e-13)
     # one pair at a time gives the same as the vectorized call
-    n0 = dual_quadrature("tanh", q1[1, 2], q2[1, 2], rho[1, 2] * np.sqrt(q1[1, 2] * q2[1, 2]),
+    n0 = dual_quadrature("tanh", q1[1, 2], q2[1, 2], rho=rho[1, 2],
                          order=160, derivative=False)
     assert abs(n0 - n[1, 2]) <= 1e-15
 
@@ -64,7 +64,7 @@ def test_kinked_accuracy_is_as_documented():
     rho = np.linspace(-1, 1, 21)
     errs = []
     for order in (40, 80, 160):
-        n, d = dual_quadrature("relu", 1.0, 1.0, rho, order=order)
+        n, d = dual_quadrature("relu", 1.0, 1.0, rho=rho, order=order)
         rn, rd = _relu_dual(1.0, 1.0, rho)
         errs.append(rel_err_vs_max(n, rn))
     assert errs[0] > errs[1] > errs[2]
@@ -73,19 +73,19 @@ def test_kinked_accuracy_is_as_documented():
 
 
 def test_zero_variance_means_independent():
-    # SPEC 2: q1 = 0 -> correlation 0, u = 0 exactly. Tolerance: 80-point rule, a few ulps.
-    n, d = dual_quadrature("cos", 0.0, 1.0, 0.0)
+    # docs/conventions.md, section 4: q1 = 0 -> correlation 0, u = 0 exactly. Tolerance: 80-point rule, a few ulps.
+    n, d = dual_quadrature("cos", 0.0, 1.0, rho=0.0)
     assert abs(n - math.exp(-0.5)) < 4e-15   # cos(0) E[cos v], E[cos v] = exp(-q/2)
-    n, d = dual_quadrature("sin", 0.0, 2.0, 0.0)
+    n, d = dual_quadrature("sin", 0.0, 2.0, rho=0.0)
     assert abs(d - math.exp(-1.0)) < 4e-15   # sin' = cos: cos(0) E[cos v]
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="s must satisfy"):
-        dual_quadrature("tanh", 1.0, 1.0, 1.5)
+    with pytest.raises(ValueError, match="rho must satisfy"):
+        dual_quadrature("tanh", 1.0, 1.0, rho=1.5)
     with pytest.raises(ValueError, match="q1 and q2"):
-        dual_quadrature("tanh", -1.0, 1.0, 0.0)
+        dual_quadrature("tanh", -1.0, 1.0, rho=0.0)
     with pytest.raises(ValueError, match="NaN"):
-        dual_quadrature("tanh", np.nan, 1.0, 0.0)
+        dual_quadrature("tanh", np.nan, 1.0, rho=0.0)
     with pytest.raises(ValueError, match="order"):
-        dual_quadrature("tanh", 1.0, 1.0, 0.0, order=1)
+        dual_quadrature("tanh", 1.0, 1.0, rho=0.0, order=1)

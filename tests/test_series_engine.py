@@ -227,7 +227,10 @@ def _quadrature_kernels(name, X, depth, w, b, order=200):
     T = S.copy()
     for _ in range(depth):
         q = np.diag(S).copy()
-        F, G = dual_quadrature(name, q[:, None], q[None, :], S, order=order)
+        qq = np.outer(q, q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            R = np.where(qq > 0, S / np.sqrt(qq), 0.0)
+        F, G = dual_quadrature(name, q[:, None], q[None, :], rho=R, order=order)
         T = w2 * F + b2 + w2 * G * T
         S = w2 * F + b2
     return S, T

@@ -68,7 +68,7 @@ def test_train_argument_errors():
     mlp = MLP(16, 1, "relu", seed=0, input_dim=3)
     with pytest.raises(ValueError, match="y must have shape"):
         train(mlp, X, y[:-1], 0.1, 1)
-    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+    with pytest.raises(ValueError, match="lr must be finite and > 0"):
         train(mlp, X, y, -0.1, 1)
     with pytest.raises(ValueError, match="steps must be >= 0"):
         train(mlp, X, y, 0.1, -1)
