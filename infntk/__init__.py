@@ -10,7 +10,8 @@ True
 Every public submodule is reachable as an attribute and imported on first use:
 ``infntk.fcnet``, ``infntk.activations``, ``infntk.hermite``, ``infntk.quadrature``,
 ``infntk.spectrum``, ``infntk.empirical``, ``infntk.convergence``, ``infntk.bounds``,
-``infntk.dynamics``, ``infntk.training``, ``infntk.after_kernel``, ``infntk.sklearn`` (needs
+``infntk.dynamics``, ``infntk.training``, ``infntk.after_kernel``, ``infntk.layers``,
+``infntk.network``, ``infntk.sklearn`` (needs
 scikit-learn), ``infntk.distributed`` (needs dask) and ``infntk.cli``. Conventions:
 docs/conventions.md.
 """
@@ -18,16 +19,21 @@ from __future__ import annotations
 
 import importlib
 
-from .activations import ACTIVATIONS, Activation, get_activation
+from .activations import ACTIVATIONS, get_activation
 
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = {"activations", "after_kernel", "bounds", "cli", "convergence", "distributed",
-                    "dynamics", "empirical", "fcnet", "hermite", "quadrature", "sklearn",
-                    "spectrum", "training"}
-_LAZY_NAMES = {"FCNet": "fcnet", "Kernels": "fcnet"}
+                    "dynamics", "empirical", "fcnet", "hermite", "layers", "network",
+                    "quadrature", "sklearn", "spectrum", "training"}
+#: public names -> the module that defines them. ``infntk.Activation`` is the activation
+#: *layer* (:class:`infntk.layers.Activation`); the registry record is
+#: :class:`infntk.activations.Activation`.
+_LAZY_NAMES = {"FCNet": "fcnet", "Kernels": "fcnet", "Network": "network", "Dense": "layers",
+               "Activation": "layers", "Residual": "layers", "LayerNorm": "layers"}
 
-__all__ = ["FCNet", "Kernels", "ACTIVATIONS", "Activation", "get_activation", "__version__"]
+__all__ = ["FCNet", "Kernels", "Network", "Dense", "Activation", "Residual", "LayerNorm",
+           "ACTIVATIONS", "get_activation", "__version__"]
 
 
 def __getattr__(name):
