@@ -580,7 +580,8 @@ class CatapultSweep:
             last = self.loss[i, self.stopped[i]]
             lines.append(f"{r:12.3g}  {self.phases[i]:<11s}  {self.peak[i]:9.3g}  "
                          f"{last / self.loss[i, 0]:9.3g}  "
-                         f"{self.lrs[i] * self.lambda_end[i] / 2:13.3g}  {self.ntk_change[i]:10.3g}")
+                         f"{self.lrs[i] * self.lambda_end[i] / 2:13.3g}  "
+                         f"{self.ntk_change[i]:10.3g}")
         return "\n".join(lines)
 
     def __repr__(self):
@@ -727,7 +728,8 @@ def catapult_sweep(model, X, y, ratios=(0.5, 1.5, 3.0), steps=300, ntk_steps=Non
     X, y = _check_xy(X, y)
     n = X.shape[0]
     ratios = np.atleast_1d(np.asarray(ratios, dtype=np.float64))
-    if ratios.ndim != 1 or ratios.size == 0 or not np.isfinite(ratios).all() or (ratios <= 0).any():
+    if (ratios.ndim != 1 or ratios.size == 0 or not np.isfinite(ratios).all()
+            or (ratios <= 0).any()):
         raise ValueError(f"ratios must be a non-empty 1-D sequence of finite numbers > 0, "
                          f"got {ratios!r}.")
     steps = check_positive_int(steps, "steps")
@@ -772,3 +774,299 @@ def catapult_sweep(model, X, y, ratios=(0.5, 1.5, 3.0), steps=300, ntk_steps=Non
 
 
 __all__ += ["CATAPULT_PHASES", "CatapultSweep", "catapult_sweep"]
+
+
+# ----------------------------------------------------------------------------- seed interpolators
+def _shrinkage_slack(K, ridge, s):
+    """Smallest eigenvalues of ``I - z (zI + K)^{-1}`` and ``I - A^{-1}(I - e^{-sK}) / s``.
+
+    Eq. (22) of the notes says both matrices are PSD (the filters are at most ``1/z`` and
+    ``s = eta t / n``). Computed without an eigendecomposition of ``K``: a Cholesky solve for
+    the ridge term, and Van Loan's block exponential
+    ``expm([[-K, I], [0, 0]] s)[:n, n:] = int_0^s e^{-uK} du = K^{-1}(I - e^{-sK})``
+    (valid for singular ``K``) for the flow term.
+    """
+    n = K.shape[0]
+    eye = np.eye(n)
+    R = scipy.linalg.solve(K + ridge * eye, eye, assume_a="pos")
+    block = np.zeros((2 * n, 2 * n))
+    block[:n, :n] = -K
+    block[:n, n:] = eye
+    F = scipy.linalg.expm(s * block)[:n, n:]
+    out = []
+    for M in (eye - ridge * R, eye - F / s):
+        out.append(float(np.linalg.eigvalsh(0.5 * (M + M.T))[0]))
+    return out
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class SeedInterpolators:
+    """Result of :func:`seed_interpolators`. ``W`` widths, ``S`` seeds, ``m`` test points.
+
+    Attributes
+    ----------
+    widths : (W,) ndarray
+    seeds : tuple
+    predicted : (W, S, m) ndarray
+        Eq. (21) with the seed's own empirical NTK ``K_0`` at initialization:
+        ``f(x; theta_0) + K_0(x, X) K_0^{-1} (y - f(X; theta_0))``.
+    own_min_norm : (W, S, m) ndarray
+        ``K_0(x, X) K_0^{-1} y``: the minimum-norm interpolator of the seed's own kernel.
+    min_norm : (W, m) ndarray or None
+        ``Theta(x, X) Theta^{-1} y`` with the infinite-width NTK (the same for every width in
+        the NTK parameterization).
+    predicted_analytic : (W, S, m) ndarray or None
+        Eq. (21) with ``Theta`` and the seed's own ``f(.; theta_0)``: at any width its mean
+        over seeds is ``min_norm`` (``E f(.; theta_0) = 0``).
+    variance_analytic : (W, m) ndarray or None
+        Its variance over seeds for ``f(.; theta_0) ~ GP(0, K)``, ``K`` the NNGP kernel
+        (Lee et al. 2019, eq. 16 at ``t = inf``), with ``A = Theta(x, X) Theta^{-1}``:
+        ``K(x, x) + A K(X, X) A^T - 2 A K(X, x)``; exact for one hidden layer at any width.
+    trained : (W, S, m) ndarray or None
+        Test predictions of each network after ``steps`` steps of gradient descent.
+    train_loss : (W, S) ndarray or None
+        Final training loss of each trained network.
+    lrs : (W, S) ndarray or None
+        Step sizes ``lr_fraction * 2 n / lambda_max(K_0)``.
+    steps : int
+    ridges : (W, S) ndarray or None
+        ``z`` of each network's eq. (22) check (default: the ridge equivalent to its training
+        time, ``n / (lr steps)``).
+    shrinkage : (W, S, 2, 2) ndarray or None
+        Smallest eigenvalue of ``I - z (zI + K)^{-1}`` (``[..., 0]``) and of
+        ``I - K^{-1}(I - e^{-eta t K / n}) n / (eta t)`` (``[..., 1]``) for ``K = K_0``
+        (``[:, :, 0]``) and for the trained network's NTK ``K_T`` (``[:, :, 1]``); eq. (22)
+        says they are ``>= 0``.
+    """
+
+    widths: np.ndarray
+    seeds: tuple
+    predicted: np.ndarray
+    own_min_norm: np.ndarray
+    min_norm: np.ndarray | None
+    predicted_analytic: np.ndarray | None
+    variance_analytic: np.ndarray | None
+    trained: np.ndarray | None
+    train_loss: np.ndarray | None
+    lrs: np.ndarray | None
+    steps: int
+    ridges: np.ndarray | None
+    shrinkage: np.ndarray | None
+
+    @staticmethod
+    def _rms(a, axis=-1):
+        return np.sqrt(np.mean(a ** 2, axis=axis))
+
+    @property
+    def spread(self):
+        """``(W,)``: RMS over test points of the standard deviation over seeds of ``predicted``."""
+        return self._rms(self.predicted.std(axis=1, ddof=1))
+
+    @property
+    def spread_analytic(self):
+        """``(W,)``: RMS over test points of ``sqrt(variance_analytic)`` (or None)."""
+        return None if self.variance_analytic is None else self._rms(
+            np.sqrt(self.variance_analytic))
+
+    @property
+    def mean_error(self):
+        """``(W,)``: RMS over test points of ``mean_seeds(predicted) - min_norm`` (or None)."""
+        if self.min_norm is None:
+            return None
+        return self._rms(self.predicted.mean(axis=1) - self.min_norm)
+
+    @property
+    def mean_se(self):
+        """``(W,)``: RMS over test points of the standard error of ``mean_seeds(predicted)``."""
+        return self._rms(self.predicted.std(axis=1, ddof=1) / np.sqrt(self.predicted.shape[1]))
+
+    @property
+    def distance(self):
+        """``(W, S)``: RMS over test points of ``trained - predicted`` (or None)."""
+        return None if self.trained is None else self._rms(self.trained - self.predicted)
+
+    @property
+    def distance_min_norm(self):
+        """``(W, S)``: RMS over test points of ``trained - min_norm`` (or None)."""
+        if self.trained is None or self.min_norm is None:
+            return None
+        return self._rms(self.trained - self.min_norm[:, None, :])
+
+    def table(self):
+        """Per width: seed spread (measured, analytic), mean error +- s.e., distances."""
+        none = np.full(len(self.widths), np.nan)
+        sa = none if self.spread_analytic is None else self.spread_analytic
+        me = none if self.mean_error is None else self.mean_error
+        d = none if self.distance is None else self.distance.mean(axis=1)
+        dm = none if self.distance_min_norm is None else self.distance_min_norm.mean(axis=1)
+        lines = ["width   spread  spread_inf   mean-min_norm (s.e.)   |trained-pred|  "
+                 "|trained-min_norm|"]
+        for i, w in enumerate(self.widths):
+            lines.append(f"{int(w):5d}  {self.spread[i]:7.4f}  {sa[i]:10.4f}   "
+                         f"{me[i]:11.4f} ({self.mean_se[i]:.4f})   {d[i]:13.4g}  {dm[i]:17.4g}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (f"SeedInterpolators(widths={[int(w) for w in self.widths]}, "
+                f"seeds={len(self.seeds)}, test_points={self.predicted.shape[2]}, "
+                f"trained={self.trained is not None})")
+
+
+def seed_interpolators(X, y, X_test, widths=(64, 256, 1024), seeds=range(8), depth=1,
+                       activation="relu", w_std=1.0, b_std=0.0, parameterization="ntk",
+                       factory=None, analytic="auto", steps=300, lr_fraction=0.5, ridge=None):
+    """The family of kernel-regime interpolators indexed by the initialization (eq. 21).
+
+    Gradient flow with a fixed kernel converges to
+    ``f(x; theta_0) + K(x, X) K^{-1} (y - f(X; theta_0))``: an interpolator of the data that
+    depends on the random initialization, not the minimum-norm interpolator
+    ``K(x, X) K^{-1} y`` (its ensemble mean, since ``E f(.; theta_0) = 0``). For each width and
+    seed this draws a finite network, computes the predictor with its own NTK and initial
+    outputs, trains the network by full-batch gradient descent with a small step, and checks
+    the spectral-shrinkage inequalities of eq. (22) on its kernels before and after training.
+
+    Parameters
+    ----------
+    X : (n, d) array
+        Training inputs (distinct rows: the NTK Gram must be invertible).
+    y : (n,) array
+        Training targets.
+    X_test : (m, d) array
+        Points at which the interpolators are compared.
+    widths : sequence of int
+    seeds : sequence of int
+        Initialization seeds (``factory(width, seed)``).
+    depth, activation, w_std, b_std, parameterization
+        Settings of the default :class:`~infntk.empirical.MLP` and of the analytic kernel.
+    factory : callable, optional
+        ``factory(width, seed) -> model`` with the interface of :class:`~infntk.empirical.MLP`
+        (``params``, ``forward``, ``gradient``, ``ntk``, ``copy``); replaces the default MLP.
+    analytic : "auto", None or kernel object
+        Infinite-width kernels with ``.ntk(X1, X2)`` and ``.nngp(X1, X2)`` (e.g.
+        :class:`infntk.FCNet`); ``"auto"`` builds the :class:`infntk.FCNet` of the settings
+        above (with ``width`` in the standard parameterization), ``None`` skips the analytic
+        quantities.
+    steps : int
+        Gradient-descent steps per network (``0``: no training, no shrinkage check).
+    lr_fraction : float in (0, 1)
+        Step ``lr = lr_fraction * 2 n / lambda_max(K_0)`` (stable for the linearized network).
+    ridge : float, optional
+        ``z > 0`` of the eq. (22) check; default ``n / (lr steps)``
+        (:func:`infntk.dynamics.equivalent_ridge`).
+
+    Returns
+    -------
+    SeedInterpolators
+
+    Notes
+    -----
+    Expected behaviour in the NTK parameterization: ``spread`` tends to ``spread_analytic > 0``
+    as the width grows (the seed dependence does not vanish), ``mean_error`` is Monte Carlo
+    noise of size ``mean_se`` plus an ``O(1/width)`` kernel bias, and ``distance`` (trained
+    network vs its own predictor) shrinks like ``width^(-1/2)`` while ``distance_min_norm``
+    stays of the order of the spread. Cost: per network two NTK Grams, a Cholesky solve and
+    ``steps`` forward/backward passes; the analytic kernels once per width.
+
+    References
+    ----------
+    Jacot, Gabriel, Hongler (2018); Lee, Xiao, Schoenholz, Bahri, Novak, Sohl-Dickstein,
+    Pennington (2019), Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient
+    Descent, NeurIPS, eq. (16).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X, Xt = rng.standard_normal((8, 3)), rng.standard_normal((4, 3))
+    >>> res = seed_interpolators(X, np.sin(X[:, 0]), Xt, widths=[128], seeds=range(3),
+    ...                          steps=0)
+    >>> res.predicted.shape, res.min_norm.shape
+    ((1, 3, 4), (1, 4))
+    >>> bool(np.allclose(res.predicted[0, 0], res.predicted_analytic[0, 0], atol=0.3))
+    True
+    """
+    from .empirical import MLP
+    from .fcnet import FCNet
+
+    X, y = _check_xy(X, y)
+    n, d = X.shape
+    X_test = check_matrix(X_test, "X_test")
+    if X_test.shape[1] != d:
+        raise ValueError(f"X_test must have {d} columns like X, got shape {X_test.shape}.")
+    widths = np.atleast_1d(np.asarray(widths))
+    if widths.ndim != 1 or widths.size == 0:
+        raise ValueError(f"widths must be a non-empty 1-D sequence of integers, got {widths!r}.")
+    widths = np.array([check_positive_int(w.item() if hasattr(w, "item") else w, "widths")
+                       for w in widths])
+    seeds = tuple(seeds)
+    if len(seeds) < 2:
+        raise ValueError(f"seeds must hold at least 2 seeds (a spread is computed), "
+                         f"got {seeds!r}.")
+    steps = check_positive_int(steps, "steps", minimum=0)
+    lr_fraction = check_tol(lr_fraction, "lr_fraction")
+    if ridge is not None:
+        ridge = check_positive_real(ridge, "ridge")
+    if factory is None:
+        def factory(width, seed):
+            return MLP(width, depth, activation, w_std=w_std, b_std=b_std,
+                       parameterization=parameterization, seed=seed, input_dim=d)
+    elif not callable(factory):
+        raise TypeError(f"factory must be a callable (width, seed) -> model, got {factory!r}.")
+    if isinstance(analytic, str):
+        if analytic != "auto":
+            raise ValueError(f"analytic must be 'auto', None or a kernel object, got {analytic!r}.")
+
+        def kernel_at(w):
+            return FCNet(activation, depth=depth, w_std=w_std, b_std=b_std,
+                         parameterization=parameterization,
+                         width=int(w) if parameterization == "standard" else None)
+    elif analytic is None:
+        kernel_at = None
+    elif not (hasattr(analytic, "ntk") and hasattr(analytic, "nngp")):
+        raise TypeError(f"analytic must have ntk and nngp methods, got {type(analytic).__name__}.")
+    else:
+        def kernel_at(w):
+            return analytic
+
+    W, S, m = widths.size, len(seeds), X_test.shape[0]
+    pred, own = np.empty((W, S, m)), np.empty((W, S, m))
+    has_a, trains = kernel_at is not None, steps > 0
+    mn = np.empty((W, m)) if has_a else None
+    pred_a = np.empty((W, S, m)) if has_a else None
+    var_a = np.empty((W, m)) if has_a else None
+    trained = np.empty((W, S, m)) if trains else None
+    tloss = np.empty((W, S)) if trains else None
+    lrs = np.empty((W, S)) if trains else None
+    shrink = np.empty((W, S, 2, 2)) if trains else None
+    ridges = np.empty((W, S)) if trains else None
+    for i, w in enumerate(widths):
+        if has_a:
+            net = kernel_at(w)
+            Th, Thx = net.ntk(X), net.ntk(X_test, X)
+            Kn, Knx = net.nngp(X), net.nngp(X_test, X)
+            mn[i] = _dynamics.kernel_ridge(Th, Thx, y, 0.0).test
+            A = scipy.linalg.solve(Th, Thx.T, assume_a="pos").T          # Theta(x,X) Theta^-1
+            kxx = np.asarray(net.diag(X_test).nngp)
+            var_a[i] = kxx + np.einsum("ij,jk,ik->i", A, Kn, A) - 2 * np.einsum("ij,ij->i", A,
+                                                                                 Knx)
+        for j, s in enumerate(seeds):
+            model = _check_model(factory(int(w), s), "factory(width, seed)")
+            f0, f0x = model.forward(X), model.forward(X_test)
+            K0, K0x = model.ntk(X), model.ntk(X_test, X)
+            pred[i, j] = _dynamics.kernel_ridge(K0, K0x, y, 0.0, f0, f0x).test
+            own[i, j] = _dynamics.kernel_ridge(K0, K0x, y, 0.0).test
+            if has_a:
+                pred_a[i, j] = _dynamics.kernel_ridge(Th, Thx, y, 0.0, f0, f0x).test
+            if trains:
+                lr = lr_fraction * _dynamics.max_learning_rate(K0)
+                rec = train(model, X, y, lr, steps, X_test=X_test)
+                trained[i, j], tloss[i, j], lrs[i, j] = rec.test[-1], rec.loss[-1], lr
+                z = _dynamics.equivalent_ridge(steps, n, lr) if ridge is None else ridge
+                ridges[i, j] = z
+                for k, K in enumerate((K0, rec.model.ntk(X))):
+                    shrink[i, j, k] = _shrinkage_slack(K, z, lr * steps / n)
+    return SeedInterpolators(widths, seeds, pred, own, mn, pred_a, var_a, trained, tloss, lrs,
+                             steps, ridges, shrink)
+
+
+__all__ += ["SeedInterpolators", "seed_interpolators"]
