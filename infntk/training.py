@@ -780,7 +780,7 @@ __all__ += ["CATAPULT_PHASES", "CatapultSweep", "catapult_sweep"]
 def _shrinkage_slack(K, ridge, s):
     """Smallest eigenvalues of ``I - z (zI + K)^{-1}`` and ``I - A^{-1}(I - e^{-sK}) / s``.
 
-    Eq. (22) of the notes says both matrices are PSD (the filters are at most ``1/z`` and
+    Eq. (22) (docs/conventions.md) says both matrices are PSD (the filters are at most ``1/z`` and
     ``s = eta t / n``). Computed without an eigendecomposition of ``K``: a Cholesky solve for
     the ridge term, and Van Loan's block exponential
     ``expm([[-K, I], [0, 0]] s)[:n, n:] = int_0^s e^{-uK} du = K^{-1}(I - e^{-sK})``
