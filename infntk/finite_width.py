@@ -37,7 +37,8 @@ used.
   ``tests/test_finite_width.py``).
 * Three or four distinct inputs (only for ``vertex``): nested one-dimensional Gauss-Legendre
   rules on ``[-10, 10]`` in the Cholesky coordinates, split at the kink of each coordinate
-  (Gauss-Hermite for smooth activations), ``vertex_order`` points per piece.
+  (Gauss-Hermite for smooth activations), ``vertex_order`` points per piece (default 16
+  per piece between kinks, 32 for smooth activations).
 
 Cost
 ----
@@ -485,7 +486,8 @@ def _vertex_from(layers, per_layer, n, vertex_order, orders_of):
     for layer, (Kmat, Phimat, alpha, gamma, alpha2) in zip(layers[1:], per_layer):
         Cw = layer.w_std ** 2
         act = layer.activation
-        Q = _four_point(act, Kmat, vertex_order, orders_of(act))
+        order = vertex_order if vertex_order is not None else (16 if act.kinks else 32)
+        Q = _four_point(act, Kmat, order, orders_of(act))
         JV = _apply_jacobian(V, alpha, gamma, alpha2)
         JVJ = np.transpose(_apply_jacobian(np.transpose(JV, (2, 3, 0, 1)), alpha, gamma, alpha2),
                            (2, 3, 0, 1))
@@ -493,7 +495,7 @@ def _vertex_from(layers, per_layer, n, vertex_order, orders_of):
     return V
 
 
-def corrections(net, X, width, *, orders=None, vertex_order=16):
+def corrections(net, X, width, *, orders=None, vertex_order=None):
     r"""Leading-order finite-width bias and variance of the empirical NNGP and NTK.
 
     Parameters
@@ -510,8 +512,9 @@ def corrections(net, X, width, *, orders=None, vertex_order=16):
     orders : (int, int), optional
         Radial points and angular points per arc of the one/two-input rule (default
         ``(12, 24)`` for homogeneous activations, exact to rounding; ``(48, 40)`` otherwise).
-    vertex_order : int
-        Points per piece of the nested rule of the three- and four-input functions.
+    vertex_order : int, optional
+        Points per piece of the nested rule of the three- and four-input functions (default
+        16 per piece between kinks, 32 Gauss-Hermite points for smooth activations).
 
     Returns
     -------
@@ -551,7 +554,7 @@ def corrections(net, X, width, *, orders=None, vertex_order=16):
                                orders=orders, vertex_order=vertex_order)
 
 
-def _corrections_layers(layers, X, width, parameterization, *, orders=None, vertex_order=16):
+def _corrections_layers(layers, X, width, parameterization, *, orders=None, vertex_order=None):
     X = check_matrix(X, "X")
     n, d = X.shape
     if n > MAX_INPUTS:
@@ -560,7 +563,8 @@ def _corrections_layers(layers, X, width, parameterization, *, orders=None, vert
                          f"subsets of at most {MAX_INPUTS} rows.")
     width = check_positive_int(width, "width")
     parameterization = check_parameterization(parameterization)
-    vertex_order = check_positive_int(vertex_order, "vertex_order", minimum=2)
+    if vertex_order is not None:
+        vertex_order = check_positive_int(vertex_order, "vertex_order", minimum=2)
     for w, b, _ in [(l.w_std, l.b_std, l.activation) for l in layers]:
         check_std(w, "w_std")
         check_std(b, "b_std", allow_none=True)
