@@ -38,7 +38,8 @@ used.
 * Three or four distinct inputs (only for ``vertex``): nested one-dimensional Gauss-Legendre
   rules on ``[-10, 10]`` in the Cholesky coordinates, split at the kink of each coordinate
   (Gauss-Hermite for smooth activations), ``vertex_order`` points per piece (default 16
-  per piece between kinks, 32 for smooth activations).
+  per piece between kinks, 32 for smooth activations): measured ``6e-8`` (relu) and
+  ``2e-5`` (erf, tanh) relative to ``max |V|``.
 
 Cost
 ----
