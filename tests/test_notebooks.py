@@ -28,6 +28,7 @@ REQUIRES = {
     "04_hermite_and_spectrum.ipynb": ["infntk.hermite", "infntk.spectrum"],
     "05_after_kernel.ipynb": ["infntk.after_kernel", "sklearn"],
     "08_catapult.ipynb": ["infntk.training", "sklearn"],
+    "06_finite_width.ipynb": ["infntk.finite_width", "infntk.empirical"],
 }
 
 
