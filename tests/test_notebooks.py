@@ -29,6 +29,7 @@ REQUIRES = {
     "05_after_kernel.ipynb": ["infntk.after_kernel", "sklearn"],
     "08_catapult.ipynb": ["infntk.training", "sklearn"],
     "06_finite_width.ipynb": ["infntk.finite_width", "infntk.empirical"],
+    "07_theorems.ipynb": ["infntk.learning_curves", "infntk.memorization", "infntk.sensitivity"],
 }
 
 
