@@ -252,9 +252,7 @@ def _axis_tables(n_in, q, padding):
                 runs[-1][1] = o + 1
             else:
                 runs.append([o, o + 1, s - o])
-        if len(runs) > _ce.NSEG:
-            raise ValueError(f"filter={q} is too large for an axis of {n_in} positions with "
-                             "circular padding (at most 2 * size + 1).")
+        assert len(runs) <= _ce.NSEG      # o -> (o + const) mod n: at most two runs
         for r, run in enumerate(runs):
             seg[a, r] = run
     return n_out, src, seg
