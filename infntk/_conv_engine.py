@@ -245,15 +245,15 @@ def run_pair(x, y, iop, fop, src, seg, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, 
                     _pass_cols_block(tS, tT, (i * ho + ip) * w * w, src[k, 1], seg[k], w, wo,
                                      qf, c, b2, bS, bT)
                     ob = (i * ho + ip) * nb
-                    for t in range(nb):
-                        S[ob + t] = bS[t]
-                        T[ob + t] = bT[t]
-                    if fuse:
+                    if fuse:                  # activation on the block while it is in cache
                         for j in range(wo):
                             o1 = off + i * wo + j
                             _act_rows(fam, p0, p1, q1[o1], r1[o1], sk1[o1], q2[off + ip * wo:],
-                                      r2[off + ip * wo:], sk2[off + ip * wo:], S, T,
-                                      ob + j * wo, wo)
+                                      r2[off + ip * wo:], sk2[off + ip * wo:], bS, bT,
+                                      j * wo, wo)
+                    for t in range(nb):
+                        S[ob + t] = bS[t]
+                        T[ob + t] = bT[t]
             if fam >= 0 and selfrun:
                 code = OP_ACT_F          # fall through to the activation below
         if code == OP_ACT_F:
