@@ -1,0 +1,447 @@
+"""Infinite-width kernels of convolutional networks: CNN-GP (NNGP) and CNTK.
+
+Layers (value objects, validated on construction):
+
+* :class:`Conv` ``(filter=3, padding="same", w_std=1.0, b_std=0.0)``: stride 1, ``filter x
+  filter`` patches, NTK parameterization with fan-in ``filter^2 C``, one bias per channel;
+* :class:`AvgPool` ``(window)``: non-overlapping average pooling (trailing rows/columns that do
+  not fill a window are dropped, as ``"VALID"`` pooling);
+* :class:`Flatten` (the "vanilla" readout: the next Dense layer sees every position, so the
+  kernel is the mean over positions of the spatial diagonal) or :class:`GlobalAvgPool`
+  (the mean over all pairs of positions);
+* after the readout, fully-connected layers: Dense ``(w_std, b_std)`` and activations.
+
+Activations (any name of :mod:`infntk.activations` with a closed-form dual) may follow any Conv,
+AvgPool or Dense layer. :func:`conv_kernels` evaluates the layer list on images of shape
+``(n, H, W, C)`` (channels last) and returns the NNGP and NTK Gram matrices.
+
+Conventions are those of neural-tangents' ``stax`` (``Conv(out_chan, (q, q), padding=...)``,
+``AvgPool``, ``Flatten``, ``GlobalAvgPool``, ``Dense``), see docs/conv.md.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from . import _conv_engine as _ce
+from ._validation import check_positive_int, check_real_dtype, check_std
+from .activations import get_activation
+
+__all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "conv_kernels", "kernel_regime"]
+
+PADDINGS = ("same", "valid", "circular")
+_PAD_CODE = {"same": 0, "valid": 1, "circular": 2}
+
+
+# ----------------------------------------------------------------------------- layers
+@dataclass(frozen=True)
+class Conv:
+    """A stride-1 2-D convolution, NTK parameterization (fan-in ``filter^2 C``).
+
+    Parameters
+    ----------
+    filter : int
+        Patch side ``q >= 1``.
+    padding : {"same", "valid", "circular"}
+        ``"same"``: zero padding, ``(q - 1) // 2`` before and the rest after (output size =
+        input size); ``"valid"``: no padding (size shrinks by ``q - 1``); ``"circular"``:
+        periodic (wrap-around) padding with the offsets of ``"same"``.
+    w_std, b_std : float
+        Weight and bias standard deviations (``b_std=None`` is no bias, the same kernel as 0).
+
+    Examples
+    --------
+    >>> Conv(3, "circular", w_std=1.5, b_std=0.1)
+    Conv(filter=3, padding='circular', w_std=1.5, b_std=0.1)
+    """
+
+    filter: int = 3
+    padding: str = "same"
+    w_std: float = 1.0
+    b_std: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "filter", check_positive_int(self.filter, "filter"))
+        if not isinstance(self.padding, str) or self.padding.lower() not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}.")
+        object.__setattr__(self, "padding", self.padding.lower())
+        object.__setattr__(self, "w_std", check_std(self.w_std, "w_std"))
+        b = check_std(self.b_std, "b_std", allow_none=True)
+        object.__setattr__(self, "b_std", 0.0 if b is None else b)
+
+
+@dataclass(frozen=True)
+class AvgPool:
+    """Non-overlapping ``window x window`` average pooling (stride = window, no padding).
+
+    >>> AvgPool(2)
+    AvgPool(window=2)
+    """
+
+    window: int = 2
+
+    def __post_init__(self):
+        object.__setattr__(self, "window", check_positive_int(self.window, "window"))
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """Readout over every position (the "vanilla" CNN/CNTK): kernel = mean of the diagonal.
+
+    >>> Flatten()
+    Flatten()
+    """
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool:
+    """Readout by global average pooling: kernel = mean over all pairs of positions.
+
+    >>> GlobalAvgPool()
+    GlobalAvgPool()
+    """
+
+
+@dataclass(frozen=True)
+class _DenseSpec:
+    """Fully-connected layer after the readout (NTK parameterization); stands in for Dense."""
+
+    w_std: float = 1.0
+    b_std: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "w_std", check_std(self.w_std, "w_std"))
+        b = check_std(self.b_std, "b_std", allow_none=True)
+        object.__setattr__(self, "b_std", 0.0 if b is None else b)
+
+
+@dataclass(frozen=True)
+class _ActSpec:
+    """An activation layer (a registry name and its parameters); stands in for Activation."""
+
+    activation: object = "relu"
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "activation", get_activation(self.activation, **self.params))
+
+
+def _family(activation):
+    """(family code, p0, p1) of the compiled closed-form dual of an activation (one place)."""
+    dp = activation.dual_params
+    if not dp:
+        raise NotImplementedError(
+            f"activation {activation.name!r} has no closed-form dual; convolutional kernels "
+            "support the closed forms only (relu, leaky_relu, abs, identity, step, sign, "
+            "arccos, erf, sin, cos, gaussian, gelu).")
+    family, p0, p1 = dp
+    return int(family), float(p0), float(p1)
+
+
+def _classify(layer, where):
+    """'conv' | 'pool' | 'flatten' | 'gap' | 'dense' | 'act' (duck-typed for Dense/Activation)."""
+    if isinstance(layer, Conv):
+        return "conv"
+    if isinstance(layer, AvgPool):
+        return "pool"
+    if isinstance(layer, Flatten):
+        return "flatten"
+    if isinstance(layer, GlobalAvgPool):
+        return "gap"
+    if isinstance(layer, _DenseSpec) or (hasattr(layer, "w_std") and hasattr(layer, "b_std")):
+        return "dense"
+    if isinstance(layer, _ActSpec) or hasattr(layer, "activation"):
+        return "act"
+    raise TypeError(f"{where} is not a layer (Conv, AvgPool, Flatten, GlobalAvgPool, Dense or "
+                    f"Activation), got {layer!r}.")
+
+
+def _activation_of(layer):
+    act = layer.activation
+    if not hasattr(act, "dual_params"):
+        act = get_activation(act, **getattr(layer, "params", {}))
+    return act
+
+
+# ----------------------------------------------------------------------------- regime
+def kernel_regime(layers):
+    """Which covariance each spatial layer needs: ``"diagonal"`` or ``"full"`` per layer.
+
+    Backwards from the readout: :class:`Flatten` needs only the spatial diagonal
+    ``Sigma_{p,p}`` (Novak et al. 2019), :class:`GlobalAvgPool` and :class:`AvgPool` need every
+    pair of positions ``Sigma_{p,p'}``; Conv and activations pass the requirement on.
+
+    Parameters
+    ----------
+    layers : sequence of layers
+
+    Returns
+    -------
+    tuple of str
+        For each layer before the readout, the form of its input covariance.
+
+    Examples
+    --------
+    >>> kernel_regime([Conv(), _ActSpec("relu"), Flatten()])
+    ('diagonal', 'diagonal')
+    >>> kernel_regime([Conv(), AvgPool(2), Conv(), Flatten()])
+    ('full', 'full', 'diagonal')
+    """
+    kinds = _check_layers(layers)
+    r = kinds.index("flatten") if "flatten" in kinds else kinds.index("gap")
+    need = "diagonal" if kinds[r] == "flatten" else "full"
+    out = []
+    for kind in reversed(kinds[:r]):
+        if kind == "pool":
+            need = "full"
+        out.append(need)
+    return tuple(reversed(out))
+
+
+def _check_layers(layers):
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers must be a list of layers, got {layers!r}.")
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers must not be empty.")
+    kinds = [_classify(L, f"layers[{i}]") for i, L in enumerate(layers)]
+    if kinds[0] != "conv":
+        raise ValueError(f"layers[0] must be a Conv layer (the input is an image), got "
+                         f"{layers[0]!r}.")
+    readouts = [i for i, k in enumerate(kinds) if k in ("flatten", "gap")]
+    if len(readouts) != 1:
+        raise ValueError("layers must contain exactly one readout, Flatten() or "
+                         f"GlobalAvgPool(), got {len(readouts)}.")
+    r = readouts[0]
+    for i, k in enumerate(kinds):
+        if i < r and k == "dense":
+            raise ValueError(f"layers[{i}]: a Dense layer before the readout; use Conv(filter=1) "
+                             "for a per-position dense layer.")
+        if i > r and k in ("conv", "pool"):
+            raise ValueError(f"layers[{i}]: {type(layers[i]).__name__} after the readout "
+                             f"(layers[{r}]); spatial layers must come before it.")
+    return kinds
+
+
+# ----------------------------------------------------------------------------- program
+def _axis_tables(n_in, q, padding):
+    """Source index of every tap (``-1``: zero padding) and the runs of contiguous columns.
+
+    Returns ``n_out``, ``src`` (q, n_out) and ``seg`` (q, 3, 3) rows ``(start, end, shift)``
+    with ``source = out + shift`` on ``start <= out < end``.
+    """
+    if padding == "valid":
+        n_out, lo = n_in - q + 1, 0
+    else:
+        n_out, lo = n_in, (q - 1) // 2
+    src = np.full((q, max(n_out, 1)), -1, dtype=np.int64)
+    seg = np.zeros((q, _ce.NSEG, 3), dtype=np.int64)
+    for a in range(q):
+        runs = []
+        for o in range(n_out):
+            s = o + a - lo
+            if padding == "circular":
+                s %= n_in
+            elif not 0 <= s < n_in:
+                continue
+            src[a, o] = s
+            if runs and runs[-1][1] == o and runs[-1][2] == s - o:
+                runs[-1][1] = o + 1
+            else:
+                runs.append([o, o + 1, s - o])
+        assert len(runs) <= _ce.NSEG      # o -> (o + const) mod n: at most two runs
+        for r, run in enumerate(runs):
+            seg[a, r] = run
+    return n_out, src, seg
+
+
+def _compile(layers, H, W):
+    """Encode the layers as the engine's program; returns a dict of arrays and sizes."""
+    kinds = _check_layers(layers)
+    regime = kernel_regime(layers)
+    r = kinds.index("flatten") if "flatten" in kinds else kinds.index("gap")
+    rows_i, rows_f, srcs, segs = [], [], [], []
+    h, w = H, W
+    nstat = 0
+    nfull = H * H * W * W if regime[0] == "full" else H * W
+    nblock = 1
+    qmax, dmax = 1, max(H, W)
+    skip = False
+    for idx, (layer, kind) in enumerate(zip(layers, kinds)):
+        if skip:
+            skip = False
+            continue
+        mode = regime[idx] if idx < r else "scalar"
+        nxt = kinds[idx + 1] if idx + 1 < len(kinds) else None
+        iop = [0, 0, 0, -1, 0, h, w, h, w]
+        fop = [0.0, 0.0, 0.0, 0.0]
+        tabs = None
+        if kind == "conv":
+            q = layer.filter
+            ho, srci, _ = _axis_tables(h, q, layer.padding)
+            wo, srcj, segj = _axis_tables(w, q, layer.padding)
+            if ho < 1 or wo < 1:
+                raise ValueError(f"layers[{idx}]: filter={q} with padding='valid' does not fit "
+                                 f"the {h} x {w} input it receives.")
+            iop[0] = _ce.OP_CONV_F if mode == "full" else _ce.OP_CONV_D
+            iop[1], iop[7], iop[8] = q, ho, wo
+            fop[0], fop[1] = layer.w_std ** 2, layer.b_std ** 2
+            tabs = (srci, srcj, segj)
+            qmax = max(qmax, q)
+            nblock = max(nblock, wo * wo)
+            h, w = ho, wo
+            if nxt == "act":              # fuse the activation that follows
+                fam, p0, p1 = _family(_activation_of(layers[idx + 1]))
+                iop[3], iop[4] = fam, nstat
+                fop[2], fop[3] = p0, p1
+                nstat += h * w
+                skip = True
+        elif kind == "act":
+            fam, p0, p1 = _family(_activation_of(layer))
+            iop[0] = {"full": _ce.OP_ACT_F, "diagonal": _ce.OP_ACT_D,
+                      "scalar": _ce.OP_ACT_S}[mode]
+            iop[3], iop[4] = fam, nstat
+            fop[2], fop[3] = p0, p1
+            nstat += h * w if mode != "scalar" else 1
+        elif kind == "pool":
+            win = layer.window
+            if h // win < 1 or w // win < 1:
+                raise ValueError(f"layers[{idx}]: window={win} is larger than the {h} x {w} "
+                                 "input it receives.")
+            iop[0], iop[1] = _ce.OP_POOL_F, win
+            h, w = h // win, w // win
+            iop[7], iop[8] = h, w
+        elif kind == "flatten":
+            iop[0] = _ce.OP_FLAT
+        elif kind == "gap":
+            iop[0] = _ce.OP_GAP
+        else:   # dense
+            iop[0] = _ce.OP_DENSE
+            fop[0], fop[1] = layer.w_std ** 2, layer.b_std ** 2
+        rows_i.append(iop)
+        rows_f.append(fop)
+        srcs.append(tabs)
+        if kind == "pool" and idx + 1 < r and regime[idx + 1] == "diagonal" or (
+                kind == "pool" and idx + 1 == r and kinds[r] == "flatten"):
+            rows_i.append([_ce.OP_TODIAG, 0, 0, -1, 0, h, w, h, w])
+            rows_f.append([0.0] * 4)
+            srcs.append(None)
+    nops = len(rows_i)
+    src = np.full((nops, 2, qmax, dmax), -1, dtype=np.int64)
+    seg = np.zeros((nops, qmax, _ce.NSEG, 3), dtype=np.int64)
+    for k, tabs in enumerate(srcs):
+        if tabs is None:
+            continue
+        srci, srcj, segj = tabs
+        src[k, 0, :srci.shape[0], :srci.shape[1]] = srci
+        src[k, 1, :srcj.shape[0], :srcj.shape[1]] = srcj
+        seg[k, :segj.shape[0]] = segj
+    return {"iop": np.array(rows_i, dtype=np.int64), "fop": np.array(rows_f, dtype=np.float64),
+            "src": src, "seg": seg, "nstat": max(nstat, 1), "nfull": max(nfull, H * W),
+            "nblock": nblock, "regime": regime}
+
+
+# ----------------------------------------------------------------------------- kernels
+def _check_images(X, name):
+    arr = check_real_dtype(X, name)
+    if arr.ndim != 4:
+        raise ValueError(f"{name} must be 4-D (n, H, W, C), channels last, got shape {arr.shape}.")
+    if 0 in arr.shape:
+        raise ValueError(f"{name} must be non-empty, got shape {arr.shape}.")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        bad = tuple(int(v) for v in np.argwhere(~np.isfinite(arr))[0])
+        raise ValueError(f"{name} contains NaN or inf (first at index {bad}).")
+    return arr
+
+
+def _self_statistics(X, prog):
+    n = X.shape[0]
+    Q = np.zeros((n, prog["nstat"]))
+    R = np.zeros_like(Q)
+    SK = np.zeros_like(Q)
+    kself = np.empty((n, 2))
+    _ce.self_stats(X, prog["iop"], prog["fop"], prog["src"], prog["seg"], prog["nfull"],
+                   prog["nblock"], numba.get_num_threads(), Q, R, SK, kself)
+    return Q, R, SK, kself
+
+
+def conv_kernels(layers, X1, X2=None):
+    """NNGP and NTK Gram matrices of an infinitely wide convolutional network.
+
+    Parameters
+    ----------
+    layers : sequence of layers
+        ``Conv`` first; ``Conv``, ``AvgPool`` and activations up to exactly one readout
+        (``Flatten()`` or ``GlobalAvgPool()``); then Dense layers and activations.
+    X1 : (n1, H, W, C) array
+        Images, channels last.
+    X2 : (n2, H, W, C) array, optional
+        ``None`` means ``X1`` (symmetric: each pair ``i <= j`` is computed once).
+
+    Returns
+    -------
+    nngp, ntk : (n1, n2) float64 arrays
+
+    Notes
+    -----
+    Input covariance ``Sigma^0_{p,p'} = <x_p, y_p'> / C``; each Conv applies the patch trace
+    ``Sigma'_{p,p'} = w^2 / q^2 sum_{a,b} K_{p+(a,b), p'+(a,b)} + b^2`` and
+    ``Theta' = w^2 / q^2 sum Theta + Sigma'``; an activation maps ``Sigma -> K = E[phi phi]``
+    and ``Theta -> Theta E[phi' phi']`` (Arora et al. 2019; Novak et al. 2019). The readout
+    averages the diagonal (Flatten) or every entry (GlobalAvgPool); Dense layers after it
+    map ``s -> w^2 s + b^2``, ``t -> w^2 t + s'``.
+
+    Cost per pair with ``P = H W``: ``O(P q L)`` for Flatten networks without pooling (only the
+    spatial diagonal), ``O(P^2 q L)`` otherwise (two ``q``-tap passes per Conv); memory four
+    ``P^2`` work arrays per thread. The self terms are computed once per image.
+
+    References
+    ----------
+    Arora, Du, Hu, Li, Salakhutdinov, Wang (2019), On exact computation with an infinitely
+    wide neural net. Novak et al. (2019), Bayesian deep convolutional networks with many
+    channels are Gaussian processes. Garriga-Alonso et al. (2019), Deep convolutional
+    networks as shallow Gaussian processes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from infntk.conv import Conv, GlobalAvgPool, conv_kernels, _ActSpec, _DenseSpec
+    >>> X = np.random.default_rng(0).standard_normal((3, 4, 4, 1))
+    >>> layers = [Conv(3, "same", 1.5, 0.1), _ActSpec("relu"), GlobalAvgPool(), _DenseSpec(1.5, 0.1)]
+    >>> nngp, ntk = conv_kernels(layers, X)
+    >>> ntk.shape, bool(np.allclose(ntk, ntk.T))
+    ((3, 3), True)
+    """
+    A = _check_images(X1, "X1")
+    if X2 is None:
+        B, same = A, True
+    else:
+        B, same = _check_images(X2, "X2"), False
+        if A.shape[1:] != B.shape[1:]:
+            raise ValueError(f"X1 and X2 must have the same (H, W, C), got X1.shape={A.shape} "
+                             f"and X2.shape={B.shape}.")
+    _, H, W, _ = A.shape
+    prog = _compile(layers, H, W)
+    Q1, R1, SK1, k1 = _self_statistics(A, prog)
+    n1, n2 = A.shape[0], B.shape[0]
+    nngp = np.empty((n1, n2))
+    ntk = np.empty((n1, n2))
+    if same:
+        Q2, R2, SK2 = Q1, R1, SK1
+    else:
+        Q2, R2, SK2, _ = _self_statistics(B, prog)
+    _ce.gram(A, B, prog["iop"], prog["fop"], prog["src"], prog["seg"], prog["nfull"],
+             prog["nblock"], numba.get_num_threads(), Q1, R1, SK1, Q2, R2, SK2, same,
+             nngp, ntk)
+    if same:
+        idx = np.arange(n1)
+        nngp[idx, idx] = k1[:, 0]
+        ntk[idx, idx] = k1[:, 1]
+    if not (np.isfinite(nngp).all() and np.isfinite(ntk).all()):
+        raise OverflowError("the kernel overflows float64; reduce the depth, w_std or the "
+                            "input scale.")
+    return nngp, ntk
