@@ -37,13 +37,14 @@ def images(n, size, seed=0):
 
 
 def time_infntk():
-    from infntk.conv import Conv, Flatten, GlobalAvgPool, _ActSpec, _DenseSpec, conv_kernels
+    from infntk import Activation, Dense
+    from infntk.conv import Conv, Flatten, GlobalAvgPool, conv_kernels
     w = math.sqrt(2.0)
     out = {}
     for size, depth in CASES:
         for readout in ("flatten", "gap"):
             ro = Flatten() if readout == "flatten" else GlobalAvgPool()
-            layers = [Conv(3, "same", w, 0.1), _ActSpec("relu")] * depth + [ro, _DenseSpec(w, 0.1)]
+            layers = [Conv(3, "same", w, 0.1), Activation("relu")] * depth + [ro, Dense(w, 0.1)]
             conv_kernels(layers, images(2, size))          # compile / warm up
             n = n_images(size, readout)
             X = images(n, size, 1)

@@ -11,7 +11,8 @@ Every public submodule is reachable as an attribute and imported on first use:
 ``infntk.fcnet``, ``infntk.activations``, ``infntk.hermite``, ``infntk.quadrature``,
 ``infntk.spectrum``, ``infntk.empirical``, ``infntk.convergence``, ``infntk.bounds``,
 ``infntk.dynamics``, ``infntk.training``, ``infntk.after_kernel``, ``infntk.layers``,
-``infntk.network``, ``infntk.sklearn`` (needs
+``infntk.network``, ``infntk.conv``, ``infntk.finite_width``, ``infntk.learning_curves``,
+``infntk.memorization``, ``infntk.sensitivity``, ``infntk.data``, ``infntk.sklearn`` (needs
 scikit-learn), ``infntk.distributed`` (needs dask) and ``infntk.cli``. Conventions:
 docs/conventions.md.
 """
@@ -24,15 +25,18 @@ from .activations import ACTIVATIONS, get_activation
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = {"activations", "after_kernel", "bounds", "cli", "convergence", "distributed",
-                    "dynamics", "empirical", "fcnet", "hermite", "layers", "network",
-                    "quadrature", "sklearn", "spectrum", "training"}
+                    "conv", "data", "dynamics", "empirical", "fcnet", "finite_width", "hermite",
+                    "layers", "learning_curves", "memorization", "network", "quadrature",
+                    "sensitivity", "sklearn", "spectrum", "training"}
 #: public names -> the module that defines them. ``infntk.Activation`` is the activation
 #: *layer* (:class:`infntk.layers.Activation`); the registry record is
 #: :class:`infntk.activations.Activation`.
 _LAZY_NAMES = {"FCNet": "fcnet", "Kernels": "fcnet", "Network": "network", "Dense": "layers",
-               "Activation": "layers", "Residual": "layers", "LayerNorm": "layers"}
+               "Activation": "layers", "Residual": "layers", "LayerNorm": "layers",
+               "Conv": "conv", "AvgPool": "conv", "Flatten": "conv", "GlobalAvgPool": "conv"}
 
 __all__ = ["FCNet", "Kernels", "Network", "Dense", "Activation", "Residual", "LayerNorm",
+           "Conv", "AvgPool", "Flatten", "GlobalAvgPool",
            "ACTIVATIONS", "get_activation", "__version__"]
 
 

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from . import _conv_engine as _ce
+from ._backends import conv as _ce
 from ._validation import check_positive_int, check_real_dtype, check_std
 from .activations import get_activation
+from .layers import Activation, Dense
 
 __all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "conv_kernels", "kernel_regime"]
 
@@ -105,34 +106,10 @@ class GlobalAvgPool:
     """
 
 
-@dataclass(frozen=True)
-class _DenseSpec:
-    """Fully-connected layer after the readout (NTK parameterization); stands in for Dense."""
-
-    w_std: float = 1.0
-    b_std: float = 0.0
-
-    def __post_init__(self):
-        object.__setattr__(self, "w_std", check_std(self.w_std, "w_std"))
-        b = check_std(self.b_std, "b_std", allow_none=True)
-        object.__setattr__(self, "b_std", 0.0 if b is None else b)
-
-
-@dataclass(frozen=True)
-class _ActSpec:
-    """An activation layer (a registry name and its parameters); stands in for Activation."""
-
-    activation: object = "relu"
-    params: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        object.__setattr__(self, "activation", get_activation(self.activation, **self.params))
-
-
 def _family(activation):
     """(family code, p0, p1) of the compiled closed-form dual of an activation (one place)."""
-    dp = activation.dual_params
-    if not dp:
+    dp = activation.family
+    if dp is None:
         raise NotImplementedError(
             f"activation {activation.name!r} has no closed-form dual; convolutional kernels "
             "support the closed forms only (relu, leaky_relu, abs, identity, step, sign, "
@@ -151,19 +128,19 @@ def _classify(layer, where):
         return "flatten"
     if isinstance(layer, GlobalAvgPool):
         return "gap"
-    if isinstance(layer, _DenseSpec) or (hasattr(layer, "w_std") and hasattr(layer, "b_std")):
+    if isinstance(layer, Dense):
+        if layer.parameterization != "ntk":
+            raise NotImplementedError(f"{where}: convolutional networks use the NTK "
+                                      "parameterization only.")
         return "dense"
-    if isinstance(layer, _ActSpec) or hasattr(layer, "activation"):
+    if isinstance(layer, Activation):
         return "act"
     raise TypeError(f"{where} is not a layer (Conv, AvgPool, Flatten, GlobalAvgPool, Dense or "
                     f"Activation), got {layer!r}.")
 
 
 def _activation_of(layer):
-    act = layer.activation
-    if not hasattr(act, "dual_params"):
-        act = get_activation(act, **getattr(layer, "params", {}))
-    return act
+    return layer.fn
 
 
 # ----------------------------------------------------------------------------- regime
@@ -185,7 +162,7 @@ def kernel_regime(layers):
 
     Examples
     --------
-    >>> kernel_regime([Conv(), _ActSpec("relu"), Flatten()])
+    >>> kernel_regime([Conv(), Activation("relu"), Flatten()])
     ('diagonal', 'diagonal')
     >>> kernel_regime([Conv(), AvgPool(2), Conv(), Flatten()])
     ('full', 'full', 'diagonal')
@@ -288,7 +265,7 @@ def _compile(layers, H, W):
                                  f"the {h} x {w} input it receives.")
             iop[0] = _ce.OP_CONV_F if mode == "full" else _ce.OP_CONV_D
             iop[1], iop[7], iop[8] = q, ho, wo
-            fop[0], fop[1] = layer.w_std ** 2, layer.b_std ** 2
+            fop[0], fop[1] = layer.w_std ** 2, (layer.b_std or 0.0) ** 2
             tabs = (srci, srcj, segj)
             qmax = max(qmax, q)
             nblock = max(nblock, wo * wo)
@@ -320,7 +297,7 @@ def _compile(layers, H, W):
             iop[0] = _ce.OP_GAP
         else:   # dense
             iop[0] = _ce.OP_DENSE
-            fop[0], fop[1] = layer.w_std ** 2, layer.b_std ** 2
+            fop[0], fop[1] = layer.w_std ** 2, (layer.b_std or 0.0) ** 2
         rows_i.append(iop)
         rows_f.append(fop)
         srcs.append(tabs)
@@ -409,9 +386,10 @@ def conv_kernels(layers, X1, X2=None):
     Examples
     --------
     >>> import numpy as np
-    >>> from infntk.conv import Conv, GlobalAvgPool, conv_kernels, _ActSpec, _DenseSpec
+    >>> from infntk import Activation, Dense
+    >>> from infntk.conv import Conv, GlobalAvgPool, conv_kernels
     >>> X = np.random.default_rng(0).standard_normal((3, 4, 4, 1))
-    >>> layers = [Conv(3, "same", 1.5, 0.1), _ActSpec("relu"), GlobalAvgPool(), _DenseSpec(1.5, 0.1)]
+    >>> layers = [Conv(3, "same", 1.5, 0.1), Activation("relu"), GlobalAvgPool(), Dense(1.5, 0.1)]
     >>> nngp, ntk = conv_kernels(layers, X)
     >>> ntk.shape, bool(np.allclose(ntk, ntk.T))
     ((3, 3), True)
@@ -445,3 +423,11 @@ def conv_kernels(layers, X1, X2=None):
         raise OverflowError("the kernel overflows float64; reduce the depth, w_std or the "
                             "input scale.")
     return nngp, ntk
+
+
+def conv_diag(layers, X):
+    """``k(x, x)`` of every image, ``(nngp, ntk)`` each ``(n,)``, without the Gram matrix."""
+    A = _check_images(X, "X")
+    _, H, W, _ = A.shape
+    _, _, _, k = _self_statistics(A, _compile(layers, H, W))
+    return k[:, 0].copy(), k[:, 1].copy()

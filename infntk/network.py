@@ -25,6 +25,12 @@ from ._layers import layer_setup
 from ._validation import check_matrix, check_pair, check_positive_int, check_tol
 from .layers import Activation, Dense, LayerNorm, Residual, compose_activations
 
+_CONV_LAYERS = ("Conv", "AvgPool", "Flatten", "GlobalAvgPool")
+
+
+def _is_conv_layer(layer):
+    return type(layer).__module__ == "infntk.conv" and type(layer).__name__ in _CONV_LAYERS
+
 __all__ = ["Network"]
 
 
@@ -42,6 +48,10 @@ class Network:
     tol : float
         Requested relative error of Hermite-series activations (homogeneous networks).
 
+    Convolutional networks (``infntk.Conv``, ``AvgPool``, ``Flatten``, ``GlobalAvgPool``, then
+    ``Dense``/``Activation`` layers) take images ``(n, H, W, C)`` and run the convolutional
+    engine (:func:`infntk.conv.conv_kernels`; docs/conv.md).
+
     Notes
     -----
     Closed forms meet the accuracy contract of :class:`infntk.FCNet` (docs/conventions.md).
@@ -54,6 +64,13 @@ class Network:
         layers = tuple(layers)
         if not layers:
             raise ValueError("layers must be a non-empty sequence of layers.")
+        self._conv = any(_is_conv_layer(l) for l in layers)
+        if self._conv:                      # images (n, H, W, C): the convolutional engine
+            from . import conv
+            conv.kernel_regime(layers)      # validates the layer list
+            self.layers, self.width, self.tol = layers, None, check_tol(tol)
+            self._homogeneous = None
+            return
         for i, layer in enumerate(layers):
             if not isinstance(layer, (Dense, Activation, Residual, LayerNorm)):
                 raise TypeError(f"layers[{i}] must be a layer (infntk.Dense, Activation, "
@@ -95,6 +112,12 @@ class Network:
     # ------------------------------------------------------------------ public API
     def kernels(self, X1, X2=None, *, out_nngp=None, out_ntk=None, block_rows=DEFAULT_BLOCK_ROWS):
         """NNGP and NTK Gram matrices, as :meth:`infntk.FCNet.kernels`."""
+        if self._conv:
+            from . import conv
+            nngp, ntk = conv.conv_kernels(self.layers, X1, X2)
+            if out_nngp is None and out_ntk is None:
+                return _gram.Kernels(nngp, ntk)
+            return _copy_into(nngp, ntk, out_nngp, out_ntk)
         A, B, same = check_pair(X1, X2)
         return _gram.gram(self._engine(A.shape[1]), A, B, same, out_nngp, out_ntk, block_rows)
 
@@ -108,8 +131,20 @@ class Network:
 
     def diag(self, X):
         """``k(x, x)`` for each row (a :class:`infntk.fcnet.KernelDiag`)."""
+        if self._conv:
+            from . import conv
+            return _gram.KernelDiag(*conv.conv_diag(self.layers, X))
         X = check_matrix(X, "X")
         return _gram.diag(self._engine(X.shape[1]), X)
+
+
+def _copy_into(nngp, ntk, out_nngp, out_ntk):
+    outs = []
+    for arr, out, name in ((nngp, out_nngp, "out_nngp"), (ntk, out_ntk, "out_ntk")):
+        out = _gram.check_out(out, arr.shape, name)
+        out[...] = arr
+        outs.append(out)
+    return _gram.Kernels(*outs)
 
 
 def _flatten(layers):

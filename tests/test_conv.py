@@ -19,14 +19,21 @@ import numpy as np
 import pytest
 
 import infntk
+from infntk import Activation, Dense
 from conv_mp_reference import mp_conv_kernels
-from infntk.conv import (AvgPool, Conv, Flatten, GlobalAvgPool, _ActSpec, _DenseSpec,
+from infntk.conv import (AvgPool, Conv, Flatten, GlobalAvgPool,
                          conv_kernels, kernel_regime)
 from tolerances import CLOSED_FORM_RTOL, PSD_RTOL, rel_err_vs_max, tolerance
 
+
+
+def _act(name, params):
+    return Activation(name, **params)
+
+
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
                     "nt_conv_references.npz")
-NT_RTOL = tolerance(1e-10, "agreement with neural-tangents' float64 stax kernels (issue 14)")
+NT_RTOL = tolerance(1e-10, "agreement with neural-tangents' float64 stax kernels (the accuracy target for convolutional kernels)")
 # neural-tangents takes the angle as arctan2(sqrt(max(q11 q22 - q12^2, 0)), q12): at a
 # self pair (theta = 0 exactly) the subtraction leaves ~1e-16 relative, i.e. theta ~ 1e-8,
 # which the step-like duals (relu's kd, sign's k) pass on linearly. Its diagonal is
@@ -45,7 +52,7 @@ def build(desc):
         if k == "conv":
             out.append(Conv(L["filter"], L["padding"], L["w_std"], L["b_std"]))
         elif k == "activation":
-            out.append(_ActSpec(L["name"], L.get("params", {})))
+            out.append(Activation(L["name"], L.get("params", {})))
         elif k == "avgpool":
             out.append(AvgPool(L["window"]))
         elif k == "flatten":
@@ -53,7 +60,7 @@ def build(desc):
         elif k == "gap":
             out.append(GlobalAvgPool())
         elif k == "dense":
-            out.append(_DenseSpec(L["w_std"], L["b_std"]))
+            out.append(Dense(L["w_std"], L["b_std"]))
         else:
             raise ValueError(k)
     return out
@@ -149,7 +156,7 @@ def test_zero_image_without_bias_against_mpmath():
 
 # ----------------------------------------------------------------------------- invariants
 def _relu_net(padding, readout, depth=3, w=1.5, b=0.1):
-    return ([Conv(3, padding, w, b), _ActSpec("relu")] * depth + [readout, _DenseSpec(w, b)])
+    return ([Conv(3, padding, w, b), Activation("relu")] * depth + [readout, Dense(w, b)])
 
 
 @pytest.mark.parametrize("readout", [Flatten(), GlobalAvgPool()], ids=["flatten", "gap"])
@@ -172,8 +179,8 @@ def test_symmetric_psd_and_cross_consistent(readout):
 def test_circular_translation_equivariance(readout, shift):
     X = np.random.default_rng(7).standard_normal((3, 5, 6, 2))
     Y = np.random.default_rng(8).standard_normal((2, 5, 6, 2))
-    layers = [Conv(3, "circular", 1.5, 0.1), _ActSpec("erf"), Conv(3, "circular", 1.5, 0.1),
-              _ActSpec("relu"), readout, _DenseSpec(1.5, 0.1)]
+    layers = [Conv(3, "circular", 1.5, 0.1), Activation("erf"), Conv(3, "circular", 1.5, 0.1),
+              Activation("relu"), readout, Dense(1.5, 0.1)]
     ref = conv_kernels(layers, X, Y)
     rolled = conv_kernels(layers, np.roll(X, shift, axis=(1, 2)), np.roll(Y, shift, axis=(1, 2)))
     for got, want in zip(rolled, ref):
@@ -195,8 +202,8 @@ def test_one_pixel_image_is_the_fc_kernel(activation, params, filt, padding):
     """On 1 x 1 images a Conv is a Dense layer (filter 1, or filter 3 wrapping onto itself)."""
     X = np.random.default_rng(11).standard_normal((5, 1, 1, 4))
     depth, w, b = 3, 1.5, 0.1
-    layers = ([Conv(filt, padding, w, b), _ActSpec(activation, params)] * depth
-              + [Flatten(), _DenseSpec(w, b)])
+    layers = ([Conv(filt, padding, w, b), _act(activation, params)] * depth
+              + [Flatten(), Dense(w, b)])
     nngp, ntk = conv_kernels(layers, X)
     ref = infntk.FCNet(activation, depth=depth, w_std=w, b_std=b, **params).kernels(
         X.reshape(5, 4))
@@ -205,16 +212,16 @@ def test_one_pixel_image_is_the_fc_kernel(activation, params, filt, padding):
 
 
 def test_kernel_regime_detection():
-    relu = _ActSpec("relu")
+    relu = Activation("relu")
     assert kernel_regime([Conv(), relu, Conv(), relu, Flatten()]) == ("diagonal",) * 4
     assert kernel_regime([Conv(), relu, GlobalAvgPool()]) == ("full", "full")
-    assert kernel_regime([Conv(), relu, AvgPool(2), Conv(), relu, Flatten(), _DenseSpec()]) == (
+    assert kernel_regime([Conv(), relu, AvgPool(2), Conv(), relu, Flatten(), Dense()]) == (
         "full", "full", "full", "diagonal", "diagonal")
     assert kernel_regime([Conv(), AvgPool(2), Conv(), GlobalAvgPool()]) == ("full",) * 3
 
 
 # ----------------------------------------------------------------------------- validation
-GOOD = [Conv(), _ActSpec("relu"), Flatten(), _DenseSpec()]
+GOOD = [Conv(), Activation("relu"), Flatten(), Dense()]
 IMG = np.zeros((2, 4, 4, 1)) + 1.0
 
 
@@ -232,9 +239,9 @@ def test_pool_and_activation_validation():
     with pytest.raises(ValueError, match="window"):
         AvgPool(0)
     with pytest.raises(ValueError, match="unknown|valid"):
-        _ActSpec("no_such_activation")
+        Activation("no_such_activation")
     with pytest.raises(NotImplementedError, match="tanh"):
-        conv_kernels([Conv(), _ActSpec("tanh"), Flatten()], IMG)
+        conv_kernels([Conv(), Activation("tanh"), Flatten()], IMG)
 
 
 @pytest.mark.parametrize("X,exc,word", [
@@ -254,11 +261,11 @@ def test_shape_mismatch_and_layer_lists():
         conv_kernels(GOOD, IMG, np.ones((2, 4, 5, 1)))
     bad = [
         ([], ValueError, "empty"), ("relu", TypeError, "list"),
-        ([_ActSpec("relu"), Conv(), Flatten()], ValueError, "layers\\[0\\]"),
-        ([Conv(), _ActSpec("relu")], ValueError, "readout"),
+        ([Activation("relu"), Conv(), Flatten()], ValueError, "layers\\[0\\]"),
+        ([Conv(), Activation("relu")], ValueError, "readout"),
         ([Conv(), Flatten(), GlobalAvgPool()], ValueError, "readout"),
         ([Conv(), Flatten(), Conv()], ValueError, "after the readout"),
-        ([Conv(), _DenseSpec(), Flatten()], ValueError, "before the readout"),
+        ([Conv(), Dense(), Flatten()], ValueError, "before the readout"),
         ([Conv(), 3, Flatten()], TypeError, "layers\\[1\\]"),
         ([Conv(5, "valid"), Flatten()], ValueError, "does not fit"),
         ([Conv(), AvgPool(5), Flatten()], ValueError, "window=5"),

@@ -35,9 +35,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._duals import abrelu_pair, diag_dual, pair_dual
-from ._engine import _geomean
-from .activations import FAMILY_ABRELU
+from .._duals import abrelu_pair, diag_dual, pair_dual
+from ..activations import FAMILY_ABRELU
+from .closed import _geomean
 
 # op codes (see infntk.conv._compile)
 OP_CONV_F = 1      # conv, full state; iop[k, 3] >= 0: fused activation of that family
