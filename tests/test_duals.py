@@ -1,8 +1,9 @@
 """The compiled closed-form duals (infntk._duals.pair_dual) at random (q1, q2, rho).
 
-Two references: the 50-digit closed forms of tests/mp_reference.py (many hypothesis draws; that
-oracle is itself checked against quadrature in test_reference_selfcheck.py), and direct 2-D
-mpmath quadrature of the registry's phi and phi' (a few draws per activation: it is slow).
+Two references: the 50-digit closed forms of tests/oracles/mp_reference.py (many hypothesis
+draws; that oracle is itself checked against quadrature in test_reference_selfcheck.py), and
+direct 2-D mpmath quadrature (tests/oracles/mp_quadrature.py) of the registry's phi and phi'
+(a few draws per activation: it is slow).
 Errors are measured against the Cauchy-Schwarz scale sqrt(E[phi(u)^2] E[phi(v)^2]).
 """
 import math
@@ -15,9 +16,9 @@ from hypothesis import strategies as st
 
 from infntk._duals import diag_dual, pair_dual
 from infntk.activations import get_activation
-from mp_reference import mp_dual
+from oracles.mp_quadrature import quad_expect
+from oracles.mp_reference import mp_dual
 from strategies import CLOSED_FORM_ACTIVATIONS, activation_id
-from test_reference_selfcheck import quad_expect
 from tolerances import QUADRATURE_RTOL
 
 CASES = pytest.mark.parametrize("case", CLOSED_FORM_ACTIVATIONS, ids=activation_id)

@@ -44,8 +44,9 @@ from infntk.activations import get_activation
 __all__ = ["mp_dual", "mp_kernels", "mp_kernels_depths", "mp_diag", "load_reference_cases",
            "DEFAULT_DATA_PATH"]
 
-DEFAULT_DATA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
-                                 "reference_kernels.npz")
+# the stored references live in tests/data/, one level above this package
+DEFAULT_DATA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "data", "reference_kernels.npz")
 
 
 # ----------------------------------------------------------------------------- duals
