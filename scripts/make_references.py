@@ -7,7 +7,8 @@ the compiled engine). Run from the repository root::
 
 Contents
 --------
-Two input geometries (SPEC section 6), each a float64 array with d = 5 columns, stored exactly:
+Two input geometries (the accuracy contract, docs/conventions.md), each a float64 array with
+d = 5 columns, stored exactly:
 
 * ``X_near`` (8 rows): a generic random row ``x``; rows at relative distance
   ``||y - x|| / ||x|| = 1e-2, 1e-4, 1e-6, 1e-8, 1e-10`` from it (random directions); a nearly

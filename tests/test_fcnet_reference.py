@@ -1,10 +1,11 @@
-"""FCNet's closed forms against the stored 50-digit references (SPEC 6).
+"""FCNet's closed forms against the stored 50-digit references (accuracy contract).
 
 The references are computed by ``scripts/make_references.py`` with
-``tests/oracles/mp_reference.py``, an independent mpmath implementation of the recursion and of every closed-form dual (it
-shares no code with the compiled engine), on the hard geometries of SPEC 6: nearly identical
-rows (relative distance 1e-2 .. 1e-10), a nearly antipodal row, parallel rows of norms 1e-3 to
-1e3, zero rows; depths up to 100; both parameterizations; with and without biases.
+``tests/oracles/mp_reference.py``, an independent mpmath implementation of the recursion and of
+every closed-form dual (it shares no code with the compiled engine), on the hard geometries of
+the accuracy contract (docs/conventions.md): nearly identical rows (relative distance
+1e-2 .. 1e-10), a nearly antipodal row, parallel rows of norms 1e-3 to 1e3, zero rows; depths
+up to 100; both parameterizations; with and without biases.
 """
 import numpy as np
 import pytest

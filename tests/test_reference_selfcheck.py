@@ -18,7 +18,15 @@ from infntk.activations import get_activation
 from oracles.mp_quadrature import DPS, gauss_pieces, quad_expect
 from oracles.mp_reference import (DEFAULT_DATA_PATH, load_reference_cases, mp_diag, mp_dual,
                                   mp_kernels, mp_kernels_depths)
-from tolerances import QUADRATURE_RTOL
+from tolerances import QUADRATURE_RTOL, tolerance
+
+# The oracle rounded to float64 against exactly known values: one rounding of the 50-digit
+# result (0.5 ulp) plus that of the float64 reference expression (a few ulp).
+ROUNDED_RTOL = tolerance(1e-15, "a 50-digit value rounded to float64 vs a float64 expression")
+# pytest.approx's default absolute tolerance is 1e-12; these values are exact limits, so the
+# absolute floor is switched off (effectively) by a tiny value.
+QUAD_1D_ATOL = tolerance(1e-15, "1-D Gauss-Legendre at 20 digits, rounded: ~1 ulp of O(1)")
+NO_ABS = tolerance(1e-300, "switch off pytest.approx's default absolute floor of 1e-12")
 
 SMOOTH = {"erf", "sin", "cos", "gaussian", "gelu"}
 CLOSED_FORMS = [
@@ -67,7 +75,8 @@ def test_duals_against_quadrature(name, params):
     ("sin", {}, 0.0, 1.0), ("cos", {}, 1.0, 0.0), ("gaussian", {}, 1.0, 0.0),
     ("gelu", {}, 0.0, 0.25)])
 def test_degenerate_rows_are_independent_limits(name, params, F0, G0):
-    """SPEC 2: a zero-variance row has correlation 0 with every row, itself included.
+    """Degenerate rows (docs/conventions.md): a zero-variance row has correlation 0 with every
+    row, itself included.
 
     Expected values: ``E[phi(u)] E[phi(v)]`` and ``E[phi'(u)] E[phi'(v)]`` in the limit
     ``q -> 0+`` (e.g. relu: ``E[1(u > 0)] = 1/2``, so ``G = 1/4``; leaky: ``(1 + 0.1)/2``).
@@ -75,8 +84,8 @@ def test_degenerate_rows_are_independent_limits(name, params, F0, G0):
     for q2, same in ((0.0, True), (1.7, False)):
         F, G = mp_dual(name, 0, q2, 0, same=same, **params)
         if q2 == 0:
-            assert float(F) == pytest.approx(F0, rel=1e-15, abs=1e-300)
-            assert float(G) == pytest.approx(G0, rel=1e-15, abs=1e-300)
+            assert float(F) == pytest.approx(F0, rel=ROUNDED_RTOL, abs=NO_ABS)
+            assert float(G) == pytest.approx(G0, rel=ROUNDED_RTOL, abs=NO_ABS)
         else:
             # independent: F = E phi(0 limit) E phi(v); a zero-variance u with these
             # activations has E phi(u) = 0 except step (1/2), cos and gaussian (1)
@@ -88,8 +97,8 @@ def test_degenerate_rows_are_independent_limits(name, params, F0, G0):
             Edu = math.sqrt(G0) if G0 > 0 else 0.0
             if name == "identity":
                 Edu = 1.0
-            assert float(F) == pytest.approx(Eu * float(Ev), abs=1e-15)
-            assert float(G) == pytest.approx(Edu * float(Edv), abs=1e-15)
+            assert float(F) == pytest.approx(Eu * float(Ev), abs=QUAD_1D_ATOL)
+            assert float(G) == pytest.approx(Edu * float(Edv), abs=QUAD_1D_ATOL)
 
 
 def test_arccos_0_and_1_are_step_and_relu():
@@ -107,11 +116,11 @@ def test_recursion_special_values():
     q = (X ** 2).sum(1) / 3 * 2.0
     for L in (0, 1, 4):
         n, t = mp_kernels("relu", X, depth=L, w_std=math.sqrt(2), b_std=None)
-        np.testing.assert_allclose(np.diag(n), q, rtol=1e-15)
-        np.testing.assert_allclose(np.diag(t), (L + 1) * q, rtol=1e-15)
+        np.testing.assert_allclose(np.diag(n), q, rtol=ROUNDED_RTOL)
+        np.testing.assert_allclose(np.diag(t), (L + 1) * q, rtol=ROUNDED_RTOL)
     n, t = mp_kernels("relu", X, depth=0, w_std=1.0, b_std=0.0, parameterization="standard",
                       width=7)
-    np.testing.assert_allclose(t, X @ X.T + 1, rtol=1e-15)
+    np.testing.assert_allclose(t, X @ X.T + 1, rtol=ROUNDED_RTOL)
     # depth-list evaluation equals single-depth evaluation, diag equals the Gram's diagonal
     many = mp_kernels_depths("erf", X, None, (1, 3), 1.5, 0.3, "standard", 64)
     one = mp_kernels("erf", X, depth=3, w_std=1.5, b_std=0.3, parameterization="standard",
@@ -122,7 +131,7 @@ def test_recursion_special_values():
     # a cross Gram equals the symmetric one
     c = mp_kernels("gelu", X, X[::-1].copy(), depth=2, w_std=1.2, b_std=0.1)
     s = mp_kernels("gelu", X, depth=2, w_std=1.2, b_std=0.1)
-    np.testing.assert_allclose(c[1], s[1][:, ::-1], rtol=1e-15)
+    np.testing.assert_allclose(c[1], s[1][:, ::-1], rtol=ROUNDED_RTOL)
 
 
 def test_stored_references_load_and_cover_the_registry():
