@@ -1,13 +1,14 @@
 """Write tests/data/reference_kernels.npz: 50-digit NNGP/NTK Gram matrices on hard inputs.
 
-The references come from ``tests/mp_reference.py`` (pure mpmath, independent of the compiled
-engine). Run from the repository root::
+The references come from ``tests/oracles/mp_reference.py`` (pure mpmath, independent of
+the compiled engine). Run from the repository root::
 
     python scripts/make_references.py            # 40-80 s on one core, 0.25 MB
 
 Contents
 --------
-Two input geometries (docs/conventions.md, section 8), each a float64 array with d = 5 columns, stored exactly:
+Two input geometries (the accuracy contract, docs/conventions.md), each a float64 array with
+d = 5 columns, stored exactly:
 
 * ``X_near`` (8 rows): a generic random row ``x``; rows at relative distance
   ``||y - x|| / ||x|| = 1e-2, 1e-4, 1e-6, 1e-8, 1e-10`` from it (random directions); a nearly
@@ -31,7 +32,8 @@ arccos n=0..3, erf, sin, cos, gaussian, gelu):
 Arrays: ``X_near``, ``X_norms``, ``nngp_near``/``ntk_near`` (cases, 8, 8),
 ``nngp_norms``/``ntk_norms`` (cases, 6, 6), and ``meta``: a JSON list (one entry per case, in the
 order near cases then norms cases) of ``{activation, params, depth, w_std, b_std,
-parameterization, width, geometry, index}``. Load with ``tests.mp_reference.load_reference_cases``.
+parameterization, width, geometry, index}``. Load with
+``oracles.mp_reference.load_reference_cases`` (with ``tests/`` on ``sys.path``, as in the tests).
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from mp_reference import mp_kernels_depths  # noqa: E402
+from oracles.mp_reference import mp_kernels_depths  # noqa: E402
 
 OUT = os.path.join(ROOT, "tests", "data", "reference_kernels.npz")
 SEED = 20240607

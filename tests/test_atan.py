@@ -4,6 +4,10 @@ import numpy as np
 from numba import njit
 
 from infntk._duals import atan_unit
+from tolerances import tolerance
+
+# The engine's documented accuracy of its own arctan (no libm call inside compiled code).
+ATAN_ULPS = tolerance(2.0, "the compiled atan_unit's documented accuracy: 2 ulp")
 
 
 @njit(cache=True)
@@ -26,11 +30,11 @@ def test_atan_unit_within_2_ulp():
     ref = np.arctan(x)
     ulp = np.spacing(np.maximum(ref, np.finfo(float).tiny))
     err = np.abs(got - ref) / ulp
-    assert err.max() <= 2.0
+    assert err.max() <= ATAN_ULPS
     assert got[x == 0.0][0] == 0.0 and got[x == 1.0][0] == np.pi / 4
     # numpy's own arctan is not the reference of record: check the worst points with mpmath
     worst = np.argsort(err)[-10:]
     with mpmath.workdps(40):
         for i in worst:
             exact = mpmath.atan(mpmath.mpf(float(x[i])))
-            assert abs(mpmath.mpf(float(got[i])) - exact) <= 2 * ulp[i]
+            assert abs(mpmath.mpf(float(got[i])) - exact) <= ATAN_ULPS * ulp[i]

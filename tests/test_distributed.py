@@ -12,11 +12,12 @@ import dask
 
 import infntk
 from infntk.distributed import _require_dask, gram, gram_to_npy, to_npy
-from tolerances import rel_err_vs_max
+from tolerances import rel_err_vs_max, tolerance
 
 # The issue asks for equality with the local computation to 1e-15 (relative to max|K|): the
 # closed forms are pairwise, so a block equals the local block up to the BLAS inner products.
-DIST_RTOL = 1e-15
+DIST_RTOL = tolerance(1e-15, "the issue's figure; pairwise closed forms, a block differs from "
+                                 "the local block only by BLAS inner-product rounding")
 
 
 @pytest.fixture(scope="module")

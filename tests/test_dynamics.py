@@ -10,16 +10,26 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 from infntk import dynamics as dyn
-from tolerances import MC_SIGMAS, rel_err_vs_max
+from tolerances import MC_SIGMAS, rel_err_vs_max, tolerance
 
 # solve_ivp is run at rtol=1e-10, atol=1e-12 (the brief); its *global* error over the
 # integration interval is a few times the local tolerance, so the closed form is compared at
 # 1e-8 relative to max |f| (a loose reference, not a loose implementation: see the
 # tighter algebraic checks below, which are at 1e-12).
-ODE_RTOL = 1e-8
+IVP_RTOL = tolerance(1e-10, "solve_ivp's local relative tolerance (the brief)")
+IVP_ATOL = tolerance(1e-12, "solve_ivp's local absolute tolerance (the brief)")
+ODE_RTOL = tolerance(1e-8, "global error of solve_ivp at rtol=1e-10 over the interval: a few "
+                           "times the local tolerance, relative to max |f|")
 # Algebraic identities evaluated in float64 on well-conditioned Grams (cond <= ~1e3):
 # rounding ~ cond * eps ~ 1e-13.
-ALG_RTOL = 1e-11
+ALG_RTOL = tolerance(1e-11, "float64 identities on Grams with cond <= ~1e3: ~cond * eps = 1e-13, "
+                            "with 100x margin")
+# Closed forms by hand on 2x2 kernels: a few roundings of exp and of the eigen-decomposition.
+BY_HAND_RTOL = tolerance(1e-14, "2x2 by-hand closed forms: ~10 roundings of exp / eigh")
+# A quantity computed twice in float64 by different operation orders.
+REORDER_RTOL = tolerance(1e-12, "same float64 quantity by two operation orders: ~100 ulp")
+# Monotone / bounded quantities: allow the last-ulp rounding of the comparison.
+ULP_SLACK = tolerance(1e-15, "a few ulp: rounding of an exactly monotone or bounded quantity")
 
 
 def joint_kernel(n, m, rank=None, seed=0):
@@ -45,7 +55,7 @@ def ode_reference(K, Kx, y, f0, f0x, lr, times):
         return (-(lr / n) * M @ (Z[:n] - y2)).ravel()
 
     sol = solve_ivp(rhs, (0.0, float(max(times))), state0.ravel(), t_eval=times, method="DOP853",
-                    rtol=1e-10, atol=1e-12)
+                    rtol=IVP_RTOL, atol=IVP_ATOL)
     assert sol.success
     Z = sol.y.T.reshape(len(times), n + Kx.shape[0], k)
     return Z[:, :n].reshape((len(times),) + y.shape), Z[:, n:].reshape(
@@ -73,7 +83,8 @@ def test_gradient_flow_matches_ode_solver(k):
     # scalar t gives the same as the corresponding slice, without the time axis
     q = dyn.gradient_flow(K, Kx, y, f0, f0x, t=2.0, lr=lr)
     assert q.train.shape == shape and q.test.shape == (m,) + shape[1:]
-    np.testing.assert_allclose(q.test, p.test[2], rtol=0, atol=1e-14 * np.abs(p.test).max())
+    np.testing.assert_allclose(q.test, p.test[2], rtol=0, atol=tolerance(
+        1e-14, "scalar t vs the same slice of a t-vector: ~50 ulp") * np.abs(p.test).max())
 
 
 def test_singular_kernel_and_inconsistent_cross_kernel_match_ode():
@@ -101,7 +112,7 @@ def test_t_zero_is_exactly_f0():
     p = dyn.gradient_flow(K, Kx, y, f0, f0x, t=0.0)
     np.testing.assert_array_equal(p.train, f0)
     np.testing.assert_array_equal(p.test, f0x)
-    assert p.loss == pytest.approx(0.5 * np.sum((f0 - y) ** 2) / 5, rel=1e-15)
+    assert p.loss == pytest.approx(0.5 * np.sum((f0 - y) ** 2) / 5, rel=ULP_SLACK)
 
 
 def test_t_infinity_is_kernel_regression_eq21():
@@ -113,12 +124,14 @@ def test_t_infinity_is_kernel_regression_eq21():
     p = dyn.gradient_flow(K, Kx, y, f0, f0x, t=np.inf)
     assert rel_err_vs_max(p.test, expected) < ALG_RTOL
     assert rel_err_vs_max(p.train, y) < ALG_RTOL                 # interpolation
-    assert p.loss < 1e-20
+    assert p.loss < tolerance(1e-20, "interpolation: residual ~1e-11 after the solve, squared")
     # and the finite-time formula converges to it: lam_min t / n >> 1
     lam_min = np.linalg.eigvalsh(K)[0]
     t_big = 60.0 * 6 / lam_min
     q = dyn.gradient_flow(K, Kx, y, f0, f0x, t=t_big)
-    assert rel_err_vs_max(q.test, expected) < 1e-9
+    assert rel_err_vs_max(q.test, expected) < tolerance(
+        1e-9, "finite t = 60 n / lam_min: exp(-60) is negligible; rounding of the exp-filter "
+              "at large lam t times cond(K)")
 
 
 def test_t_infinity_singular_kernel_is_pseudo_inverse_limit():
@@ -133,11 +146,13 @@ def test_t_infinity_singular_kernel_is_pseudo_inverse_limit():
     y = np.array([1.0, 0.0])
     t = 0.8
     p = dyn.gradient_flow(K, Kx, y, t=t)
-    np.testing.assert_allclose(p.train, 0.5 * (1 - math.exp(-t)) * np.ones(2), rtol=1e-14)
-    np.testing.assert_allclose(p.test, [0.5 * (1 - math.exp(-t))], rtol=1e-14)
+    np.testing.assert_allclose(p.train, 0.5 * (1 - math.exp(-t)) * np.ones(2), rtol=BY_HAND_RTOL)
+    np.testing.assert_allclose(p.test, [0.5 * (1 - math.exp(-t))], rtol=BY_HAND_RTOL)
     q = dyn.gradient_flow(K, Kx, y, t=np.inf)
-    np.testing.assert_allclose(q.train, [0.5, 0.5], rtol=1e-13)
-    np.testing.assert_allclose(q.test, [0.5], rtol=1e-13)
+    # t = inf on the singular K = 1 1^T: least-squares solve, a few more roundings
+    SINGULAR_RTOL = tolerance(1e-13, "t = inf on a rank-1 K: least-squares solve, ~100 ulp")
+    np.testing.assert_allclose(q.train, [0.5, 0.5], rtol=SINGULAR_RTOL)
+    np.testing.assert_allclose(q.test, [0.5], rtol=SINGULAR_RTOL)
 
 
 def test_two_point_example_by_hand():
@@ -154,10 +169,11 @@ def test_two_point_example_by_hand():
     p = dyn.gradient_flow(K, Kx, [1.0, 0.0], t=1.0, lr=1.0)
     e1, e2 = math.exp(-2.0), math.exp(-1.0)
     np.testing.assert_allclose(p.train, [0.5 * (1 - e1) + 0.5 * (1 - e2),
-                                         0.5 * (1 - e1) - 0.5 * (1 - e2)], rtol=1e-14)
-    np.testing.assert_allclose(p.test, [1.5 * (1 - e1) / 4 + 0.5 * (1 - e2) / 2], rtol=1e-14)
+                                         0.5 * (1 - e1) - 0.5 * (1 - e2)], rtol=BY_HAND_RTOL)
+    np.testing.assert_allclose(p.test, [1.5 * (1 - e1) / 4 + 0.5 * (1 - e2) / 2],
+                               rtol=BY_HAND_RTOL)
     # the training loss: ||r_t||^2 / (2 n) = (2 s^2 e1^2 + 2 d^2 e2^2) / 4
-    assert p.loss == pytest.approx((0.5 * e1 ** 2 + 0.5 * e2 ** 2) / 4, rel=1e-14)
+    assert p.loss == pytest.approx((0.5 * e1 ** 2 + 0.5 * e2 ** 2) / 4, rel=BY_HAND_RTOL)
 
 
 def test_small_time_uses_expm1():
@@ -169,8 +185,10 @@ def test_small_time_uses_expm1():
     p = dyn.gradient_flow(K, Kx, y, t=t)
     first_order_tr = t / 5 * K @ y
     first_order_te = t / 5 * Kx @ y
-    assert rel_err_vs_max(p.train, first_order_tr) < 1e-11
-    assert rel_err_vs_max(p.test, first_order_te) < 1e-11
+    # expm1 keeps the increment to ~1e-13 (the O(t) second-order term); naive 1 - exp: ~1e-3
+    EXPM1_RTOL = tolerance(1e-11, "second-order term O(lr t lam / n) ~ 1e-13 plus rounding")
+    assert rel_err_vs_max(p.train, first_order_tr) < EXPM1_RTOL
+    assert rel_err_vs_max(p.test, first_order_te) < EXPM1_RTOL
 
 
 def test_training_loss_monotone_and_consistent():
@@ -180,12 +198,17 @@ def test_training_loss_monotone_and_consistent():
     times = np.concatenate([[0.0], np.logspace(-3, 3, 60), [np.inf]])
     loss = dyn.training_loss(K, y, f0, t=times, lr=0.5)
     assert loss.shape == times.shape
-    assert np.all(np.diff(loss) <= 1e-15 * loss[0])
+    assert np.all(np.diff(loss) <= ULP_SLACK * loss[0])
     p = dyn.gradient_flow(K, None, y, f0, t=times, lr=0.5)
     assert p.test is None
     direct = 0.5 * np.sum((p.train - y) ** 2, axis=(1, 2)) / 8
-    np.testing.assert_allclose(loss, direct, rtol=1e-10, atol=1e-14 * loss[0])
-    np.testing.assert_allclose(p.loss, direct, rtol=1e-13, atol=1e-30)
+    np.testing.assert_allclose(loss, direct, rtol=tolerance(
+        1e-10, "training_loss (eigenbasis) vs ||f_t - y||^2 from predictions: the squared "
+              "residual cancels at large t"), atol=tolerance(1e-14, "a loss near 0: ~50 ulp of "
+                                                        "the initial loss") * loss[0])
+    np.testing.assert_allclose(p.loss, direct, rtol=tolerance(
+        1e-13, "same squared residual, summed in another order"), atol=tolerance(
+        1e-30, "a loss that underflows to ~0 at t = inf"))
 
 
 # ----------------------------------------------------------------------------- discrete GD
@@ -217,14 +240,16 @@ def test_gradient_descent_tends_to_flow_at_t_equals_steps():
     for lr, k in [(0.2, 10), (0.1, 20), (0.05, 40)]:
         flow = dyn.GradientFlow(K, Kx, y, lr=lr)
         errs.append(np.abs(flow.predict_steps(k).test - flow.predict(float(k)).test).max())
-    assert 1.8 < errs[0] / errs[1] < 2.2 and 1.8 < errs[1] / errs[2] < 2.2
+    # halving lr halves an O(lr) error: ratio 2, within the O(lr^2) correction
+    RATE_BAND = tolerance(0.2, "an O(lr) error halves with lr: ratio 2 +- 10% (the O(lr^2) term)")
+    assert abs(errs[0] / errs[1] - 2) < RATE_BAND and abs(errs[1] / errs[2] - 2) < RATE_BAND
 
 
 def test_max_learning_rate_is_the_stability_threshold():
     K, _ = joint_kernel(6, 1, seed=17)
     lam = np.linalg.eigvalsh(K)
     lr_max = dyn.max_learning_rate(K)
-    assert lr_max == pytest.approx(2 * 6 / lam[-1], rel=1e-12)
+    assert lr_max == pytest.approx(2 * 6 / lam[-1], rel=REORDER_RTOL)
     y = np.random.default_rng(18).standard_normal(6)
     # explicit iteration: just below the threshold the loss decays, just above it explodes
     for factor, grows in [(0.98, False), (1.02, True)]:
@@ -277,17 +302,19 @@ def test_filters_closed_forms_and_bounds():
     assert g[0] == lr * t / n
     pos = lam > 0
     np.testing.assert_allclose(g[pos], (1 - np.exp(-lr * t * lam[pos] / n)) / lam[pos],
-                               rtol=1e-7)  # the naive form itself loses digits at small lam
+                               rtol=tolerance(1e-7, "the naive reference 1 - exp(-a) loses "
+                                                    "~9 digits at lam = 1e-8"))
     assert np.all(g <= np.minimum(lr * t / n, np.where(pos, 1 / np.where(pos, lam, 1), np.inf))
-                  * (1 + 1e-15))
+                  * (1 + ULP_SLACK))
     z = dyn.equivalent_ridge(t, n, lr)
     r = dyn.ridge_filter(lam, z)
     assert np.all(r <= 1 / z) and r[0] == 1 / z
     ratio = g / r
-    assert np.all(ratio >= 1 - 1e-12) and np.all(ratio < 1.2985)
+    assert np.all(ratio >= 1 - REORDER_RTOL) and np.all(ratio < 1.2985)
     # gd filter: k steps of lr versus flow at t = k when lr -> 0
     gd = dyn.gd_filter(lam[:20], steps=1000, lr=1e-4, n=1)
-    np.testing.assert_allclose(gd, dyn.flow_filter(lam[:20], 1000, 1e-4, 1), rtol=1e-3)
+    np.testing.assert_allclose(gd, dyn.flow_filter(lam[:20], 1000, 1e-4, 1), rtol=tolerance(
+        1e-3, "gd vs flow differ by O(lr lam) relative; lr = 1e-4, lam <= ~1e-3 ... 1e2 here"))
     assert dyn.gd_filter([0.0], 7, 0.5, 2)[0] == 0.5 * 7 / 2
 
 
@@ -312,7 +339,7 @@ def test_arora_gram_closed_form_and_monte_carlo():
                 rho = max(min(g / (ni * nj), 1), -1)
                 expected[i, j] = float(g * (mpmath.pi - mpmath.acos(rho)) / (2 * mpmath.pi))
     H = dyn.arora_gram(X)
-    assert rel_err_vs_max(H, expected) < 1e-12
+    assert rel_err_vs_max(H, expected) < REORDER_RTOL
     # Monte Carlo over the first-layer weights w ~ N(0, I): E[<x,y> 1{w.x>=0} 1{w.y>=0}]
     S = 200_000
     W = np.random.default_rng(24).standard_normal((S, 4))
@@ -320,7 +347,7 @@ def test_arora_gram_closed_form_and_monte_carlo():
     mc = G * (A @ A.T) / S
     p = (A @ A.T) / S
     se = np.abs(G) * np.sqrt(p * (1 - p) / S)
-    assert np.all(np.abs(H - mc) <= MC_SIGMAS * se + 1e-15)
+    assert np.all(np.abs(H - mc) <= MC_SIGMAS * se + ULP_SLACK)   # se is an array
 
 
 def test_arora_bound_separates_true_from_random_labels():
@@ -331,16 +358,17 @@ def test_arora_bound_separates_true_from_random_labels():
     b_true = dyn.arora_bound(X, y_true)
     rng = np.random.default_rng(27)
     b_rand = [dyn.arora_bound(X, rng.choice([-1.0, 1.0], size=120)) for _ in range(5)]
-    assert b_true < 0.6 * min(b_rand)
+    margin = tolerance(0.6, "separation: the true labels' bound well below the random ones'")
+    assert b_true < margin * min(b_rand)
     # by hand for one orthonormal pair: H = I / 2, so sqrt(2 * (y^T 2 y) / 2) = sqrt(2 |y|^2)
-    assert dyn.arora_bound(np.eye(2), [1.0, -1.0]) == pytest.approx(2.0, rel=1e-14)
+    assert dyn.arora_bound(np.eye(2), [1.0, -1.0]) == pytest.approx(2.0, rel=BY_HAND_RTOL)
 
 
 def test_arora_bound_input_checks():
     with pytest.raises(ValueError, match="X must have unit-norm rows"):
         dyn.arora_bound(np.array([[2.0, 0.0], [0.0, 1.0]]), [1.0, 1.0])
     assert dyn.arora_bound(np.array([[2.0, 0.0], [0.0, 3.0]]), [1.0, -1.0],
-                           normalize=True) == pytest.approx(2.0, rel=1e-14)
+                           normalize=True) == pytest.approx(2.0, rel=BY_HAND_RTOL)
     with pytest.raises(ValueError, match="singular"):
         dyn.arora_bound(np.array([[1.0, 0.0], [1.0, 0.0]]), [1.0, -1.0])
 
@@ -398,7 +426,7 @@ def test_property_loss_monotone_and_semigroup(problem, times):
     times = np.sort(np.array(times))
     flow = dyn.GradientFlow(K, Kx, y, f0_train=f0, lr=lr)
     loss = flow.train_loss(times)
-    assert np.all(np.diff(loss) <= 1e-12 * (loss[0] + 1e-300))
+    assert np.all(np.diff(loss) <= REORDER_RTOL * (loss[0] + 1e-300))
     # semigroup: flowing t1 then t2 from the new start equals flowing t1 + t2 (the ODE is
     # autonomous). Test predictions need the same start for the test points.
     t1, t2 = times[0], times[-1] - times[0]
@@ -406,8 +434,12 @@ def test_property_loss_monotone_and_semigroup(problem, times):
     b = dyn.gradient_flow(K, Kx, y, a.train, a.test, t=t2, lr=lr)
     c = flow.predict(times[-1])
     scale = max(np.abs(c.test).max(), np.abs(c.train).max(), np.abs(y).max(), 1.0)
-    assert np.abs(b.train - c.train).max() <= 1e-10 * scale
-    assert np.abs(b.test - c.test).max() <= 1e-10 * scale * (1 + lr * times[-1] * np.abs(K).max())
+    # two flows vs one: rounding of two eigen-filters on hypothesis-drawn Grams (cond up to
+    # ~1e6), amplified on the test side by the kernel's growth lr t |K|
+    SEMIGROUP_TOL = tolerance(1e-10, "two eigen-filtered flows vs one on Grams with cond <= ~1e6")
+    assert np.abs(b.train - c.train).max() <= SEMIGROUP_TOL * scale
+    assert np.abs(b.test - c.test).max() <= SEMIGROUP_TOL * scale * (
+        1 + lr * times[-1] * np.abs(K).max())
 
 
 @given(psd_problems(), st.floats(1e-3, 10.0))
@@ -417,9 +449,9 @@ def test_property_filter_ordering(problem, t):
     n = K.shape[0]
     lam = np.linalg.eigvalsh(K)
     g = dyn.flow_filter(lam, t, lr, n)
-    assert np.all(g >= 0) and np.all(g <= lr * t / n * (1 + 1e-14))
+    assert np.all(g >= 0) and np.all(g <= lr * t / n * (1 + BY_HAND_RTOL))
     r = dyn.ridge_filter(lam, dyn.equivalent_ridge(t, n, lr))
-    assert np.all(r <= g * (1 + 1e-12)) and np.all(g <= 1.2985 * r)
+    assert np.all(r <= g * (1 + REORDER_RTOL)) and np.all(g <= 1.2985 * r)
 
 
 @pytest.mark.parametrize("k", [None, 2])
@@ -439,6 +471,7 @@ def test_ridge_loo_error_matches_explicit_refits(k):
                                  f0[keep], f0[i:i + 1])
             errs.append(np.sum((p.test[0] - y[i]) ** 2))
         # closed-form LOO vs n refits: equal up to rounding of the (well-conditioned) solves
-        assert loo[j] == pytest.approx(np.mean(errs), rel=1e-9)
+        assert loo[j] == pytest.approx(np.mean(errs), rel=tolerance(
+            1e-9, "closed-form LOO vs 9 refits: rounding times cond(K + z I) at z = 1e-3"))
     with pytest.raises(ValueError, match="ridges must be finite and > 0"):
         dyn.ridge_loo_error(K, y, [0.0])

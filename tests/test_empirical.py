@@ -13,11 +13,14 @@ from hypothesis import given, strategies as st
 from infntk.activations import get_activation
 from infntk.empirical import MLP
 
-from tolerances import MC_SIGMAS
+from tolerances import MC_SIGMAS, PSD_RTOL, tolerance
 
 # Exact identities in float64: the factorized NTK and J J^T are different summation orders of
 # the same products, so they agree to a few ulps of max|K| times the number of terms summed.
-IDENTITY_RTOL = 1e-12
+IDENTITY_RTOL = tolerance(1e-12, "same products in another summation order: a few ulp times "
+                                "the number of terms")
+# A closed form of a few operations (depth 0: one product X W and a bias).
+FEW_OPS_RTOL = tolerance(1e-14, "depth-0 network vs its closed form: a few roundings per entry")
 
 PARAMS = [("ntk", 0.0), ("ntk", 0.3), ("ntk", None), ("standard", 0.0), ("standard", 0.3),
           ("standard", None)]
@@ -56,10 +59,11 @@ def test_linear_model_depth0():
     X = _points(5, 4)
     mlp = MLP(7, 0, "relu", w_std=1.7, b_std=0.4, seed=2, input_dim=4)
     W, b = mlp.params
-    np.testing.assert_allclose(mlp.forward(X), (1.7 / 2.0) * X @ W[0] + 0.4 * b[0], rtol=1e-14)
+    np.testing.assert_allclose(mlp.forward(X), (1.7 / 2.0) * X @ W[0] + 0.4 * b[0],
+                               rtol=FEW_OPS_RTOL)
     sigma1 = 1.7 ** 2 * X @ X.T / 4 + 0.4 ** 2
-    np.testing.assert_allclose(mlp.nngp(X), sigma1, rtol=1e-14)
-    np.testing.assert_allclose(mlp.ntk(X), sigma1, rtol=1e-14)
+    np.testing.assert_allclose(mlp.nngp(X), sigma1, rtol=FEW_OPS_RTOL)
+    np.testing.assert_allclose(mlp.ntk(X), sigma1, rtol=FEW_OPS_RTOL)
 
 
 def test_standard_and_ntk_same_function_at_init():
@@ -67,8 +71,9 @@ def test_standard_and_ntk_same_function_at_init():
     X = _points(6, 3)
     a = MLP(32, 2, "erf", w_std=1.4, b_std=0.2, seed=3, parameterization="ntk")
     b = MLP(32, 2, "erf", w_std=1.4, b_std=0.2, seed=3, parameterization="standard")
-    np.testing.assert_allclose(a.forward(X), b.forward(X), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(a.nngp(X), b.nngp(X), rtol=1e-12)
+    np.testing.assert_allclose(a.forward(X), b.forward(X), rtol=IDENTITY_RTOL, atol=tolerance(
+        1e-14, "outputs near 0: the scale factors are applied at different places"))
+    np.testing.assert_allclose(a.nngp(X), b.nngp(X), rtol=IDENTITY_RTOL)
 
 
 def test_set_params_and_copy():
@@ -94,7 +99,8 @@ def test_float32():
     b = MLP(64, 2, "relu", seed=0)
     # float32 draws differ from float64 draws; compare J J^T within float32 instead
     J = a.jacobian(X).astype(np.float64)
-    assert _relmax(K.astype(np.float64), J @ J.T) < 1e-5   # float32 rounding, 64-term sums
+    assert _relmax(K.astype(np.float64), J @ J.T) < tolerance(
+        1e-5, "float32 rounding (6e-8) of 64-term sums, through 2 layers")
     assert b.ntk(X).dtype == np.float64
 
 
@@ -170,7 +176,7 @@ def test_factorized_ntk_property(n, d, width, depth, seed, act):
     K = mlp.ntk(X)
     G = J @ J.T
     assert np.max(np.abs(K - G)) <= IDENTITY_RTOL * max(np.max(np.abs(G)), 1.0)
-    assert np.min(np.linalg.eigvalsh(K)) >= -1e-12 * max(np.max(np.abs(K)), 1.0)
+    assert np.min(np.linalg.eigvalsh(K)) >= -PSD_RTOL * max(np.max(np.abs(K)), 1.0)
 
 
 def test_per_unit_theta_is_subnetwork_ntk():
@@ -234,8 +240,10 @@ def test_jacobian_matches_central_differences(parameterization, b_std, act):
         fd[:, k] = (fp - fm) / (2 * h)
     if act == "relu":
         _, Hs = mlp._forward_cache(X)
-        assert min(np.min(np.abs(H)) for H in Hs[:-1]) > 1e-3
-    assert _relmax(J, fd) < 1e-7
+        assert min(np.min(np.abs(H)) for H in Hs[:-1]) > tolerance(
+            1e-3, "no relu pre-activation within 1000 h of the kink")
+    assert _relmax(J, fd) < tolerance(
+        1e-7, "central differences at h = 1e-6: truncation ~1e-12, rounding ~1e-10")
 
 
 def test_gradient_is_weighted_jacobian():

@@ -1,4 +1,4 @@
-"""Bad inputs raise errors that name the argument (SPEC 5); nothing returns NaN silently."""
+"""Bad inputs raise errors that name the argument; nothing returns NaN silently."""
 import numpy as np
 import pytest
 

@@ -1,16 +1,17 @@
-"""FCNet's closed forms against the stored 50-digit references (SPEC 6).
+"""FCNet's closed forms against the stored 50-digit references (accuracy contract).
 
-The references are computed by ``scripts/make_references.py`` with ``tests/mp_reference.py``,
-an independent mpmath implementation of the recursion and of every closed-form dual (it
-shares no code with the compiled engine), on the hard geometries of SPEC 6: nearly identical
-rows (relative distance 1e-2 .. 1e-10), a nearly antipodal row, parallel rows of norms 1e-3 to
-1e3, zero rows; depths up to 100; both parameterizations; with and without biases.
+The references are computed by ``scripts/make_references.py`` with
+``tests/oracles/mp_reference.py``, an independent mpmath implementation of the recursion and of
+every closed-form dual (it shares no code with the compiled engine), on the hard geometries of
+the accuracy contract (docs/conventions.md): nearly identical rows (relative distance
+1e-2 .. 1e-10), a nearly antipodal row, parallel rows of norms 1e-3 to 1e3, zero rows; depths
+up to 100; both parameterizations; with and without biases.
 """
 import numpy as np
 import pytest
 
 import infntk
-from mp_reference import load_reference_cases
+from oracles.mp_reference import load_reference_cases
 from tolerances import CLOSED_FORM_RTOL, rel_err_vs_max
 
 CASES = load_reference_cases()

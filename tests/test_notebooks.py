@@ -3,12 +3,13 @@
 Each notebook checks its own claims with ``assert`` cells (e.g. "wider networks are closer to
 the analytic kernel"), so a notebook whose story stops being true fails here. The notebooks run
 with ``INFNTK_NOTEBOOK_SMOKE=1`` (smaller widths / fewer seeds, same code path) to keep the suite
-fast; without it they run the configuration their text describes, each in under 60 s on 2 cores.
-A notebook is skipped only if a module it needs is missing (``pytest.importorskip``).
+fast; without it they run the configuration their text describes. No timing is asserted here
+(a loaded machine would fail it): ``python benchmarks/bench_notebooks.py`` prints the time of
+each notebook in both configurations. A notebook is skipped only if a module it needs is missing
+(``pytest.importorskip``).
 """
 import os
 import pathlib
-import time
 
 import pytest
 
@@ -27,9 +28,6 @@ REQUIRES = {
     "03_training_dynamics.ipynb": ["infntk.dynamics", "infntk.training"],
     "04_hermite_and_spectrum.ipynb": ["infntk.hermite", "infntk.spectrum"],
     "05_after_kernel.ipynb": ["infntk.after_kernel", "sklearn"],
-    "08_catapult.ipynb": ["infntk.training", "sklearn"],
-    "06_finite_width.ipynb": ["infntk.finite_width", "infntk.empirical"],
-    "07_theorems.ipynb": ["infntk.learning_curves", "infntk.memorization", "infntk.sensitivity"],
 }
 
 
@@ -50,14 +48,13 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
         pytest.importorskip(mod)
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     monkeypatch.setenv("INFNTK_NOTEBOOK_SMOKE", "1")
-    t0 = time.perf_counter()
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+    # timeout: seconds per cell, only a guard against a hung kernel (not a timing check: a
+    # smoke cell takes seconds to ~2 min, on a loaded machine several times that)
+    client = nbclient.NotebookClient(nb, timeout=1200, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
-    elapsed = time.perf_counter() - t0
     # every notebook shows at least one figure
     assert any(out.get("output_type") == "display_data" and "image/png" in out.get("data", {})
                for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs), name
-    print(f"{name}: {elapsed:.1f} s")
     if os.environ.get("INFNTK_SAVE_EXECUTED"):
         nbformat.write(nb, os.path.join(os.environ["INFNTK_SAVE_EXECUTED"], name))

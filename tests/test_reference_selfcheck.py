@@ -1,8 +1,9 @@
-"""The 50-digit oracle (tests/mp_reference.py) checked against numerical integration.
+"""The 50-digit oracle (tests/oracles/mp_reference.py) checked against numerical integration.
 
 Each closed-form dual ``E[phi(u) phi(v)]``, ``E[phi'(u) phi'(v)]`` of the oracle is compared with
-a 2-D Gauss-Legendre quadrature of the registry's own mpmath ``phi``/``phi'`` (``mp_fn``,
-``mp_deriv``), which shares nothing with the closed forms; at ``rho = +-1`` the integral is 1-D.
+a 2-D Gauss-Legendre quadrature (tests/oracles/mp_quadrature.py) of the registry's own mpmath
+``phi``/``phi'`` (``mp_fn``, ``mp_deriv``), which shares nothing with the closed forms; at
+``rho = +-1`` the integral is 1-D.
 The (q1, q2, s) points include q1 != q2, negative s, nearly identical (``1 - rho = 1e-8``) and
 nearly antipodal pairs. Also: the degenerate-row convention against its definition (independent
 ``u, v`` in the limit ``q -> 0+``), and the loader of the stored references.
@@ -12,16 +13,20 @@ import math
 import mpmath as mp
 import numpy as np
 import pytest
-from mpmath.calculus.quadrature import GaussLegendre
 
 from infntk.activations import get_activation
-from mp_reference import (DEFAULT_DATA_PATH, load_reference_cases, mp_diag, mp_dual,
-                          mp_kernels, mp_kernels_depths)
-from tolerances import QUADRATURE_RTOL
+from oracles.mp_quadrature import DPS, gauss_pieces, quad_expect
+from oracles.mp_reference import (DEFAULT_DATA_PATH, load_reference_cases, mp_diag, mp_dual,
+                                  mp_kernels, mp_kernels_depths)
+from tolerances import QUADRATURE_RTOL, tolerance
 
-DPS = 20          # quadrature working precision (the rule below is accurate to ~1e-16)
-HALF = 9          # integrate z over [-9, 9]: the Gaussian tail beyond is < 1e-18
-DEGREE = 5        # 3 * 2**(DEGREE - 1) = 48 Gauss-Legendre nodes per piece
+# The oracle rounded to float64 against exactly known values: one rounding of the 50-digit
+# result (0.5 ulp) plus that of the float64 reference expression (a few ulp).
+ROUNDED_RTOL = tolerance(1e-15, "a 50-digit value rounded to float64 vs a float64 expression")
+# pytest.approx's default absolute tolerance is 1e-12; these values are exact limits, so the
+# absolute floor is switched off (effectively) by a tiny value.
+QUAD_1D_ATOL = tolerance(1e-15, "1-D Gauss-Legendre at 20 digits, rounded: ~1 ulp of O(1)")
+NO_ABS = tolerance(1e-300, "switch off pytest.approx's default absolute floor of 1e-12")
 
 SMOOTH = {"erf", "sin", "cos", "gaussian", "gelu"}
 CLOSED_FORMS = [
@@ -34,57 +39,6 @@ CLOSED_FORMS = [
 # antipodal, exactly parallel (1-D).
 POINTS = [(1.3, 0.7, 0.4), (0.5, 2.7, -0.6), (1.1, 1.1000001, 1 - 1e-8), (2.0, 0.9, -1 + 1e-8),
           (0.8, 1.9, 1.0)]
-
-_NODES = {}
-
-
-def _nodes():
-    if DPS not in _NODES:
-        with mp.workdps(DPS):
-            _NODES[DPS] = GaussLegendre(mp.mp).calc_nodes(DEGREE, mp.mp.prec)
-    return _NODES[DPS]
-
-
-def _gl(h, a, b):
-    m, r = (a + b) / 2, (b - a) / 2
-    return r * mp.fsum(w * h(m + r * x) for x, w in _nodes())
-
-
-def _pieces(h, cuts):
-    pts = [mp.mpf(-HALF)] + sorted(c for c in cuts if -HALF < c < HALF) + [mp.mpf(HALF)]
-    return mp.fsum(_gl(h, pts[i], pts[i + 1]) for i in range(len(pts) - 1))
-
-
-def quad_expect(f, g, q1, q2, rho, kinked=True):
-    """E[f(u) g(v)] by quadrature, u = sqrt(q1) z1, v = sqrt(q2) (rho z1 + sqrt(1-rho^2) z2).
-
-    ``kinked``: f, g have a kink or jump at 0; the pieces are then cut there (in z1) and at
-    the kink of the inner integrand (in z2), so that Gauss-Legendre sees smooth pieces.
-    """
-    a, b = mp.sqrt(q1), mp.sqrt(q2)
-    if abs(rho) == 1:
-        return _pieces(lambda z: f(a * z) * g(rho * b * z) * mp.npdf(z), [mp.mpf(0)])
-    sig = mp.sqrt(1 - rho * rho)
-    if not kinked:
-        # fixed inner rule on [-HALF, 0], [0, HALF] with the Gaussian weight folded in
-        r = mp.mpf(HALF) / 2
-        rule = [(m + r * x, r * w * mp.npdf(m + r * x)) for m in (-r, r) for x, w in _nodes()]
-
-        def outer(z1):
-            return f(a * z1) * mp.npdf(z1) * mp.fsum(
-                w * g(b * (rho * z1 + sig * z2)) for z2, w in rule)
-        return _pieces(outer, [mp.mpf(0)])
-
-    def outer(z1):
-        fu = f(a * z1)
-        if fu == 0:
-            return mp.mpf(0)
-        inner = _pieces(lambda z2: g(b * (rho * z1 + sig * z2)) * mp.npdf(z2), [-rho * z1 / sig])
-        return fu * inner * mp.npdf(z1)
-    # the inner kink z2 = -rho z1 / sig enters [-HALF, HALF] for |z1| < HALF sig / |rho|: cut
-    # there too, so that every outer piece is smooth (matters for rho -> +-1)
-    w = HALF * sig / abs(rho) if rho != 0 else mp.mpf(2 * HALF)
-    return _pieces(outer, [mp.mpf(0), -w, w])
 
 
 @pytest.mark.parametrize("name,params", [c for c in CLOSED_FORMS if c[0] != "arccos"
@@ -121,7 +75,8 @@ def test_duals_against_quadrature(name, params):
     ("sin", {}, 0.0, 1.0), ("cos", {}, 1.0, 0.0), ("gaussian", {}, 1.0, 0.0),
     ("gelu", {}, 0.0, 0.25)])
 def test_degenerate_rows_are_independent_limits(name, params, F0, G0):
-    """SPEC 2: a zero-variance row has correlation 0 with every row, itself included.
+    """Degenerate rows (docs/conventions.md): a zero-variance row has correlation 0 with every
+    row, itself included.
 
     Expected values: ``E[phi(u)] E[phi(v)]`` and ``E[phi'(u)] E[phi'(v)]`` in the limit
     ``q -> 0+`` (e.g. relu: ``E[1(u > 0)] = 1/2``, so ``G = 1/4``; leaky: ``(1 + 0.1)/2``).
@@ -129,21 +84,21 @@ def test_degenerate_rows_are_independent_limits(name, params, F0, G0):
     for q2, same in ((0.0, True), (1.7, False)):
         F, G = mp_dual(name, 0, q2, 0, same=same, **params)
         if q2 == 0:
-            assert float(F) == pytest.approx(F0, rel=1e-15, abs=1e-300)
-            assert float(G) == pytest.approx(G0, rel=1e-15, abs=1e-300)
+            assert float(F) == pytest.approx(F0, rel=ROUNDED_RTOL, abs=NO_ABS)
+            assert float(G) == pytest.approx(G0, rel=ROUNDED_RTOL, abs=NO_ABS)
         else:
             # independent: F = E phi(0 limit) E phi(v); a zero-variance u with these
             # activations has E phi(u) = 0 except step (1/2), cos and gaussian (1)
             act = get_activation(name, **params)
             with mp.workdps(DPS):
-                Ev = _pieces(lambda z: act.mp_fn(mp.sqrt(q2) * z) * mp.npdf(z), [mp.mpf(0)])
-                Edv = _pieces(lambda z: act.mp_deriv(mp.sqrt(q2) * z) * mp.npdf(z), [mp.mpf(0)])
+                Ev = gauss_pieces(lambda z: act.mp_fn(mp.sqrt(q2) * z) * mp.npdf(z), [mp.mpf(0)])
+                Edv = gauss_pieces(lambda z: act.mp_deriv(mp.sqrt(q2) * z) * mp.npdf(z), [mp.mpf(0)])
             Eu = {"step": 0.5, "cos": 1.0, "gaussian": 1.0}.get(name, 0.0)
             Edu = math.sqrt(G0) if G0 > 0 else 0.0
             if name == "identity":
                 Edu = 1.0
-            assert float(F) == pytest.approx(Eu * float(Ev), abs=1e-15)
-            assert float(G) == pytest.approx(Edu * float(Edv), abs=1e-15)
+            assert float(F) == pytest.approx(Eu * float(Ev), abs=QUAD_1D_ATOL)
+            assert float(G) == pytest.approx(Edu * float(Edv), abs=QUAD_1D_ATOL)
 
 
 def test_arccos_0_and_1_are_step_and_relu():
@@ -161,11 +116,11 @@ def test_recursion_special_values():
     q = (X ** 2).sum(1) / 3 * 2.0
     for L in (0, 1, 4):
         n, t = mp_kernels("relu", X, depth=L, w_std=math.sqrt(2), b_std=None)
-        np.testing.assert_allclose(np.diag(n), q, rtol=1e-15)
-        np.testing.assert_allclose(np.diag(t), (L + 1) * q, rtol=1e-15)
+        np.testing.assert_allclose(np.diag(n), q, rtol=ROUNDED_RTOL)
+        np.testing.assert_allclose(np.diag(t), (L + 1) * q, rtol=ROUNDED_RTOL)
     n, t = mp_kernels("relu", X, depth=0, w_std=1.0, b_std=0.0, parameterization="standard",
                       width=7)
-    np.testing.assert_allclose(t, X @ X.T + 1, rtol=1e-15)
+    np.testing.assert_allclose(t, X @ X.T + 1, rtol=ROUNDED_RTOL)
     # depth-list evaluation equals single-depth evaluation, diag equals the Gram's diagonal
     many = mp_kernels_depths("erf", X, None, (1, 3), 1.5, 0.3, "standard", 64)
     one = mp_kernels("erf", X, depth=3, w_std=1.5, b_std=0.3, parameterization="standard",
@@ -176,7 +131,7 @@ def test_recursion_special_values():
     # a cross Gram equals the symmetric one
     c = mp_kernels("gelu", X, X[::-1].copy(), depth=2, w_std=1.2, b_std=0.1)
     s = mp_kernels("gelu", X, depth=2, w_std=1.2, b_std=0.1)
-    np.testing.assert_allclose(c[1], s[1][:, ::-1], rtol=1e-15)
+    np.testing.assert_allclose(c[1], s[1][:, ::-1], rtol=ROUNDED_RTOL)
 
 
 def test_stored_references_load_and_cover_the_registry():

@@ -1,7 +1,7 @@
 """The one tolerance policy of the test suite. A test that needs another tolerance says why.
 
-* ``CLOSED_FORM_RTOL``: SPEC section 6, float64 closed forms against a 50-digit reference,
-  relative to ``max(|K|)`` of the Gram matrix.
+* ``CLOSED_FORM_RTOL``: the accuracy contract (docs/conventions.md), float64 closed forms
+  against a 50-digit reference, relative to ``max(|K|)`` of the Gram matrix.
 * ``QUADRATURE_RTOL``: closed-form duals against 2-D numerical integration at 30+ digits.
 * ``PSD_RTOL``: smallest eigenvalue >= -PSD_RTOL * largest (rounding of a symmetric eigensolver).
 * ``MC_SIGMAS``: Monte Carlo comparisons pass within this many standard errors.

@@ -1,6 +1,6 @@
 """Independent 50-digit reference for the closed-form NNGP and NTK kernels (the test oracle).
 
-A plain mpmath evaluation of the layerwise recursion of SPEC sections 1-2, for both
+A plain mpmath evaluation of the layerwise recursion (docs/conventions.md), for both
 parameterizations, with its own implementation of every closed-form dual (the formulas of
 ``docs/closed_forms.md``). It imports nothing from :mod:`infntk` except the activation registry,
 and only to normalize names and parameters; it shares no code with the compiled engine. At 50
@@ -19,7 +19,8 @@ duals; ``load_reference_cases(path=None)`` the stored cases of ``tests/data/refe
 Conventions
 -----------
 * Inputs are float64 arrays, converted exactly to mpf; ``w_std``, ``b_std`` (floats) likewise.
-* Degenerate rows (SPEC 2): any pair involving a row with ``Sigma(x, x) = 0`` gets correlation 0
+* Degenerate rows (docs/conventions.md): any pair involving a row with ``Sigma(x, x) = 0`` gets
+  correlation 0
   (``theta = pi/2``, ``s = 0``), including that row's own diagonal entry; the closed forms are
   evaluated at ``q = 0`` as limits (relu: ``F = 0``, ``G = 1/4``; step: ``F = 1/4``).
 * Step and sign: ``phi' = 0`` (``G = 0``).
@@ -44,8 +45,9 @@ from infntk.activations import get_activation
 __all__ = ["mp_dual", "mp_kernels", "mp_kernels_depths", "mp_diag", "load_reference_cases",
            "DEFAULT_DATA_PATH"]
 
-DEFAULT_DATA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
-                                 "reference_kernels.npz")
+# the stored references live in tests/data/, one level above this package
+DEFAULT_DATA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "data", "reference_kernels.npz")
 
 
 # ----------------------------------------------------------------------------- duals
