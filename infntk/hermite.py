@@ -117,7 +117,7 @@ def _closed_family(act: Activation, derivative=False):
     """``(n, B, A)`` with ``phi = B r_n(x) + A r_n(-x)``, or None if not in the family.
 
     ``derivative=True`` returns the family of the a.e. derivative (``B = A = 0`` for step and
-    sign, whose derivative vanishes almost everywhere, SPEC section 3).
+    sign, whose derivative vanishes almost everywhere, docs/conventions.md, section 5).
     """
     if act.family is None:
         return None

@@ -20,7 +20,7 @@ import pytest
 
 import infntk
 from infntk import Activation, Dense
-from conv_mp_reference import mp_conv_kernels
+from oracles.mp_conv import mp_conv_kernels
 from infntk.conv import (AvgPool, Conv, Flatten, GlobalAvgPool,
                          conv_kernels, kernel_regime)
 from tolerances import CLOSED_FORM_RTOL, PSD_RTOL, rel_err_vs_max, tolerance

@@ -7,10 +7,7 @@ given as a tuple: ``("dense", w_std, b_std)`` (NTK parameterization), ``("act", 
 """
 import mpmath as mp
 
-try:
-    from mp_reference import mp_dual
-except ImportError:                       # pragma: no cover - layout with tests/oracles/
-    from oracles.mp_reference import mp_dual
+from oracles.mp_reference import mp_dual
 
 
 def _pair(state, layers, dps):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import mpmath as mp
 import numpy as np
 
-from mp_reference import mp_dual
+from oracles.mp_reference import mp_dual
 
 __all__ = ["mp_conv_kernels"]
 
