@@ -82,6 +82,21 @@ class Activation:
     def __call__(self, x):
         return self.fn(np.asarray(x, dtype=float))
 
+    @property
+    def degree(self):
+        """Degree of positive homogeneity (``phi(c x) = c^degree phi(x)``, ``c > 0``) of the
+        closed-form families that have one (ABRELU 1, ABSTEP 0, ARCCOS n), else ``None``."""
+        if self.family is None:
+            return None
+        code = self.family.code
+        if code == FAMILY_ABRELU:
+            return 1
+        if code == FAMILY_ABSTEP:
+            return 0
+        if code == FAMILY_ARCCOS:
+            return int(self.family.p0)
+        return None
+
     def deriv_at_zero(self):
         """``(phi'(0-), phi'(0+))``: the one-sided derivatives at 0 (kinks make them differ)."""
         dm, dp = (float(v) for v in self.deriv(np.array([-1e-300, 1e-300])))

@@ -105,6 +105,9 @@ def _solve_kappa(lam, m, n, ridge):
     lam_p, m_p = lam[pos], m[pos]
     M = float(m_p.sum())
     trace = float(np.dot(m_p, lam_p))
+    if ridge / n < np.finfo(float).tiny:
+        # a ridge so small that ridge / n underflows acts as none (kappa would be subnormal)
+        ridge = 0.0
     if ridge == 0 and n >= M:
         return 0.0
     hi = (trace + ridge) / n

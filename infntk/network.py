@@ -19,7 +19,8 @@ import numpy as np
 
 from . import _gram
 from ._backends import select_engine
-from ._backends.composed import ACT, DENSE, INPUT_DENSE, NORM, POP, PUSH, ComposedEngine, Op
+from ._backends.composed import (ACT, DENSE, INPUT_DENSE, NORM, POP, PUSH, SERIES,
+                                 ComposedEngine, Op)
 from ._gram import DEFAULT_BLOCK_ROWS
 from ._layers import layer_setup
 from ._validation import check_matrix, check_pair, check_positive_int, check_tol
@@ -46,7 +47,9 @@ class Network:
         The finite hidden width, required when a ``Dense`` layer other than the first uses
         the ``"standard"`` parameterization (its NTK depends on the fan-in there).
     tol : float
-        Requested relative error of Hermite-series activations (homogeneous networks).
+        Activations without a closed form (tanh, callables, two activations in a row): the
+        series orders are chosen so that ``Kernels.error_bound <= tol * scale`` (``scale`` the
+        largest diagonal entry of both kernels); a ``RuntimeWarning`` says when they cannot.
 
     Convolutional networks (``infntk.Conv``, ``AvgPool``, ``Flatten``, ``GlobalAvgPool``, then
     ``Dense``/``Activation`` layers) take images ``(n, H, W, C)`` and run the convolutional
@@ -55,9 +58,9 @@ class Network:
     Notes
     -----
     Closed forms meet the accuracy contract of :class:`infntk.FCNet` (docs/conventions.md).
-    Activations without a closed form (tanh, callables, compositions of two activations) are
-    supported in the homogeneous shape, through the certified Hermite series; elsewhere in a
-    composed network they raise ``NotImplementedError``.
+    Activations without a closed form (tanh, callables, compositions of two activations) run
+    the Mehler series; ``Kernels.error_bound`` then bounds ``|computed - exact|`` for every
+    entry, propagated through every layer kind (docs/composed.md, "Certified bound").
     """
 
     def __init__(self, layers, width=None, tol=1e-10):
@@ -107,7 +110,7 @@ class Network:
             setup = layer_setup(depth, d, dense.w_std, dense.b_std, dense.parameterization,
                                 self.width)
             return select_engine(act.fn, setup, self.tol)
-        return ComposedEngine(_compile(self.layers, d, self.width), d)
+        return ComposedEngine(_compile(self.layers, d, self.width), d, self.tol)
 
     # ------------------------------------------------------------------ public API
     def kernels(self, X1, X2=None, *, out_nngp=None, out_ntk=None, block_rows=DEFAULT_BLOCK_ROWS):
@@ -191,11 +194,9 @@ def _compile(layers, d, width):
     state = {"gauss": False, "act": None}
 
     def emit_act(fn):
-        if fn.family is None:
-            raise NotImplementedError(
-                f"activation {fn.name!r} has no closed form; in a composed network only "
-                "closed-form activations are supported so far (the homogeneous shape "
-                "[Dense, Activation] * depth + [Dense] also runs the Hermite series).")
+        if fn.family is None:            # Hermite series, with the certified bound
+            ops.append(Op(SERIES, act=fn))
+            return
         ops.append(Op(ACT, family=int(fn.family.code), p0=float(fn.family.p0),
                       p1=float(fn.family.p1)))
 

@@ -10,7 +10,7 @@ from infntk._backends.composed import ComposedEngine
 from infntk.layers import Activation, Dense, LayerNorm, Residual
 from infntk.network import Network, _compile
 from oracles.mp_network import mp_network_kernels
-from tolerances import CLOSED_FORM_RTOL, rel_err_vs_max
+from tolerances import CLOSED_FORM_RTOL, rel_err_vs_max, tolerance
 
 RNG = np.random.default_rng(7)
 X = RNG.standard_normal((6, 3))
@@ -120,3 +120,64 @@ def test_structure_errors_name_the_problem():
     # a residual sum of a post-activation skip is not Gaussian: no activation may follow it
     with pytest.raises(ValueError, match="Gaussian input"):
         Network([Dense(), Activation("relu"), Residual([Dense()]), Activation("relu"), Dense()])
+
+
+# ----------------------------------------------------------------------------- series layers
+def _reference_relu_tanh(X, w1, b1, w2, b2, w3, b3):
+    """Float64 reference of Dense-relu-Dense-tanh-Dense on well-separated rows: relu by its
+    arc-cosine closed form (no cancellation away from rho = +-1), tanh by the independent
+    2-D Gauss-Hermite route (order 200, error ~1e-14 relative for q <= 1.5; at q = 3 it
+    errs by 1e-9)."""
+    from infntk.quadrature import dual_quadrature
+    n, d = X.shape
+    S = w1 ** 2 * (X @ X.T) / d + b1 ** 2
+    T = S.copy()
+    q = np.diag(S).copy()
+    rho = np.clip(S / np.sqrt(np.outer(q, q)), -1, 1)
+    th = np.arccos(rho)
+    K = np.sqrt(np.outer(q, q)) * (np.sin(th) + (np.pi - th) * np.cos(th)) / (2 * np.pi)
+    Kd = (np.pi - th) / (2 * np.pi)
+    S, T = w2 ** 2 * K + b2 ** 2, w2 ** 2 * K + b2 ** 2 + w2 ** 2 * Kd * T
+    q = np.diag(S).copy()
+    Kt = np.empty_like(S)
+    Kdt = np.empty_like(S)
+    for i in range(n):
+        for j in range(n):
+            r = 1.0 if i == j else S[i, j] / np.sqrt(q[i] * q[j])
+            res = dual_quadrature("tanh", q[i], q[j], rho=r, order=200)
+            Kt[i, j], Kdt[i, j] = res[0], res[1]
+    return w3 ** 2 * Kt + b3 ** 2, w3 ** 2 * Kt + b3 ** 2 + w3 ** 2 * Kdt * T
+
+
+def test_series_layer_in_a_composed_network_meets_its_certificate():
+    # scaled so that the variances stay <= 1.5, where the order-200 reference is accurate
+    Xs = 0.5 * np.random.default_rng(3).standard_normal((5, 4))
+    net = Network([Dense(1.5, 0.1), Activation("relu"), Dense(1.0, 0.2), Activation("tanh"),
+                   Dense(1.0, 0.1)])
+    k = net.kernels(Xs)
+    ref_k, ref_t = _reference_relu_tanh(Xs, 1.5, 0.1, 1.0, 0.2, 1.0, 0.1)
+    quad = tolerance(1e-13, "order-200 Gauss-Hermite reference of tanh: its own error")
+    scale = max(np.abs(ref_k).max(), np.abs(ref_t).max())
+    assert k.error_bound is not None and k.error_bound <= 1e-10 * scale * 1.0001
+    assert np.abs(k.nngp - ref_k).max() <= k.error_bound + quad * scale
+    assert np.abs(k.ntk - ref_t).max() <= k.error_bound + quad * scale
+
+
+def test_series_path_of_composed_engine_agrees_with_fc_series_engine():
+    layers = [Dense(1.2, 0.1), Activation("softplus")] * 2 + [Dense(1.2, 0.1)]
+    fc = infntk.FCNet("softplus", depth=2, w_std=1.2, b_std=0.1).kernels(X)
+    eng = ComposedEngine(_compile(layers, X.shape[1], None), X.shape[1], 1e-10)
+    k = _gram.gram(eng, X, X, True)
+    # two certified evaluations of the same kernels: they differ by at most both bounds
+    slack = fc.error_bound + k.error_bound
+    assert np.abs(fc.nngp - k.nngp).max() <= slack and np.abs(fc.ntk - k.ntk).max() <= slack
+
+
+def test_two_activations_in_a_row_compose():
+    net = Network([Dense(1.3, 0.1), Activation("tanh"), Activation("sin"), Dense(1.0, 0.0)])
+    k = net.kernels(X)
+    ref = Network([Dense(1.3, 0.1), Activation(lambda x: np.sin(np.tanh(x)),
+                                               deriv=lambda x: np.cos(np.tanh(x)) / np.cosh(x) ** 2),
+                   Dense(1.0, 0.0)]).kernels(X)
+    slack = k.error_bound + ref.error_bound
+    assert np.abs(k.nngp - ref.nngp).max() <= slack and np.abs(k.ntk - ref.ntk).max() <= slack

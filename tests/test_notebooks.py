@@ -28,6 +28,9 @@ REQUIRES = {
     "03_training_dynamics.ipynb": ["infntk.dynamics", "infntk.training"],
     "04_hermite_and_spectrum.ipynb": ["infntk.hermite", "infntk.spectrum"],
     "05_after_kernel.ipynb": ["infntk.after_kernel", "sklearn"],
+    "06_finite_width.ipynb": ["infntk.finite_width", "infntk.empirical"],
+    "07_theorems.ipynb": ["infntk.learning_curves", "infntk.memorization", "infntk.sensitivity"],
+    "08_catapult.ipynb": ["infntk.training", "sklearn"],
 }
 
 

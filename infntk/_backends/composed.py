@@ -28,19 +28,24 @@ are refused by :mod:`infntk.network` unless they have the homogeneous fully-conn
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
+from .. import hermite
 from .._duals import abrelu_pair, abstep_pair, arccos_pair, diag_dual, smooth_pair
-from ..activations import FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS
+from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
+                           FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 from ._common import check_rows_finite
 from .closed import _first_layer_gram, _first_layer_rows, _geomean, _needs_rows
+from .series import K_MAX, _deriv_at_zero, _LayerData
 
-__all__ = ["ComposedEngine", "Op", "INPUT_DENSE", "DENSE", "ACT", "NORM", "PUSH", "POP"]
+__all__ = ["ComposedEngine", "Op", "INPUT_DENSE", "DENSE", "ACT", "NORM", "PUSH", "POP",
+           "SERIES"]
 
-INPUT_DENSE, DENSE, ACT, NORM, PUSH, POP = range(6)
+INPUT_DENSE, DENSE, ACT, NORM, PUSH, POP, SERIES = range(7)
 
 
 class Op(NamedTuple):
@@ -55,6 +60,7 @@ class Op(NamedTuple):
     p0: float = 0.0
     p1: float = 0.0
     a2: float = 0.0
+    act: object = None     # SERIES: the registry activation (never passed to compiled code)
 
 
 # ----------------------------------------------------------------------------- per-row pass
@@ -66,6 +72,19 @@ def _act_rows(family, p0, p1, q):
     for i in range(n):
         k[i], kd[i] = diag_dual(family, p0, p1, q[i])
     return k, kd
+
+
+def _series_moments(act, q):
+    """Exact ``E[phi^2]`` and ``E[phi'^2]`` at the rows' variances (degenerate rows: the
+    one-sided derivatives' mean squared, docs/conventions.md)."""
+    uq, inv = np.unique(q, return_inverse=True)
+    E = hermite.second_moment(act, uq)[inv]
+    Ed = hermite.second_moment(act, uq, derivative=True)[inv]
+    zero = q == 0.0
+    if zero.any():
+        b00 = _deriv_at_zero(act)
+        Ed = np.where(zero, b00 * b00, Ed)
+    return E, Ed
 
 
 class _RowState:
@@ -96,6 +115,10 @@ def _row_pass(ops, X, d):
             k11, kd11 = _act_rows(op.family, op.p0, op.p1, st.q)
             steps.append((st.q, np.sqrt(st.q), np.sqrt(k11)))
             st = _RowState(k11, st.th, st.kd * kd11)
+        elif op.kind == SERIES:
+            E, Ed = _series_moments(op.act, st.q)
+            steps.append((st.q, np.sqrt(st.q), E, Ed))
+            st = _RowState(E, st.th, st.kd * Ed)
         elif op.kind == NORM:
             pos = st.q > 0
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -226,12 +249,177 @@ def _pop(row0, symmetric, op, qs1, qb1, rq1, qs2, qb2, rq2, saved, S):
             KD[ib, j] = 1.0
 
 
+@njit(cache=True, parallel=True, error_model="numpy")
+def _series(row0, symmetric, order, r1, e1, ed1, a1, b1, r2, e2, ed2, a2T, b2T, S, excess):
+    """Mehler series of one activation for the pairs of a block (coefficients zero-padded)."""
+    A, B, K, TH, KD = S
+    for ib in prange(K.shape[0]):
+        i = row0 + ib
+        jend = i + 1 if symmetric else K.shape[1]
+        ex = 0.0
+        for j in range(jend):
+            m = r1[i] * r2[j]
+            rho = K[ib, j] / m if m > 0.0 else 0.0
+            if rho > 1.0:
+                ex = max(ex, rho - 1.0)
+                rho = 1.0
+            elif rho < -1.0:
+                ex = max(ex, -1.0 - rho)
+                rho = -1.0
+            acc = a1[i, order] * a2T[order, j]
+            accd = b1[i, order] * b2T[order, j]
+            for k in range(order - 1, -1, -1):
+                acc = acc * rho + a1[i, k] * a2T[k, j]
+                accd = accd * rho + b1[i, k] * b2T[k, j]
+            if symmetric and j == i:
+                acc = e1[i]
+                accd = ed1[i]
+            sk = _geomean(e1[i], e2[j], math.sqrt(e1[i]), math.sqrt(e2[j]))
+            K[ib, j] = acc
+            KD[ib, j] = KD[ib, j] * accd
+            A[ib, j] = sk - acc
+            B[ib, j] = sk + acc
+        excess[ib] = ex
+
+
+# ----------------------------------------------------------------------------- certified bound
+_EPS = float(np.finfo(float).eps)
+_R_CLOSED = 64 * _EPS          # rounding allowance of one closed-form dual, relative
+_GH = np.polynomial.hermite_e.hermegauss(160)
+
+
+def _second_derivative_moment(code, q):
+    """``E[phi''(sqrt(q) z)^2]`` of the smooth closed-form families (Lipschitz constant of the
+    derivative dual in the covariance, by Price's theorem)."""
+    z, w = _GH
+    w = w / w.sum()
+    x = np.sqrt(q)[:, None] * z[None, :]
+    if code == FAMILY_ERF:
+        f2 = -4.0 / math.sqrt(math.pi) * x * np.exp(-x * x)
+    elif code == FAMILY_SIN:
+        f2 = -np.sin(x)
+    elif code == FAMILY_COS:
+        f2 = -np.cos(x)
+    elif code == FAMILY_GAUSSIAN:
+        f2 = (x * x - 1.0) * np.exp(-0.5 * x * x)
+    elif code == FAMILY_GELU:
+        f2 = (2.0 - x * x) * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    else:
+        raise ValueError(f"no second derivative for family {code}")
+    # 160 nodes integrate these entire functions far below the bound's own slack; the factor
+    # covers the quadrature error
+    return 1.001 * (f2 * f2 * w).sum(axis=1)
+
+
+def _closed_act_bound(op, q, uK, uKs, E, Ed):
+    """``(uK', ukd, uKs')`` of a closed-form activation (per row).
+
+    ``uK`` bounds the input covariance error, ``uKs <= uK`` its part caused by series layers
+    upstream (truncation and its propagation). Rounding upstream is covered by the closed
+    forms' accuracy contract (a relative allowance ``_R_CLOSED`` per layer); the Hoelder-1/2
+    steps of kinked or discontinuous activations are applied to the series part only.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(q > 0, uKs / q, 0.0)
+    code = op.family
+    c = (op.p0 - op.p1) ** 2 / (2.0 * math.sqrt(2.0))   # Hoelder-1/2 constant of the step
+    if code == FAMILY_ABSTEP:                             # phi has a jump: K is Hoelder
+        hk = c * c * np.sqrt(delta)
+        return hk + _R_CLOSED * E, np.zeros_like(q), hk
+    uK2 = Ed * uK + _R_CLOSED * E
+    if code == FAMILY_ABRELU:                             # phi' has a jump: kd is Hoelder
+        return uK2, c * c * np.sqrt(delta) + _R_CLOSED * Ed, Ed * uKs
+    if code == FAMILY_ARCCOS:
+        n = int(op.p0)
+        j = 2 * n - 4                                     # E[max(z,0)^j]
+        mj = 0.5 if j == 0 else 2.0 ** (j / 2 - 1) * math.gamma((j + 1) / 2) / math.sqrt(math.pi)
+        E2 = (n * (n - 1)) ** 2 * q ** (n - 2) * mj
+    else:
+        E2 = _second_derivative_moment(code, q)
+    return uK2, E2 * uK + _R_CLOSED * Ed, Ed * uKs
+
+
+def _bound_pass(ops, rows, series_data, orders):
+    """Per-row factors ``(uK, uT)`` of the final kernels: ``|error(x, y)| <= sqrt(u(x) u(y))``.
+
+    The rules per operation are in docs/composed.md ("Certified bound"); ``series_data[i]`` is
+    the :class:`~infntk._backends.series._LayerData` of series op ``i`` for these rows.
+    """
+    d, nsq, steps = rows
+    stack = []
+    st = None
+    for i, (op, step) in enumerate(zip(ops, steps)):
+        if op.kind == INPUT_DENSE:
+            f = (d + 8) * _EPS * 1.01
+            k0 = nsq / d
+            q = op.w2 * k0 + op.b2
+            th = op.cK * k0 + op.cb
+            st = dict(q=q, th=th, kd=np.ones_like(q), uK=f * q, uT=f * np.abs(th),
+                      uD=np.zeros_like(q), dd=np.ones_like(q), uKs=np.zeros_like(q))
+        elif op.kind == DENSE:
+            q = op.w2 * st["q"] + op.b2
+            th = op.cK * st["q"] + op.w2 * st["kd"] * st["th"] + op.cb
+            uT = (op.cK * st["uK"] + op.w2 * ((1 + _R_CLOSED) * st["dd"] * st["uT"]
+                                            + st["uD"] * (st["th"] + 2 * st["uT"]))
+                  + 4 * _EPS * th)
+            st = dict(q=q, th=th, kd=np.ones_like(q), uK=op.w2 * st["uK"] + 4 * _EPS * q,
+                      uT=uT, uD=np.zeros_like(q), dd=np.ones_like(q), uKs=op.w2 * st["uKs"])
+        elif op.kind in (ACT, SERIES):
+            q = st["q"]
+            if op.kind == ACT:
+                E, Ed = _act_rows(op.family, op.p0, op.p1, q)
+                uK, ukd, uKs = _closed_act_bound(op, q, st["uK"], st["uKs"], E, Ed)
+                R = _R_CLOSED
+            else:
+                _, _, E, Ed = step
+                tT, tD, S1 = series_data[i].at(orders[i])
+                R = 16.0 * (orders[i] + 2) * _EPS
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    delta = np.where(q > 0, st["uK"] / q, 0.0)
+                uK = Ed * st["uK"] + tT + R * E
+                uKs = Ed * st["uK"] + tT       # all of it counts as series-induced from here
+                ukd = delta * S1 + 3.0 * tD + R * Ed
+            uD = st["dd"] * ukd + (1 + R) * Ed * st["uD"] + st["uD"] * ukd
+            st = dict(q=E, th=st["th"], kd=st["kd"] * Ed, uK=uK, uT=st["uT"], uD=uD,
+                      dd=st["dd"] * Ed * (1 + R), uKs=uKs)
+        elif op.kind == NORM:
+            q = st["q"]
+            pos = q > 0
+            qs = np.where(pos, q, 1.0)
+            th = np.where(pos, st["kd"] * st["th"] / qs, 0.0)
+            uT = np.where(pos, ((1 + _R_CLOSED) * st["dd"] * st["uT"]
+                                + st["uD"] * (st["th"] + 2 * st["uT"])) / qs, 0.0)
+            st = dict(q=pos.astype(float), th=th, kd=np.ones_like(q),
+                      uK=np.where(pos, st["uK"] / qs, 0.0) + 4 * _EPS, uT=uT + 4 * _EPS * th,
+                      uD=np.zeros_like(q), dd=np.ones_like(q),
+                      uKs=np.where(pos, st["uKs"] / qs, 0.0))
+        elif op.kind == PUSH:
+            stack.append(st)
+        else:
+            sk = stack.pop()
+            a2 = op.a2
+
+            def flushed(t):
+                return (1 + _R_CLOSED) * t["dd"] * t["uT"] + t["uD"] * (t["th"] + 2 * t["uT"])
+            q = sk["q"] + a2 * st["q"]
+            th = sk["kd"] * sk["th"] + a2 * (st["kd"] * st["th"])
+            st = dict(q=q, th=th, kd=np.ones_like(q),
+                      uK=sk["uK"] + a2 * st["uK"] + 4 * _EPS * q,
+                      uT=flushed(sk) + a2 * flushed(st) + 4 * _EPS * np.abs(th),
+                      uD=np.zeros_like(q), dd=np.ones_like(q), uKs=sk["uKs"] + a2 * st["uKs"])
+    uT = (1 + _R_CLOSED) * st["dd"] * st["uT"] + st["uD"] * (st["th"] + 2 * st["uT"])
+    return st["uK"], uT
+
+
 # ----------------------------------------------------------------------------- the engine
 class _Plan(NamedTuple):
     rows: tuple
     cols: tuple
-    error_bound: None = None
-    orders: None = None
+    coef1: dict            # series op index -> (a, b) of the rows, (n1, K+1)
+    coef2: dict            # series op index -> (aT, bT) of the columns, (K+1, n2)
+    orders: tuple | None
+    error_bound: float | None
+    excess: list
 
 
 class ComposedEngine:
@@ -240,21 +428,84 @@ class ComposedEngine:
     Parameters
     ----------
     ops : sequence of Op
-        Starting with ``INPUT_DENSE``; closed-form activations only.
+        Starting with ``INPUT_DENSE``.
     d : int
         Input width.
+    tol : float
+        Requested bound of the series layers' error relative to the kernel scale (only used
+        when there are ``SERIES`` operations; then the plan carries a certified bound).
     """
 
-    def __init__(self, ops, d):
+    def __init__(self, ops, d, tol=1e-10):
         self.ops = tuple(ops)
         self.d = int(d)
+        self.tol = float(tol)
+        self.series_ops = [i for i, op in enumerate(self.ops) if op.kind == SERIES]
 
     def rows(self, X):
         nsq, steps, q, th = _row_pass(self.ops, X, self.d)
         return X, nsq, steps, q, th
 
     def prepare(self, rows1, rows2, symmetric):
-        return _Plan(rows1, rows2)
+        if not self.series_ops:
+            return _Plan(rows1, rows2, {}, {}, None, None, [0.0])
+        _, nsq1, st1, q1, th1 = rows1
+        _, nsq2, st2, q2, th2 = rows2
+        n1 = nsq1.size
+        nsq = nsq1 if symmetric else np.concatenate([nsq1, nsq2])
+        steps = st1 if symmetric else [tuple(np.concatenate([x, y]) for x, y in zip(a, b))
+                                       for a, b in zip(st1, st2)]
+        qf = q1 if symmetric else np.concatenate([q1, q2])
+        thf = th1 if symmetric else np.concatenate([th1, th2])
+        scale = float(max(np.max(np.abs(qf)), np.max(np.abs(thf))))
+        target = self.tol * scale
+        rows = (self.d, nsq, steps)
+        orders, data, bound = self._choose_orders(rows, n1, symmetric, target)
+        if bound > target:
+            warnings.warn(
+                f"Network: tol={self.tol:g} (relative to the kernel scale {scale:.3g}) is not "
+                f"reachable with series orders <= {K_MAX}; the certified error bound is "
+                f"{bound:.3g} (Kernels.error_bound). Kinked activations converge slowly in "
+                "the Hermite series, and closed-form layers after a series layer propagate "
+                "its error with their Hoelder constants.", RuntimeWarning, stacklevel=4)
+        coef1, coef2 = {}, {}
+        for i in self.series_ops:
+            K = orders[i]
+            a, b = data[i].a[:, :K + 1], data[i].b[:, :K + 1]
+            coef1[i] = (np.ascontiguousarray(a[:n1]), np.ascontiguousarray(b[:n1]))
+            c = slice(0, n1) if symmetric else slice(n1, None)
+            coef2[i] = (np.ascontiguousarray(a[c].T), np.ascontiguousarray(b[c].T))
+        return _Plan(rows1, rows2, coef1, coef2,
+                     tuple(orders[i] for i in self.series_ops), float(bound), [0.0])
+
+    def _choose_orders(self, rows, n1, symmetric, target):
+        """Per series op the order, by the largest common tail level that meets ``target``."""
+        d, nsq, steps = rows
+
+        def bound_at(orders, data):
+            uK, uT = _bound_pass(self.ops, rows, data, orders)
+            sl1, sl2 = (slice(None), slice(None)) if symmetric else \
+                (slice(0, n1), slice(n1, None))
+            return max(math.sqrt(float(np.max(uK[sl1])) * float(np.max(uK[sl2]))),
+                       math.sqrt(float(np.max(uT[sl1])) * float(np.max(uT[sl2]))))
+
+        for cap in (96, K_MAX):
+            data = {i: _LayerData(self.ops[i].act, cap, steps[i][0]) for i in self.series_ops}
+            worst = {i: np.max(np.maximum(data[i].tT, data[i].tD), axis=0)
+                     for i in self.series_ops}
+            best = None
+            for k in range(0, 61):
+                tau = target * 10.0 ** (-k / 2)
+                orders = {i: int(np.flatnonzero(np.append(w <= tau, True))[0])
+                          for i, w in worst.items()}
+                orders = {i: min(o, cap) for i, o in orders.items()}
+                b = bound_at(orders, data)
+                best = (orders, b)
+                if b <= target or all(o >= cap for o in orders.values()):
+                    break
+            if best[1] <= target or cap == K_MAX:
+                return best[0], data, best[1]
+        return best[0], data, best[1]    # pragma: no cover
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):
         _, nsq1, st1, _, _ = plan.rows
@@ -263,13 +514,19 @@ class ComposedEngine:
         A, B, TH, KD = (np.zeros(shape) for _ in range(4))
         S = (A, B, out_nngp, TH, KD)          # K is computed in place in the output
         stack = []
-        for op, a, b in zip(self.ops, st1, st2):
+        for i, (op, a, b) in enumerate(zip(self.ops, st1, st2)):
             if op.kind == INPUT_DENSE:
                 _input_dense(X1, X2, np.ascontiguousarray(G), nsq1, nsq2, row0, symmetric, op, S)
             elif op.kind == DENSE:
                 _dense(row0, symmetric, op, a[0], a[1], b[0], b[1], S)
             elif op.kind == ACT:
                 _act(row0, symmetric, op, a[0], a[1], a[2], b[0], b[1], b[2], S)
+            elif op.kind == SERIES:
+                (a1, b1), (a2T, b2T) = plan.coef1[i], plan.coef2[i]
+                ex = np.zeros(shape[0])
+                _series(row0, symmetric, a1.shape[1] - 1, a[1], a[2], a[3], a1, b1,
+                        b[1], b[2], b[3], a2T, b2T, S, ex)
+                plan.excess[0] = max(plan.excess[0], float(ex.max(initial=0.0)))
             elif op.kind == NORM:
                 _norm(row0, symmetric, a[0], b[0], S)
             elif op.kind == PUSH:
@@ -279,7 +536,11 @@ class ComposedEngine:
         np.multiply(KD, TH, out=out_ntk[:, :shape[1]])
 
     def finish(self, plan):
-        return None
+        allowed = 64.0 * (self.d + K_MAX + 2) * _EPS
+        if plan.excess[0] > allowed:
+            raise FloatingPointError(
+                f"composed engine: a correlation left [-1, 1] by {plan.excess[0]:.3g} (> rounding "
+                f"level {allowed:.3g}); this is a bug, please report it.")
 
     def diag(self, rows):
         _, _, _, q, th = rows
