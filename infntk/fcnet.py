@@ -1,9 +1,11 @@
 """The public API for the infinite-width kernels of fully-connected networks: :class:`FCNet`.
 
-A call reads top to bottom: validate the inputs (:mod:`infntk._validation`), build the
-layer setup (:mod:`infntk._layers`) and the engine for the activation
-(:func:`infntk._backends.select_engine`: closed form or Hermite series), and hand both to the
-Gram driver (:mod:`infntk._gram`), which runs the per-row pass, the row blocks and the mirror.
+``FCNet`` is the homogeneous :class:`infntk.Network` ``[Dense, Activation] * depth + [Dense]``
+(its ``kernels``, ``nngp``, ``ntk`` and ``diag`` are Network's). A call reads top to bottom:
+validate the inputs (:mod:`infntk._validation`), build the layer setup (:mod:`infntk._layers`)
+and the engine for the activation (:func:`infntk._backends.select_engine`: closed form or
+Hermite series), and hand both to the Gram driver (:mod:`infntk._gram`), which runs the per-row
+pass, the row blocks and the mirror.
 """
 from __future__ import annotations
 
@@ -11,18 +13,20 @@ import math
 
 import numpy as np
 
-from . import _gram
 from ._backends import select_engine
-from ._gram import DEFAULT_BLOCK_ROWS, KernelDiag, Kernels
+from ._gram import KernelDiag, Kernels
 from ._layers import layer_coefficients, layer_setup
-from ._validation import (check_depth, check_matrix, check_pair, check_parameterization,
-                          check_positive_int, check_std, check_tol)
+from ._validation import (check_depth, check_parameterization, check_positive_int, check_std,
+                          check_tol)
 from .activations import get_activation
+from .layers import Activation as ActivationLayer
+from .layers import Dense
+from .network import Network
 
 __all__ = ["FCNet", "Kernels", "KernelDiag", "layer_coefficients"]
 
 
-class FCNet:
+class FCNet(Network):
     """Infinite-width NNGP and NTK of a fully-connected network (docs/conventions.md, sections 1-2).
 
     Parameters
@@ -77,6 +81,11 @@ class FCNet:
         self.width = None if width is None else check_positive_int(width, "width")
         #: requested bound on the truncation error of Hermite-series activations
         self.tol = check_tol(tol)
+        dense = Dense(self.w_std, self.b_std, self.parameterization)
+        act = ActivationLayer(self.activation)
+        #: the same network as a layer list (``Network(net.layers, width=net.width)``)
+        self.layers = tuple([dense, act] * self.depth + [dense])
+        self._conv = False
 
     def __repr__(self):
         return (f"FCNet(activation={self.activation!r}, depth={self.depth}, w_std={self.w_std}, "
@@ -90,46 +99,7 @@ class FCNet:
                             self.width)
         return select_engine(self.activation, setup, self.tol)
 
-    # ------------------------------------------------------------------ public API
-    def kernels(self, X1, X2=None, *, out_nngp=None, out_ntk=None, block_rows=DEFAULT_BLOCK_ROWS):
-        """NNGP and NTK Gram matrices.
-
-        Parameters
-        ----------
-        X1 : (n1, d) array
-        X2 : (n2, d) array, optional
-            ``None`` means ``X1`` (the symmetric case: one triangle is computed).
-        out_nngp, out_ntk : (n1, n2) float64 C-contiguous arrays, optional
-            Written block by block (a ``np.memmap`` works for Gram matrices larger than RAM).
-        block_rows : int
-            Rows per block (work space ``block_rows * n2`` floats).
-
-        Returns
-        -------
-        Kernels
-            ``.nngp`` and ``.ntk``, each ``(n1, n2)``.
-        """
-        A, B, same = check_pair(X1, X2)
-        return _gram.gram(self._engine(A.shape[1]), A, B, same, out_nngp, out_ntk, block_rows)
-
-    def nngp(self, X1, X2=None):
-        """The NNGP Gram matrix ``Sigma^{L+1}(X1, X2)``, ``(n1, n2)``."""
-        return self.kernels(X1, X2).nngp
-
-    def ntk(self, X1, X2=None):
-        """The NTK Gram matrix ``Theta^{L+1}(X1, X2)``, ``(n1, n2)``."""
-        return self.kernels(X1, X2).ntk
-
-    def diag(self, X):
-        """``k(x, x)`` for each row without the Gram matrix, by the exact diagonal formulas.
-
-        Returns
-        -------
-        KernelDiag
-            An ``(n,)`` array of the NTK diagonal, with ``.nngp`` and ``.ntk`` (both ``(n,)``).
-        """
-        X = check_matrix(X, "X")
-        return _gram.diag(self._engine(X.shape[1]), X)
+    # kernels(), nngp(), ntk() and diag() are Network's: validate, then the Gram driver
 
     def dot_product_fn(self, t):
         """NNGP and NTK as functions of ``t = <x, y>/d`` for inputs on the sphere ``|x|^2 = d``.

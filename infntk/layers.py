@@ -82,6 +82,12 @@ class Activation:
     def __setattr__(self, name, value):
         raise AttributeError("Activation layers are immutable.")
 
+    def __copy__(self):          # immutable: a copy is the layer itself
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
     def __eq__(self, other):
         return isinstance(other, Activation) and _same_activation(self.fn, other.fn)
 

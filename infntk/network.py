@@ -114,7 +114,23 @@ class Network:
 
     # ------------------------------------------------------------------ public API
     def kernels(self, X1, X2=None, *, out_nngp=None, out_ntk=None, block_rows=DEFAULT_BLOCK_ROWS):
-        """NNGP and NTK Gram matrices, as :meth:`infntk.FCNet.kernels`."""
+        """NNGP and NTK Gram matrices.
+
+        Parameters
+        ----------
+        X1 : (n1, d) array (images ``(n1, H, W, C)`` for convolutional networks)
+        X2 : (n2, d) array, optional
+            ``None`` means ``X1`` (the symmetric case: one triangle is computed).
+        out_nngp, out_ntk : (n1, n2) float64 C-contiguous arrays, optional
+            Written block by block (a ``np.memmap`` works for Gram matrices larger than RAM).
+        block_rows : int
+            Rows per block (work space ``block_rows * n2`` floats).
+
+        Returns
+        -------
+        Kernels
+            ``.nngp`` and ``.ntk``, each ``(n1, n2)``; ``.error_bound`` for series layers.
+        """
         if self._conv:
             from . import conv
             nngp, ntk = conv.conv_kernels(self.layers, X1, X2)
@@ -133,7 +149,13 @@ class Network:
         return self.kernels(X1, X2).ntk
 
     def diag(self, X):
-        """``k(x, x)`` for each row (a :class:`infntk.fcnet.KernelDiag`)."""
+        """``k(x, x)`` for each row without the Gram matrix, by the exact diagonal recursion.
+
+        Returns
+        -------
+        KernelDiag
+            An ``(n,)`` array of the NTK diagonal, with ``.nngp`` and ``.ntk`` (both ``(n,)``).
+        """
         if self._conv:
             from . import conv
             return _gram.KernelDiag(*conv.conv_diag(self.layers, X))
