@@ -110,7 +110,8 @@ class FCNet:
             ``.nngp`` and ``.ntk``, each ``(n1, n2)``.
         """
         A, B, same = check_pair(X1, X2)
-        return _gram.gram(self._engine(A.shape[1]), A, B, same, out_nngp, out_ntk, block_rows)
+        return _gram.gram(self._engine(A.shape[1]), A, B, same, out_nngp, out_ntk, block_rows,
+                          label=repr(self))
 
     def nngp(self, X1, X2=None):
         """The NNGP Gram matrix ``Sigma^{L+1}(X1, X2)``, ``(n1, n2)``."""
