@@ -19,7 +19,8 @@ the checkpoints of :func:`~infntk.convergence.width_sweep`) goes through this mo
   (``<output>.progress.json``) lists the blocks on disk, a hash of the inputs and the settings
   of the computation; a rerun with exactly the same inputs and settings continues where the
   killed run stopped and produces bitwise the same file as an uninterrupted run; any mismatch
-  refuses to resume.
+  refuses to resume. The record is rewritten (after flushing the data) at most once a second
+  (``INFNTK_PROGRESS_INTERVAL`` seconds), so a kill loses at most that much work.
 
 Example
 -------
@@ -45,6 +46,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import numpy as np
 
@@ -215,6 +217,9 @@ class BlockProgress:
         self.resumed = False
         self.complete = False
         self.mms = None
+        #: seconds between progress records (environment ``INFNTK_PROGRESS_INTERVAL``)
+        self.interval = float(os.environ.get("INFNTK_PROGRESS_INTERVAL", "1.0"))
+        self._last_write = time.monotonic()
 
     # ---------------------------------------------------------------- set-up
     def _read_sidecar(self):
@@ -278,11 +283,16 @@ class BlockProgress:
         return self.complete or tuple(int(b) for b in block) in self.blocks
 
     def record(self, *block):
-        """Mark ``block`` as written: flush the data first, then update the sidecar."""
-        for mm in self.mms.values():
-            mm.flush()
+        """Mark ``block`` as written. At most every :attr:`interval` seconds (and always at
+        the commit) the data are flushed first, then the sidecar is rewritten, so the record
+        never lists a block that is not on disk; a kill loses at most that much work."""
         self.blocks.add(tuple(int(b) for b in block))
-        self._write_sidecar()
+        now = time.monotonic()
+        if now - self._last_write >= self.interval:
+            for mm in self.mms.values():
+                mm.flush()
+            self._write_sidecar()
+            self._last_write = time.monotonic()
 
     def commit(self):
         """Make the outputs final: fsync each partial file, ``os.replace`` it into place."""

@@ -217,6 +217,10 @@ def _cmd_kernel(args):
     X, Y2, same = _user(check_pair, X, Y, "X", "--y")
     Y = None if same else Y2
     net = _make_net(args)
+    try:
+        net._engine(X.shape[1])     # settings that fail only at compute time, checked now
+    except OverflowError as exc:
+        raise UsageError(str(exc)) from None
     kinds = ("nngp", "ntk") if args.kernel == "both" else (args.kernel,)
     n1, n2 = X.shape[0], (X if Y is None else Y).shape[0]
     out = args.out

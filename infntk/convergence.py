@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 import warnings
@@ -314,9 +315,13 @@ def _seed_list(seeds):
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         return list(range(check_positive_int(seeds, "seeds")))
     try:
-        out = [int(s) for s in seeds]
+        items = list(seeds)
     except TypeError:
         raise TypeError(f"seeds must be a count or an iterable of ints, got {seeds!r}.") from None
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in items):
+        raise TypeError(f"seeds must be a count or an iterable of ints (not truncated floats), "
+                        f"got {seeds!r}.")
+    out = [int(v) for v in items]
     if not out or any(s < 0 for s in out):
         raise ValueError(f"seeds must be non-empty non-negative ints, got {seeds!r}.")
     return out
@@ -404,6 +409,14 @@ def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterizati
               "depth": depth, "w_std": w_std, "b_std": b_std,
               "parameterization": parameterization, "units": units, "X": X.tolist(),
               "dtype": np.dtype(dtype).name}
+    if checkpoint is not None and results is None and os.path.exists(checkpoint):
+        results = SweepResult.load(checkpoint)
+        if results.config != config:
+            diff = sorted(k for k in config if results.config.get(k) != config.get(k))
+            raise ValueError(f"checkpoint {checkpoint!r} was written by a sweep with another "
+                             f"configuration ({diff}); use another path or the same arguments.")
+    elif checkpoint is not None:
+        _io.check_output_path(checkpoint, overwrite=True, name="checkpoint")
     if results is None:
         results = SweepResult(config=config)
     else:
@@ -413,14 +426,6 @@ def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterizati
             diff = sorted(k for k in config if results.config.get(k) != config.get(k))
             raise ValueError(f"results: configuration differs from this sweep in {diff}; "
                              "resume with the same arguments.")
-    if checkpoint is not None and results is None and os.path.exists(checkpoint):
-        results = SweepResult.load(checkpoint)
-        if results.config != config:
-            diff = sorted(k for k in config if results.config.get(k) != config.get(k))
-            raise ValueError(f"checkpoint {checkpoint!r} was written by a sweep with another "
-                             f"configuration ({diff}); use another path or the same arguments.")
-    elif checkpoint is not None:
-        _io.check_output_path(checkpoint, overwrite=True, name="checkpoint")
     if reference is None:
         reference = _fcnet_reference(act, w_std, b_std, parameterization)
     L = depth

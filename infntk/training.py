@@ -30,7 +30,7 @@ import numpy as np
 
 from . import dynamics
 from ._validation import check_finite, check_matrix, check_positive_int, check_positive_real, \
-    check_tol
+    check_real_dtype, check_tol
 from .empirical import MLP
 from .fcnet import FCNet
 
@@ -254,7 +254,7 @@ def train(model, X, y, lr, steps, X_test=None, record=None, copy=True):
     """
     X = check_matrix(X, "X")
     n = X.shape[0]
-    y = np.asarray(y, dtype=np.float64)
+    y = np.asarray(check_real_dtype(y, "y", allow_bool=True), dtype=np.float64)
     if y.shape != (n,):
         raise ValueError(f"y must have shape ({n},) (one target per row of X), got {y.shape}.")
     check_finite(y, "y")
