@@ -201,11 +201,18 @@ def _descend(model, X, y, f, lr, steps, want, X_test, trains, tests):
                 tests.append(model.forward(X_test))
         if k == steps:
             break
-        grads = model.gradient(X, (f - y) / n)
-        for p, g in zip(model.params, grads):
-            p -= lr * g
-        f = model.forward(X)
-        if not np.isfinite(f).all():
+        try:    # the network raises OverflowError once its activations overflow
+            grads = model.gradient(X, (f - y) / n)
+            for p, g in zip(model.params, grads):
+                p -= lr * g
+            with np.errstate(over="ignore", invalid="ignore"):
+                f = model.forward(X)
+            finite = np.isfinite(f).all()
+        except (OverflowError, ValueError) as exc:
+            if "finite network" not in str(exc):
+                raise
+            finite = False
+        if not finite:
             raise FloatingPointError(f"training diverged at step {k + 1} (lr={lr} too large? "
                                      "see infntk.dynamics.max_learning_rate).")
 
