@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import importlib
 
+from . import _numba_config  # noqa: F401  (Numba cache dir and threading layer, first)
 from .activations import ACTIVATIONS, get_activation
 
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = {"activations", "after_kernel", "bounds", "cli", "convergence", "distributed",
                     "conv", "data", "dynamics", "empirical", "fcnet", "finite_width", "hermite",
-                    "layers", "learning_curves", "memorization", "network", "quadrature",
+                    "finite", "layer_spec", "layers", "learning_curves", "memorization", "network", "quadrature",
                     "sensitivity", "sklearn", "spectrum", "training"}
 #: public names -> the module that defines them. ``infntk.Activation`` is the activation
 #: *layer* (:class:`infntk.layers.Activation`); the registry record is

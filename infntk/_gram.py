@@ -15,17 +15,35 @@ command line, :mod:`infntk.distributed`)::
 Engines live in :mod:`infntk._backends` and follow the protocol described there; the driver
 knows nothing about activations or layers. Inputs arrive validated (C-contiguous float64,
 matching widths); ``out_*`` may be memory maps (each block is written where it belongs).
+
+The checks every caller gets, here once:
+
+* ``out_nngp``/``out_ntk`` that are the same array, overlap, map the same file or share memory
+  with ``X1``/``X2`` are refused (``ValueError``): a block written there would corrupt input or
+  the other kernel;
+* outputs to allocate are compared with the available memory first (``MemoryError`` with the
+  bytes needed, instead of an out-of-memory kill after minutes of work);
+* every block is checked for finiteness as soon as it is written (``OverflowError`` naming the
+  row, the column and the network's settings, never a silent inf/NaN in the result);
+* engine calls hold a process-wide lock when Numba's threading layer is not thread-safe (see
+  :mod:`infntk._numba_config`), so Python threads (a dask thread pool) can share a network;
+* ``resume``: an object with ``done(r0) -> bool`` and ``record(r0, r1)`` (see
+  :class:`infntk._io.BlockProgress`) skips blocks already on disk and records each new one after
+  it is written, so a killed block-wise write continues where it stopped, bitwise identically.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._numba_config import engine_lock
 from ._validation import check_positive_int
 
 __all__ = ["Kernels", "KernelDiag", "gram", "diag", "row_blocks", "mirror_lower_to_upper",
-           "check_out", "check_kinds", "DEFAULT_BLOCK_ROWS"]
+           "check_out", "check_kinds", "check_no_alias", "check_memory", "available_memory",
+           "check_block_finite", "DEFAULT_BLOCK_ROWS"]
 
 #: Rows per block of the Gram loop (work space ``block_rows * n2`` floats per kernel).
 DEFAULT_BLOCK_ROWS = 256
@@ -94,6 +112,106 @@ def check_kinds(kinds, name="kinds"):
     return kinds
 
 
+def _memmap_file(a):
+    """The file behind ``a`` (or the array it views) if it is a memory map, else ``None``."""
+    while a is not None:
+        name = getattr(a, "filename", None)
+        if isinstance(a, np.memmap) and name:
+            return os.path.realpath(name)
+        a = a.base if isinstance(a, np.ndarray) else None
+    return None
+
+
+def check_no_alias(outs, inputs):
+    """Refuse outputs that share memory (or a mapped file) with each other or with an input.
+
+    ``outs`` and ``inputs``: ``{name: array or None}``. ``ValueError`` naming both arguments.
+    """
+    outs = {k: v for k, v in outs.items() if v is not None}
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    items = list(outs.items())
+    for i, (na, a) in enumerate(items):
+        others = items[i + 1:] + list(inputs.items())
+        fa = _memmap_file(a)
+        for nb, b in others:
+            fb = _memmap_file(b)
+            if np.shares_memory(a, b) or (fa is not None and fa == fb):
+                raise ValueError(f"{na} shares memory with {nb}: the blocks written to {na} "
+                                 f"would overwrite {nb} and corrupt the result; pass separate, "
+                                 "non-overlapping arrays.")
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation (``MemAvailable``), or ``None`` if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+
+
+def check_memory(nbytes, what):
+    """``MemoryError`` if ``nbytes`` exceed the available memory (a no-op when unknown)."""
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise MemoryError(
+            f"{what} needs {_fmt_bytes(nbytes)} ({nbytes} bytes) but only {_fmt_bytes(avail)} "
+            "of memory is available; write the Gram matrices to disk block by block instead: "
+            "pass out_nngp=/out_ntk= memory maps (np.lib.format.open_memmap), ask for one "
+            "kernel only, or use the command line (infntk kernel X.npy --out K.npy).")
+
+
+def _describe(engine, label=None):
+    if label is not None:
+        return label
+    setup = getattr(engine, "setup", None) or getattr(engine, "net", None)
+    if setup is None:
+        return type(engine).__name__
+    fields = [f"{k}={getattr(setup, k)!r}" for k in ("depth", "w2", "b2")
+              if hasattr(setup, k)]
+    return ", ".join(fields) or type(engine).__name__
+
+
+def check_block_finite(engine, dst, r0, symmetric, X1, X2, label=None):
+    """``OverflowError`` if a written entry of the block rows ``r0:r0+len`` is inf or NaN.
+
+    In the symmetric case only the lower triangle (``j <= i``) is written, so only it is read.
+    """
+    for name, blk in dst.items():
+        nb = blk.shape[0]
+        if symmetric:
+            ok = np.isfinite(blk[:, :r0]).all() and np.isfinite(
+                blk[:, r0:r0 + nb][np.tril_indices(nb)]).all()
+        else:
+            ok = np.isfinite(blk).all()
+        if ok:
+            continue
+        bad = ~np.isfinite(blk)
+        if symmetric:
+            bad[:, r0:r0 + nb] &= np.tri(nb, dtype=bool)
+            bad[:, r0 + nb:] = False
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        value = float(blk[i, j])
+        scale = max(float(np.abs(X1[r0 + i]).max()), float(np.abs(X2[j]).max()))
+        raise OverflowError(
+            f"the {name} kernel is {value!r} at row {r0 + i}, column {j} (inputs up to "
+            f"|x| = {scale:.3g}; network {_describe(engine, label)}): float64 overflowed; reduce "
+            "w_std, depth or the input scale (rescale X).")
+
+
 def row_blocks(n, block_rows):
     """``(r0, r1)`` of consecutive blocks of ``block_rows`` rows covering ``range(n)``."""
     for r0 in range(0, n, block_rows):
@@ -115,7 +233,8 @@ def mirror_lower_to_upper(M, block_rows=DEFAULT_BLOCK_ROWS):
 
 
 def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
-         block_rows=DEFAULT_BLOCK_ROWS, kinds=_KINDS, progress=None):
+         block_rows=DEFAULT_BLOCK_ROWS, kinds=_KINDS, progress=None, resume=None,
+         label=None):
     """NNGP and NTK Gram matrices of ``engine`` for validated inputs.
 
     Parameters
@@ -134,32 +253,61 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
         buffer and returned as ``None`` (no ``(n1, n2)`` allocation for it).
     progress : callable, optional
         Called as ``progress(pairs)`` after each block with the number of pairs computed.
+    resume : object, optional
+        ``resume.done(r0, r1)`` says whether block rows ``r0:r1`` are already in ``out_*``
+        (then skipped); ``resume.record(r0, r1)`` is called after each new block is written
+        and checked. See :class:`infntk._io.BlockProgress`.
+    label : str, optional
+        The network's description (its ``repr``) for error messages.
 
     Returns
     -------
     Kernels
+
+    Raises
+    ------
+    ValueError
+        ``out_*`` overlapping each other or the inputs.
+    MemoryError
+        Outputs to allocate larger than the available memory (nothing is computed).
+    OverflowError
+        An entry of a block is inf or NaN (the message names the row, column and settings).
     """
     block_rows = check_positive_int(block_rows, "block_rows")
     kinds = check_kinds(kinds)
     n1, n2 = X1.shape[0], X2.shape[0]
     outs = {"nngp": out_nngp, "ntk": out_ntk}
     for k in _KINDS:
-        if k in kinds:
-            outs[k] = check_out(outs[k], (n1, n2), f"out_{k}")
-        elif outs[k] is not None:
+        if k not in kinds and outs[k] is not None:
             raise ValueError(f"out_{k} was given but {k!r} is not in kinds={kinds!r}.")
-    scratch = {k: np.empty((min(block_rows, n1), n2)) for k in _KINDS if k not in kinds}
+    check_no_alias({"out_nngp": out_nngp, "out_ntk": out_ntk},
+                   {"X1": X1, "X2": None if symmetric else X2})
+    to_allocate = sum(1 for k in kinds if outs[k] is None)
+    bn = min(block_rows, n1)
+    check_memory(8 * n1 * n2 * to_allocate + 8 * bn * (n2 + n2) * 2,
+                 f"the {n1} x {n2} Gram matrices ({'+'.join(k for k in kinds if outs[k] is None)})"
+                 if to_allocate else f"the {bn} x {n2} block work space")
+    for k in kinds:
+        outs[k] = check_out(outs[k], (n1, n2), f"out_{k}")
+    scratch = {k: np.empty((bn, n2)) for k in _KINDS if k not in kinds}
 
-    rows1 = engine.rows(X1)
-    rows2 = rows1 if symmetric else engine.rows(X2)
-    plan = engine.prepare(rows1, rows2, symmetric)
+    with engine_lock():
+        rows1 = engine.rows(X1)
+        rows2 = rows1 if symmetric else engine.rows(X2)
+        plan = engine.prepare(rows1, rows2, symmetric)
     for r0, r1 in row_blocks(n1, block_rows):
+        if resume is not None and resume.done(r0, r1):
+            continue
         cols = r1 if symmetric else n2
         G = X1[r0:r1] @ X2[:cols].T
         # plain ndarray views (a memory map's too): one compiled signature for every output
         dst = {k: np.asarray(outs[k][r0:r1] if k in kinds else scratch[k][:r1 - r0])
                for k in _KINDS}
-        engine.block(plan, X1, X2, G, r0, symmetric, dst["nngp"], dst["ntk"])
+        with engine_lock():
+            engine.block(plan, X1, X2, G, r0, symmetric, dst["nngp"], dst["ntk"])
+        check_block_finite(engine, {k: dst[k] for k in kinds}, r0, symmetric, X1, X2, label)
+        if resume is not None:
+            resume.record(r0, r1)
         if progress is not None:
             progress((r1 - r0) * (r0 + r1 + 1) // 2 if symmetric else (r1 - r0) * n2)
     engine.finish(plan)
@@ -173,5 +321,6 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
 
 def diag(engine, X):
     """``k(x, x)`` for every row of validated ``X``, from the engine's per-row record."""
-    nngp, ntk = engine.diag(engine.rows(X))
+    with engine_lock():
+        nngp, ntk = engine.diag(engine.rows(X))
     return KernelDiag(nngp, ntk)

@@ -47,6 +47,10 @@ def layer_coefficients(depth, d, w_std, b_std, parameterization, width):
 
 def layer_setup(depth, d, w_std, b_std, parameterization, width):
     """The :class:`LayerSetup` of a validated network description at input width ``d``."""
+    for name, value in (("w_std", w_std), ("b_std", b_std)):
+        if value is not None and not np.isfinite(float(value) * float(value)):
+            raise OverflowError(f"{name}={value!r}: its square overflows float64; the kernels "
+                                f"scale like {name}^2 per layer, use a smaller {name}.")
     cK, cb = layer_coefficients(depth, d, w_std, b_std, parameterization, width)
     w2 = w_std ** 2
     b2 = 0.0 if b_std is None else b_std ** 2

@@ -49,6 +49,8 @@ import mpmath
 import numpy as np
 from scipy import special
 
+from . import _numba_config  # noqa: F401  (cache dir and threading layer, before any compile)
+
 __all__ = ["Activation", "ACTIVATIONS", "Family", "get_activation", "activation_names"]
 
 
@@ -373,6 +375,16 @@ def _finite_difference_derivative(f):
     return deriv
 
 
+def _real_values(values, name):
+    """``values`` as a float array; ``TypeError`` if the callable returned complex values
+    (casting would silently drop the imaginary part)."""
+    arr = np.asarray(values)
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name}: the callable returned complex values (dtype {arr.dtype}); "
+                        "activations must be real-valued.")
+    return np.asarray(arr, dtype=float)
+
+
 def get_activation(activation, deriv=None, **params) -> Activation:
     """Return the :class:`Activation` for a registered name, a callable, or an Activation.
 
@@ -416,14 +428,17 @@ def get_activation(activation, deriv=None, **params) -> Activation:
                             "activations; bind them into the callable instead.")
         fn = activation
         name = getattr(fn, "__name__", "callable")
+        if deriv is not None and not callable(deriv):
+            raise TypeError(f"deriv must be a callable (the derivative of the activation), "
+                            f"got {deriv!r}.")
 
         def np_fn(x, _f=fn):
-            return np.asarray(_f(np.asarray(x, dtype=float)), dtype=float)
+            return _real_values(_f(np.asarray(x, dtype=float)), "activation")
 
         d = deriv if deriv is not None else _finite_difference_derivative(np_fn)
 
         def np_deriv(x, _d=d):
-            return np.asarray(_d(np.asarray(x, dtype=float)), dtype=float)
+            return _real_values(_d(np.asarray(x, dtype=float)), "deriv")
 
         return Activation(name=name, fn=np_fn, deriv=np_deriv, mp_fn=None, mp_deriv=None,
                           params={"callable": fn})

@@ -13,6 +13,13 @@ and exit with status 2, without a traceback.
 * ``infntk demo``: the kernels of a small built-in data set, their timing, and a self-check
   of the closed form against an independent NumPy evaluation.
 
+Files (see :mod:`infntk._io`): outputs appear only when complete (temporary file, fsync,
+``os.replace``); an output that is an input file is refused; existing outputs are replaced only
+with ``--force``. ``.npy`` outputs record their progress next to them
+(``OUT.npy.partial`` + ``OUT.npy.progress.json``): after a kill or Ctrl-C (exit status 130),
+the same command resumes and gives bitwise the same file. Options are checked before anything
+is computed.
+
 Example
 -------
 >>> from infntk.cli import main
@@ -30,7 +37,7 @@ import time
 
 import numpy as np
 
-from . import _gram
+from . import _gram, _io
 from ._validation import check_pair
 from .fcnet import FCNet
 
@@ -39,6 +46,10 @@ __all__ = ["main", "build_parser", "UsageError"]
 
 class UsageError(Exception):
     """A user error: reported as one line, exit status 2."""
+
+
+class _Interrupted(Exception):
+    """Ctrl-C: reported as one line, exit status 130 (128 + SIGINT)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,6 +124,32 @@ def load_matrix(path, name):
     return arr
 
 
+def _positive(name, minimum=1):
+    """An argparse type: an integer >= ``minimum`` (checked while parsing, before computing)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} expects an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+#: figure formats the sweep plot can be written in (those of matplotlib's Agg backend)
+_PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff",
+                 ".webp")
+
+
+def _cli_words(message):
+    """A library message in command-line terms (``--force`` instead of ``overwrite=True``)."""
+    for api in ("overwrite=True (--force on the command line)", "overwrite=True (--force)",
+                "overwrite=True"):
+        message = message.replace(api, "--force")
+    return message
+
+
 def _user(fn, *a, **kw):
     """Call ``fn``; its ``ValueError``/``TypeError`` (the package's argument checks, whose
     messages name the argument) become one-line user errors."""
@@ -135,23 +172,25 @@ def _add_net_args(p):
                    help="activation name (see infntk.ACTIVATIONS), default relu")
     g.add_argument("--param", action="append", metavar="NAME=VALUE",
                    help="activation parameter, repeatable (e.g. --param alpha=0.1)")
-    g.add_argument("--depth", type=int, default=3, help="hidden layers L >= 0 (default 3)")
+    g.add_argument("--depth", type=_positive("--depth", 0), default=3,
+                   help="hidden layers L >= 0 (default 3)")
     g.add_argument("--w-std", type=float, default=1.0, help="weight std (default 1)")
     g.add_argument("--b-std", type=_b_std, default=0.0,
                    help="bias std, or 'none' for no bias parameters (default 0)")
     g.add_argument("--parameterization", choices=("ntk", "standard"), default="ntk")
-    g.add_argument("--width", type=int, default=None,
+    g.add_argument("--width", type=_positive("--width"), default=None,
                    help="finite hidden width (required by --parameterization standard)")
 
 
 # ----------------------------------------------------------------------------- kernel
-def compute_to(net, X, Y, outs, block_rows=256, progress=True):
+def compute_to(net, X, Y, outs, block_rows=256, progress=True, resume=None):
     """Fill the ``(n1, n2)`` arrays ``outs = {"nngp": a, "ntk": b}`` (or one of them).
 
     One call of the Gram driver (:func:`infntk._gram.gram`): for ``Y is None`` only the lower
     triangle is computed and then mirrored; a kernel not in ``outs`` is computed into a
     per-block scratch buffer only. The arrays may be ``np.memmap``: memory stays
-    ``O(block_rows * n2)`` beyond the inputs.
+    ``O(block_rows * n2)`` beyond the inputs. ``resume``: a :class:`infntk._io.BlockProgress`
+    (blocks already on disk are skipped, new ones recorded).
     """
     from tqdm.auto import tqdm
     A, B, same = _user(check_pair, X, Y, "X", "--y")
@@ -160,7 +199,8 @@ def compute_to(net, X, Y, outs, block_rows=256, progress=True):
     with tqdm(total=total, unit="pair", unit_scale=True, disable=not progress,
               desc="kernel", file=sys.stderr) as bar:
         _user(_gram.gram, net._engine(A.shape[1]), A, B, same, outs.get("nngp"),
-              outs.get("ntk"), block_rows, kinds=tuple(outs), progress=bar.update)
+              outs.get("ntk"), block_rows, kinds=tuple(outs), progress=bar.update,
+              resume=resume, label=repr(net))
     for arr in outs.values():
         if isinstance(arr, np.memmap):
             arr.flush()
@@ -177,29 +217,60 @@ def _cmd_kernel(args):
     X, Y2, same = _user(check_pair, X, Y, "X", "--y")
     Y = None if same else Y2
     net = _make_net(args)
+    try:
+        net._engine(X.shape[1])     # settings that fail only at compute time, checked now
+    except OverflowError as exc:
+        raise UsageError(str(exc)) from None
     kinds = ("nngp", "ntk") if args.kernel == "both" else (args.kernel,)
     n1, n2 = X.shape[0], (X if Y is None else Y).shape[0]
     out = args.out
     ext = os.path.splitext(out)[1].lower()
-    outdir = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(outdir):
-        raise UsageError(f"--out: directory {outdir!r} does not exist")
-    t0 = time.perf_counter()
+    inputs = [args.X] + ([args.y] if args.y else [])
     if ext == ".npz":
-        outs = {k: np.empty((n1, n2)) for k in kinds}
-        compute_to(net, X, Y, outs, args.block_rows, not args.no_progress)
-        np.savez(out, **outs)
-        written = [out]
+        paths = {"npz": out}
     elif ext == ".npy":
         stem = out[:-4]
         paths = {k: (out if len(kinds) == 1 else f"{stem}_{k}.npy") for k in kinds}
-        outs = {k: np.lib.format.open_memmap(p, mode="w+", dtype=np.float64, shape=(n1, n2))
-                for k, p in paths.items()}
-        compute_to(net, X, Y, outs, args.block_rows, not args.no_progress)
-        del outs
-        written = list(paths.values())
     else:
         raise UsageError(f"--out must end in .npz or .npy, got {out!r}")
+    for p in paths.values():   # before computing: inputs, existing files, directory
+        try:
+            _io.check_output_path(p, inputs, overwrite=True, name="--out")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        except FileNotFoundError as exc:
+            raise UsageError(exc.strerror) from None
+    t0 = time.perf_counter()
+    if ext == ".npz":
+        if os.path.exists(out) and not args.force:
+            raise UsageError(f"--out: {out!r} exists; pass --force to replace it")
+        _gram.check_memory(8 * n1 * n2 * len(kinds), f"the {n1} x {n2} .npz output")
+        outs = {k: np.empty((n1, n2)) for k in kinds}
+        compute_to(net, X, Y, outs, args.block_rows, not args.no_progress)
+        with _io.atomic_open(out, "wb", inputs, overwrite=args.force, name="--out") as fh:
+            np.savez(fh, **outs)
+        written = [out]
+    else:
+        key = {"inputs": _io.hash_arrays(X, Y), "network": repr(net), "tol": net.tol,
+               "kinds": list(kinds), "block_rows": args.block_rows}
+        prog = _io.BlockProgress(paths, (n1, n2), key, inputs, overwrite=args.force)
+        try:
+            outs = prog.open()
+        except FileExistsError as exc:
+            raise UsageError(_cli_words(exc.strerror)) from None
+        if prog.resumed:
+            print(f"resuming {', '.join(paths.values())}: {len(prog.blocks)} blocks already "
+                  "on disk", file=sys.stderr)
+        try:
+            compute_to(net, X, Y, outs, args.block_rows, not args.no_progress, resume=prog)
+        except KeyboardInterrupt:
+            raise _Interrupted("rerun the same command to resume") from None
+        except BaseException:
+            prog.discard()          # a failed computation leaves nothing behind
+            raise
+        del outs
+        prog.commit()
+        written = list(paths.values())
     dt = time.perf_counter() - t0
     print(f"wrote {', '.join(written)}: {'+'.join(kinds)} ({n1} x {n2}) of {net!r} "
           f"in {dt:.2f} s")
@@ -209,20 +280,41 @@ def _cmd_kernel(args):
 # ----------------------------------------------------------------------------- sweep
 def _cmd_sweep(args):
     from .convergence import default_points, width_sweep
-    X = load_matrix(args.X, "--X") if args.X else default_points(args.n_points, args.dim,
-                                                                 seed=0)
     if args.seeds < 2:
         raise UsageError("--seeds must be >= 2 (the table reports standard deviations)")
+    ext = os.path.splitext(args.out_png)[1].lower()
+    if ext not in _PLOT_FORMATS:
+        raise UsageError(f"--out-png: unsupported figure format {ext or args.out_png!r}; "
+                         f"use one of {', '.join(_PLOT_FORMATS)}")
+    inputs = [args.X] if args.X else []
+    for opt, p in (("--out-csv", args.out_csv), ("--out-png", args.out_png)):
+        try:
+            _io.check_output_path(p, inputs, overwrite=args.force, name=opt)
+        except FileExistsError as exc:
+            raise UsageError(_cli_words(exc.strerror)) from None
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(getattr(exc, "strerror", None) or str(exc)) from None
+    X = load_matrix(args.X, "--X") if args.X else _user(default_points, args.n_points, args.dim,
+                                                        seed=0)
+    _make_net(args)  # the network's arguments, checked before the sweep runs
     t0 = time.perf_counter()
     res = _user(width_sweep, args.activation, depth=args.depth, widths=args.widths, seeds=args.seeds,
                       X=np.asarray(X, dtype=np.float64), w_std=args.w_std, b_std=args.b_std,
                       parameterization=args.parameterization,
-                      progress=not args.no_progress, **_activation_params(args.param))
+                      progress=not args.no_progress, checkpoint=args.checkpoint,
+                      **_activation_params(args.param))
     dt = time.perf_counter() - t0
+    if not res.complete:   # interrupted: no table or plot claiming the full grid
+        done = len(res.records)
+        total = len(args.widths) * args.seeds
+        hint = (f"; rerun the same command to resume from {args.checkpoint}" if args.checkpoint
+                else "; pass --checkpoint FILE to make a sweep resumable")
+        raise _Interrupted(f"sweep stopped after {done} of {total} runs, nothing written{hint}")
     metrics = [m for m in ("ntk.relfro", "nngp.relfro", "ntk.maxabs", "nngp.maxabs")
                if m in res.metrics]
     cols = ("width", "n", "mean", "std", "ci_low", "ci_high", "median")
-    with open(args.out_csv, "w") as fh:
+    with _io.atomic_open(args.out_csv, "w", inputs, overwrite=args.force,
+                         name="--out-csv") as fh:
         fh.write("metric," + ",".join(cols) + "\n")
         for m in metrics:
             s = res.summary(m)
@@ -267,7 +359,8 @@ def _plot_sweep(res, metrics, fits, path):
                  f"L={res.config.get('depth', '')})")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with _io.atomic_open(path, "wb", overwrite=True, name="--out-png") as fh:
+        fig.savefig(fh, dpi=110, format=os.path.splitext(path)[1].lower().lstrip(".") or "png")
     plt.close(fig)
 
 
@@ -358,7 +451,11 @@ def build_parser():
                     help="output .npz (arrays nngp, ntk) or .npy (memory-mapped, written block "
                          "by block; with --kernel both: OUT_nngp.npy and OUT_ntk.npy)")
     pk.add_argument("--kernel", choices=("both", "ntk", "nngp"), default="both")
-    pk.add_argument("--block-rows", type=int, default=256, help="rows per block (default 256)")
+    pk.add_argument("--block-rows", type=_positive("--block-rows"), default=256,
+                    help="rows per block (default 256)")
+    pk.add_argument("--force", action="store_true",
+                    help="replace existing outputs (and discard an unfinished run of other "
+                         "settings); inputs are never overwritten")
     pk.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_net_args(pk)
     pk.set_defaults(func=_cmd_kernel)
@@ -369,12 +466,17 @@ def build_parser():
                                     "(infntk.convergence.width_sweep).")
     ps.add_argument("--widths", type=_widths, default=[64, 128, 256, 512, 1024],
                     help="comma-separated widths (default 64,128,256,512,1024)")
-    ps.add_argument("--seeds", type=int, default=8, help="networks per width (default 8)")
+    ps.add_argument("--seeds", type=_positive("--seeds", 2), default=8,
+                    help="networks per width, >= 2 (default 8)")
     ps.add_argument("--X", help="points (.npy/.csv); default: --n-points on the unit sphere")
-    ps.add_argument("--n-points", type=int, default=8)
-    ps.add_argument("--dim", type=int, default=4)
+    ps.add_argument("--n-points", type=_positive("--n-points"), default=8)
+    ps.add_argument("--dim", type=_positive("--dim"), default=4)
     ps.add_argument("--out-csv", default="sweep.csv", help="table (default sweep.csv)")
     ps.add_argument("--out-png", default="sweep.png", help="plot (default sweep.png)")
+    ps.add_argument("--checkpoint", metavar="FILE.json", default=None,
+                    help="save the runs to FILE.json after each (width, seed) and resume "
+                         "from it when it exists (same settings only)")
+    ps.add_argument("--force", action="store_true", help="replace existing --out-csv/--out-png")
     ps.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_net_args(ps)
     ps.set_defaults(func=_cmd_sweep)
@@ -383,14 +485,16 @@ def build_parser():
                         description="Print the NNGP and NTK of a bias-free ReLU network "
                                     "(w_std^2 = 2) on six built-in points, the time taken, "
                                     "and a self-check against an independent evaluation.")
-    pd.add_argument("--depth", type=int, default=3, help="hidden layers (default 3)")
+    pd.add_argument("--depth", type=_positive("--depth", 0), default=3,
+                    help="hidden layers (default 3)")
     pd.add_argument("--quiet", action="store_true", help="print only the self-check line")
     pd.set_defaults(func=_cmd_demo)
     return p
 
 
 def main(argv=None):
-    """Run the command line; returns the exit status (0 ok, 1 self-check failed, 2 user error).
+    """Run the command line; returns the exit status (0 ok, 1 self-check failed, 2 user error,
+    130 interrupted by Ctrl-C).
     """
     parser = build_parser()
     try:
@@ -404,6 +508,16 @@ def main(argv=None):
         return args.func(args)
     except UsageError as exc:
         print(f"infntk: error: {exc}", file=sys.stderr)
+        return 2
+    except _Interrupted as exc:
+        print(f"infntk: interrupted: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("infntk: interrupted: no output written", file=sys.stderr)
+        return 130
+    except MemoryError as exc:
+        print(f"infntk: error: {str(exc).splitlines()[0] if str(exc) else 'out of memory'}",
+              file=sys.stderr)
         return 2
     except OverflowError as exc:  # the kernel overflows float64 for these parameters
         print(f"infntk: error: {exc}", file=sys.stderr)

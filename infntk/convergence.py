@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ import numpy as np
 from scipy import stats
 from tqdm.auto import tqdm
 
+from . import _io
 from ._validation import (check_depth, check_matrix, check_parameterization, check_positive_int,
                           check_std, check_tol)
 from .activations import get_activation
@@ -274,8 +277,12 @@ class SweepResult:
                            metric=metric, confidence=confidence)
 
     # ---------------------------------------------------------------- persistence
-    def save(self, path):
-        """Write the result to a JSON file (resumable with ``width_sweep(results=load(...))``)."""
+    def save(self, path, overwrite=False):
+        """Write the result to a JSON file (resumable with ``width_sweep(results=load(...))``).
+
+        The file appears only when complete (temporary file, fsync, ``os.replace``); an
+        existing ``path`` is replaced only with ``overwrite=True``.
+        """
         def enc(a):
             return np.asarray(a).tolist()
         data = {"config": self.config, "complete": self.complete,
@@ -285,7 +292,7 @@ class SweepResult:
                             for (w, s), r in self.records.items()],
                 "reference": {str(w): {k: enc(v) for k, v in ref.items()}
                               for w, ref in self.reference.items()}}
-        with open(path, "w") as fh:
+        with _io.atomic_open(path, "w", overwrite=overwrite) as fh:
             json.dump(data, fh)
 
     @classmethod
@@ -308,9 +315,13 @@ def _seed_list(seeds):
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         return list(range(check_positive_int(seeds, "seeds")))
     try:
-        out = [int(s) for s in seeds]
+        items = list(seeds)
     except TypeError:
         raise TypeError(f"seeds must be a count or an iterable of ints, got {seeds!r}.") from None
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in items):
+        raise TypeError(f"seeds must be a count or an iterable of ints (not truncated floats), "
+                        f"got {seeds!r}.")
+    out = [int(v) for v in items]
     if not out or any(s < 0 for s in out):
         raise ValueError(f"seeds must be non-empty non-negative ints, got {seeds!r}.")
     return out
@@ -335,7 +346,7 @@ def _progress(total, enabled, desc):
 def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterization="ntk", *,
                 widths=tuple(2 ** k for k in range(6, 14)), seeds=8, X=None, units=1,
                 dtype=np.float64, results=None, progress=True, reference=None,
-                **activation_params):
+                checkpoint=None, **activation_params):
     """Errors of the empirical kernels of finite networks against FCNet, over widths and seeds.
 
     For each width ``m`` and seed ``s`` an independent :class:`~infntk.empirical.MLP` is drawn
@@ -366,6 +377,10 @@ def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterizati
     reference : callable, optional
         ``reference(depth, X, width) -> (Sigma, Theta)``, the analytic NNGP and NTK of the
         network with ``depth`` hidden layers; default :class:`infntk.FCNet`.
+    checkpoint : path, optional
+        A JSON file (:meth:`SweepResult.save`) rewritten atomically after each
+        ``(width, seed)`` run. If it exists, its runs are loaded first (the configuration must
+        match, else ``ValueError``), so a killed sweep resumes where it stopped.
 
     Returns
     -------
@@ -394,6 +409,14 @@ def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterizati
               "depth": depth, "w_std": w_std, "b_std": b_std,
               "parameterization": parameterization, "units": units, "X": X.tolist(),
               "dtype": np.dtype(dtype).name}
+    if checkpoint is not None and results is None and os.path.exists(checkpoint):
+        results = SweepResult.load(checkpoint)
+        if results.config != config:
+            diff = sorted(k for k in config if results.config.get(k) != config.get(k))
+            raise ValueError(f"checkpoint {checkpoint!r} was written by a sweep with another "
+                             f"configuration ({diff}); use another path or the same arguments.")
+    elif checkpoint is not None:
+        _io.check_output_path(checkpoint, overwrite=True, name="checkpoint")
     if results is None:
         results = SweepResult(config=config)
     else:
@@ -433,10 +456,14 @@ def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterizati
                 errors[f"{name}.maxabs"], errors[f"{name}.relfro"] = _errors(K, ref[name])
             results.records[w, s] = {"errors": errors, "kernels": kernels,
                                      "seconds": time.perf_counter() - t0}
+            if checkpoint is not None:
+                results.save(checkpoint, overwrite=True)
             del mlp
             if bar is not None:
                 bar.update(1)
         results.complete = True
+        if checkpoint is not None:
+            results.save(checkpoint, overwrite=True)
     except KeyboardInterrupt:
         warnings.warn(f"width_sweep interrupted after {len(results.records)} runs; pass the "
                       "returned result as results= to resume.", RuntimeWarning, stacklevel=2)

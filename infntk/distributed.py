@@ -45,6 +45,7 @@ import numbers
 
 import numpy as np
 
+from . import _io
 from ._gram import Kernels, check_kinds, row_blocks
 from ._validation import check_pair
 from .fcnet import FCNet
@@ -189,7 +190,7 @@ def gram(net, X1, X2=None, chunks=4096):
     return Kernels(da.block(out["nngp"]), da.block(out["ntk"]))
 
 
-def to_npy(arr, path, progress=False):
+def to_npy(arr, path, progress=False, overwrite=False):
     """Evaluate a 2-D dask array into a ``.npy`` file, one row of blocks at a time.
 
     Each row of blocks is computed by the current scheduler (threads, or the workers of a
@@ -201,9 +202,12 @@ def to_npy(arr, path, progress=False):
     ----------
     arr : dask array, 2-D
     path : str
-        Destination ``.npy`` file (created or overwritten).
+        Destination ``.npy`` file. It appears only when complete (a ``.partial`` file is
+        filled, fsync-ed and renamed); a killed run leaves any previous file intact.
     progress : bool
         Show a tqdm progress bar over the rows of blocks.
+    overwrite : bool
+        Replace an existing ``path`` (default: ``FileExistsError``).
 
     Returns
     -------
@@ -213,20 +217,31 @@ def to_npy(arr, path, progress=False):
     _require_dask()
     if arr.ndim != 2:
         raise ValueError(f"arr must be a 2-D dask array, got shape {arr.shape}.")
+    if arr.dtype != np.float64:
+        raise ValueError(f"arr must be float64, got {arr.dtype}.")
     from tqdm.auto import tqdm
-    mm = np.lib.format.open_memmap(path, mode="w+", dtype=arr.dtype, shape=arr.shape)
-    r0 = 0
-    for i in tqdm(range(arr.numblocks[0]), disable=not progress, desc="row blocks"):
-        rows = arr.blocks[i].compute()
-        mm[r0:r0 + rows.shape[0]] = rows
-        r0 += rows.shape[0]
-    mm.flush()
-    del mm
+    _io.check_output_path(path, overwrite=overwrite)
+    # an arbitrary graph has no inputs hash: a partial file is never resumed, only replaced
+    prog = _io.BlockProgress({"arr": path}, arr.shape, {"graph": str(arr.name)},
+                             overwrite=True)
+    prog.discard()
+    mm = prog.open()["arr"]
+    try:
+        r0 = 0
+        for i in tqdm(range(arr.numblocks[0]), disable=not progress, desc="row blocks"):
+            rows = arr.blocks[i].compute()
+            mm[r0:r0 + rows.shape[0]] = rows
+            r0 += rows.shape[0]
+        del mm
+        prog.commit()
+    except BaseException:
+        prog.discard()
+        raise
     return np.load(path, mmap_mode="r")
 
 
 def gram_to_npy(net, X1, X2=None, path="K", chunks=4096, kernels=("nngp", "ntk"),
-                progress=False):
+                progress=False, overwrite=False):
     """Compute Gram matrices on the current dask scheduler and write them to ``.npy`` files.
 
     Row ``i`` of blocks (for ``X2=None`` only the blocks ``j <= i``) is computed as one batch
@@ -246,6 +261,9 @@ def gram_to_npy(net, X1, X2=None, path="K", chunks=4096, kernels=("nngp", "ntk")
     kernels : sequence of {"nngp", "ntk"}
     progress : bool
         tqdm progress bar over the rows of blocks.
+    overwrite : bool
+        Replace existing output files, and discard an unfinished run of other inputs or
+        settings (default: ``FileExistsError``).
 
     Returns
     -------
@@ -254,6 +272,11 @@ def gram_to_npy(net, X1, X2=None, path="K", chunks=4096, kernels=("nngp", "ntk")
 
     Notes
     -----
+    Files (see :mod:`infntk._io`): the outputs appear only when complete; until then they are
+    ``{path}_{kernel}.npy.partial`` with a progress record ``{path}_{kernel}.npy.progress.json``
+    (first kernel), and a call with the same inputs, network and chunks after a kill resumes
+    with the rows of blocks not yet written, giving bitwise the same files.
+
     Memory here: one row of blocks, ``chunk * n2 * 8`` bytes per kernel (``chunk = 2048``,
     ``n2 = 10^5``: 1.6 GB each). Disk: ``n1 * n2 * 8`` bytes per kernel. Parallelism: the
     ``n2 / chunk`` blocks of a row run at once, enough for clusters of up to that many
@@ -266,10 +289,14 @@ def gram_to_npy(net, X1, X2=None, path="K", chunks=4096, kernels=("nngp", "ntk")
     rows, cols, computed = _lower_blocks(net, A, B, same, rc, cc)
     n1, n2 = A.shape[0], B.shape[0]
     paths = {k: f"{path}_{k}.npy" for k in kernels}
-    mms = {k: np.lib.format.open_memmap(p, mode="w+", dtype=np.float64, shape=(n1, n2))
-           for k, p in paths.items()}
+    key = {"inputs": _io.hash_arrays(A, None if same else B), "network": repr(net),
+           "tol": getattr(net, "tol", None), "chunks": [rc, cc], "kernels": list(kernels)}
+    prog = _io.BlockProgress(paths, (n1, n2), key, overwrite=overwrite)
+    mms = prog.open()
     from tqdm.auto import tqdm
     for i in tqdm(range(len(rows)), disable=not progress, desc="row blocks"):
+        if prog.done(i):
+            continue
         js = [j for j in range(len(cols)) if (i, j) in computed]
         vals = dask.compute(*[computed[i, j][k] for j in js for k in kernels])
         r0, r1 = rows[i]
@@ -281,7 +308,7 @@ def gram_to_npy(net, X1, X2=None, path="K", chunks=4096, kernels=("nngp", "ntk")
                 mms[k][r0:r1, c0:c1] = blk
                 if same and j < i:
                     mms[k][c0:c1, r0:r1] = blk.T
-    for mm in mms.values():
-        mm.flush()
+        prog.record(i)
     del mms
+    prog.commit()
     return {k: np.load(p, mmap_mode="r") for k, p in paths.items()}

@@ -53,7 +53,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from ._validation import check_finite, check_matrix, check_positive_real, check_real_dtype
+import warnings
+
+from ._validation import (check_finite, check_matrix, check_positive_int, check_positive_real,
+                          check_real_dtype)
 
 __all__ = ["Prediction", "GradientFlow", "gradient_flow", "gradient_descent", "training_loss",
            "kernel_ridge", "ridge_loo_error", "flow_filter", "gd_filter", "ridge_filter",
@@ -61,6 +64,9 @@ __all__ = ["Prediction", "GradientFlow", "gradient_flow", "gradient_descent", "t
 
 # |K - K^T| above this fraction of max|K| is not rounding: the Gram is rejected.
 _SYMMETRY_RTOL = 1e-8
+# An eigenvalue below -_PSD_RTOL * max|lam| is not rounding: the Gram is not a kernel matrix
+# (gradient flow then diverges and t = inf disagrees with large finite t).
+_PSD_RTOL = 1e-8
 
 
 # ----------------------------------------------------------------------------- validation
@@ -74,6 +80,27 @@ def _check_gram(K, name="K_train"):
         raise ValueError(f"{name} must be symmetric; max |K - K^T| = {asym:.3g} "
                          f"(max |K| = {scale:.3g}).")
     return 0.5 * (K + K.T)
+
+
+def _check_psd(lam, name="K_train"):
+    """Eigenvalues ``lam`` of a symmetric Gram, clipped at 0; ``ValueError`` if one is negative
+    beyond rounding (``< -1e-8 max |lam|``)."""
+    scale = float(np.max(np.abs(lam))) if lam.size else 0.0
+    lo = float(np.min(lam)) if lam.size else 0.0
+    if lo < -_PSD_RTOL * scale:
+        raise ValueError(f"{name} must be positive semi-definite (a kernel Gram matrix); its "
+                         f"smallest eigenvalue is {lo:.3g} (largest |eigenvalue| {scale:.3g}).")
+    return np.clip(lam, 0.0, None)
+
+
+def _check_eigenvalues(eigenvalues, name="eigenvalues"):
+    arr = check_real_dtype(eigenvalues, name)
+    return check_finite(arr.astype(np.float64), name)
+
+
+def _pinv_cutoff(lam):
+    """Eigenvalues at or below this are treated as 0 by the ridge-0 pseudo-inverse."""
+    return lam.size * np.finfo(np.float64).eps * (float(lam.max()) if lam.size else 0.0)
 
 
 def _check_cross(K_test_train, n, name="K_test_train"):
@@ -156,7 +183,10 @@ def flow_filter(eigenvalues, t, lr=1.0, n=1):
     >>> flow_filter(np.array([0.0, 1.0, 1e6]), t=2.0, lr=1.0, n=1)
     array([2.00000000e+00, 8.64664717e-01, 1.00000000e-06])
     """
-    lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    lam = np.clip(_check_eigenvalues(eigenvalues), 0.0, None)
+    t = check_positive_real(t, "t", allow_zero=True, allow_inf=True)
+    lr = check_positive_real(lr, "lr")
+    n = check_positive_int(n, "n")
     c = lr * float(t) / n
     with np.errstate(divide="ignore", invalid="ignore"):
         a = c * lam                                   # t = inf: 1 / lam, and inf at lam = 0
@@ -188,8 +218,10 @@ def gd_filter(eigenvalues, steps, lr=1.0, n=1):
     >>> gd_filter([0.0, 1.0], steps=2, lr=0.5, n=1)    # (1 - 0.25) / 1 = 0.75
     array([1.  , 0.75])
     """
-    lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
-    k = float(steps)
+    lam = np.clip(_check_eigenvalues(eigenvalues), 0.0, None)
+    k = float(check_positive_int(steps, "steps", minimum=0))
+    lr = check_positive_real(lr, "lr")
+    n = check_positive_int(n, "n")
     s = lr * lam / n
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # 1 - (1 - s)^k without cancellation for small s: -expm1(k log1p(-s)).
@@ -219,9 +251,10 @@ def ridge_filter(eigenvalues, ridge):
     >>> ridge_filter([0.0, 1.0], ridge=1.0)
     array([1. , 0.5])
     """
-    lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    lam = np.clip(_check_eigenvalues(eigenvalues), 0.0, None)
+    ridge = check_positive_real(ridge, "ridge", allow_zero=True)
     with np.errstate(divide="ignore"):
-        return 1.0 / (lam + float(ridge))
+        return 1.0 / (lam + ridge)
 
 
 def equivalent_ridge(t, n, lr=1.0):
@@ -253,6 +286,7 @@ def equivalent_ridge(t, n, lr=1.0):
     """
     t = check_positive_real(t, "t")
     lr = check_positive_real(lr, "lr")
+    n = check_positive_int(n, "n")
     return float(n) / (lr * t)
 
 
@@ -341,7 +375,7 @@ class GradientFlow:
             self.f0_test = None
         self.lr = check_positive_real(lr, "lr")
         lam, U = scipy.linalg.eigh(self.K_train)
-        self.eigenvalues = np.clip(lam, 0.0, None)
+        self.eigenvalues = _check_psd(lam, "K_train")
         self.eigenvectors = U
         self._r0 = self.y - self.f0_train                      # (n,) or (n, k)
         self._c = U.T @ self._r0                               # spectral residual
@@ -422,8 +456,22 @@ class GradientFlow:
             Shapes as in :meth:`predict`.
         """
         times, scalar = _check_times(steps, "steps", integer=True)
-        return self._collect(times, scalar, lambda s: gd_filter(self.eigenvalues, s, self.lr,
-                                                                self.n))
+        lam_max = float(self.eigenvalues.max())
+        lr_max = np.inf if lam_max <= 0 else 2.0 * self.n / lam_max
+        unstable = self.lr > lr_max
+        if unstable:
+            warnings.warn(f"lr={self.lr!r} exceeds max_learning_rate(K_train) = {lr_max:.6g}: "
+                          "gradient descent diverges along the top eigendirection.",
+                          RuntimeWarning, stacklevel=2)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = self._collect(times, scalar, lambda s: gd_filter(self.eigenvalues, int(s),
+                                                                   self.lr, self.n))
+        if unstable and not all(np.isfinite(a).all() for a in (out.train, out.test)
+                                if a is not None):
+            raise OverflowError(f"gradient descent overflowed: lr={self.lr!r} exceeds "
+                                f"max_learning_rate(K_train) = {lr_max:.6g}; use a smaller lr "
+                                "or fewer steps.")
+        return out
 
     def train_loss(self, t):
         """Training loss ``||f_t(X) - y||^2 / (2 n)`` at time(s) ``t`` (non-increasing in t).
@@ -571,8 +619,11 @@ def kernel_ridge(K_train, K_test_train, y, ridge, f0_train=0.0, f0_test=0.0):
 
     Notes
     -----
-    A scalar ridge is solved by Cholesky (least squares if ``K + z I`` is singular); an array
-    of ridges through ``K = U diag(lam) U^T`` and :func:`ridge_filter`.
+    A scalar ridge ``z > 0`` is solved by Cholesky; ``z = 0`` and arrays of ridges through
+    ``K = U diag(lam) U^T`` and :func:`ridge_filter`. ``ridge = 0`` on a singular ``K`` gives the
+    minimum-norm interpolant ``K^+ y`` (the pseudo-inverse: eigenvalues ``<= n eps max(lam)``
+    count as 0), the ``t -> inf`` limit of gradient flow from ``f0``, never NaN. ``K_train``
+    with an eigenvalue below ``-1e-8 max |lam|`` is not a kernel matrix: ``ValueError``.
 
     Examples
     --------
@@ -592,28 +643,36 @@ def kernel_ridge(K_train, K_test_train, y, ridge, f0_train=0.0, f0_test=0.0):
     if not np.isfinite(ridges).all():
         raise ValueError(f"ridge must be finite, got {ridge!r}.")
     r0 = y - f0_train
-    if scalar:
+    if scalar and ridges[0] > 0:
         A = K + ridges[0] * np.eye(n)
         try:
             alpha = scipy.linalg.cho_solve(scipy.linalg.cho_factor(A, lower=True), r0)
         except np.linalg.LinAlgError:
-            alpha = scipy.linalg.lstsq(A, r0)[0]
-        train = f0_train + K @ alpha
-        test = None if Kx is None else f0_test + Kx @ alpha
-        return Prediction(train, test, None, float(_loss(train, y)))
+            alpha = None    # not positive definite: the eigendecomposition below checks why
+        if alpha is not None:
+            train = f0_train + K @ alpha
+            test = None if Kx is None else f0_test + Kx @ alpha
+            return Prediction(train, test, None, float(_loss(train, y)))
     lam, U = scipy.linalg.eigh(K)
-    lam = np.clip(lam, 0.0, None)
+    lam = _check_psd(lam, "K_train")
+    cutoff = _pinv_cutoff(lam)
     c = U.T @ r0
     B = None if Kx is None else Kx @ U
     trains, tests = [], []
     for z in ridges:
-        g = ridge_filter(lam, z)
+        if z > 0:
+            g = ridge_filter(lam, z)
+        else:   # the minimum-norm interpolant: K^+ (pseudo-inverse), never 1/0
+            g = np.where(lam > cutoff, 1.0 / np.where(lam > cutoff, lam, 1.0), 0.0)
         gc = g[:, None] * c if c.ndim == 2 else g * c
         lgc = lam[:, None] * gc if gc.ndim == 2 else lam * gc
         trains.append(f0_train + U @ lgc)
         tests.append(None if B is None else f0_test + B @ gc)
     train = np.stack(trains)
     test = None if B is None else np.stack(tests)
+    if scalar:
+        return Prediction(train[0], None if test is None else test[0], None,
+                          float(_loss(train, y)[0]))
     return Prediction(train, test, None, _loss(train, y))
 
 
@@ -655,7 +714,7 @@ def ridge_loo_error(K_train, y, ridges, f0_train=0.0):
     if not np.isfinite(z).all() or (z <= 0).any():
         raise ValueError(f"ridges must be finite and > 0, got {ridges!r}.")
     lam, U = scipy.linalg.eigh(K)
-    lam = np.clip(lam, 0.0, None)
+    lam = _check_psd(lam, "K_train")
     c = U.T @ r
     U2 = U ** 2
     out = np.empty(z.shape)

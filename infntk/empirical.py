@@ -33,8 +33,10 @@ True
 from __future__ import annotations
 
 import copy as _copy
+import functools
 import math
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, fields, is_dataclass
 
 import numpy as np
 
@@ -82,6 +84,55 @@ class LayerKernels:
     sigma_dot: dict
     theta: dict
     contribution: dict
+
+
+def _is_int_seed(seed):
+    """``None``, a non-negative integer or a non-empty sequence of them (not floats, not bools:
+    ``default_rng`` would truncate or accept them silently)."""
+    def ok(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+    if seed is None or ok(seed):
+        return True
+    if isinstance(seed, np.random.SeedSequence):
+        return True
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        items = list(np.asarray(seed).ravel()) if isinstance(seed, np.ndarray) else list(seed)
+        if isinstance(seed, np.ndarray) and seed.dtype.kind not in "iu":
+            return False
+        return bool(items) and all(ok(v) for v in items)
+    return False
+
+
+def _arrays(value):
+    """Every ndarray inside ``value`` (arrays, lists/tuples/dicts of them, dataclasses)."""
+    if isinstance(value, np.ndarray):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _arrays(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _arrays(v)
+    elif is_dataclass(value) and not isinstance(value, type):
+        for f in fields(value):
+            yield from _arrays(getattr(value, f.name))
+
+
+def _checked(method):
+    """Run ``method`` without floating-point warnings and refuse a non-finite result.
+
+    Overflow raises ``OverflowError`` naming the network's settings, as :class:`infntk.FCNet`
+    does; a NaN from finite values (an activation undefined somewhere) raises ``ValueError``.
+    """
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            out = method(self, *args, **kwargs)
+        for arr in _arrays(out):
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                self._raise_nonfinite(f"{method.__name__}()", arr)
+        return out
+    return wrapper
 
 
 class MLP:
@@ -155,6 +206,9 @@ class MLP:
             raise TypeError(f"dtype must be np.float64 or np.float32, got {dtype!r}.")
         if isinstance(seed, np.random.Generator):
             self._rng = seed
+        elif not _is_int_seed(seed):
+            raise TypeError(f"seed must be None, a non-negative int, a sequence of them or a "
+                            f"numpy Generator, got {seed!r}.")
         else:
             try:
                 self._rng = np.random.default_rng(seed)
@@ -255,7 +309,7 @@ class MLP:
             raise ValueError(f"params must have {len(shapes)} arrays, got {len(params)}.")
         new = []
         for i, (p, shape) in enumerate(zip(params, shapes)):
-            arr = np.array(p, dtype=self.dtype, copy=True)
+            arr = np.array(check_real_dtype(p, f"params[{i}]"), dtype=self.dtype, copy=True)
             if arr.shape != shape:
                 raise ValueError(f"params[{i}] must have shape {shape}, got {arr.shape}.")
             new.append(check_finite(arr, f"params[{i}]"))
@@ -294,6 +348,17 @@ class MLP:
                              f"dimension), got shape {X.shape}.")
         return X.astype(self.dtype, copy=False)
 
+    def _raise_nonfinite(self, where, arr):
+        if np.isinf(arr).any():
+            raise OverflowError(
+                f"{where}: the finite network overflows {self.dtype.name} (width={self.width}, "
+                f"depth={self.depth}, w_std={self.w_std}, b_std={self.b_std}, "
+                f"parameterization={self.parameterization!r}); reduce w_std, depth or the "
+                "input scale.")
+        raise ValueError(f"{where}: NaN in the finite network ({self.activation!r}, "
+                         f"w_std={self.w_std}, depth={self.depth}): the activation or its "
+                         "derivative is not finite on these pre-activations.")
+
     def _phi(self, H):
         return np.asarray(self.activation.fn(H), dtype=self.dtype)
 
@@ -311,11 +376,16 @@ class MLP:
                 H *= self.dtype.type(s)
             if b is not None and beta != 0.0:
                 H += self.dtype.type(beta) * b
+            if not np.isfinite(H).all():
+                self._raise_nonfinite(f"layer {l + 1} pre-activations", H)
             Hs.append(H)
             if l < self.depth:
                 A.append(self._phi(H))
+                if not np.isfinite(A[-1]).all():
+                    self._raise_nonfinite(f"layer {l + 1} activations", A[-1])
         return A, Hs
 
+    @_checked
     def forward(self, X):
         """The network outputs ``f(x_i)``.
 
@@ -349,6 +419,7 @@ class MLP:
             G[l - 1] = g
         return G
 
+    @_checked
     def gradient(self, X, dout):
         """Gradient of ``sum_i dout[i] f(x_i)`` with respect to every parameter (backprop).
 
@@ -380,6 +451,7 @@ class MLP:
                 grads.append(self.dtype.type(beta) * g.sum(axis=0))
         return grads
 
+    @_checked
     def jacobian(self, X):
         """The Jacobian ``J[i, p] = df(x_i)/dtheta_p`` (small networks only: ``n x P`` memory).
 
@@ -437,6 +509,7 @@ class MLP:
             return max(1, min(4096, _BLOCK_BYTES // per_row))
         return check_positive_int(block_size, "block_size")
 
+    @_checked
     def ntk(self, X1, X2=None, block_size=None):
         """The empirical NTK ``Theta-hat(x, y) = <df(x)/dtheta, df(y)/dtheta>``.
 
@@ -497,6 +570,7 @@ class MLP:
         X2 = X1 if same else self._check_X(X2, "X2")
         return X1, X2, same
 
+    @_checked
     def nngp(self, X1, X2=None):
         """The empirical NNGP: ``w_std^2 <phi(h^L(x)), phi(h^L(y))> / width + b_std^2``.
 
@@ -524,6 +598,7 @@ class MLP:
             K += self.dtype.type(self.b_std ** 2)
         return K
 
+    @_checked
     def layer_kernels(self, X1, X2=None, units=1):
         """Empirical per-layer kernels, to compare layer by layer with the analytic recursion.
 

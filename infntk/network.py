@@ -138,7 +138,8 @@ class Network:
                 return _gram.Kernels(nngp, ntk)
             return _copy_into(nngp, ntk, out_nngp, out_ntk)
         A, B, same = check_pair(X1, X2)
-        return _gram.gram(self._engine(A.shape[1]), A, B, same, out_nngp, out_ntk, block_rows)
+        return _gram.gram(self._engine(A.shape[1]), A, B, same, out_nngp, out_ntk, block_rows,
+                          label=repr(self))
 
     def nngp(self, X1, X2=None):
         """The NNGP Gram matrix, ``(n1, n2)``."""

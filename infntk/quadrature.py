@@ -132,6 +132,8 @@ def dual_quadrature(activation, q1, q2, *args, rho=_NO_RHO, order=80, derivative
                         "deprecated covariance s.")
     act = get_activation(activation, **params)
     order = check_positive_int(order, "order", minimum=2)
+    if not isinstance(derivative, (bool, np.bool_)):
+        raise TypeError(f"derivative must be True or False, got {derivative!r}.")
     if s is not None:
         q1, q2, c = np.broadcast_arrays(_as_array(q1, "q1"), _as_array(q2, "q2"),
                                         _as_array(s, "s"))

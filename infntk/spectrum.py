@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg, special
 
-from ._validation import check_finite, check_positive_int
+from ._validation import check_finite, check_positive_int, check_real_dtype
 
 __all__ = ["sphere_eigenvalues", "SphereSpectrum", "multiplicity", "log_multiplicity",
            "legendre_d"]
@@ -101,7 +101,9 @@ def legendre_d(t, d, kmax):
     ``P_0 = 1``, ``P_1 = t``, ``(k+d-2) P_{k+1} = (2k+d-2) t P_k - k P_{k-1}``; ``P_k(1) = 1``
     and ``|P_k| <= 1`` on [-1, 1]. ``d = 2`` gives Chebyshev, ``d = 3`` Legendre polynomials.
     """
-    t = np.asarray(t, dtype=np.float64).ravel()
+    t = check_finite(np.asarray(check_real_dtype(t, "t"), dtype=np.float64).ravel(), "t")
+    d = check_positive_int(d, "d", minimum=2)
+    kmax = check_positive_int(kmax, "kmax", minimum=0)
     P = np.empty((t.size, kmax + 1))
     P[:, 0] = 1.0
     if kmax >= 1:

@@ -31,7 +31,7 @@ import scipy.linalg
 
 from . import dynamics
 from ._validation import check_finite, check_matrix, check_positive_int, check_positive_real, \
-    check_tol
+    check_real_dtype, check_tol
 from .empirical import MLP
 from .fcnet import FCNet
 
@@ -202,11 +202,18 @@ def _descend(model, X, y, f, lr, steps, want, X_test, trains, tests):
                 tests.append(model.forward(X_test))
         if k == steps:
             break
-        grads = model.gradient(X, (f - y) / n)
-        for p, g in zip(model.params, grads):
-            p -= lr * g
-        f = model.forward(X)
-        if not np.isfinite(f).all():
+        try:    # the network raises OverflowError once its activations overflow
+            grads = model.gradient(X, (f - y) / n)
+            for p, g in zip(model.params, grads):
+                p -= lr * g
+            with np.errstate(over="ignore", invalid="ignore"):
+                f = model.forward(X)
+            finite = np.isfinite(f).all()
+        except (OverflowError, ValueError) as exc:
+            if "finite network" not in str(exc):
+                raise
+            finite = False
+        if not finite:
             raise FloatingPointError(f"training diverged at step {k + 1} (lr={lr} too large? "
                                      "see infntk.dynamics.max_learning_rate).")
 
@@ -255,7 +262,7 @@ def train(model, X, y, lr, steps, X_test=None, record=None, copy=True):
     """
     X = check_matrix(X, "X")
     n = X.shape[0]
-    y = np.asarray(y, dtype=np.float64)
+    y = np.asarray(check_real_dtype(y, "y", allow_bool=True), dtype=np.float64)
     if y.shape != (n,):
         raise ValueError(f"y must have shape ({n},) (one target per row of X), got {y.shape}.")
     check_finite(y, "y")

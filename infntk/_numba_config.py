@@ -1,0 +1,106 @@
+"""Numba settings chosen before any infntk module compiles: cache directory, threading layer.
+
+Imported first by the package (before any module that imports Numba), it sets defaults that
+the user can override with the usual environment variables:
+
+* ``NUMBA_CACHE_DIR``: compiled kernels are cached under the user's cache directory,
+  ``$XDG_CACHE_HOME/infntk/numba`` (default ``~/.cache/infntk/numba``), or, when that is not
+  writable, under the temporary directory. Nothing is written next to the sources, so a
+  read-only installation works and a cache left in ``site-packages/infntk/__pycache__`` by an
+  uninstalled copy cannot shadow a later (editable) installation. Numba keys its cache by
+  source path, so several installations never share entries.
+* ``NUMBA_THREADING_LAYER``: ``"tbb"`` when Intel TBB is available (safe with ``fork`` and
+  with several Python threads), otherwise ``"workqueue"``, which survives ``os.fork``
+  (``multiprocessing``, the GNU OpenMP layer does not: the forked child is terminated) but is
+  not thread-safe; the Gram driver then serialises engine calls with :func:`engine_lock`, so a
+  dask thread pool or ``concurrent.futures`` threads sharing a network are safe.
+
+Setting either variable before importing infntk keeps the user's choice (with
+``NUMBA_THREADING_LAYER=omp`` and GNU OpenMP, do not fork after computing a kernel).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+
+__all__ = ["cache_dir", "threading_layer_default", "engine_lock"]
+
+
+def _writable_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
+        probe.close()
+        return True
+    except OSError:
+        return False
+
+
+def cache_dir():
+    """The directory for Numba's cache: under the user's cache dir, else the temporary dir."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidates = [os.path.join(base, "infntk", "numba")]
+    try:
+        uid = os.getuid()
+    except AttributeError:  # Windows
+        uid = os.environ.get("USERNAME", "user")
+    candidates.append(os.path.join(tempfile.gettempdir(), f"infntk-numba-{uid}"))
+    for path in candidates:
+        if _writable_dir(path):
+            return path
+    return None
+
+
+def threading_layer_default():
+    """``"tbb"`` if Numba's TBB layer can load, else ``"workqueue"`` (fork-safe)."""
+    if importlib.util.find_spec("numba") is None:
+        return "workqueue"
+    try:
+        import numba.np.ufunc.tbbpool  # noqa: F401  (fails when libtbb is missing)
+        return "tbb"
+    except Exception:  # ImportError, OSError from the shared library
+        return "workqueue"
+
+
+def _configure():
+    changed = False
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        path = cache_dir()
+        if path is not None:
+            os.environ["NUMBA_CACHE_DIR"] = path
+            changed = True
+    if not os.environ.get("NUMBA_THREADING_LAYER"):
+        os.environ["NUMBA_THREADING_LAYER"] = threading_layer_default()
+        changed = True
+    if changed and "numba" in sys.modules:  # numba imported first: re-read the environment
+        try:
+            from numba.core import config
+            config.reload_config()
+        except Exception:
+            pass
+
+
+_configure()
+
+_LOCK = threading.RLock()
+_THREAD_SAFE_LAYERS = ("tbb", "omp")
+
+
+def _layer_is_thread_safe():
+    try:
+        import numba
+        return numba.threading_layer() in _THREAD_SAFE_LAYERS
+    except (ImportError, ValueError):   # ValueError: no parallel launch yet
+        return os.environ.get("NUMBA_THREADING_LAYER", "") in _THREAD_SAFE_LAYERS
+
+
+def engine_lock():
+    """A context manager: a process-wide re-entrant lock unless the threading layer is
+    thread-safe (TBB, OpenMP), where it does nothing."""
+    if _layer_is_thread_safe():
+        return contextlib.nullcontext()
+    return _LOCK
