@@ -44,10 +44,10 @@ Example
 -------
 >>> import numpy as np
 >>> import infntk
->>> net = infntk.Network([infntk.Dense(1.5, 0.1), infntk.Activation("relu"),
+>>> net = infntk.Network([infntk.Dense(1.5, 0.1),
 ...                       infntk.Residual([infntk.Activation("erf"), infntk.Dense(1.0, 0.1)],
 ...                                       alpha=0.5),
-...                       infntk.LayerNorm(), infntk.Dense(1.0, 0.0)])
+...                       infntk.LayerNorm(), infntk.Activation("relu"), infntk.Dense(1.0)])
 >>> fin = net.finite(64, seed=0)
 >>> X = np.random.default_rng(0).standard_normal((4, 3))
 >>> J = fin.jacobian(X)
