@@ -32,7 +32,7 @@ GRAMMAR = ("space-separated layers: dense(w_std[,b_std[,parameterization]]) (pla
            "dense(1,0); b_std 'none' = no biases), an activation name with keyword parameters "
            "(relu, erf, leaky_relu(alpha=0.1), ... any registered name), layernorm, and "
            "residual(alpha)[ ... ] with the block in brackets; e.g. "
-           "\"dense(1.5,0.1) relu residual(0.5)[erf dense(1.4,0.1)] layernorm dense\"")
+           "\"dense(1.5,0.1) residual(0.5)[relu dense(1.4,0.1)] layernorm erf dense\"")
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
                     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<sym>[()\[\],=]))")

@@ -257,3 +257,116 @@ def test_bad_arguments():
         fin.set_params([np.ones((2, 2))] + fin.params[1:])
     with pytest.raises(ValueError, match="arrays"):
         fin.set_params(fin.params[:1])
+
+
+# ----------------------------------------------------------------------------- the text form
+@pytest.mark.parametrize("text,layers", [
+    ("dense(1.5,0.1) relu dense erf dense",
+     [Dense(1.5, 0.1), Activation("relu"), Dense(), Activation("erf"), Dense()]),
+    ("dense(1.3, none, standard) leaky_relu(alpha=0.1) residual(0.5)[relu dense(1.4,0.1)] "
+     "layernorm dense()",
+     [Dense(1.3, None, "standard"), Activation("leaky_relu", alpha=0.1),
+      Residual([Activation("relu"), Dense(1.4, 0.1)], 0.5), LayerNorm(), Dense()]),
+    ("dense(w_std=2) residual[erf residual(alpha=0.3)[sin dense(1,0)] dense] arccos(n=2) dense",
+     [Dense(2.0), Residual([Activation("erf"),
+                            Residual([Activation("sin"), Dense(1.0, 0.0)], 0.3), Dense()]),
+      Activation("arccos", n=2), Dense()]),
+])
+def test_parse_layers(text, layers):
+    from infntk.layer_spec import parse_layers
+    assert parse_layers(text) == layers
+
+
+@pytest.mark.parametrize("text,match", [
+    ("dense(1.5", "expected ',' or '\\)'"), ("dense relu]", "unmatched"),
+    ("residual(0.5)[relu dense", "missing"), ("residual(0.5) relu dense", "brackets"),
+    ("dense foo dense", "unknown name 'foo'"), ("dense leaky_relu(0.1) dense", "keywords"),
+    ("dense(1,2,3,4)", "at most 3"), ("dense(x=1)", "no parameter 'x'"),
+    ("dense(-1)", "w_std"), ("dense $ dense", "unexpected character"), ("", "at least one"),
+    ("residual[relu] dense", "must end with a Dense"), ("dense(1,,2)", "expected a value"),
+])
+def test_parse_layers_errors(text, match):
+    from infntk.layer_spec import parse_layers
+    with pytest.raises(ValueError, match=match):
+        parse_layers(text)
+
+
+# ----------------------------------------------------------------------------- integrations
+HOMOGENEOUS = [Dense(1.5, 0.1), Activation("relu")] * 2 + [Dense(1.5, 0.1)]
+SPEC = "dense(1.5,0.1) residual(0.5)[relu dense(1.4,0.1)] layernorm erf dense"
+
+
+def test_width_sweep_accepts_a_network():
+    from infntk.convergence import width_sweep
+    res = width_sweep(Network(HOMOGENEOUS), widths=[16, 32], seeds=2, progress=False)
+    old = width_sweep("relu", depth=2, w_std=1.5, b_std=0.1, widths=[16, 32], seeds=2,
+                      progress=False)
+    for key, rec in res.records.items():       # the same networks (same seeds [s, m])
+        assert np.array_equal(rec["kernels"]["nngp"], old.records[key]["kernels"]["nngp"])
+        assert rel_err_vs_max(rec["kernels"]["ntk"], old.records[key]["kernels"]["ntk"]) \
+            <= ROUNDING
+    more = width_sweep(Network(STANDARD, width=8), widths=[16, 32, 64], seeds=2,
+                       progress=False)
+    assert sorted(more.metrics) == ["nngp.maxabs", "nngp.relfro", "ntk.maxabs", "ntk.relfro"]
+    assert len(width_sweep(Network(STANDARD, width=8), widths=[16, 32, 64, 128], seeds=2,
+                           progress=False, results=more).records) == 8
+
+
+def test_kernel_regime_and_after_kernel_accept_a_network():
+    from infntk.after_kernel import compare
+    from infntk.training import kernel_regime
+    Xt = RNG.standard_normal((6, 3))
+    kr = kernel_regime(Xt, np.sin(Xt[:, 0]), Xt[:3], activation=Network(RESIDUAL),
+                       widths=(32, 64), steps=5, seeds=(0,))
+    assert kr.ntk_change.shape == (2, 1) and np.isfinite(kr.disc_analytic).all()
+    t = compare("teacher", n_train=20, n_test=10, activation=Network(NESTED), width=16,
+                steps=5, seeds=(0,))
+    assert np.all(t.train_mse["booster"] <= t.train_mse["dnn"])
+    with pytest.raises(TypeError, match="finite"):
+        infntk.training.train(Network(RESIDUAL), Xt, np.zeros(6), lr=0.1, steps=1)
+
+
+def test_sklearn_kernels_accept_a_network():
+    pytest.importorskip("sklearn")
+    from sklearn.base import clone
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel
+    from infntk.layer_spec import parse_layers
+    from infntk.sklearn import NNGP, NTK
+    net = Network(parse_layers(SPEC))
+    for k in (NTK(network=net), NTK(network=SPEC)):
+        assert np.array_equal(k(X), net.ntk(X)) and np.array_equal(k(X, Y), net.ntk(X, Y))
+        assert np.array_equal(k.diag(X), net.diag(X).ntk)
+        assert clone(k) == k and k.theta.size == 0
+        K, G = k(X, eval_gradient=True)
+        assert G.shape == (5, 5, 0)
+    assert np.array_equal(NNGP(network=SPEC)(X), net.nngp(X))
+    gp = GaussianProcessRegressor(ConstantKernel() * NTK(network=net), alpha=1e-6)
+    gp.fit(X, np.sin(X[:, 0]))
+    assert gp.kernel_.k2.network is net
+    with pytest.raises(TypeError, match="network"):
+        NTK(network=3)(X)
+
+
+def test_cli_layers(tmp_path):
+    from infntk.cli import main
+    np.save(tmp_path / "X.npy", X)
+    out = tmp_path / "K.npz"
+    assert main(["kernel", str(tmp_path / "X.npy"), "--layers", SPEC, "--out", str(out),
+                 "--no-progress"]) == 0
+    from infntk.layer_spec import parse_layers
+    k = Network(parse_layers(SPEC)).kernels(X)
+    with np.load(out) as z:
+        assert np.array_equal(z["ntk"], k.ntk) and np.array_equal(z["nngp"], k.nngp)
+
+
+@pytest.mark.parametrize("text,match", [("dense relu(", "layers: "),
+                                        ("dense(1,0,standard) relu dense(1,0,standard)",
+                                         "--layers: width is required")])
+def test_cli_layers_errors(tmp_path, capsys, text, match):
+    from infntk.cli import main
+    np.save(tmp_path / "X.npy", X)
+    assert main(["kernel", str(tmp_path / "X.npy"), "--layers", text, "--out",
+                 str(tmp_path / "K.npz"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("infntk: error: ") and match in err and err.count("\n") == 1
