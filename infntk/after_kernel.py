@@ -34,6 +34,7 @@ from . import dynamics
 from ._validation import check_positive_int, check_tol
 from .empirical import MLP
 from .fcnet import FCNet
+from .network import Network
 from .training import train
 
 __all__ = ["TASKS", "Task", "load_task", "AfterKernelTable", "compare", "METHODS"]
@@ -234,8 +235,10 @@ def compare(task="diabetes", n_train=200, n_test=200, activation="relu", depth=2
     n_train, n_test : int
     activation, depth, w_std, b_std, parameterization, width
         The network, in the names and order of :class:`infntk.FCNet` (the same
-        :class:`~infntk.empirical.MLP` of hidden width ``width``). The arguments below are
-        keyword-only.
+        :class:`~infntk.empirical.MLP` of hidden width ``width``). ``activation`` may be an
+        :class:`infntk.Network` instead (``depth`` to ``parameterization`` unused): trained
+        as ``net.finite(width, seed)``, analytic NTK ``Network(net.layers, width=width)``.
+        The arguments below are keyword-only.
     steps : int
         ``T``.
     lr_fraction : float
@@ -260,8 +263,10 @@ def compare(task="diabetes", n_train=200, n_test=200, activation="relu", depth=2
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds must contain at least one seed.")
-    net = FCNet(activation, depth=depth, w_std=w_std, b_std=b_std,
-                parameterization=parameterization, width=width)
+    composed = isinstance(activation, Network)
+    net = Network(activation.layers, width=width, tol=activation.tol) if composed else \
+        FCNet(activation, depth=depth, w_std=w_std, b_std=b_std,
+              parameterization=parameterization, width=width)
     S = len(seeds)
     test_mse = {m: np.empty(S) for m in METHODS}
     train_mse = {m: np.empty(S) for m in METHODS}
@@ -273,8 +278,9 @@ def compare(task="diabetes", n_train=200, n_test=200, activation="relu", depth=2
         if j == 0 and t.classification:
             test_acc = {m: np.empty(S) for m in METHODS}
         X, y, Xt, yt = t.X_train, t.y_train, t.X_test, t.y_test
-        mlp = MLP(width, depth, activation, w_std=w_std, b_std=b_std,
-                  parameterization=parameterization, seed=seed, input_dim=X.shape[1])
+        mlp = activation.finite(width, seed=seed, input_dim=X.shape[1]) if composed else \
+            MLP(width, depth, activation, w_std=w_std, b_std=b_std,
+                parameterization=parameterization, seed=seed, input_dim=X.shape[1])
         K0, K0x = mlp.ntk(X), mlp.ntk(Xt, X)
         lr = lr_fraction * dynamics.max_learning_rate(K0)
         rec = train(mlp, X, y, lr, steps, X_test=Xt, record=[steps])
@@ -296,6 +302,8 @@ def compare(task="diabetes", n_train=200, n_test=200, activation="relu", depth=2
             if test_acc is not None:
                 test_acc[m][j] = np.mean(np.sign(pte) == yt)
     config = dict(n_train=n_train, n_test=n_test, width=width, depth=depth,
-                  activation=activation, w_std=w_std, b_std=b_std,
+                  activation=repr(activation) if composed else activation, w_std=w_std, b_std=b_std,
                   parameterization=parameterization, steps=steps, lr_fraction=lr_fraction)
+    if composed:                        # the layers carry depth and parameterization
+        config.update(depth=None, parameterization=None, w_std=None, b_std=None)
     return AfterKernelTable(task, seeds, test_mse, test_acc, train_mse, ridges, change, config)

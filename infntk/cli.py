@@ -40,6 +40,8 @@ import numpy as np
 from . import _gram, _io
 from ._validation import check_pair
 from .fcnet import FCNet
+from .layer_spec import GRAMMAR, parse_layers
+from .network import Network
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -160,7 +162,19 @@ def _user(fn, *a, **kw):
         raise UsageError(msg) from None
 
 
+def _network_from_text(text, width=None):
+    """``--layers TEXT`` -> an :class:`infntk.Network` (grammar: :mod:`infntk.layer_spec`);
+    every problem becomes a one-line :class:`UsageError` naming ``--layers``."""
+    layers = _user(parse_layers, text)
+    try:
+        return Network(layers, width=width)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise UsageError(f"--layers: {str(exc).splitlines()[0]}") from None
+
+
 def _make_net(args):
+    if getattr(args, "layers", None):
+        return _network_from_text(args.layers, args.width)
     return _user(FCNet, args.activation, depth=args.depth, w_std=args.w_std, b_std=args.b_std,
                  parameterization=args.parameterization, width=args.width,
                  **_activation_params(args.param))
@@ -180,6 +194,9 @@ def _add_net_args(p):
     g.add_argument("--parameterization", choices=("ntk", "standard"), default="ntk")
     g.add_argument("--width", type=_positive("--width"), default=None,
                    help="finite hidden width (required by --parameterization standard)")
+    g.add_argument("--layers", metavar="TEXT", default=None,
+                   help="a composed network instead of --activation/--depth/--w-std/--b-std/"
+                        "--parameterization: " + GRAMMAR.replace("%", "%%"))
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -298,7 +315,9 @@ def _cmd_sweep(args):
                                                         seed=0)
     _make_net(args)  # the network's arguments, checked before the sweep runs
     t0 = time.perf_counter()
-    res = _user(width_sweep, args.activation, depth=args.depth, widths=args.widths, seeds=args.seeds,
+    network = (_network_from_text(args.layers, args.width or args.widths[0]) if args.layers
+               else args.activation)           # a Network: depth .. parameterization unused
+    res = _user(width_sweep, network, depth=args.depth, widths=args.widths, seeds=args.seeds,
                       X=np.asarray(X, dtype=np.float64), w_std=args.w_std, b_std=args.b_std,
                       parameterization=args.parameterization,
                       progress=not args.no_progress, checkpoint=args.checkpoint,

@@ -44,6 +44,7 @@ from ._validation import (check_depth, check_matrix, check_parameterization, che
 from .activations import get_activation
 from .empirical import MLP
 from .fcnet import FCNet
+from .network import Network
 
 __all__ = ["width_sweep", "SweepResult", "ExponentFit", "depth_width_variance",
            "DepthWidthResult", "default_points"]
@@ -358,7 +359,11 @@ def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterizati
     ----------
     activation, depth, w_std, b_std, parameterization
         The network, as in :class:`infntk.FCNet` and :class:`~infntk.empirical.MLP` (same
-        names and order); the remaining arguments are keyword-only.
+        names and order); the remaining arguments are keyword-only. ``activation`` may also be
+        an :class:`infntk.Network` (then ``depth`` to ``parameterization``, ``units`` and
+        ``reference`` are not used): its finite versions ``net.finite(m, seed=[s, m])`` are
+        compared with ``Network(net.layers, width=m).kernels``, on the metrics ``ntk.*`` and
+        ``nngp.*`` only (no per-layer kernels).
     widths : iterable of int
         Default ``2^6 .. 2^13``.
     seeds : int or iterable of int
@@ -395,6 +400,10 @@ def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterizati
     ``L = 2``: 0.3 to 1.5 s on 2 shared cores). ``m = 8192``, ``L = 3`` needs about 1.1 GB
     for the weights.
     """
+    if isinstance(activation, Network):
+        return _network_sweep(activation, _width_list(widths), _seed_list(seeds),
+                              default_points() if X is None else check_matrix(X, "X"), dtype,
+                              results, progress)
     depth = check_depth(depth)
     act = get_activation(activation, **activation_params)
     w_std = check_std(w_std, "w_std")
@@ -467,6 +476,46 @@ def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterizati
     except KeyboardInterrupt:
         warnings.warn(f"width_sweep interrupted after {len(results.records)} runs; pass the "
                       "returned result as results= to resume.", RuntimeWarning, stacklevel=2)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def _network_sweep(net, widths, seeds, X, dtype, results, progress):
+    """:func:`width_sweep` for an :class:`infntk.Network` (arguments already checked)."""
+    config = {"activation": repr(net), "network": repr(net), "depth": None,
+              "parameterization": None, "X": X.tolist(), "dtype": np.dtype(dtype).name}
+    if results is None:
+        results = SweepResult(config=config)
+    elif not isinstance(results, SweepResult) or results.config != config:
+        raise ValueError("results: not a SweepResult of this network and points; resume with "
+                         "the same arguments.")
+    jobs = [(w, s) for w in widths for s in seeds if (w, s) not in results.records]
+    bar = _progress(len(jobs), progress, "width sweep (network)")
+    results.complete = False
+    try:
+        for (w, s) in jobs:
+            if w not in results.reference:
+                k = Network(net.layers, width=w, tol=net.tol).kernels(X)
+                results.reference[w] = {"nngp": np.asarray(k.nngp, dtype=float),
+                                        "ntk": np.asarray(k.ntk, dtype=float)}
+            t0 = time.perf_counter()
+            fin = net.finite(w, seed=[s, w], dtype=dtype, input_dim=X.shape[1])
+            kernels = {"nngp": np.asarray(fin.nngp(X), dtype=float),
+                       "ntk": np.asarray(fin.ntk(X), dtype=float)}
+            errors = {}
+            for name, K in kernels.items():
+                errors[f"{name}.maxabs"], errors[f"{name}.relfro"] = \
+                    _errors(K, results.reference[w][name])
+            results.records[w, s] = {"errors": errors, "kernels": kernels,
+                                     "seconds": time.perf_counter() - t0}
+            if bar is not None:
+                bar.update(1)
+        results.complete = True
+    except KeyboardInterrupt:
+        warnings.warn(f"width_sweep interrupted after {len(results.records)} runs; pass the "
+                      "returned result as results= to resume.", RuntimeWarning, stacklevel=3)
     finally:
         if bar is not None:
             bar.close()

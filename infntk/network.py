@@ -24,6 +24,7 @@ from ._backends.composed import (ACT, DENSE, INPUT_DENSE, NORM, POP, PUSH, SERIE
 from ._gram import DEFAULT_BLOCK_ROWS
 from ._layers import layer_setup
 from ._validation import check_matrix, check_pair, check_positive_int, check_tol
+from .finite import FiniteNetwork
 from .layers import Activation, Dense, LayerNorm, Residual, compose_activations
 
 _CONV_LAYERS = ("Conv", "AvgPool", "Flatten", "GlobalAvgPool")
@@ -162,6 +163,23 @@ class Network:
             return _gram.KernelDiag(*conv.conv_diag(self.layers, X))
         X = check_matrix(X, "X")
         return _gram.diag(self._engine(X.shape[1]), X)
+
+    def finite(self, width, seed=0, dtype=np.float64, input_dim=None):
+        """The finite network of the same layers, ``width`` units per hidden representation.
+
+        Returns an :class:`infntk.finite.FiniteNetwork` (NumPy: ``forward``, ``gradient``,
+        ``jacobian``, the empirical ``ntk`` and ``nngp``), whose kernels approach this
+        network's as ``width`` grows; see :mod:`infntk.finite` for the layer-by-layer
+        definition. For a homogeneous network it is :class:`infntk.empirical.MLP` with the
+        same seed.
+
+        >>> import infntk
+        >>> net = infntk.Network([infntk.Dense(1.5, 0.1), infntk.Activation("erf"),
+        ...                       infntk.Dense(1.5, 0.1)])
+        >>> net.finite(128, seed=0, input_dim=3).num_params     # 128*3 + 128 + 128 + 1
+        641
+        """
+        return FiniteNetwork(self, width, seed=seed, dtype=dtype, input_dim=input_dim)
 
 
 def _copy_into(nngp, ntk, out_nngp, out_ntk):

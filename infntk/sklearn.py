@@ -13,7 +13,9 @@
   :class:`~sklearn.svm.SVC` / :class:`~sklearn.svm.SVR` (a callable ``(X, Y) -> Gram``);
 * or precomputed: ``SVC(kernel="precomputed").fit(NTK()(X), y)``.
 
-The Gram matrices come from :class:`infntk.FCNet` (closed forms, accurate to rounding).
+The Gram matrices come from :class:`infntk.FCNet` (closed forms, accurate to rounding), or
+from an :class:`infntk.Network` given as ``network=`` (an object or its text form,
+``NTK(network="dense(1.5,0.1) relu dense erf dense")``).
 
 Hyperparameters
 ---------------
@@ -63,6 +65,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
         "pip install 'infntk[sklearn]' (or pip install scikit-learn)") from exc
 
 from .fcnet import FCNet
+from .layer_spec import parse_layers
+from .network import Network
 
 __all__ = ["NTK", "NNGP"]
 
@@ -79,7 +83,8 @@ class _FCNetKernel(Kernel):
 
     def __init__(self, activation="relu", depth=1, w_std=1.0, b_std=0.0,
                  parameterization="ntk", width=None, activation_params=None,
-                 w_std_bounds=(1e-2, 1e2), b_std_bounds=(1e-5, 1e2), **activation_kwargs):
+                 w_std_bounds=(1e-2, 1e2), b_std_bounds=(1e-5, 1e2), network=None,
+                 **activation_kwargs):
         if activation_kwargs:            # NTK("leaky_relu", alpha=0.1), as FCNet accepts it
             activation_params = {**(activation_params or {}), **activation_kwargs}
         self.activation = activation
@@ -91,19 +96,36 @@ class _FCNetKernel(Kernel):
         self.activation_params = activation_params
         self.w_std_bounds = w_std_bounds
         self.b_std_bounds = b_std_bounds
+        self.network = network
+
+    def __sklearn_clone__(self):
+        """A clone that shares ``network`` (an immutable description) and deep-copies the
+        rest, as :func:`sklearn.base.clone` does."""
+        import copy
+        params = self.get_params(deep=False)
+        network = params.pop("network")
+        return type(self)(network=network, **copy.deepcopy(params))
 
     # ------------------------------------------------------------------ hyperparameters
     @property
     def hyperparameter_w_std(self):
-        return Hyperparameter("w_std", "numeric", self.w_std_bounds)
+        return Hyperparameter("w_std", "numeric",
+                              "fixed" if self.network is not None else self.w_std_bounds)
 
     @property
     def hyperparameter_b_std(self):
-        fixed = self.b_std is None or self.b_std == 0
+        fixed = self.b_std is None or self.b_std == 0 or self.network is not None
         return Hyperparameter("b_std", "numeric", "fixed" if fixed else self.b_std_bounds)
 
     # ------------------------------------------------------------------ kernel API
     def _net(self, w_std=None, b_std=None):
+        if self.network is not None:
+            if isinstance(self.network, Network):
+                return self.network
+            if isinstance(self.network, str):
+                return Network(parse_layers(self.network), width=self.width)
+            raise TypeError(f"network must be an infntk.Network or a layer string such as "
+                            f"'dense(1.5,0.1) relu dense', got {type(self.network).__name__}.")
         params = dict(self.activation_params or {})
         return FCNet(self.activation, depth=self.depth,
                      w_std=self.w_std if w_std is None else w_std,
@@ -163,6 +185,8 @@ class _FCNetKernel(Kernel):
         return True
 
     def __repr__(self):
+        if self.network is not None:
+            return f"{type(self).__name__}(network={self.network!r})"
         extra = ""
         if self.parameterization != "ntk":
             extra += f", parameterization={self.parameterization!r}, width={self.width}"
@@ -192,6 +216,14 @@ class NTK(_FCNetKernel):
         Keyword parameters of the activation, e.g. ``{"alpha": 0.1}`` for ``leaky_relu``.
     w_std_bounds, b_std_bounds : pair of floats or "fixed"
         Bounds of the hyperparameters for the optimizer.
+    network : infntk.Network or str, optional
+        A composed network instead of the fully-connected one: an :class:`infntk.Network`,
+        or its text form (:func:`infntk.layer_spec.parse_layers`, e.g.
+        ``"dense(1.5,0.1) relu dense erf dense"``; built with ``width=`` for the standard
+        parameterization). Then ``activation``, ``depth``, ``w_std``, ``b_std``,
+        ``parameterization`` and ``activation_params`` are not used and the kernel has no
+        free hyperparameters (the stds sit in the layers; multiply by a ``ConstantKernel``
+        for a learned amplitude). ``clone`` shares the network (layers are immutable).
     **activation_kwargs
         The activation's parameters may also be given as keyword arguments, as for
         :class:`infntk.FCNet`: ``NTK("leaky_relu", alpha=0.1)`` is

@@ -34,6 +34,7 @@ from ._validation import check_finite, check_matrix, check_positive_int, check_p
     check_real_dtype, check_tol
 from .empirical import MLP
 from .fcnet import FCNet
+from .network import Network
 
 __all__ = ["LinearizedMLP", "TrainingRecord", "train", "KernelRegime", "kernel_regime",
            "fit_power_law"]
@@ -227,9 +228,10 @@ def train(model, X, y, lr, steps, X_test=None, record=None, copy=True):
 
     Parameters
     ----------
-    model : infntk.empirical.MLP or LinearizedMLP
+    model : infntk.empirical.MLP, infntk.finite.FiniteNetwork or LinearizedMLP
         Anything with ``params`` (live arrays), ``forward(X) -> (n,)`` and
-        ``gradient(X, dout) -> list like params``.
+        ``gradient(X, dout) -> list like params``; for a composed network pass its finite
+        version ``Network(layers).finite(width, seed)``.
     X : (n, d) array
         Training inputs.
     y : (n,) array
@@ -273,6 +275,9 @@ def train(model, X, y, lr, steps, X_test=None, record=None, copy=True):
         if X_test.shape[1] != X.shape[1]:
             raise ValueError(f"X_test must have {X.shape[1]} columns like X, got {X_test.shape}.")
     rec_steps = _check_record(record, steps)
+    if isinstance(model, Network):
+        raise TypeError("model is an infinite-width infntk.Network; train a finite version of "
+                        "it: train(net.finite(width, seed), ...).")
     if not all(hasattr(type(model), a) for a in ("params", "forward", "gradient", "copy")):
         raise TypeError(f"model must be an MLP or LinearizedMLP, got {type(model).__name__}.")
     if copy:
@@ -390,7 +395,9 @@ def kernel_regime(X, y, X_test, y_test=None, activation="relu", depth=1, w_std=1
         Only used for the yardstick ``scale`` (RMS of ``y_test``, else of ``y``).
     activation, depth, w_std, b_std
         The network, as in :class:`infntk.FCNet` / :class:`~infntk.empirical.MLP` (same names
-        and order; closed-form activations). The arguments below are keyword-only.
+        and order; closed-form activations). ``activation`` may be an :class:`infntk.Network`
+        instead (NTK parameterization; ``depth``, ``w_std``, ``b_std`` unused), trained as
+        ``net.finite(width, seed)``. The arguments below are keyword-only.
     widths : sequence of int
     steps : int
     lr_fraction : float
@@ -412,7 +419,8 @@ def kernel_regime(X, y, X_test, y_test=None, activation="relu", depth=1, w_std=1
     widths = np.array([check_positive_int(int(w), "widths") for w in widths])
     lr_fraction = check_tol(lr_fraction, "lr_fraction")
     seeds = list(seeds)
-    net = FCNet(activation, depth=depth, w_std=w_std, b_std=b_std)
+    net = activation if isinstance(activation, Network) else \
+        FCNet(activation, depth=depth, w_std=w_std, b_std=b_std)
     Theta = net.ntk(X)
     Theta_x = net.ntk(X_test, X)
     lr = lr_fraction * dynamics.max_learning_rate(Theta)
@@ -421,8 +429,9 @@ def kernel_regime(X, y, X_test, y_test=None, activation="relu", depth=1, w_std=1
     rms = lambda a: float(np.sqrt(np.mean(a ** 2)))  # noqa: E731
     for i, w in enumerate(widths):
         for j, s in enumerate(seeds):
-            mlp = MLP(int(w), depth, activation, w_std=w_std, b_std=b_std, seed=s,
-                      input_dim=X.shape[1])
+            mlp = net.finite(int(w), seed=s, input_dim=X.shape[1]) if net is activation else \
+                MLP(int(w), depth, activation, w_std=w_std, b_std=b_std, seed=s,
+                    input_dim=X.shape[1])
             K0 = mlp.ntk(X)
             K0x = mlp.ntk(X_test, X)
             rec = train(mlp, X, y, lr, steps, X_test=X_test, record=[0, steps])
