@@ -11,7 +11,7 @@ import numpy as np
 
 __all__ = ["check_matrix", "check_pair", "check_std", "check_depth", "check_positive_int",
            "check_parameterization", "check_real_dtype", "check_finite", "check_positive_real",
-           "check_tol", "PARAMETERIZATIONS"]
+           "check_tol", "check_targets", "PARAMETERIZATIONS"]
 
 
 def check_matrix(X, name="X"):
@@ -133,3 +133,14 @@ def check_tol(value, name="tol"):
     if not (0.0 < value < 1.0):
         raise ValueError(f"{name} must be in (0, 1), got {value!r}.")
     return value
+
+
+def check_targets(y, n, name="y"):
+    """Regression targets: a finite real array of shape ``(n,)`` or ``(n, k)``, as float64."""
+    if y is None:
+        raise TypeError(f"{name} must be an array of shape ({n},) or ({n}, k), got None.")
+    arr = check_real_dtype(y, name, allow_bool=True)
+    if arr.ndim not in (1, 2) or arr.shape[0] != n or (arr.ndim == 2 and arr.shape[1] == 0):
+        raise ValueError(f"{name} must have shape ({n},) or ({n}, k) with n = {n} training "
+                         f"points, got {arr.shape}.")
+    return check_finite(np.asarray(arr, dtype=np.float64), name)

@@ -54,10 +54,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 import scipy.linalg
 
+from ._validation import check_targets as _check_targets
 from ._validation import check_matrix, check_positive_int, check_positive_real, check_std, \
     check_tol
-from .convergence import SweepResult
-from .dynamics import _check_targets
 from .fcnet import FCNet
 
 __all__ = ["ntk_convergence_width", "ntk_convergence_bound", "NTKConvergenceBound",
@@ -175,7 +174,8 @@ def _pairwise_errors(result, width, kernel):
 
 
 def _check_sweep(result):
-    if not isinstance(result, SweepResult):
+    # duck-typed (bounds sits below convergence in the layering): a width_sweep result
+    if not all(hasattr(result, a) for a in ("widths", "errors", "config", "summary")):
         raise TypeError(f"result must be an infntk.convergence.SweepResult, got "
                         f"{type(result).__name__}.")
     if not result.widths:

@@ -55,6 +55,7 @@ import scipy.linalg
 
 import warnings
 
+from ._validation import check_targets as _check_targets
 from ._validation import (check_finite, check_matrix, check_positive_int, check_positive_real,
                           check_real_dtype)
 
@@ -111,16 +112,6 @@ def _check_cross(K_test_train, n, name="K_test_train"):
         raise ValueError(f"{name} must have shape (n_test, {n}) (one column per training "
                          f"point), got {K.shape}.")
     return K
-
-
-def _check_targets(y, n, name="y"):
-    if y is None:
-        raise TypeError(f"{name} must be an array of shape ({n},) or ({n}, k), got None.")
-    arr = check_real_dtype(y, name, allow_bool=True)
-    if arr.ndim not in (1, 2) or arr.shape[0] != n or (arr.ndim == 2 and arr.shape[1] == 0):
-        raise ValueError(f"{name} must have shape ({n},) or ({n}, k) with n = {n} training "
-                         f"points, got {arr.shape}.")
-    return check_finite(np.asarray(arr, dtype=np.float64), name)
 
 
 def _check_f0(f0, shape, name):

@@ -31,7 +31,7 @@ import scipy.linalg
 
 from . import dynamics
 from ._validation import check_finite, check_matrix, check_positive_int, check_positive_real, \
-    check_real_dtype, check_tol
+    check_real_dtype, check_targets, check_tol
 from .empirical import MLP
 from .fcnet import FCNet
 from .network import Network
@@ -469,7 +469,7 @@ def _check_model(model, name="model"):
 
 def _check_xy(X, y):
     X = check_matrix(X, "X")
-    y = dynamics._check_targets(y, X.shape[0], "y")
+    y = check_targets(y, X.shape[0], "y")
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (one target per row of X), got shape {y.shape}.")
     return X, y
