@@ -31,6 +31,7 @@ REQUIRES = {
     "06_finite_width.ipynb": ["infntk.finite_width", "infntk.empirical"],
     "07_theorems.ipynb": ["infntk.learning_curves", "infntk.memorization", "infntk.sensitivity"],
     "08_catapult.ipynb": ["infntk.training", "sklearn"],
+    "10_spectral_bias.ipynb": ["infntk.spectral_bias", "infntk.training"],
 }
 
 
