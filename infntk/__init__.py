@@ -28,7 +28,8 @@ __version__ = "0.1.0"
 _LAZY_SUBMODULES = {"activations", "after_kernel", "bounds", "cli", "conv", "convergence", "data",
                     "distributed", "dynamics", "empirical", "fcnet", "finite", "finite_width",
                     "hermite", "layer_spec", "layers", "learning_curves", "memorization",
-                    "network", "quadrature", "sensitivity", "sklearn", "spectrum", "training"}
+                    "network", "quadrature", "sensitivity", "sklearn", "spectral_bias", "spectrum",
+                    "training"}
 #: public names -> the module that defines them. ``infntk.Activation`` is the activation
 #: *layer* (:class:`infntk.layers.Activation`); the registry record is
 #: :class:`infntk.activations.Activation`.

@@ -345,7 +345,7 @@ def _progress(total, enabled, desc):
 
 
 def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterization="ntk", *,
-                widths=tuple(2 ** k for k in range(6, 14)), seeds=8, X=None, units=1,
+                widths=tuple(2 ** k for k in range(6, 14)), seeds=8, X=None, data=None, units=1,
                 dtype=np.float64, results=None, progress=True, reference=None,
                 checkpoint=None, **activation_params):
     """Errors of the empirical kernels of finite networks against FCNet, over widths and seeds.
@@ -370,6 +370,9 @@ def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterizati
         A count (seeds ``0 .. seeds-1``) or explicit seeds.
     X : array_like, shape (n, d), optional
         Default :func:`default_points` (8 points on the unit sphere of ``R^4``).
+    data : callable, optional
+        A sampler ``data(n, d, seed) -> X`` (e.g. ``infntk.data.sampler("student_t")``) that
+        replaces the default points by ``data(8, 4, 0)``; give ``X`` instead for other sizes.
     dtype, **activation_params
         As in :class:`~infntk.empirical.MLP`.
     units : int
@@ -412,7 +415,10 @@ def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterizati
     widths = _width_list(widths)
     seeds = _seed_list(seeds)
     units = check_positive_int(units, "units")
-    X = default_points() if X is None else check_matrix(X, "X")
+    if data is not None and (X is not None or not callable(data)):
+        raise TypeError("data must be a sampler (n, d, seed) -> X, and cannot be given with X.")
+    X = default_points() if X is None and data is None else check_matrix(
+        data(8, 4, 0) if X is None else X, "X")
     config = {"activation": act.name, "activation_params": {k: v for k, v in act.params.items()
                                                             if k != "callable"},
               "depth": depth, "w_std": w_std, "b_std": b_std,

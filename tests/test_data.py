@@ -48,3 +48,15 @@ def test_sampler_and_errors():
         sample("gaussian", 3, 3, dof=3)
     with pytest.raises(ValueError, match="n"):
         sample("gaussian", 0, 3)
+
+
+def test_width_sweep_draws_its_points_from_a_sampler():
+    """data= replaces the default points by data(8, 4, 0); the sweep then compares on them."""
+    from infntk.convergence import width_sweep
+    draw = sampler("rademacher")
+    res = width_sweep("relu", depth=1, widths=[16], seeds=2, data=draw, progress=False)
+    np.testing.assert_array_equal(np.array(res.config["X"]), sample("rademacher", 8, 4, seed=0))
+    with pytest.raises(TypeError, match="data"):
+        width_sweep("relu", depth=1, widths=[16], seeds=1, data=draw, X=np.ones((2, 4)))
+    with pytest.raises(TypeError, match="data"):
+        width_sweep("relu", depth=1, widths=[16], seeds=1, data="sphere")

@@ -32,6 +32,7 @@ REQUIRES = {
     "07_theorems.ipynb": ["infntk.learning_curves", "infntk.memorization", "infntk.sensitivity"],
     "08_catapult.ipynb": ["infntk.training", "sklearn"],
     "09_composed.ipynb": ["infntk.network", "infntk.finite", "infntk.convergence"],
+    "10_spectral_bias.ipynb": ["infntk.spectral_bias", "infntk.training"],
 }
 
 
