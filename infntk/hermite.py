@@ -179,7 +179,9 @@ def _family_second_moment(fam, q):
 def gauss_hermite_order(K, q):
     """The Gauss-Hermite order used by ``precision="double"`` for smooth activations.
 
-    ``n = K + 40 + ceil(150 sqrt(q_max))``, used only while ``n <= GH_MAX_ORDER = 200``
+    ``n = K + 40 + ceil(150 sqrt(q_max))`` rounded up to even (an even rule has no node at
+    ``z = 0``, so a callable's value exactly at a possible kink, e.g. ``np.sign(0) = 0``, is never
+    used), used only while ``n <= GH_MAX_ORDER = 200``
     (beyond, numpy's nodes lose accuracy and the composite rule is cheaper). The ``K`` term
     makes the rule exact for the polynomial part ``h_k``; the ``sqrt(q)`` term resolves
     ``phi(sqrt(q) z)``, whose complex singularities (tanh: ``z = i pi / (2 sqrt(q))``) sit at
@@ -190,7 +192,8 @@ def gauss_hermite_order(K, q):
     Validated against 50-digit values in ``tests/test_hermite.py``.
     """
     qmax = float(np.max(q))
-    return int(K + 40 + math.ceil(150.0 * math.sqrt(qmax)))
+    n = int(K + 40 + math.ceil(150.0 * math.sqrt(qmax)))
+    return n + (n % 2)       # even: no node at z = 0, where a callable may have a kink
 
 
 @functools.lru_cache(maxsize=32)
