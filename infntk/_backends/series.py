@@ -48,6 +48,25 @@ def _power(a, n):
     return math.exp(n * math.log(a))
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _rounding(a, K):
+    """Relative rounding allowance of a Horner sum at ``|rho| = a`` (times ``sqrt(E1 E2)``).
+
+    Horner passes the term of degree ``k`` through ``2k + 1`` roundings, so its error is at
+    most ``eps sum_k (2k + 2) |c_k| a^k <= eps sqrt(E1 E2) sqrt(4 (1 + x) / (1 - x)^3)``,
+    ``x = a^2`` (Cauchy-Schwarz with ``|a_k| <= sqrt(E)``), and at most ``(2K + 3) eps``;
+    the coefficients' quadrature errors (``<= 4.5 eps sqrt(E)`` each, tests/test_hermite.py)
+    add ``9 eps sqrt(E1 E2) min(sqrt(K + 1), (1 - x)^(-1/2))`` the same way.
+    """
+    x = a * a
+    om = 1.0 - x
+    if om <= 0.0:
+        return (2.0 * K + 3.0 + 9.0 * math.sqrt(K + 1.0)) * _EPS
+    h = min(2.0 * K + 3.0, math.sqrt(4.0 * (1.0 + x) / (om * om * om)))
+    c = min(math.sqrt(K + 1.0), 1.0 / math.sqrt(om))
+    return (h + 9.0 * c) * _EPS
+
+
 @njit(cache=True, error_model="numpy")
 def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb):
     """One output row, by chunks of ``_CHUNK`` columns (the work vectors stay in L1).
@@ -139,8 +158,9 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
                     delta = eS[jj] / m if m > 0.0 else 0.0
                     fT = _power(a, K + 1.0)
                     fD = _power(min(1.0, a + delta), K + 1.0)
-                    eK = lip * eS[jj] + fT * t1 * stT2[l, j] + Rl * p1 * sE2[l, j]
-                    ekd = delta * v1 * sS12[l, j] + fD * u1 * stD2[l, j] + Rl * lip
+                    Rp = min(Rl, _rounding(a, K))
+                    eK = lip * eS[jj] + fT * t1 * stT2[l, j] + Rp * p1 * sE2[l, j]
+                    ekd = delta * v1 * sS12[l, j] + fD * u1 * stD2[l, j] + Rp * lip
                 thn = cKl * acc[jj] + w2 * accd[jj] * TH[jj] + cbl
                 eT[jj] = (cKl * eK + w2 * ((1.0 + Rl) * lip * eT[jj]
                                            + ekd * (abs(TH[jj]) + eT[jj]))
