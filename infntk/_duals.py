@@ -48,6 +48,8 @@ from .activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_CO
 
 PI = math.pi
 _HALF_PI = 0.5 * math.pi
+# below this, products of two such numbers (variances, gaps) are safe in float64
+_BIG = 1e150
 
 # Series of g(x) = sin x - x cos x = sum_{k>=1} (-1)^(k+1) 2k x^(2k+1) / (2k+1)!, used for
 # x < 0.5 where the direct form cancels; 8 terms reach 1e-18 relative at x = 0.5.
@@ -152,7 +154,7 @@ def abrelu_normalized(c, m, A, B, theta, phi):
         return 1.0 - c / PI, 1.0 + c / PI
     omc = A / m          # 1 - cos(theta)
     opc = B / m          # 1 + cos(theta) = 1 - cos(phi)
-    sin_t = math.sqrt(A * B) / m
+    sin_t = math.sqrt(omc) * math.sqrt(opc)
     cos_t = 0.5 * (opc - omc)
     if theta <= _HALF_PI:
         gt = g_small(theta, sin_t, cos_t)
@@ -206,20 +208,32 @@ def _erf_k(q1, q2, r1, r2, A, B):
 
 
 @njit(cache=True, error_model="numpy")
-def _gelu(q1, q2, s, AB):
+def _gelu(q1, q2, s, sAB):
     """E[u Phi(u) v Phi(v)] and E[phi'(u) phi'(v)] for GELU phi(x) = x Phi(x) (exact).
 
     With P = (1 + q1)(1 + q2) and Delta^2 = P - s^2 = 1 + q1 + q2 + (q1 q2 - s^2):
     F = s/4 + [s atan2(s, Delta) + (s^2 + q1 q2 Delta^2) / (P Delta)] / (2 pi),
     G = dF/ds = 1/4 + atan2(s, Delta)/(2 pi) + s/(2 pi Delta) [(2 + q1 + q2)/P + 1/Delta^2].
     Derived by Price's theorem (docs/closed_forms.md); as in neural-tangents' exact Gelu.
+    ``sAB = sqrt(q1 q2 - s^2)``; evaluated in scaled form (``Delta`` by ``hypot``, the
+    ratios ``q/(1 + q)``), so that no product of variances under- or overflows.
     """
-    P = (1.0 + q1) * (1.0 + q2)
-    D2 = 1.0 + q1 + q2 + AB
-    Dl = math.sqrt(D2)
+    if q1 < _BIG and q2 < _BIG and sAB < _BIG:          # the plain form is safe
+        P = (1.0 + q1) * (1.0 + q2)
+        D2 = 1.0 + q1 + q2 + sAB * sAB
+        Dl = math.sqrt(D2)
+        at = math.atan2(s, Dl)
+        F = 0.25 * s + (s * at + (s * s + q1 * q2 * D2) / (P * Dl)) / (2.0 * PI)
+        G = 0.25 + at / (2.0 * PI) + s / (2.0 * PI * Dl) * ((2.0 + q1 + q2) / P + 1.0 / D2)
+        return F, G
+    c1 = 1.0 + q1
+    c2 = 1.0 + q2
+    Dl = math.hypot(math.sqrt(1.0 + q1 + q2), sAB)
     at = math.atan2(s, Dl)
-    F = 0.25 * s + (s * at + (s * s + q1 * q2 * D2) / (P * Dl)) / (2.0 * PI)
-    G = 0.25 + at / (2.0 * PI) + s / (2.0 * PI * Dl) * ((2.0 + q1 + q2) / P + 1.0 / D2)
+    t = (s / math.sqrt(c1)) / math.sqrt(c2)          # s / sqrt(P)
+    F = 0.25 * s + (s * at + t * t / Dl + (q1 / c1) * (q2 / c2) * Dl) / (2.0 * PI)
+    iD = 1.0 / Dl
+    G = 0.25 + at / (2.0 * PI) + (s * iD) / (2.0 * PI) * (1.0 / c1 + 1.0 / c2 + iD * iD)
     return F, G
 
 
@@ -303,8 +317,8 @@ def t_small(x, sin_x, cos_x):
 @njit(cache=True, error_model="numpy")
 def arccos_J_complement(n, m, A, B, theta, phi):
     """J_n(0) - J_n(theta) >= 0 without cancellation for small theta (n = 2, 3)."""
-    sin_t = math.sqrt(A * B) / m
-    cos_t = 0.5 * (B - A) / m
+    sin_t = math.sqrt(A / m) * math.sqrt(B / m)
+    cos_t = 0.5 * (B / m - A / m)
     if theta > 1.0:
         return arccos_J0(n) - arccos_J(n, theta, phi)
     s2 = sin_t * sin_t
@@ -332,26 +346,38 @@ def arccos_pair(n, m, A, B):
 def smooth_kkd(family, q1, q2, r1, r2, A, B):
     """(k, kd) of the non-homogeneous closed forms at the pair state (q, r = sqrt(q), A, B)."""
     s = 0.5 * (B - A)
-    AB = A * B
+    sAB = math.sqrt(A) * math.sqrt(B)          # sqrt(q1 q2 - s^2), never the product
     if family == FAMILY_ERF:
         k = _erf_k(q1, q2, r1, r2, A, B)
-        kd = (4.0 / PI) / math.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * AB)
+        if sAB < _BIG:
+            kd = (4.0 / PI) / math.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * (sAB * sAB))
+        else:
+            kd = (4.0 / PI) / math.hypot(math.sqrt(1.0 + 2.0 * (q1 + q2)), 2.0 * sAB)
     elif family == FAMILY_SIN or family == FAMILY_COS:
         dq = r1 - r2
         em = math.exp(-0.5 * (dq * dq + 2.0 * A))
         ep = math.exp(-0.5 * (dq * dq + 2.0 * B))
+        # em - ep = -em expm1(-2 s): no cancellation at small variance (s = (B - A) / 2)
+        if B >= A:
+            dif = -0.5 * em * math.expm1(A - B)
+        else:
+            dif = 0.5 * ep * math.expm1(B - A)
         if family == FAMILY_SIN:
-            k = 0.5 * (em - ep)
+            k = dif
             kd = 0.5 * (em + ep)
         else:
             k = 0.5 * (em + ep)
-            kd = 0.5 * (em - ep)
+            kd = dif
     elif family == FAMILY_GAUSSIAN:
-        det = 1.0 + q1 + q2 + AB
-        k = 1.0 / math.sqrt(det)
-        kd = s * k / det
+        if sAB < _BIG:
+            det = 1.0 + q1 + q2 + sAB * sAB
+            k = 1.0 / math.sqrt(det)
+            kd = s * k / det
+        else:
+            k = 1.0 / math.hypot(math.sqrt(1.0 + q1 + q2), sAB)     # det^(-1/2)
+            kd = ((s * k) * k) * k
     elif family == FAMILY_GELU:
-        k, kd = _gelu(q1, q2, s, AB)
+        k, kd = _gelu(q1, q2, s, sAB)
     else:
         k = math.nan
         kd = math.nan
@@ -418,8 +444,8 @@ def _radial_gap(family, r1, r2, sk1, sk2):
 
 
 @njit(cache=True, error_model="numpy")
-def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
-    """(k, kd, kA, kB) of the non-homogeneous closed forms (erf, sin, cos, gaussian, gelu).
+def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2):
+    """(k, kd, kA, kB) of the non-homogeneous closed forms, as :func:`smooth_pair`.
 
     The gaps are split into a radial and an angular part,
     ``kA = [sqrt(k11 k22) - k(m)] + [k(m) - k(s)]`` with ``m = sqrt(q1 q2)``: the angular
@@ -448,6 +474,21 @@ def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
         kB = sk + k
     # rounding-level negative values are set to 0 (exact values are >= 0 by Cauchy-Schwarz)
     return k, kd, max(kA, 0.0), max(kB, 0.0)
+
+
+@njit(cache=True, error_model="numpy")
+def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
+    """(k, kd, kA, kB) of the non-homogeneous closed forms (erf, sin, cos, gaussian, gelu).
+
+    For the even activations (cos, gaussian) ``k(s) = k(-s)``: nearly antipodal inputs
+    give nearly identical features, so ``kA`` is small where ``B`` is. The pair is then
+    evaluated mirrored, ``(s, A, B) -> (-s, B, A)`` (``kA``, ``kB`` unchanged, ``kd`` odd), so
+    that the small gap is formed by the accurate route; see :func:`_smooth_pair_oriented`.
+    """
+    if (family == FAMILY_COS or family == FAMILY_GAUSSIAN) and B < A:
+        k, kd, kA, kB = _smooth_pair_oriented(family, q1, q2, r1, r2, B, A, sk1, sk2)
+        return k, -kd, kA, kB
+    return _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2)
 
 
 @njit(cache=True, error_model="numpy")

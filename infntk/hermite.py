@@ -179,7 +179,9 @@ def _family_second_moment(fam, q):
 def gauss_hermite_order(K, q):
     """The Gauss-Hermite order used by ``precision="double"`` for smooth activations.
 
-    ``n = K + 40 + ceil(150 sqrt(q_max))``, used only while ``n <= GH_MAX_ORDER = 200``
+    ``n = K + 40 + ceil(150 sqrt(q_max))`` rounded up to even (an even rule has no node at
+    ``z = 0``, so a callable's value exactly at a possible kink, e.g. ``np.sign(0) = 0``, is never
+    used), used only while ``n <= GH_MAX_ORDER = 200``
     (beyond, numpy's nodes lose accuracy and the composite rule is cheaper). The ``K`` term
     makes the rule exact for the polynomial part ``h_k``; the ``sqrt(q)`` term resolves
     ``phi(sqrt(q) z)``, whose complex singularities (tanh: ``z = i pi / (2 sqrt(q))``) sit at
@@ -190,7 +192,8 @@ def gauss_hermite_order(K, q):
     Validated against 50-digit values in ``tests/test_hermite.py``.
     """
     qmax = float(np.max(q))
-    return int(K + 40 + math.ceil(150.0 * math.sqrt(qmax)))
+    n = int(K + 40 + math.ceil(150.0 * math.sqrt(qmax)))
+    return n + (n % 2)       # even: no node at z = 0, where a callable may have a kink
 
 
 @functools.lru_cache(maxsize=32)
@@ -876,13 +879,24 @@ def gamma_ntk(activation, alpha, K=None, tol=1e-14, q=1.0, **params):
     qa, _ = _check_q(q)
     if qa.size != 1:
         raise ValueError("gamma_ntk: q must be a scalar variance.")
+    fam = _closed_family(act, derivative=True)
     if K is None:
-        # smallest K with alpha^(K+1) <= tol, capped; the tail term covers the rest
-        K = 200 if alpha >= 1 else int(min(2000, max(10, math.ceil(
+        # alpha^(K+1) <= tol is enough, but for alpha near 1 that K is large (6.9e3 at
+        # 0.999 for tol 1e-3); the tail term alpha^(K+1) T'_K decays with T'_K too: take the
+        # smallest K <= cap whose tail term is <= tol D (quadrature paths: cap 600)
+        Kcap = 200 if alpha >= 1 else int(min(2000, max(10, math.ceil(
             math.log(max(tol, 1e-300)) / math.log(max(alpha, 1e-300))))))
-    K = check_positive_int(K, "K", minimum=1)
-    b, T, floor = _tails(act, K, qa, derivative=True)
-    b, T, floor = b[0], T[0], floor[0, K]
+        if fam is None:
+            Kcap = min(Kcap, _K_MAX_QUADRATURE)
+        b, T, floor = _tails(act, Kcap, qa, derivative=True, all_orders=True)
+        term = alpha ** (np.arange(Kcap + 1) + 1.0) * (T[0] + floor[0])
+        ok = np.flatnonzero(term <= tol * max(T[0, 0], 1e-300))
+        K = max(1, int(ok[0])) if ok.size else Kcap
+        b, T, floor = b[0, :K + 1], T[0, :K + 1], floor[0, K]
+    else:
+        K = check_positive_int(K, "K", minimum=1)
+        b, T, floor = _tails(act, K, qa, derivative=True)
+        b, T, floor = b[0], T[0], floor[0, K]
     D = T[0]
     if D <= floor:
         raise ValueError("gamma_ntk: phi' has no Hermite coefficient of order >= 1 (phi is "

@@ -3,7 +3,8 @@
 The references come from ``tests/oracles/mp_reference.py`` (pure mpmath, independent of
 the compiled engine). Run from the repository root::
 
-    python scripts/make_references.py            # 40-80 s on one core, 0.25 MB
+    python scripts/make_references.py               # both files
+    python scripts/make_references.py --extra-only  # only reference_kernels_extra.npz
 
 Contents
 --------
@@ -34,6 +35,12 @@ Arrays: ``X_near``, ``X_norms``, ``nngp_near``/``ntk_near`` (cases, 8, 8),
 order near cases then norms cases) of ``{activation, params, depth, w_std, b_std,
 parameterization, width, geometry, index}``. Load with
 ``oracles.mp_reference.load_reference_cases`` (with ``tests/`` on ``sys.path``, as in the tests).
+
+A second file, ``tests/data/reference_kernels_extra.npz`` (same layout, ``ntk``
+parameterization), holds the classes of :func:`extra_classes`: input norms 1e-100 and 1e100
+(every closed form whose kernel is representable, depths 1 and 3; the oracle works at 450
+digits for the huge rows), even activations (cos, gaussian, abs) on nearly antipodal rows at
+``w_std`` 1, 1.5 and 3 to depth 100, and sin at variances 1e-6 .. 1e-80.
 """
 from __future__ import annotations
 
@@ -51,6 +58,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from oracles.mp_reference import mp_kernels_depths  # noqa: E402
 
 OUT = os.path.join(ROOT, "tests", "data", "reference_kernels.npz")
+OUT_EXTRA = os.path.join(ROOT, "tests", "data", "reference_kernels_extra.npz")
 SEED = 20240607
 D = 5
 
@@ -84,7 +92,90 @@ def geometries():
     return {"near": np.array(near), "norms": np.array(norms)}
 
 
+# ----------------------------------------------------------------------------- extra classes
+#: (geometry, activations, runs [(w_std, b_std, depths)], dps) of the second file
+SCALE_ACTS = [a for a in ACTIVATIONS if not (a[0] == "arccos" and a[1]["n"] >= 2)]
+EVEN_ACTS = [("cos", {}), ("gaussian", {}), ("abs", {})]
+
+
+def extra_geometries():
+    """Input scales and even-activation geometries of the second file (deterministic).
+
+    * ``tiny``/``huge``: 4 random rows (two of them parallel up to 1e-9) times 1e-100 / 1e100:
+      every kernel of the closed forms (but arccos n >= 2) is representable in float64.
+    * ``antipodal``: ``x + 1e-10 |x| e``, ``-x``, ``x + 1e-5 |x| e'``, ``-(1 + 1e-8) x``:
+      even activations map nearly antipodal rows to nearly identical features.
+    * ``sin1e-3`` .. ``sin1e-40``: 4 random rows scaled to small variance.
+    """
+    rng = np.random.default_rng(SEED + 1)
+    Y = rng.normal(size=(4, D))
+    Y[1] = Y[0] * (1 + 1e-9)
+    x = rng.normal(size=D)
+    e = rng.normal(size=D)
+    e /= np.linalg.norm(e)
+    nx = np.linalg.norm(x)
+    anti = np.array([x + 1e-10 * nx * e, -x, x + 1e-5 * nx * e[::-1], -x * (1 + 1e-8)])
+    Z = rng.normal(size=(4, D))
+    out = {"tiny": Y * 1e-100, "huge": Y * 1e100, "antipodal": anti}
+    for sc in ("1e-3", "1e-4", "1e-7", "1e-40"):
+        out["sin" + sc] = Z * float(sc)
+    return out
+
+
+def extra_classes():
+    """(geometry, activation, params, w_std, b_std, depths, dps) of the second file."""
+    out = []
+    for g in ("tiny", "huge"):
+        for act, params in SCALE_ACTS:
+            # huge inputs: 1 + 2 q ~ 1e200 must not swamp D = q1 q2 - s^2 in the oracle
+            out.append((g, act, params, 1.0, None, (1, 3), 450 if g == "huge" else 50))
+    for act, params in EVEN_ACTS:
+        for w in (1.0, 1.5, 3.0):
+            depths = (3, 50) if (act == "gaussian" and w == 3.0) else (3, 50, 100)
+            out.append(("antipodal", act, params, w, None, depths, 80))
+    for sc in ("1e-3", "1e-4", "1e-7", "1e-40"):
+        out.append(("sin" + sc, "sin", {}, 1.0, None, (1, 3), 50))
+    return out
+
+
+def main_extra():
+    geo = extra_geometries()
+    meta, store = [], {g: ([], []) for g in geo}
+    t0 = time.time()
+    for g, act, params, w, b, depths, dps in extra_classes():
+        res = mp_kernels_depths(act, geo[g], None, depths, w, b, "ntk", None, dps=dps, **params)
+        for L in depths:
+            nngp, ntk = res[L]
+            store[g][0].append(nngp)
+            store[g][1].append(ntk)
+            meta.append({"activation": act, "params": params, "depth": L, "w_std": w,
+                         "b_std": b, "parameterization": "ntk", "width": None,
+                         "geometry": g, "index": len(store[g][0]) - 1})
+    arrays = {"meta": np.array(json.dumps(meta))}
+    for g, X in geo.items():
+        if store[g][0]:
+            arrays[f"X_{g}"] = X
+            arrays[f"nngp_{g}"] = np.array(store[g][0])
+            arrays[f"ntk_{g}"] = np.array(store[g][1])
+    _save(OUT_EXTRA, arrays)
+    print(f"{len(meta)} extra cases, {time.time() - t0:.0f} s -> {OUT_EXTRA}")
+
+
+def _save(path, arrays):
+    """np.savez_compressed to a temporary name in the same directory, then os.replace."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def main():
+    if "--extra-only" in sys.argv:
+        main_extra()
+        return
     geo = geometries()
     meta = []
     store = {g: ([], []) for g in geo}
@@ -116,9 +207,9 @@ def main():
         arrays[f"X_{g}"] = X
         arrays[f"nngp_{g}"] = np.array(store[g][0])
         arrays[f"ntk_{g}"] = np.array(store[g][1])
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    np.savez_compressed(OUT, **arrays)
+    _save(OUT, arrays)
     print(f"{len(meta)} cases, {os.path.getsize(OUT) / 1e6:.2f} MB, {time.time() - t0:.0f} s -> {OUT}")
+    main_extra()
 
 
 if __name__ == "__main__":

@@ -7,14 +7,20 @@ the accuracy contract (docs/conventions.md): nearly identical rows (relative dis
 1e-2 .. 1e-10), a nearly antipodal row, parallel rows of norms 1e-3 to 1e3, zero rows; depths
 up to 100; both parameterizations; with and without biases.
 """
+import os
+
 import numpy as np
 import pytest
 
 import infntk
-from oracles.mp_reference import load_reference_cases
+from oracles.mp_reference import DEFAULT_DATA_PATH, load_reference_cases
 from tolerances import CLOSED_FORM_RTOL, rel_err_vs_max
 
 CASES = load_reference_cases()
+# input norms 1e-100 / 1e100, even activations on nearly antipodal rows (w_std up to 3, depth
+# up to 100), sin at small variance (scripts/make_references.py, extra_classes)
+EXTRA = load_reference_cases(os.path.join(os.path.dirname(DEFAULT_DATA_PATH),
+                                          "reference_kernels_extra.npz"))
 
 # Known limitation (see the README's accuracy section): in the chaotic regime
 # (w_std^2 E[phi'^2] > 1) the smooth closed forms sin and gelu lose digits at depth 100 on
@@ -62,3 +68,10 @@ def test_diag_matches_reference_diagonal(c):
     dg = _net(c).diag(c["X"])
     assert rel_err_vs_max(dg.nngp, np.diag(c["nngp"])) <= CLOSED_FORM_RTOL
     assert rel_err_vs_max(dg.ntk, np.diag(c["ntk"])) <= CLOSED_FORM_RTOL
+
+
+@pytest.mark.parametrize("c", EXTRA, ids=[c["id"] for c in EXTRA])
+def test_closed_form_extra_classes(c):
+    k = _net(c).kernels(c["X"])
+    assert rel_err_vs_max(k.nngp, c["nngp"]) <= CLOSED_FORM_RTOL
+    assert rel_err_vs_max(k.ntk, c["ntk"]) <= CLOSED_FORM_RTOL

@@ -172,7 +172,14 @@ def _first_layer_rows(x, y, g, nx2, ny2, w2, b2, d, identical):
     """(A, B) of Sigma^1 from the rows themselves, for (nearly) parallel or identical rows."""
     if identical:
         return _first_layer_ab(nx2, ny2, 0.0, 2.0, 0.0, w2, b2, d)
-    s2, dn2 = _sin2_from_rows(x, y, nx2, g)
+    # rows scaled by one power of two (exact) to norm ~1: the exact products and minors of
+    # _sin2_from_rows neither overflow (norms up to 1e150) nor underflow (down to 1e-150)
+    e = math.frexp(math.sqrt(max(nx2, ny2)))[1]
+    c = math.ldexp(1.0, -e)
+    xs = x * c
+    ys = y * c
+    s2, dn2 = _sin2_from_rows(xs, ys, nx2 * c * c, g * c * c)
+    dn2 = dn2 / (c * c)
     dn = dn2 / (math.sqrt(nx2) + math.sqrt(ny2))
     ac = math.sqrt(1.0 - s2)
     if g > 0.0:

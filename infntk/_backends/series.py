@@ -16,6 +16,7 @@ Cost: coefficients ``O(n_distinct_q * nodes * K)`` per layer (NumPy, vectorized)
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import NamedTuple
@@ -37,12 +38,47 @@ _CAP0 = 96
 
 
 # ----------------------------------------------------------------------------- compiled pairs
+@njit(cache=True, inline="always", error_model="numpy")
+def _power(a, n):
+    """a^n for 0 <= a <= 1 (0 for a = 0)."""
+    if a <= 0.0:
+        return 0.0
+    if a >= 1.0:
+        return 1.0
+    return math.exp(n * math.log(a))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _rounding(a, K):
+    """Relative rounding allowance of a Horner sum at ``|rho| = a`` (times ``sqrt(E1 E2)``).
+
+    Horner passes the term of degree ``k`` through ``2k + 1`` roundings, so its error is at
+    most ``eps sum_k (2k + 2) |c_k| a^k <= eps sqrt(E1 E2) sqrt(4 (1 + x) / (1 - x)^3)``,
+    ``x = a^2`` (Cauchy-Schwarz with ``|a_k| <= sqrt(E)``), and at most ``(2K + 3) eps``;
+    the coefficients' quadrature errors (``<= 4.5 eps sqrt(E)`` each, tests/test_hermite.py)
+    add ``9 eps sqrt(E1 E2) min(sqrt(K + 1), (1 - x)^(-1/2))`` the same way.
+    """
+    x = a * a
+    om = 1.0 - x
+    if om <= 0.0:
+        return (2.0 * K + 3.0 + 9.0 * math.sqrt(K + 1.0)) * _EPS
+    h = min(2.0 * K + 3.0, math.sqrt(4.0 * (1.0 + x) / (om * om * om)))
+    c = min(math.sqrt(K + 1.0), 1.0 / math.sqrt(om))
+    return (h + 9.0 * c) * _EPS
+
+
 @njit(cache=True, error_model="numpy")
-def _series_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, excess):
-    """One output row, by chunks of ``_CHUNK`` columns (the work vectors stay in L1)."""
+def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb):
+    """One output row, by chunks of ``_CHUNK`` columns (the work vectors stay in L1).
+
+    Next to the kernels it propagates, per pair, the bounds ``eS``, ``eT`` on the errors of
+    the carried ``S_l`` and ``Theta_l`` (docs/series_engine.md, "Certified bound") and
+    records their largest value in ``errb[ib]``.
+    """
     depth, Ks, w2, b2, d, cK, cb = net
     nsq1, rq1, a1, b1, E1, Ed1 = rows
     rq2, a2T, b2T = cols
+    sE1, sEd1, stT1, stD1, sS11, th01, sE2, sEd2, stT2, stD2, sS12, th02, first, rnd = bnd
     i = row0 + ib
     jend = i + 1 if symmetric else G.shape[1]
     S = np.empty(_CHUNK)
@@ -50,7 +86,10 @@ def _series_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, exce
     R = np.empty(_CHUNK)
     acc = np.empty(_CHUNK)
     accd = np.empty(_CHUNK)
+    eS = np.empty(_CHUNK)
+    eT = np.empty(_CHUNK)
     ex = 0.0
+    worst = 0.0
     for j0 in range(0, jend, _CHUNK):
         nj = min(_CHUNK, jend - j0)
         for jj in range(nj):
@@ -60,6 +99,8 @@ def _series_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, exce
                 g = nsq1[i] / d
             S[jj] = w2 * g + b2
             TH[jj] = cK[0] * g + cb[0]
+            eS[jj] = first * rq1[0, i] * rq2[0, j]
+            eT[jj] = first * math.sqrt(th01[i] * th02[j])
         for l in range(depth):
             K = Ks[l]
             r1 = rq1[l, i]
@@ -89,39 +130,135 @@ def _series_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, exce
                 for jj in range(nj):
                     acc[jj] = acc[jj] * R[jj] + c * ak[jj]
                     accd[jj] = accd[jj] * R[jj] + cd * bk[jj]
+            diag = -1
             if symmetric and j0 <= i < j0 + nj:
-                acc[i - j0] = E1[l, i]
-                accd[i - j0] = Ed1[l, i]
+                diag = i - j0
+                acc[diag] = E1[l, i]
+                accd[diag] = Ed1[l, i]
             cKl = cK[l + 1]
             cbl = cb[l + 1]
+            Rl = rnd[l]
+            p1 = sE1[l, i]
+            pd1 = sEd1[l, i]
+            t1 = stT1[l, i]
+            u1 = stD1[l, i]
+            v1 = sS11[l, i]
             for jj in range(nj):
-                TH[jj] = cKl * acc[jj] + w2 * accd[jj] * TH[jj] + cbl
+                j = j0 + jj
+                m = r1 * r2[jj]
+                lip = pd1 * sEd2[l, j]
+                if jj == diag:
+                    # exact second moments: only the propagated error of the variance
+                    eK = lip * eS[jj] + Rl * p1 * sE2[l, j]
+                    ekd = Rl * lip
+                    if m > 0.0:
+                        ekd += (eS[jj] / m) * v1 * sS12[l, j]
+                else:
+                    a = abs(R[jj])
+                    delta = eS[jj] / m if m > 0.0 else 0.0
+                    fT = _power(a, K + 1.0)
+                    fD = _power(min(1.0, a + delta), K + 1.0)
+                    Rp = min(Rl, _rounding(a, K))
+                    eK = lip * eS[jj] + fT * t1 * stT2[l, j] + Rp * p1 * sE2[l, j]
+                    ekd = delta * v1 * sS12[l, j] + fD * u1 * stD2[l, j] + Rp * lip
+                thn = cKl * acc[jj] + w2 * accd[jj] * TH[jj] + cbl
+                eT[jj] = (cKl * eK + w2 * ((1.0 + Rl) * lip * eT[jj]
+                                           + ekd * (abs(TH[jj]) + eT[jj]))
+                          + 4.0 * _EPS * abs(thn))
+                TH[jj] = thn
                 S[jj] = w2 * acc[jj] + b2
+                eS[jj] = w2 * eK + 4.0 * _EPS * abs(S[jj])
         for jj in range(nj):
             out_nngp[ib, j0 + jj] = S[jj]
             out_ntk[ib, j0 + jj] = TH[jj]
+            worst = max(worst, eS[jj], eT[jj])
     excess[ib] = ex
+    errb[ib] = worst
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def series_block(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, excess):
+def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb):
     """Fill the rows ``ib`` of one block of the NNGP and NTK Gram matrices.
 
-    ``net``: :class:`SeriesNet`, ``rows``: :class:`SeriesRows`, ``cols``: :class:`SeriesCols`.
+    ``net``: :class:`SeriesNet`, ``rows``: :class:`SeriesRows`, ``cols``: :class:`SeriesCols`,
+    ``bnd``: :class:`SeriesBoundData` (per-row square roots of the bound's ingredients).
 
     ``G[ib, j] = <X1[row0 + ib], X2[j]>``; per-row arrays are indexed globally:
     ``rq1[l, i] = sqrt(q_l(x_i))``, ``a1[l, i, k] = a_k(q_l(x_i))`` (zero-padded beyond
     ``Ks[l]``), ``a2T[l, k, j]`` the same for the columns (transposed so that the pair loop runs
     over contiguous columns). ``E1, Ed1``: exact diagonal values used when ``symmetric`` (then
-    only ``j <= i`` is computed). ``excess[ib]``: the largest ``|rho| - 1`` clipped in that row.
+    only ``j <= i`` is computed). ``excess[ib]``: the largest ``|rho| - 1`` clipped in that row;
+    ``errb[ib]``: the largest certified error bound of the row's entries (both kernels).
     Rows are taken in pairs ``(t, nb-1-t)`` to balance the triangle between threads.
     """
     nb = G.shape[0]
     for t in prange((nb + 1) // 2):
-        _series_row(t, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, excess)
+        _series_row(t, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess,
+                    errb)
         u = nb - 1 - t
         if u != t:
-            _series_row(u, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, excess)
+            _series_row(u, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
+                        excess, errb)
+
+
+# ----------------------------------------------------------------------------- admissible phi
+def _with_kink_at_zero(act):
+    """A user callable with ``0`` added to its kinks (its quadrature never evaluates it at 0).
+
+    Nothing is known about a callable's smoothness; ``x = 0`` is where kinks usually are
+    (``abs``, ``relu``, and ``np.sign(0) = 0`` as a derivative), so every rule used for it
+    splits there and has no node at 0 (docs/series_engine.md, "Admissible activations").
+    """
+    if "callable" in act.params and 0.0 not in act.kinks:
+        return dataclasses.replace(act, kinks=tuple(act.kinks) + (0.0,))
+    return act
+
+
+def _jump_grid(kinks):
+    """Breakpoints in x for the continuity check: 0, the kinks, 0.02 steps to 2, then 2%."""
+    inner = np.arange(1, 101) * 0.02
+    outer = 2.0 * 1.02 ** np.arange(1, 431)             # up to ~1e4
+    pos = np.concatenate([inner, outer])
+    pts = np.concatenate([-pos[::-1], [0.0], pos, np.asarray(kinks, float)])
+    return np.unique(pts)
+
+
+def check_continuous(act):
+    """Raise ``ValueError`` if ``phi`` jumps on ``|x| <= 1e4`` (e.g. a step function).
+
+    The certified bound rests on Price's theorem, ``dE[phi(u)phi(v)]/ds = E[phi'(u)phi'(v)]``,
+    which a jump violates (its delta in ``phi'`` is invisible to ``phi'`` evaluated pointwise).
+    Every panel of a fine grid is bisected 45 times towards its half with the larger
+    ``|phi(b) - phi(a)|``: for a continuous ``phi`` that difference shrinks with the width
+    (by ``~2^-45`` for a Lipschitz one, ``2^-22`` for a square-root cusp), across a jump
+    ``J`` it stays ``>= J/2``. Jumps smaller than ``1e-12 max|phi|`` are not detected.
+    """
+    bp = _jump_grid(act.kinks)
+    a, b = bp[:-1].copy(), bp[1:].copy()
+    fa = np.asarray(act.fn(a), dtype=float)
+    fb = np.asarray(act.fn(b), dtype=float)
+    if not (np.isfinite(fa).all() and np.isfinite(fb).all()):
+        return                    # reported by the quadrature with its own message
+    scale = float(np.max(np.abs(np.concatenate([fa, fb])))) + 1e-300
+    d0 = np.abs(fb - fa)
+    for _ in range(45):
+        mid = 0.5 * (a + b)
+        fm = np.asarray(act.fn(mid), dtype=float)
+        left = np.abs(fm - fa) >= np.abs(fb - fm)
+        b = np.where(left, mid, b)
+        fb = np.where(left, fm, fb)
+        a = np.where(left, a, mid)
+        fa = np.where(left, fa, fm)
+    d = np.abs(fb - fa)
+    bad = (d > 1e-3 * d0) & (d > 1e-12 * scale)
+    if bad.any():
+        i = int(np.argmax(np.where(bad, d, -1.0)))
+        raise ValueError(
+            f"activation {act.name!r} is discontinuous: it jumps by {d[i]:.3g} at x = "
+            f"{0.5 * (a[i] + b[i]):.6g}. The Hermite-series kernels and their certified error "
+            "bound need a continuous phi (Price's theorem). For the step function or the sign "
+            "function use the registered closed forms, FCNet('step') or FCNet('sign'); for "
+            "another step-like function, a steep continuous one (e.g. erf(x / eps)).")
 
 
 # ----------------------------------------------------------------------------- per-row data
@@ -202,10 +339,11 @@ def _all_tails(a, tK):
     return out + tK[:, None]
 
 
-def _row_bounds(setup, q, E, Ed, th, layer_tails, Ks):
+def _row_bounds(setup, q, E, Ed, th, layer_tails, Ks, fac):
     """Per-row factors ``uS, uT`` with ``|error(x, y)| <= sqrt(u(x) u(y))`` (module notes).
 
-    ``layer_tails[l] = (tT, tD, S1)`` at order ``Ks[l]``, each ``(n,)``.
+    ``layer_tails[l] = (tT, tD, S1)`` at order ``Ks[l]``, each ``(n,)``; ``fac[l] = r^(K+1)``
+    with ``r`` the largest ``|rho|`` assumed at layer ``l`` (1: any pair).
     """
     L, d, w2, b2, cK, cb = setup
     first = (d + 8) * _EPS * 1.01
@@ -215,10 +353,10 @@ def _row_bounds(setup, q, E, Ed, th, layer_tails, Ks):
         tT, tD, S1 = layer_tails[l]
         R = 16.0 * (Ks[l] + 2) * _EPS
         ql = q[l]
-        uK = Ed[l] * uS + tT + R * E[l]
+        uK = Ed[l] * uS + fac[l] * tT + R * E[l]
         with np.errstate(divide="ignore", invalid="ignore"):
             delta = np.where(ql > 0, uS / ql, 0.0)
-        ukd = delta * S1 + 3.0 * tD + R * Ed[l]
+        ukd = delta * S1 + fac[l] * tD + R * Ed[l]
         uT = (cK[l + 1] * uK + w2 * ((1.0 + R) * Ed[l] * uT + ukd * (th[l] + 2.0 * uT))
               + 4 * _EPS * th[l + 1])
         uS = w2 * uK + 4 * _EPS * q[l + 1]
@@ -240,20 +378,88 @@ def _sample_rows(q):
     return np.array(sorted(idx))
 
 
-def _choose_orders(act, setup, q, E, Ed, th, target, split):
+def _partners(setup, A, B, symmetric, q0):
+    """For every row of ``A``: the column of ``B`` with the largest ``|rho_0|``, and that value.
+
+    ``rho_0 = (w2 <x, y>/d + b2) / sqrt(q_0(x) q_0(y))`` (the pair itself excluded when
+    ``symmetric``), by blocks of rows: one extra pass over the Gram product, used only to
+    choose the truncation orders (the certificate is computed per pair in the pair loop).
+    """
+    L, d, w2, b2, cK, cb = setup
+    n1 = A.shape[0]
+    rA = np.sqrt(q0[:n1])
+    rB = np.sqrt(q0[:n1] if symmetric else q0[n1:])
+    best = np.zeros(n1)
+    arg = np.zeros(n1, dtype=np.int64)
+    if B.shape[0] == 0 or (symmetric and n1 < 2):
+        return arg, best
+    for r0 in range(0, n1, 512):
+        r1 = min(n1, r0 + 512)
+        S = w2 * (A[r0:r1] @ B.T) / d + b2
+        den = rA[r0:r1, None] * rB[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(den > 0, np.abs(S) / den, 0.0)
+        if symmetric:
+            rho[np.arange(r1 - r0), np.arange(r0, r1)] = -1.0
+        arg[r0:r1] = np.argmax(rho, axis=1)
+        best[r0:r1] = np.min([np.max(rho, axis=1), np.ones(r1 - r0)], axis=0)
+    return arg, best
+
+
+def _max_correlations(act, setup, A, B, symmetric, q, sample):
+    """Estimate of the largest off-diagonal ``|rho_l|`` per layer (for the order choice).
+
+    The most correlated pairs at layer 0 (the 32 best, and every sampled row with its
+    partner) are run through the recursion with order-``_CAP0`` series; the estimate is the
+    largest ``|rho_l|`` seen, moved halfway towards 1 as a margin.
+    """
+    L, d, w2, b2 = setup.depth, setup.d, setup.w2, setup.b2
+    n1 = A.shape[0]
+    arg, best = _partners(setup, A, B, symmetric, q[0])
+    if not np.any(best > 0):
+        return np.zeros(L)
+    top = np.argsort(-best, kind="stable")[:32]
+    own = sample[sample < n1]
+    rows_a = np.unique(np.concatenate([top, own]))
+    cols_b = arg[rows_a]
+    idx_b = cols_b if symmetric else cols_b + n1
+    Xa = A[rows_a]
+    Xb = (A if symmetric else B)[cols_b]
+    S = w2 * np.einsum("ij,ij->i", Xa, Xb) / d + b2
+    out = np.zeros(L)
+    for l in range(L):
+        both = np.concatenate([rows_a, idx_b])
+        qa = q[l, both]
+        data = _LayerData(act, _CAP0, qa)
+        a1, a2 = data.a[:rows_a.size], data.a[rows_a.size:]
+        m = np.sqrt(qa[:rows_a.size]) * np.sqrt(qa[rows_a.size:])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.clip(np.where(m > 0, S / m, 0.0), -1.0, 1.0)
+        out[l] = float(np.max(np.abs(rho)))
+        powers = rho[:, None] ** np.arange(_CAP0 + 1)[None, :]
+        S = w2 * np.einsum("ik,ik,ik->i", a1, a2, powers) + b2
+    return 1.0 - 0.5 * (1.0 - out)
+
+
+def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax):
     """Per-layer truncation orders ``Ks`` and the per-layer data at those orders.
 
-    ``split``: number of rows of A in the stacked arrays (the rest are B's rows).
+    ``split``: number of rows of A in the stacked arrays (the rest are B's rows);
+    ``rmax[l]``: the largest off-diagonal ``|rho_l|`` assumed (tails are weighted by
+    ``rmax^(K+1)``, docs/series_engine.md).
     """
     L = setup.depth
     sample = _sample_rows(q)
     qs, Es, Eds, ths = q[:, sample], E[:, sample], Ed[:, sample], th[:, sample]
-    # all orders up to a cap for the sample; a layer's cap is raised (once, to K_MAX) only if
-    # its tails at the cap are not far below the target
+
+    def factor(l, K):
+        return float(_power_np(rmax[l], K + 1))
+
     caps = [_CAP0] * L
     data = [_LayerData(act, _CAP0, qs[l]) for l in range(L)]
     while True:
-        worst = [np.max(np.maximum(dl.tT, dl.tD), axis=0) for dl in data]   # (cap+1,)
+        worst = [np.max(np.maximum(dl.tT, dl.tD), axis=0)
+                 * _power_np(rmax[l], np.arange(dl.Kc + 1) + 1.0) for l, dl in enumerate(data)]
         floor = max(w.min() for w in worst)
         taus = np.unique(np.concatenate(worst))            # ascending
         taus = taus[taus >= floor]
@@ -264,11 +470,10 @@ def _choose_orders(act, setup, q, E, Ed, th, target, split):
         def meets(tau):
             Ks = orders(tau)
             uS, uT = _row_bounds(setup, qs, Es, Eds, ths,
-                                 [dl.at(k) for dl, k in zip(data, Ks)], Ks)
+                                 [dl.at(k) for dl, k in zip(data, Ks)], Ks,
+                                 [factor(l, k) for l, k in enumerate(Ks)])
             return max(np.max(uS), np.max(uT)) <= 0.5 * target
 
-        # the largest tail level whose orders meet the target (bisection: the bound decreases
-        # with tau up to rounding; the check on all rows below catches any miss)
         chosen = None
         if taus.size and meets(taus[0]):
             lo, hi = 0, taus.size - 1          # meets(taus[lo]) holds
@@ -294,12 +499,19 @@ def _choose_orders(act, setup, q, E, Ed, th, target, split):
     while True:
         full = [_LayerData(act, K, q[l]) for l, K in enumerate(chosen)]
         tails = [dl.at(K) for dl, K in zip(full, chosen)]
-        uS, uT = _row_bounds(setup, q, E, Ed, th, tails, chosen)
+        uS, uT = _row_bounds(setup, q, E, Ed, th, tails, chosen,
+                             [factor(l, k) for l, k in enumerate(chosen)])
         bound = max(_pair_bound(uS[:split], uS[split:] if split < uS.size else uS[:split]),
                     _pair_bound(uT[:split], uT[split:] if split < uT.size else uT[:split]))
         if bound <= target or all(K >= K_MAX for K in chosen):
-            return chosen, full, bound, uS, uT
+            return chosen, full
         chosen = [min(K_MAX, int(math.ceil(1.25 * K)) + 2) for K in chosen]
+
+
+def _power_np(a, n):
+    """a^n elementwise for 0 <= a <= 1 (0^n = 0)."""
+    with np.errstate(divide="ignore"):
+        return np.where(a >= 1.0, 1.0, np.exp(n * np.log(np.maximum(a, 0.0))))
 
 
 def _pad(arr, Kmax):
@@ -340,14 +552,47 @@ class SeriesCols(NamedTuple):
     bT: np.ndarray
 
 
-class _Plan(NamedTuple):
-    net: SeriesNet
-    rows: SeriesRows
-    cols: SeriesCols
-    excess: list       # [worst |rho| - 1 clipped so far], updated by block()
-    allowed: float
-    error_bound: float
-    orders: tuple
+class SeriesBoundData(NamedTuple):
+    """Square roots of the per-row bound ingredients, ``(L, n)`` (rows ``1``, columns ``2``).
+
+    ``sE = sqrt(E[phi^2])``, ``sEd = sqrt(E[phi'^2])``, ``stT``, ``stD`` the square roots of the
+    tails ``T_K`` (plus floors) of ``phi`` and ``phi'``, ``sS1 = sqrt(sum_{k<=K} k b_k^2)``,
+    ``th0`` the first layer's NTK diagonal; ``first = (d + 8) eps`` and ``rnd[l] =
+    16 (K_l + 2) eps`` (docs/series_engine.md).
+    """
+
+    sE1: np.ndarray
+    sEd1: np.ndarray
+    stT1: np.ndarray
+    stD1: np.ndarray
+    sS11: np.ndarray
+    th01: np.ndarray
+    sE2: np.ndarray
+    sEd2: np.ndarray
+    stT2: np.ndarray
+    stD2: np.ndarray
+    sS12: np.ndarray
+    th02: np.ndarray
+    first: float
+    rnd: np.ndarray
+
+
+class _Plan:
+    """What ``prepare`` hands to ``block`` and ``finish``; ``error_bound`` grows per block."""
+
+    def __init__(self, net, rows, cols, bnd, allowed, extra, target, orders, cause):
+        self.net, self.rows, self.cols, self.bnd = net, rows, cols, bnd
+        self.excess = 0.0
+        self.allowed = allowed
+        self.extra = extra            # rounding of the row statistics, added once
+        self.pairs = 0.0              # largest per-pair bound seen
+        self.target = target
+        self.orders = orders
+        self.cause = cause
+
+    @property
+    def error_bound(self):
+        return float(self.pairs + self.extra)
 
 
 class SeriesEngine:
@@ -359,17 +604,21 @@ class SeriesEngine:
     Parameters
     ----------
     activation : infntk.activations.Activation
+        A continuous activation (a user callable gets a kink at 0 declared; a discontinuous
+        one is refused with ``ValueError``).
     setup : infntk._layers.LayerSetup
     tol : float
     """
 
     def __init__(self, activation, setup, tol):
+        activation = _with_kink_at_zero(activation)
+        check_continuous(activation)
         self.activation = activation
         self.setup = setup
         self.tol = tol
 
     def rows(self, X):
-        """The squared norms (the statistics are computed for both sides at once)."""
+        """The rows and their squared norms (the statistics are computed for both sides at once)."""
         return X, np.einsum("ij,ij->i", X, X)
 
     def prepare(self, rows1, rows2, symmetric):
@@ -378,57 +627,94 @@ class SeriesEngine:
         setup, act = self.setup, self.activation
         L, d = setup.depth, setup.d
         nsq = nsq1 if symmetric else np.concatenate([nsq1, nsq2])
+        n = nsq.size
         q, E, Ed, th = _row_statistics(act, setup, nsq)
         scale = float(max(np.max(np.abs(q[-1])), np.max(np.abs(th[-1]))))
         target = self.tol * scale
+        rmax = np.ones(L)
         if L == 0:
             Ks, full = [], []
-            uS = (d + 8) * _EPS * 1.01 * q[0]
-            uT = (d + 8) * _EPS * 1.01 * th[0]
-            bound = max(_pair_bound(uS[:n1], uS[n1:] if not symmetric else uS),
-                        _pair_bound(uT[:n1], uT[n1:] if not symmetric else uT))
         else:
-            Ks, full, bound, uS, uT = _choose_orders(act, setup, q, E, Ed, th, target, n1)
-            if bound > target:
-                warnings.warn(
-                    f"FCNet({act.name!r}): tol={self.tol:g} (relative to the kernel scale "
-                    f"{scale:.3g}) is not reachable with truncation orders <= {K_MAX}; the "
-                    f"certified error bound is {bound:.3g} (see Kernels.error_bound). "
-                    "Activations with kinks converge algebraically in the Hermite series.",
-                    RuntimeWarning, stacklevel=4)
+            rmax = _max_correlations(act, setup, A, B, symmetric, q, _sample_rows(q))
+            Ks, full = _choose_orders(act, setup, q, E, Ed, th, target, n1, rmax)
         Kmax = max(Ks) if Ks else 0
+        Lb = max(L, 1)
         Ks_arr = np.array(Ks if Ks else [0], dtype=np.int64)
-        rq = np.sqrt(q[:max(L, 1)])
-        a = np.stack([_pad(f.a, Kmax) for f in full]) if L else np.zeros((1, nsq.size, 1))
-        b = np.stack([_pad(f.b, Kmax) for f in full]) if L else np.zeros((1, nsq.size, 1))
-        Ecl = E if L else np.zeros((1, nsq.size))
-        Edl = Ed if L else np.zeros((1, nsq.size))
+        rq = np.sqrt(q[:Lb])
+        a = np.stack([_pad(f.a, Kmax) for f in full]) if L else np.zeros((1, n, 1))
+        b = np.stack([_pad(f.b, Kmax) for f in full]) if L else np.zeros((1, n, 1))
+        Ecl = E if L else np.zeros((1, n))
+        Edl = Ed if L else np.zeros((1, n))
+        tT = np.zeros((Lb, n))
+        tD = np.zeros((Lb, n))
+        S1 = np.zeros((Lb, n))
+        for l, (f, K) in enumerate(zip(full, Ks)):
+            tT[l], tD[l], S1[l] = f.at(K)
+        roots = [np.sqrt(np.maximum(v, 0.0)) for v in (Ecl, Edl, tT, tD, S1)] + [np.sqrt(th[0])]
+        c = slice(0, n1) if symmetric else slice(n1, None)
+        rnd = np.array([16.0 * (K + 2) * _EPS for K in (Ks if Ks else [0])])
+        bnd = SeriesBoundData(*[np.ascontiguousarray(v[..., :n1]) for v in roots],
+                              *[np.ascontiguousarray(v[..., c]) for v in roots],
+                              (d + 8) * _EPS * 1.01, rnd)
         rows = SeriesRows(nsq1, np.ascontiguousarray(rq[:, :n1]),
                           np.ascontiguousarray(a[:, :n1]), np.ascontiguousarray(b[:, :n1]),
                           np.ascontiguousarray(Ecl[:, :n1]), np.ascontiguousarray(Edl[:, :n1]))
-        c = slice(0, n1) if symmetric else slice(n1, None)
         cols = SeriesCols(np.ascontiguousarray(rq[:, c]),
                           np.ascontiguousarray(a[:, c].transpose(0, 2, 1)),
                           np.ascontiguousarray(b[:, c].transpose(0, 2, 1)))
         net = SeriesNet(L, Ks_arr, setup.w2, setup.b2, float(d), setup.cK, setup.cb)
-        return _Plan(net, rows, cols, [0.0], 64.0 * (d + Kmax + 2) * _EPS, float(bound),
-                     tuple(int(k) for k in Ks))
+        # the row statistics (quadrature of E[phi^2], relative ~1e-15 per layer) are not in the
+        # per-pair recursion: a fixed allowance covers them
+        extra = 64.0 * L * _EPS * scale
+        cause = _cause(act, q, rmax, Ks)
+        return _Plan(net, rows, cols, bnd, 64.0 * (d + Kmax + 2) * _EPS, extra, target,
+                     tuple(int(k) for k in Ks), cause)
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):
         ex = np.zeros(G.shape[0])
-        series_block(plan.net, plan.rows, plan.cols, np.ascontiguousarray(G), row0, symmetric,
-                     out_nngp, out_ntk, ex)
-        plan.excess[0] = max(plan.excess[0], float(ex.max()))
+        eb = np.zeros(G.shape[0])
+        series_block(plan.net, plan.rows, plan.cols, plan.bnd, np.ascontiguousarray(G), row0,
+                     symmetric, out_nngp, out_ntk, ex, eb)
+        plan.excess = max(plan.excess, float(ex.max()))
+        plan.pairs = max(plan.pairs, float(eb.max()))
 
     def finish(self, plan):
-        worst = plan.excess[0]
+        worst = plan.excess
         if worst > plan.allowed:
             raise FloatingPointError(
                 f"series engine: a correlation left [-1, 1] by {worst:.3g} (> rounding level "
                 f"{plan.allowed:.3g}); this is a bug, please report it.")
+        if plan.error_bound > plan.target:
+            scale = plan.target / self.tol
+            warnings.warn(
+                f"FCNet({self.activation.name!r}): tol={self.tol:g} (relative to the kernel "
+                f"scale {scale:.3g}) was not reached; the certified error bound is "
+                f"{plan.error_bound:.3g} (Kernels.error_bound), with truncation orders "
+                f"{plan.orders} (cap {K_MAX}). Cause: {plan.cause}.",
+                RuntimeWarning, stacklevel=4)
 
     def diag(self, rows):
         """``k(x, x)`` from the exact second moments (no series needed)."""
         _, nsq = rows
         q, _, _, th = _row_statistics(self.activation, self.setup, nsq)
         return q[-1].copy(), th[-1].copy()
+
+
+def _cause(act, q, rmax, Ks):
+    """Why the series may not reach the tolerance, in words (for the warning)."""
+    parts = []
+    if act.kinks:
+        parts.append(f"phi or phi' has kinks at {tuple(act.kinks)}, so the Hermite tails decay "
+                     "algebraically")
+    qmax = float(np.max(q[:-1])) if q.shape[0] > 1 else float(np.max(q))
+    if qmax > 4.0:
+        parts.append(f"large pre-activation variance (up to {qmax:.3g}; the tails of a smooth "
+                     "phi(sqrt(q) z) decay like exp(-c sqrt(k / q)))")
+    close = float(np.max(rmax)) if np.size(rmax) else 0.0
+    if close > 0.999:
+        parts.append(f"nearly identical rows (correlation up to ~{2 * close - 1:.12g}, where "
+                     "the Mehler tail is not damped)")
+    if not parts:
+        parts.append("the truncation orders chosen from a sample of rows and pairs were too "
+                     "small for some pair (raise tol or report this)")
+    return "; ".join(parts)
