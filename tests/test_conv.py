@@ -52,7 +52,7 @@ def build(desc):
         if k == "conv":
             out.append(Conv(L["filter"], L["padding"], L["w_std"], L["b_std"]))
         elif k == "activation":
-            out.append(Activation(L["name"], L.get("params", {})))
+            out.append(_act(L["name"], L.get("params", {})))
         elif k == "avgpool":
             out.append(AvgPool(L["window"]))
         elif k == "flatten":
