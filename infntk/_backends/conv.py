@@ -71,24 +71,23 @@ def _abrelu_kkd(a, b, m, s):
 
     ``k = N s + (a - b)^2 / (2 pi) (sqrt(A B) - theta s)`` with ``N = (a^2 + b^2) / 2`` and
     ``kd = (a - b)^2 / (2 pi) (pi - theta) + a b`` (Cho & Saul 2009), ``theta`` from
-    ``2 atan(sqrt(min(A, B) / max(A, B)))`` (the smaller angle directly). Branch-free, so the
+    ``2 atan(x)``, ``x = sqrt(min(A, B) / max(A, B))`` (the smaller angle directly) and
+    ``sqrt(A B) = max(A, B) x``: two square roots and two divisions. Branch-free, so the
     loops over a block vectorize; the absolute error is a few ulp of ``m``. ``m = 0`` gives
     ``theta = pi / 2`` (docs/conventions.md: a degenerate row is uncorrelated).
     """
     A = max(m - s, 0.0)
     B = max(m + s, 0.0)
-    sA = math.sqrt(A)
-    sB = math.sqrt(B)
-    lo = min(sA, sB)
-    hi = max(sA, sB)
-    x = lo / hi if hi > 0.0 else 1.0
+    lo = min(A, B)
+    hi = max(A, B)
+    x = math.sqrt(lo / hi) if hi > 0.0 else 1.0
     at = 2.0 * atan_unit(x)
     small = A <= B
     theta = at if small else _PI - at
     phi = _PI - at if small else at
     c2 = (a - b) * (a - b) * _INV_2PI
     kd = c2 * phi + a * b
-    k = 0.5 * (a * a + b * b) * s + c2 * (sA * sB - theta * s)
+    k = 0.5 * (a * a + b * b) * s + c2 * (hi * x - theta * s)     # hi x = sqrt(A B)
     return k, kd
 
 
@@ -104,60 +103,69 @@ def _dual(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
     return k, kd
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _act_block(family, p0, p1, qa_v, ra_v, ska_v, ia, qb_v, rb_v, skb_v, ib, S, T, base,
                nrow, ncol):
     """Activation in place on ``S[base : base + nrow * ncol]`` (row-major ``nrow x ncol``):
     the row ``j`` has the variance ``qa_v[ia + j]``, the column ``j'`` ``qb_v[ib + j']``.
-    The family switch sits outside the loops; the ReLU loop vectorizes."""
+    The family switch sits outside the loops; the ReLU loop vectorizes. (Two-dimensional
+    views keep every index a loop counter, which lets the compiler drop the negative-index
+    checks that otherwise block vectorization.)"""
+    qa = qa_v[ia:ia + nrow]
+    ra = ra_v[ia:ia + nrow]
+    ska = ska_v[ia:ia + nrow]
+    qb = qb_v[ib:ib + ncol]
+    rb = rb_v[ib:ib + ncol]
+    skb = skb_v[ib:ib + ncol]
+    Sv = S[base:base + nrow * ncol].reshape((nrow, ncol))
+    Tv = T[base:base + nrow * ncol].reshape((nrow, ncol))
     if family == FAMILY_ABRELU:
         for j in range(nrow):
-            qa = qa_v[ia + j]
-            ra = ra_v[ia + j]
-            o = base + j * ncol
             for t in range(ncol):
-                k, kd = _abrelu_kkd(p0, p1, _geomean(qa, qb_v[ib + t], ra, rb_v[ib + t]),
-                                    S[o + t])
-                S[o + t] = k
-                T[o + t] = T[o + t] * kd
+                k, kd = _abrelu_kkd(p0, p1, _geomean(qa[j], qb[t], ra[j], rb[t]), Sv[j, t])
+                Sv[j, t] = k
+                Tv[j, t] = Tv[j, t] * kd
     else:
         for j in range(nrow):
-            qa = qa_v[ia + j]
-            ra = ra_v[ia + j]
-            ska = ska_v[ia + j]
-            o = base + j * ncol
             for t in range(ncol):
-                k, kd = _dual(family, p0, p1, qa, qb_v[ib + t], ra, rb_v[ib + t], ska,
-                              skb_v[ib + t], S[o + t])
-                S[o + t] = k
-                T[o + t] = T[o + t] * kd
+                k, kd = _dual(family, p0, p1, qa[j], qb[t], ra[j], rb[t], ska[j], skb[t],
+                              Sv[j, t])
+                Sv[j, t] = k
+                Tv[j, t] = Tv[j, t] * kd
 
 
 @njit(cache=True, error_model="numpy")
 def _act_diag(family, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, n):
     """Activation in place on the diagonal state ``S[:n]`` (variances ``q1[off + t]``,
     ``q2[off + t]``)."""
+    qa = q1[off:off + n]
+    qb = q2[off:off + n]
+    ra = r1[off:off + n]
+    rb = r2[off:off + n]
+    ska = sk1[off:off + n]
+    skb = sk2[off:off + n]
     if family == FAMILY_ABRELU:
         for t in range(n):
-            k, kd = _abrelu_kkd(p0, p1, _geomean(q1[off + t], q2[off + t], r1[off + t],
-                                                 r2[off + t]), S[t])
+            k, kd = _abrelu_kkd(p0, p1, _geomean(qa[t], qb[t], ra[t], rb[t]), S[t])
             S[t] = k
             T[t] = T[t] * kd
     else:
         for t in range(n):
-            k, kd = _dual(family, p0, p1, q1[off + t], q2[off + t], r1[off + t], r2[off + t],
-                          sk1[off + t], sk2[off + t], S[t])
+            k, kd = _dual(family, p0, p1, qa[t], qb[t], ra[t], rb[t], ska[t], skb[t], S[t])
             S[t] = k
             T[t] = T[t] * kd
 
 
-@njit(cache=True, error_model="numpy")
-def _row_taps(S, T, tS, tT, srow, i, ip, h, w, wp, cmap, runs, nrun, q):
+@njit(cache=True, inline="always", error_model="numpy")
+def _row_taps(S, T, tS, tT, srow, i, ip, h, w, wp, runs, nrun, q):
     """Padded block ``tS[jj, jj'] = sum_a S[src[a, i], src[a, i'], cmap[jj], cmap[jj']]``.
 
-    Only the entries with ``cmap >= 0`` on both axes are written (the zero border of
-    ``tS`` stays as initialised); returns False when every tap is out of range."""
+    ``runs`` are the stretches of the padded axis with ``cmap[jj] = jj + shift``; only those
+    rectangles are written (the zero border of ``tS`` stays as initialised). Returns False
+    when every tap is out of range."""
     ww = w * w
+    dS = tS[:wp * wp].reshape((wp, wp))
+    dT = tT[:wp * wp].reshape((wp, wp))
     first = True
     for a in range(q):
         si = srow[a, i]
@@ -165,29 +173,35 @@ def _row_taps(S, T, tS, tT, srow, i, ip, h, w, wp, cmap, runs, nrun, q):
         if si < 0 or sip < 0:
             continue
         blk = (si * h + sip) * ww
-        for jj in range(wp):
-            sj = cmap[jj]
-            if sj < 0:
-                continue
-            rb = blk + sj * w
-            ob = jj * wp
-            for r in range(nrun):
-                st = runs[r, 0]
-                en = runs[r, 1]
-                d = rb + runs[r, 2] - ob
+        xS = S[blk:blk + ww].reshape((w, w))
+        xT = T[blk:blk + ww].reshape((w, w))
+        for r1 in range(nrun):
+            a1 = runs[r1, 0]
+            n1 = runs[r1, 1] - a1
+            b1 = a1 + runs[r1, 2]
+            for r2 in range(nrun):
+                a2 = runs[r2, 0]
+                n2 = runs[r2, 1] - a2
+                b2 = a2 + runs[r2, 2]
+                oS = dS[a1:a1 + n1, a2:a2 + n2]
+                oT = dT[a1:a1 + n1, a2:a2 + n2]
+                iS = xS[b1:b1 + n1, b2:b2 + n2]
+                iT = xT[b1:b1 + n1, b2:b2 + n2]
                 if first:
-                    for t in range(ob + st, ob + en):
-                        tS[t] = S[t + d]
-                        tT[t] = T[t + d]
+                    for j in range(n1):
+                        for t in range(n2):
+                            oS[j, t] = iS[j, t]
+                            oT[j, t] = iT[j, t]
                 else:
-                    for t in range(ob + st, ob + en):
-                        tS[t] += S[t + d]
-                        tT[t] += T[t + d]
+                    for j in range(n1):
+                        for t in range(n2):
+                            oS[j, t] += iS[j, t]
+                            oT[j, t] += iT[j, t]
         first = False
     return not first
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _col_taps(tS, tT, oS, oT, wp, wo, q, c, b2, S2, T2, base):
     """``S2[base + j wo + j'] = c sum_b tS[(j + b) wp + j' + b] + b2`` (a shift by
     ``b (wp + 1)`` of the flat padded index) and ``T2 = c sum_b tT[...] + S2``."""
@@ -197,20 +211,24 @@ def _col_taps(tS, tT, oS, oT, wp, wo, q, c, b2, S2, T2, base):
         oT[t] = tT[t]
     for b in range(1, q):
         d = b * (wp + 1)
+        xS = tS[d:d + L]
+        xT = tT[d:d + L]
         for t in range(L):
-            oS[t] += tS[t + d]
-            oT[t] += tT[t + d]
+            oS[t] += xS[t]
+            oT[t] += xT[t]
+    dS = S2[base:base + wo * wo].reshape((wo, wo))
+    dT = T2[base:base + wo * wo].reshape((wo, wo))
+    xS = oS[:wo * wp].reshape((wo, wp))
+    xT = oT[:wo * wp].reshape((wo, wp))
     for j in range(wo):
-        ob = base + j * wo
-        ib = j * wp
         for t in range(wo):
-            s = c * oS[ib + t] + b2
-            S2[ob + t] = s
-            T2[ob + t] = c * oT[ib + t] + s
+            s = c * xS[j, t] + b2
+            dS[j, t] = s
+            dT[j, t] = c * xT[j, t] + s
 
 
 @njit(cache=True, error_model="numpy")
-def _conv_full(S, T, S2, T2, tS, tT, oS, oT, srow, cmap, runs, nrun, h, w, ho, wo, wp, q, c,
+def _conv_full(S, T, S2, T2, tS, tT, oS, oT, srow, runs, nrun, h, w, ho, wo, wp, q, c,
                b2, fuse, fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off):
     """One Conv layer on the full state ``S, T -> S2, T2``, with the activation fused per
     block when ``fuse`` (the self variances of both images are known)."""
@@ -221,7 +239,7 @@ def _conv_full(S, T, S2, T2, tS, tT, oS, oT, srow, cmap, runs, nrun, h, w, ho, w
     for i in range(ho):
         for ip in range(ho):
             base = (i * ho + ip) * nb
-            if _row_taps(S, T, tS, tT, srow, i, ip, h, w, wp, cmap, runs, nrun, q):
+            if _row_taps(S, T, tS, tT, srow, i, ip, h, w, wp, runs, nrun, q):
                 _col_taps(tS, tT, oS, oT, wp, wo, q, c, b2, S2, T2, base)
             else:
                 for t in range(nb):
@@ -252,22 +270,30 @@ def _conv_diag(D, TD, D2, TD2, tD, tTD, uD, uTD, rmap, cmap, h, w, ho, wo, hp, w
         uTD[t] = tTD[t]
     for a in range(1, q):
         d = a * wp
+        xD = tD[d:d + L]
+        xT = tTD[d:d + L]
         for t in range(L):
-            uD[t] += tD[t + d]
-            uTD[t] += tTD[t + d]
+            uD[t] += xD[t]
+            uTD[t] += xT[t]
     L2 = (ho - 1) * wp + wo
     for t in range(L2):
         tD[t] = uD[t]
         tTD[t] = uTD[t]
     for b in range(1, q):
+        xD = uD[b:b + L2]
+        xT = uTD[b:b + L2]
         for t in range(L2):
-            tD[t] += uD[t + b]
-            tTD[t] += uTD[t + b]
+            tD[t] += xD[t]
+            tTD[t] += xT[t]
     for i in range(ho):
+        dD = D2[i * wo:(i + 1) * wo]
+        dT = TD2[i * wo:(i + 1) * wo]
+        xD = tD[i * wp:i * wp + wo]
+        xT = tTD[i * wp:i * wp + wo]
         for j in range(wo):
-            s = c * tD[i * wp + j] + b2
-            D2[i * wo + j] = s
-            TD2[i * wo + j] = c * tTD[i * wp + j] + s
+            s = c * xD[j] + b2
+            dD[j] = s
+            dT[j] = c * xT[j] + s
 
 
 @njit(cache=True, error_model="numpy")
@@ -331,7 +357,7 @@ def run_pair(x, y, iop, fop, src, pmap, runs, q1, r1, sk1, q2, r2, sk2, selfrun,
             qf = iop[k, 1]
             c = w2 / (qf * qf)
             fuse = fam >= 0 and not selfrun
-            _conv_full(S, T, S2, T2, tS, tT, oS, oT, src[k], pmap[k, 1], runs[k], iop[k, 2],
+            _conv_full(S, T, S2, T2, tS, tT, oS, oT, src[k], runs[k], iop[k, 2],
                        h, w, ho, wo, iop[k, 10], qf, c, b2, fuse, fam, p0, p1, q1, r1, sk1,
                        q2, r2, sk2, off)
             S, S2 = S2, S
