@@ -31,7 +31,8 @@ from ._validation import check_positive_int, check_real_dtype, check_std
 from .activations import get_activation
 from .layers import Activation, Dense
 
-__all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "conv_kernels", "kernel_regime"]
+__all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "conv_kernels", "conv_diag",
+           "kernel_regime", "check_image_pair"]
 
 PADDINGS = ("same", "valid", "circular")
 _PAD_CODE = {"same": 0, "valid": 1, "circular": 2}
@@ -356,6 +357,25 @@ def _check_images(X, name):
     return arr
 
 
+def check_image_pair(X1, X2=None):
+    """Validate a pair of image stacks; ``(X1, X2, same)`` as float64 C arrays, ``same`` if
+    ``X2`` is None (the image counterpart of :func:`infntk._validation.check_pair`).
+
+    >>> import numpy as np
+    >>> A, B, same = check_image_pair(np.zeros((2, 4, 4, 1)))
+    >>> A.shape, same
+    ((2, 4, 4, 1), True)
+    """
+    A = _check_images(X1, "X1")
+    if X2 is None:
+        return A, A, True
+    B = _check_images(X2, "X2")
+    if A.shape[1:] != B.shape[1:]:
+        raise ValueError(f"X1 and X2 must have the same (H, W, C), got X1.shape={A.shape} "
+                         f"and X2.shape={B.shape}.")
+    return A, B, False
+
+
 def _self_statistics(X, prog):
     n = X.shape[0]
     Q = np.zeros((n, prog["nstat"]))
@@ -415,14 +435,7 @@ def conv_kernels(layers, X1, X2=None):
     >>> ntk.shape, bool(np.allclose(ntk, ntk.T))
     ((3, 3), True)
     """
-    A = _check_images(X1, "X1")
-    if X2 is None:
-        B, same = A, True
-    else:
-        B, same = _check_images(X2, "X2"), False
-        if A.shape[1:] != B.shape[1:]:
-            raise ValueError(f"X1 and X2 must have the same (H, W, C), got X1.shape={A.shape} "
-                             f"and X2.shape={B.shape}.")
+    A, B, same = check_image_pair(X1, X2)
     _, H, W, _ = A.shape
     prog = _compile(layers, H, W)
     Q1, R1, SK1, k1 = _self_statistics(A, prog)
