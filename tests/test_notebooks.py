@@ -28,6 +28,7 @@ REQUIRES = {
     "03_training_dynamics.ipynb": ["infntk.dynamics", "infntk.training"],
     "04_hermite_and_spectrum.ipynb": ["infntk.hermite", "infntk.spectrum"],
     "05_after_kernel.ipynb": ["infntk.after_kernel", "sklearn"],
+    "10_cntk_images.ipynb": ["infntk.conv", "sklearn"],
 }
 
 
