@@ -27,11 +27,13 @@ import numba
 import numpy as np
 
 from ._backends import conv as _ce
+from ._numba_config import engine_lock
 from ._validation import check_positive_int, check_real_dtype, check_std
 from .activations import get_activation
 from .layers import Activation, Dense
 
-__all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "conv_kernels", "kernel_regime"]
+__all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "conv_kernels", "conv_diag",
+           "kernel_regime", "check_image_pair"]
 
 PADDINGS = ("same", "valid", "circular")
 _PAD_CODE = {"same": 0, "valid": 1, "circular": 2}
@@ -205,19 +207,17 @@ def _check_layers(layers):
 
 # ----------------------------------------------------------------------------- program
 def _axis_tables(n_in, q, padding):
-    """Source index of every tap (``-1``: zero padding) and the runs of contiguous columns.
+    """Source index of every tap (``-1``: zero padding) on one axis.
 
-    Returns ``n_out``, ``src`` (q, n_out) and ``seg`` (q, 3, 3) rows ``(start, end, shift)``
-    with ``source = out + shift`` on ``start <= out < end``.
+    Returns ``n_out`` and ``src`` (q, n_out): tap ``a`` of output ``o`` reads input
+    ``src[a, o]`` (``o + a - lo``, wrapped for ``"circular"``).
     """
     if padding == "valid":
         n_out, lo = n_in - q + 1, 0
     else:
         n_out, lo = n_in, (q - 1) // 2
     src = np.full((q, max(n_out, 1)), -1, dtype=np.int64)
-    seg = np.zeros((q, _ce.NSEG, 3), dtype=np.int64)
     for a in range(q):
-        runs = []
         for o in range(n_out):
             s = o + a - lo
             if padding == "circular":
@@ -225,14 +225,30 @@ def _axis_tables(n_in, q, padding):
             elif not 0 <= s < n_in:
                 continue
             src[a, o] = s
-            if runs and runs[-1][1] == o and runs[-1][2] == s - o:
-                runs[-1][1] = o + 1
-            else:
-                runs.append([o, o + 1, s - o])
-        assert len(runs) <= _ce.NSEG      # o -> (o + const) mod n: at most two runs
-        for r, run in enumerate(runs):
-            seg[a, r] = run
-    return n_out, src, seg
+    return n_out, src
+
+
+def _pad_map(n_in, q, padding):
+    """The padded axis of ``n_out + q - 1`` positions on which tap ``b`` of output ``o`` is
+    position ``o + b``: ``pmap[pp]`` is its input index (``-1``: zero padding) and ``runs``
+    lists the contiguous stretches ``(start, end, shift)``, ``input = pp + shift``.
+    """
+    n_out, src = _axis_tables(n_in, q, padding)
+    npad = n_out + q - 1
+    pmap = np.full(npad, -1, dtype=np.int64)
+    for a in range(q):
+        for o in range(n_out):
+            pmap[o + a] = src[a, o]
+    runs = []
+    for pp in range(npad):
+        s = pmap[pp]
+        if s < 0:
+            continue
+        if runs and runs[-1][1] == pp and runs[-1][2] == s - pp:
+            runs[-1][1] = pp + 1
+        else:
+            runs.append([pp, pp + 1, s - pp])
+    return pmap, np.array(runs, dtype=np.int64).reshape(-1, 3)
 
 
 def _compile(layers, H, W):
@@ -245,7 +261,7 @@ def _compile(layers, H, W):
     nstat = 0
     nfull = H * H * W * W if regime[0] == "full" else H * W
     nblock = 1
-    qmax, dmax = 1, max(H, W)
+    qmax, dmax, pmax, rmax = 1, max(H, W), 1, 1
     skip = False
     for idx, (layer, kind) in enumerate(zip(layers, kinds)):
         if skip:
@@ -253,22 +269,27 @@ def _compile(layers, H, W):
             continue
         mode = regime[idx] if idx < r else "scalar"
         nxt = kinds[idx + 1] if idx + 1 < len(kinds) else None
-        iop = [0, 0, 0, -1, 0, h, w, h, w]
+        iop = [0, 0, 0, -1, 0, h, w, h, w, 0, 0]
         fop = [0.0, 0.0, 0.0, 0.0]
         tabs = None
         if kind == "conv":
             q = layer.filter
-            ho, srci, _ = _axis_tables(h, q, layer.padding)
-            wo, srcj, segj = _axis_tables(w, q, layer.padding)
+            ho, srci = _axis_tables(h, q, layer.padding)
+            wo, _ = _axis_tables(w, q, layer.padding)
             if ho < 1 or wo < 1:
                 raise ValueError(f"layers[{idx}]: filter={q} with padding='valid' does not fit "
                                  f"the {h} x {w} input it receives.")
             iop[0] = _ce.OP_CONV_F if mode == "full" else _ce.OP_CONV_D
             iop[1], iop[7], iop[8] = q, ho, wo
             fop[0], fop[1] = layer.w_std ** 2, (layer.b_std or 0.0) ** 2
-            tabs = (srci, srcj, segj)
+            rmap, _ = _pad_map(h, q, layer.padding)
+            cmap, runs = _pad_map(w, q, layer.padding)
+            tabs = (srci, rmap, cmap, runs)
+            iop[2], iop[9], iop[10] = runs.shape[0], rmap.shape[0], cmap.shape[0]
             qmax = max(qmax, q)
-            nblock = max(nblock, wo * wo)
+            pmax = max(pmax, rmap.shape[0], cmap.shape[0])
+            rmax = max(rmax, runs.shape[0])
+            nblock = max(nblock, rmap.shape[0] * cmap.shape[0], cmap.shape[0] ** 2)
             h, w = ho, wo
             if nxt == "act":              # fuse the activation that follows
                 fam, p0, p1 = _family(_activation_of(layers[idx + 1]))
@@ -303,22 +324,24 @@ def _compile(layers, H, W):
         srcs.append(tabs)
         if kind == "pool" and idx + 1 < r and regime[idx + 1] == "diagonal" or (
                 kind == "pool" and idx + 1 == r and kinds[r] == "flatten"):
-            rows_i.append([_ce.OP_TODIAG, 0, 0, -1, 0, h, w, h, w])
+            rows_i.append([_ce.OP_TODIAG, 0, 0, -1, 0, h, w, h, w, 0, 0])
             rows_f.append([0.0] * 4)
             srcs.append(None)
     nops = len(rows_i)
-    src = np.full((nops, 2, qmax, dmax), -1, dtype=np.int64)
-    seg = np.zeros((nops, qmax, _ce.NSEG, 3), dtype=np.int64)
+    src = np.full((nops, qmax, dmax), -1, dtype=np.int64)
+    pmap = np.full((nops, 2, pmax), -1, dtype=np.int64)
+    runs = np.zeros((nops, rmax, 3), dtype=np.int64)
     for k, tabs in enumerate(srcs):
         if tabs is None:
             continue
-        srci, srcj, segj = tabs
-        src[k, 0, :srci.shape[0], :srci.shape[1]] = srci
-        src[k, 1, :srcj.shape[0], :srcj.shape[1]] = srcj
-        seg[k, :segj.shape[0]] = segj
+        srci, rmap, cmap, rk = tabs
+        src[k, :srci.shape[0], :srci.shape[1]] = srci
+        pmap[k, 0, :rmap.shape[0]] = rmap
+        pmap[k, 1, :cmap.shape[0]] = cmap
+        runs[k, :rk.shape[0]] = rk
     return {"iop": np.array(rows_i, dtype=np.int64), "fop": np.array(rows_f, dtype=np.float64),
-            "src": src, "seg": seg, "nstat": max(nstat, 1), "nfull": max(nfull, H * W),
-            "nblock": nblock, "regime": regime}
+            "src": src, "pmap": pmap, "runs": runs, "nstat": max(nstat, 1),
+            "nfull": max(nfull, H * W), "nblock": nblock, "regime": regime}
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -335,14 +358,34 @@ def _check_images(X, name):
     return arr
 
 
+def check_image_pair(X1, X2=None):
+    """Validate a pair of image stacks; ``(X1, X2, same)`` as float64 C arrays, ``same`` if
+    ``X2`` is None (the image counterpart of :func:`infntk._validation.check_pair`).
+
+    >>> import numpy as np
+    >>> A, B, same = check_image_pair(np.zeros((2, 4, 4, 1)))
+    >>> A.shape, same
+    ((2, 4, 4, 1), True)
+    """
+    A = _check_images(X1, "X1")
+    if X2 is None:
+        return A, A, True
+    B = _check_images(X2, "X2")
+    if A.shape[1:] != B.shape[1:]:
+        raise ValueError(f"X1 and X2 must have the same (H, W, C), got X1.shape={A.shape} "
+                         f"and X2.shape={B.shape}.")
+    return A, B, False
+
+
 def _self_statistics(X, prog):
     n = X.shape[0]
     Q = np.zeros((n, prog["nstat"]))
     R = np.zeros_like(Q)
     SK = np.zeros_like(Q)
     kself = np.empty((n, 2))
-    _ce.self_stats(X, prog["iop"], prog["fop"], prog["src"], prog["seg"], prog["nfull"],
-                   prog["nblock"], numba.get_num_threads(), Q, R, SK, kself)
+    with engine_lock():
+        _ce.self_stats(X, prog["iop"], prog["fop"], prog["src"], prog["pmap"], prog["runs"],
+                       prog["nfull"], prog["nblock"], numba.get_num_threads(), Q, R, SK, kself)
     return Q, R, SK, kself
 
 
@@ -394,14 +437,7 @@ def conv_kernels(layers, X1, X2=None):
     >>> ntk.shape, bool(np.allclose(ntk, ntk.T))
     ((3, 3), True)
     """
-    A = _check_images(X1, "X1")
-    if X2 is None:
-        B, same = A, True
-    else:
-        B, same = _check_images(X2, "X2"), False
-        if A.shape[1:] != B.shape[1:]:
-            raise ValueError(f"X1 and X2 must have the same (H, W, C), got X1.shape={A.shape} "
-                             f"and X2.shape={B.shape}.")
+    A, B, same = check_image_pair(X1, X2)
     _, H, W, _ = A.shape
     prog = _compile(layers, H, W)
     Q1, R1, SK1, k1 = _self_statistics(A, prog)
@@ -412,9 +448,10 @@ def conv_kernels(layers, X1, X2=None):
         Q2, R2, SK2 = Q1, R1, SK1
     else:
         Q2, R2, SK2, _ = _self_statistics(B, prog)
-    _ce.gram(A, B, prog["iop"], prog["fop"], prog["src"], prog["seg"], prog["nfull"],
-             prog["nblock"], numba.get_num_threads(), Q1, R1, SK1, Q2, R2, SK2, same,
-             nngp, ntk)
+    with engine_lock():
+        _ce.gram(A, B, prog["iop"], prog["fop"], prog["src"], prog["pmap"], prog["runs"],
+                 prog["nfull"], prog["nblock"], numba.get_num_threads(), Q1, R1, SK1, Q2, R2,
+                 SK2, same, nngp, ntk)
     if same:
         idx = np.arange(n1)
         nngp[idx, idx] = k1[:, 0]

@@ -48,7 +48,10 @@ import numpy as np
 from . import _io
 from ._gram import Kernels, check_kinds, row_blocks
 from ._validation import check_pair
+from .activations import ACTIVATIONS
 from .fcnet import FCNet
+from .layers import Activation, Residual
+from .network import Network
 
 __all__ = ["gram", "gram_to_npy", "to_npy"]
 
@@ -68,6 +71,12 @@ def _recipe(net):
     """A small picklable description of ``net``: the FCNet constructor arguments when they
     rebuild it (registered activations hold lambdas and mpmath constants that do not pickle),
     otherwise the object itself, cloudpickled."""
+    if isinstance(net, Network) and not isinstance(net, FCNet):
+        try:
+            layers = _layers_recipe(net.layers)
+            return ("layers", (layers, net.width, net.tol))
+        except TypeError:
+            pass                      # a callable activation: cloudpickle below
     if isinstance(net, FCNet):
         act = net.activation
         args = (act.name, net.depth, net.w_std, net.b_std, net.parameterization, net.width,
@@ -81,9 +90,48 @@ def _recipe(net):
     return ("pickle", cloudpickle.dumps(net))
 
 
+def _check_inputs(net, X1, X2):
+    """Rows (``(n, d)``) or, for a convolutional network, images (``(n, H, W, C)``)."""
+    if getattr(net, "_conv", False):
+        from .conv import check_image_pair
+        return check_image_pair(X1, X2)
+    return check_pair(X1, X2)
+
+
+def _layers_recipe(layers):
+    """Layers as nested tuples of names and numbers (registered activations only)."""
+    out = []
+    for layer in layers:
+        if isinstance(layer, Activation):
+            fn = layer.fn
+            if fn.name not in ACTIVATIONS or "callable" in fn.params:
+                raise TypeError("not a registered activation")
+            out.append(("act", fn.name, tuple(sorted(fn.params.items()))))
+        elif isinstance(layer, Residual):
+            out.append(("res", layer.alpha, _layers_recipe(layer.layers)))
+        else:                          # Dense, LayerNorm, convolutional layers: dataclasses
+            out.append(("layer", layer))
+    return tuple(out)
+
+
+def _layers_from_recipe(recipe):
+    layers = []
+    for item in recipe:
+        if item[0] == "act":
+            layers.append(Activation(item[1], **dict(item[2])))
+        elif item[0] == "res":
+            layers.append(Residual(_layers_from_recipe(item[2]), alpha=item[1]))
+        else:
+            layers.append(item[1])
+    return layers
+
+
 @functools.lru_cache(maxsize=8)
 def _load_net(recipe):
     kind, payload = recipe
+    if kind == "layers":
+        layers, width, tol = payload
+        return Network(_layers_from_recipe(layers), width=width, tol=tol)
     if kind == "spec":
         name, depth, w_std, b_std, parameterization, width, params = payload
         return FCNet(name, depth=depth, w_std=w_std, b_std=b_std,
@@ -180,7 +228,7 @@ def gram(net, X1, X2=None, chunks=4096):
     True
     """
     dask, da = _require_dask()
-    A, B, same = check_pair(X1, X2)
+    A, B, same = _check_inputs(net, X1, X2)
     rc, cc = _check_chunks(chunks, same)
     rows, cols, computed = _lower_blocks(net, A, B, same, rc, cc)
     out = {}
@@ -283,7 +331,7 @@ def gram_to_npy(net, X1, X2=None, path="K", chunks=4096, kernels=("nngp", "ntk")
     worker threads.
     """
     dask, _ = _require_dask()
-    A, B, same = check_pair(X1, X2)
+    A, B, same = _check_inputs(net, X1, X2)
     rc, cc = _check_chunks(chunks, same)
     kernels = check_kinds(kernels, "kernels")
     rows, cols, computed = _lower_blocks(net, A, B, same, rc, cc)

@@ -33,6 +33,7 @@ REQUIRES = {
     "08_catapult.ipynb": ["infntk.training", "sklearn"],
     "09_composed.ipynb": ["infntk.network", "infntk.finite", "infntk.convergence"],
     "10_spectral_bias.ipynb": ["infntk.spectral_bias", "infntk.training"],
+    "11_cntk_images.ipynb": ["infntk.conv", "sklearn"],
 }
 
 

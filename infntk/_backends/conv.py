@@ -2,13 +2,14 @@
 
 Kernels receive plain arrays and scalars only and never validate: :mod:`infntk.conv` checks
 the inputs, detects the regime and encodes the layers as a small program (``iop``, ``fop``,
-the padding tables ``src`` and ``seg``); this module only runs it.
+the tap table ``src``, the padded-axis maps ``pmap`` and their contiguous runs ``runs``); this
+module only runs it.
 
 State of one pair ``(x, y)`` of images (``h x w`` positions):
 
 * full regime: ``S[i, i', j, j'] = Sigma(x_{ij}, y_{i'j'})`` and ``T`` (the NTK), stored with
-  the two row indices first (``(h, h, w, w)``, C order) so that the first pass of the patch
-  trace adds contiguous ``w x w`` blocks;
+  the two row indices first (``(h, h, w, w)``, C order), so that a row tap adds contiguous
+  ``w x w`` blocks;
 * diagonal regime: ``S[i, j] = Sigma(x_{ij}, y_{ij})`` only (Novak et al. 2019);
 * after the readout: two scalars.
 
@@ -17,16 +18,21 @@ Patch trace of a ``q x q`` convolution (NTK parameterization, fan-in ``q^2 C``):
     Sigma'[p, p'] = w2 / q^2 * sum_{a, b} K[p + (a, b), p' + (a, b)] + b2
     Theta'[p, p'] = w2 / q^2 * sum_{a, b} Theta[p + (a, b), p' + (a, b)] + Sigma'[p, p']
 
-applied separably: one ``q``-tap pass over the row pair ``(i, i')``, then one over the column
-pair ``(j, j')`` per ``(i, i')`` block, fused with the dual activation that follows
-(``K = E[phi(u) phi(v)]``, ``Theta <- Theta * E[phi'(u) phi'(v)]``). Out-of-range taps are
-zero (``"same"``, ``"valid"``) or wrap around (``"circular"``); the tables say which.
+applied separably and block by block (double-buffered state ``S -> S2``): for each output
+row pair ``(i, i')`` the ``q`` row taps are summed into a *padded* ``wp x wp`` block (zero,
+or wrapped, borders from the axis map ``pmap``), on which the column pair taps
+``(j + b, j' + b)`` are a plain shift by ``b (wp + 1)`` of the flat index, one contiguous loop;
+the bias, the NTK's new NNGP term and the dual activation follow while the block is in cache.
+The diagonal regime does the same on the ``(h, w)`` diagonal: a padded image and shifts by
+``a wp`` and ``b``.
 
 Dual inputs: ``m = sqrt(q_x q_y)``, ``A = max(m - s, 0)``, ``B = max(m + s, 0)`` from the
 carried ``s = Sigma`` and the self variances ``q`` (a simpler formulation than the FC engine's
 carried gaps). A pair of identical positions gets ``A = 0`` exactly: the self variances are
 computed by the same passes, in the same order, as the pair's entries. Elsewhere the absolute
-error of ``A`` is a few ulp of ``m``; see docs/conv.md for what that means for accuracy.
+error of ``A`` is a few ulp of ``m``; see docs/conv.md for what that means for accuracy. The
+ReLU family (relu, leaky_relu, abs, identity) has a branch-free, libm-free form below that
+the compiler vectorizes; the other closed forms go through :func:`infntk._duals.pair_dual`.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .._duals import abrelu_pair, diag_dual, pair_dual
+from .._duals import atan_unit, diag_dual, pair_dual
 from ..activations import FAMILY_ABRELU
 from .closed import _geomean
 
@@ -51,130 +57,243 @@ OP_GAP = 8         # full state -> scalars (mean over all position pairs)
 OP_FLAT = 9        # diagonal state -> scalars (mean over positions)
 OP_DENSE = 10      # scalars
 
-# iop columns: code, q or window, (unused), family (-1: none), offset of the self statistics,
-# h_in, w_in, h_out, w_out.   fop columns: w2, b2, p0, p1.
-NSEG = 3
+# iop columns: code, q or window, number of column runs, family (-1: none), offset of the self
+# statistics, h_in, w_in, h_out, w_out, hp, wp (padded sizes).   fop columns: w2, b2, p0, p1.
+NIOP = 11
+
+_PI = math.pi
+_INV_2PI = 1.0 / (2.0 * math.pi)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _abrelu_kkd(a, b, m, s):
+    """(k, kd) of phi = b max(x, 0) + a min(x, 0) at ``m = sqrt(q_x q_y)``, covariance ``s``.
+
+    ``k = N s + (a - b)^2 / (2 pi) (sqrt(A B) - theta s)`` with ``N = (a^2 + b^2) / 2`` and
+    ``kd = (a - b)^2 / (2 pi) (pi - theta) + a b`` (Cho & Saul 2009), ``theta`` from
+    ``2 atan(x)``, ``x = sqrt(min(A, B) / max(A, B))`` (the smaller angle directly) and
+    ``sqrt(A B) = max(A, B) x``: two square roots and two divisions. Branch-free, so the
+    loops over a block vectorize; the absolute error is a few ulp of ``m``. ``m = 0`` gives
+    ``theta = pi / 2`` (docs/conventions.md: a degenerate row is uncorrelated).
+    """
+    A = max(m - s, 0.0)
+    B = max(m + s, 0.0)
+    lo = min(A, B)
+    hi = max(A, B)
+    x = math.sqrt(lo / hi) if hi > 0.0 else 1.0
+    at = 2.0 * atan_unit(x)
+    small = A <= B
+    theta = at if small else _PI - at
+    phi = _PI - at if small else at
+    c2 = (a - b) * (a - b) * _INV_2PI
+    kd = c2 * phi + a * b
+    k = 0.5 * (a * a + b * b) * s + c2 * (hi * x - theta * s)     # hi x = sqrt(A B)
+    return k, kd
 
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _dual(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
-    """(k, kd) at the pair state of variances ``qa, qb`` and covariance ``s``."""
-    m = _geomean(qa, qb, ra, rb)
-    A = m - s
-    if A < 0.0:
-        A = 0.0
-    B = m + s
-    if B < 0.0:
-        B = 0.0
+    """(k, kd) of any closed-form family at the pair state ``(qa, qb, s)``."""
     if family == FAMILY_ABRELU:
-        k, kd, _, _ = abrelu_pair(p0, p1, m, A, B)
-    else:
-        k, kd, _, _ = pair_dual(family, p0, p1, qa, qb, A, B, ska, skb)
+        return _abrelu_kkd(p0, p1, _geomean(qa, qb, ra, rb), s)
+    m = _geomean(qa, qb, ra, rb)
+    A = max(m - s, 0.0)
+    B = max(m + s, 0.0)
+    k, kd, _, _ = pair_dual(family, p0, p1, qa, qb, A, B, ska, skb)
     return k, kd
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _act_block(family, p0, p1, qa_v, ra_v, ska_v, ia, qb_v, rb_v, skb_v, ib, S, T, base,
+               nrow, ncol):
+    """Activation in place on ``S[base : base + nrow * ncol]`` (row-major ``nrow x ncol``):
+    the row ``j`` has the variance ``qa_v[ia + j]``, the column ``j'`` ``qb_v[ib + j']``.
+    The family switch sits outside the loops; the ReLU loop vectorizes. (Two-dimensional
+    views keep every index a loop counter, which lets the compiler drop the negative-index
+    checks that otherwise block vectorization.)"""
+    qa = qa_v[ia:ia + nrow]
+    ra = ra_v[ia:ia + nrow]
+    ska = ska_v[ia:ia + nrow]
+    qb = qb_v[ib:ib + ncol]
+    rb = rb_v[ib:ib + ncol]
+    skb = skb_v[ib:ib + ncol]
+    Sv = S[base:base + nrow * ncol].reshape((nrow, ncol))
+    Tv = T[base:base + nrow * ncol].reshape((nrow, ncol))
+    if family == FAMILY_ABRELU:
+        for j in range(nrow):
+            for t in range(ncol):
+                k, kd = _abrelu_kkd(p0, p1, _geomean(qa[j], qb[t], ra[j], rb[t]), Sv[j, t])
+                Sv[j, t] = k
+                Tv[j, t] = Tv[j, t] * kd
+    else:
+        for j in range(nrow):
+            for t in range(ncol):
+                k, kd = _dual(family, p0, p1, qa[j], qb[t], ra[j], rb[t], ska[j], skb[t],
+                              Sv[j, t])
+                Sv[j, t] = k
+                Tv[j, t] = Tv[j, t] * kd
+
+
 @njit(cache=True, error_model="numpy")
-def _act_rows(family, p0, p1, qa, ra, ska, qrow, rrow, skrow, S, T, base, n):
-    """Activation on ``n`` consecutive entries ``S[base:base+n]`` against one row of self
-    statistics (the partner variance fixed at ``qa``); family switch outside the loop."""
+def _act_diag(family, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, n):
+    """Activation in place on the diagonal state ``S[:n]`` (variances ``q1[off + t]``,
+    ``q2[off + t]``)."""
+    qa = q1[off:off + n]
+    qb = q2[off:off + n]
+    ra = r1[off:off + n]
+    rb = r2[off:off + n]
+    ska = sk1[off:off + n]
+    skb = sk2[off:off + n]
     if family == FAMILY_ABRELU:
         for t in range(n):
-            m = _geomean(qa, qrow[t], ra, rrow[t])
-            s = S[base + t]
-            A = m - s
-            if A < 0.0:
-                A = 0.0
-            B = m + s
-            if B < 0.0:
-                B = 0.0
-            k, kd, _, _ = abrelu_pair(p0, p1, m, A, B)
-            S[base + t] = k
-            T[base + t] = T[base + t] * kd
+            k, kd = _abrelu_kkd(p0, p1, _geomean(qa[t], qb[t], ra[t], rb[t]), S[t])
+            S[t] = k
+            T[t] = T[t] * kd
     else:
         for t in range(n):
-            k, kd = _dual(family, p0, p1, qa, qrow[t], ra, rrow[t], ska, skrow[t], S[base + t])
-            S[base + t] = k
-            T[base + t] = T[base + t] * kd
+            k, kd = _dual(family, p0, p1, qa[t], qb[t], ra[t], rb[t], ska[t], skb[t], S[t])
+            S[t] = k
+            T[t] = T[t] * kd
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _row_taps(S, T, tS, tT, srow, i, ip, h, w, wp, runs, nrun, q):
+    """Padded block ``tS[jj, jj'] = sum_a S[src[a, i], src[a, i'], cmap[jj], cmap[jj']]``.
+
+    ``runs`` are the stretches of the padded axis with ``cmap[jj] = jj + shift``; only those
+    rectangles are written (the zero border of ``tS`` stays as initialised). Returns False
+    when every tap is out of range."""
+    ww = w * w
+    dS = tS[:wp * wp].reshape((wp, wp))
+    dT = tT[:wp * wp].reshape((wp, wp))
+    first = True
+    for a in range(q):
+        si = srow[a, i]
+        sip = srow[a, ip]
+        if si < 0 or sip < 0:
+            continue
+        blk = (si * h + sip) * ww
+        xS = S[blk:blk + ww].reshape((w, w))
+        xT = T[blk:blk + ww].reshape((w, w))
+        for r1 in range(nrun):
+            a1 = runs[r1, 0]
+            n1 = runs[r1, 1] - a1
+            b1 = a1 + runs[r1, 2]
+            for r2 in range(nrun):
+                a2 = runs[r2, 0]
+                n2 = runs[r2, 1] - a2
+                b2 = a2 + runs[r2, 2]
+                oS = dS[a1:a1 + n1, a2:a2 + n2]
+                oT = dT[a1:a1 + n1, a2:a2 + n2]
+                iS = xS[b1:b1 + n1, b2:b2 + n2]
+                iT = xT[b1:b1 + n1, b2:b2 + n2]
+                if first:
+                    for j in range(n1):
+                        for t in range(n2):
+                            oS[j, t] = iS[j, t]
+                            oT[j, t] = iT[j, t]
+                else:
+                    for j in range(n1):
+                        for t in range(n2):
+                            oS[j, t] += iS[j, t]
+                            oT[j, t] += iT[j, t]
+        first = False
+    return not first
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _col_taps(tS, tT, oS, oT, wp, wo, q, c, b2, S2, T2, base):
+    """``S2[base + j wo + j'] = c sum_b tS[(j + b) wp + j' + b] + b2`` (a shift by
+    ``b (wp + 1)`` of the flat padded index) and ``T2 = c sum_b tT[...] + S2``."""
+    L = (wo - 1) * wp + wo
+    for t in range(L):
+        oS[t] = tS[t]
+        oT[t] = tT[t]
+    for b in range(1, q):
+        d = b * (wp + 1)
+        xS = tS[d:d + L]
+        xT = tT[d:d + L]
+        for t in range(L):
+            oS[t] += xS[t]
+            oT[t] += xT[t]
+    dS = S2[base:base + wo * wo].reshape((wo, wo))
+    dT = T2[base:base + wo * wo].reshape((wo, wo))
+    xS = oS[:wo * wp].reshape((wo, wp))
+    xT = oT[:wo * wp].reshape((wo, wp))
+    for j in range(wo):
+        for t in range(wo):
+            s = c * xS[j, t] + b2
+            dS[j, t] = s
+            dT[j, t] = c * xT[j, t] + s
 
 
 @njit(cache=True, error_model="numpy")
-def _pass_rows_full(S, T, tS, tT, src, h, ho, w, q):
-    """tS[i, i', :, :] = sum_a S[src[a, i], src[a, i'], :, :] (same for T); zero taps skipped."""
-    ww = w * w
+def _conv_full(S, T, S2, T2, tS, tT, oS, oT, srow, runs, nrun, h, w, ho, wo, wp, q, c,
+               b2, fuse, fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off):
+    """One Conv layer on the full state ``S, T -> S2, T2``, with the activation fused per
+    block when ``fuse`` (the self variances of both images are known)."""
+    for t in range(wp * wp):
+        tS[t] = 0.0
+        tT[t] = 0.0
+    nb = wo * wo
     for i in range(ho):
         for ip in range(ho):
-            ob = (i * ho + ip) * ww
-            for t in range(ww):
-                tS[ob + t] = 0.0
-                tT[ob + t] = 0.0
-            for a in range(q):
-                si = src[a, i]
-                sip = src[a, ip]
-                if si < 0 or sip < 0:
-                    continue
-                ib = (si * h + sip) * ww
-                for t in range(ww):
-                    tS[ob + t] += S[ib + t]
-                    tT[ob + t] += T[ib + t]
+            base = (i * ho + ip) * nb
+            if _row_taps(S, T, tS, tT, srow, i, ip, h, w, wp, runs, nrun, q):
+                _col_taps(tS, tT, oS, oT, wp, wo, q, c, b2, S2, T2, base)
+            else:
+                for t in range(nb):
+                    S2[base + t] = b2
+                    T2[base + t] = b2
+            if fuse:
+                _act_block(fam, p0, p1, q1, r1, sk1, off + i * wo, q2, r2, sk2, off + ip * wo,
+                           S2, T2, base, wo, wo)
 
 
 @njit(cache=True, error_model="numpy")
-def _pass_cols_block(tS, tT, ib, src, seg, w, wo, q, c, b2, bS, bT):
-    """One (i, i') block: bS[j, j'] = c * sum_b tS[src[b, j], src[b, j'] ] + b2, bT likewise
-    plus bS (the NTK's new NNGP term). ``seg[b]`` lists contiguous runs of j'."""
-    for t in range(wo * wo):
-        bS[t] = 0.0
-        bT[t] = 0.0
-    for b in range(q):
-        for j in range(wo):
-            sj = src[b, j]
-            if sj < 0:
-                continue
-            rb = ib + sj * w
-            ob = j * wo
-            for r in range(NSEG):
-                start = seg[b, r, 0]
-                end = seg[b, r, 1]
-                shift = seg[b, r, 2]
-                for jp in range(start, end):
-                    bS[ob + jp] += tS[rb + jp + shift]
-                    bT[ob + jp] += tT[rb + jp + shift]
-    for t in range(wo * wo):
-        s = c * bS[t] + b2
-        bS[t] = s
-        bT[t] = c * bT[t] + s
-
-
-@njit(cache=True, error_model="numpy")
-def _conv_diag(D, TD, tD, tTD, srci, srcj, segj, h, w, ho, wo, q, c, b2):
-    """Diagonal state: the same two passes on the (h, w) diagonal; result in D, TD (ho, wo)."""
+def _conv_diag(D, TD, D2, TD2, tD, tTD, uD, uTD, rmap, cmap, h, w, ho, wo, hp, wp, q, c, b2):
+    """Diagonal state: ``D2[i, j] = c sum_{a, b} D[rmap[i + a], cmap[j + b]] + b2`` (zero
+    where a map is ``-1``) from a padded copy, shifts by ``a wp`` then by ``b``."""
+    for ii in range(hp):
+        si = rmap[ii]
+        for jj in range(wp):
+            sj = cmap[jj]
+            if si >= 0 and sj >= 0:
+                tD[ii * wp + jj] = D[si * w + sj]
+                tTD[ii * wp + jj] = TD[si * w + sj]
+            else:
+                tD[ii * wp + jj] = 0.0
+                tTD[ii * wp + jj] = 0.0
+    L = ho * wp
+    for t in range(L):
+        uD[t] = tD[t]
+        uTD[t] = tTD[t]
+    for a in range(1, q):
+        d = a * wp
+        xD = tD[d:d + L]
+        xT = tTD[d:d + L]
+        for t in range(L):
+            uD[t] += xD[t]
+            uTD[t] += xT[t]
+    L2 = (ho - 1) * wp + wo
+    for t in range(L2):
+        tD[t] = uD[t]
+        tTD[t] = uTD[t]
+    for b in range(1, q):
+        xD = uD[b:b + L2]
+        xT = uTD[b:b + L2]
+        for t in range(L2):
+            tD[t] += xD[t]
+            tTD[t] += xT[t]
     for i in range(ho):
-        for j in range(w):
-            tD[i * w + j] = 0.0
-            tTD[i * w + j] = 0.0
-        for a in range(q):
-            si = srci[a, i]
-            if si < 0:
-                continue
-            for j in range(w):
-                tD[i * w + j] += D[si * w + j]
-                tTD[i * w + j] += TD[si * w + j]
-    for i in range(ho):
+        dD = D2[i * wo:(i + 1) * wo]
+        dT = TD2[i * wo:(i + 1) * wo]
+        xD = tD[i * wp:i * wp + wo]
+        xT = tTD[i * wp:i * wp + wo]
         for j in range(wo):
-            D[i * wo + j] = 0.0
-            TD[i * wo + j] = 0.0
-        for b in range(q):
-            for r in range(NSEG):
-                start = segj[b, r, 0]
-                end = segj[b, r, 1]
-                shift = segj[b, r, 2]
-                for j in range(start, end):
-                    D[i * wo + j] += tD[i * w + j + shift]
-                    TD[i * wo + j] += tTD[i * w + j + shift]
-        for j in range(wo):
-            s = c * D[i * wo + j] + b2
-            D[i * wo + j] = s
-            TD[i * wo + j] = c * TD[i * wo + j] + s
+            s = c * xD[j] + b2
+            dD[j] = s
+            dT[j] = c * xT[j] + s
 
 
 @njit(cache=True, error_model="numpy")
@@ -189,13 +308,13 @@ def _record_self(family, p0, p1, qvals, n, selfq, selfr, selfsk, off):
 
 
 @njit(cache=True, error_model="numpy")
-def run_pair(x, y, iop, fop, src, seg, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, tS, tT,
-             bS, bT, dg):
+def run_pair(x, y, iop, fop, src, pmap, runs, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2,
+             T2, tS, tT, oS, oT, dg):
     """NNGP and NTK of one image pair, running the layer program ``iop``/``fop``.
 
     ``selfrun``: ``x`` is ``y``; the self statistics are computed on the way and written to
-    ``q1, r1, sk1`` (and the same arrays are read as ``q2, ...``). Work arrays ``S .. tT``
-    hold a full state, ``bS, bT`` one block, ``dg`` a diagonal.
+    ``q1, r1, sk1`` (and the same arrays are read as ``q2, ...``). Work arrays ``S .. T2``
+    hold a full state (double-buffered), ``tS .. oT`` a padded block, ``dg`` a diagonal.
     """
     H, W, C = x.shape
     nops = iop.shape[0]
@@ -237,23 +356,12 @@ def run_pair(x, y, iop, fop, src, seg, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, 
         if code == OP_CONV_F:
             qf = iop[k, 1]
             c = w2 / (qf * qf)
-            _pass_rows_full(S, T, tS, tT, src[k, 0], h, ho, w, qf)
             fuse = fam >= 0 and not selfrun
-            nb = wo * wo
-            for i in range(ho):
-                for ip in range(ho):
-                    _pass_cols_block(tS, tT, (i * ho + ip) * w * w, src[k, 1], seg[k], w, wo,
-                                     qf, c, b2, bS, bT)
-                    ob = (i * ho + ip) * nb
-                    if fuse:                  # activation on the block while it is in cache
-                        for j in range(wo):
-                            o1 = off + i * wo + j
-                            _act_rows(fam, p0, p1, q1[o1], r1[o1], sk1[o1], q2[off + ip * wo:],
-                                      r2[off + ip * wo:], sk2[off + ip * wo:], bS, bT,
-                                      j * wo, wo)
-                    for t in range(nb):
-                        S[ob + t] = bS[t]
-                        T[ob + t] = bT[t]
+            _conv_full(S, T, S2, T2, tS, tT, oS, oT, src[k], runs[k], iop[k, 2],
+                       h, w, ho, wo, iop[k, 10], qf, c, b2, fuse, fam, p0, p1, q1, r1, sk1,
+                       q2, r2, sk2, off)
+            S, S2 = S2, S
+            T, T2 = T2, T
             if fam >= 0 and selfrun:
                 code = OP_ACT_F          # fall through to the activation below
         if code == OP_ACT_F:
@@ -265,26 +373,22 @@ def run_pair(x, y, iop, fop, src, seg, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, 
             nb = wo * wo
             for i in range(ho):
                 for ip in range(ho):
-                    ob = (i * ho + ip) * nb
-                    for j in range(wo):
-                        o1 = off + i * wo + j
-                        _act_rows(fam, p0, p1, q1[o1], r1[o1], sk1[o1], q2[off + ip * wo:],
-                                  r2[off + ip * wo:], sk2[off + ip * wo:], S, T, ob + j * wo, wo)
+                    _act_block(fam, p0, p1, q1, r1, sk1, off + i * wo, q2, r2, sk2,
+                               off + ip * wo, S, T, (i * ho + ip) * nb, wo, wo)
         elif code == OP_CONV_D:
             qf = iop[k, 1]
             c = w2 / (qf * qf)
-            _conv_diag(S, T, tS, tT, src[k, 0], src[k, 1], seg[k], h, w, ho, wo, qf, c, b2)
+            _conv_diag(S, T, S2, T2, tS, tT, oS, oT, pmap[k, 0], pmap[k, 1], h, w, ho, wo,
+                       iop[k, 9], iop[k, 10], qf, c, b2)
+            S, S2 = S2, S
+            T, T2 = T2, T
             if fam >= 0:
                 code = OP_ACT_D
         if code == OP_ACT_D:
             n = ho * wo
             if selfrun:
                 _record_self(fam, p0, p1, S, n, q1, r1, sk1, off)
-            for t in range(n):
-                kk, kd = _dual(fam, p0, p1, q1[off + t], q2[off + t], r1[off + t],
-                               r2[off + t], sk1[off + t], sk2[off + t], S[t])
-                S[t] = kk
-                T[t] = T[t] * kd
+            _act_diag(fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, n)
         elif code == OP_POOL_F:
             win = iop[k, 1]
             inv = 1.0 / (win * win * win * win)
@@ -303,21 +407,18 @@ def run_pair(x, y, iop, fop, src, seg, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, 
                                             accs += S[rb + bp]
                                             acct += T[rb + bp]
                             t = ((I * ho + Ip) * wo + J) * wo + Jp
-                            tS[t] = accs * inv
-                            tT[t] = acct * inv
-            n = ho * ho * wo * wo
-            for t in range(n):
-                S[t] = tS[t]
-                T[t] = tT[t]
+                            S2[t] = accs * inv
+                            T2[t] = acct * inv
+            S, S2 = S2, S
+            T, T2 = T2, T
         elif code == OP_TODIAG:
             for i in range(h):
                 for j in range(w):
                     t = ((i * h + i) * w + j) * w + j
-                    tS[i * w + j] = S[t]
-                    tT[i * w + j] = T[t]
-            for t in range(h * w):
-                S[t] = tS[t]
-                T[t] = tT[t]
+                    S2[i * w + j] = S[t]
+                    T2[i * w + j] = T[t]
+            S, S2 = S2, S
+            T, T2 = T2, T
         elif code == OP_GAP:
             n = h * h * w * w
             accs = 0.0
@@ -353,26 +454,27 @@ def run_pair(x, y, iop, fop, src, seg, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, 
 @njit(cache=True, error_model="numpy")
 def _buffers(nfull, nblock):
     return (np.empty(nfull), np.empty(nfull), np.empty(nfull), np.empty(nfull),
-            np.empty(nblock), np.empty(nblock), np.empty(nfull))
+            np.empty(nblock), np.empty(nblock), np.empty(nblock), np.empty(nblock),
+            np.empty(nfull))
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def self_stats(X, iop, fop, src, seg, nfull, nblock, nthreads, Q, R, SK, kself):
+def self_stats(X, iop, fop, src, pmap, runs, nfull, nblock, nthreads, Q, R, SK, kself):
     """Self statistics (Q, R, SK: (n, nstat)) and the kernels K(x, x) (kself: (n, 2))."""
     n = X.shape[0]
     nchunks = min(n, 4 * nthreads)
     for c in prange(nchunks):
-        S, T, tS, tT, bS, bT, dg = _buffers(nfull, nblock)
+        S, T, S2, T2, tS, tT, oS, oT, dg = _buffers(nfull, nblock)
         for i in range(c, n, nchunks):
-            a, b = run_pair(X[i], X[i], iop, fop, src, seg, Q[i], R[i], SK[i], Q[i], R[i],
-                            SK[i], True, S, T, tS, tT, bS, bT, dg)
+            a, b = run_pair(X[i], X[i], iop, fop, src, pmap, runs, Q[i], R[i], SK[i], Q[i],
+                            R[i], SK[i], True, S, T, S2, T2, tS, tT, oS, oT, dg)
             kself[i, 0] = a
             kself[i, 1] = b
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def gram(X1, X2, iop, fop, src, seg, nfull, nblock, nthreads, Q1, R1, SK1, Q2, R2, SK2,
-         symmetric, out_nngp, out_ntk):
+def gram(X1, X2, iop, fop, src, pmap, runs, nfull, nblock, nthreads, Q1, R1, SK1, Q2, R2,
+         SK2, symmetric, out_nngp, out_ntk):
     """All pairs (``i < j`` only when ``symmetric``; the caller fills the diagonal), ``prange``
     over interleaved chunks of the pair list, work arrays allocated once per chunk."""
     n1 = X1.shape[0]
@@ -385,7 +487,7 @@ def gram(X1, X2, iop, fop, src, seg, nfull, nblock, nthreads, Q1, R1, SK1, Q2, R
         return
     nchunks = min(npairs, 8 * nthreads)
     for c in prange(nchunks):
-        S, T, tS, tT, bS, bT, dg = _buffers(nfull, nblock)
+        S, T, S2, T2, tS, tT, oS, oT, dg = _buffers(nfull, nblock)
         for t in range(c, npairs, nchunks):
             if symmetric:
                 # t -> (i, j), i < j, row-major over the strict upper triangle
@@ -398,8 +500,8 @@ def gram(X1, X2, iop, fop, src, seg, nfull, nblock, nthreads, Q1, R1, SK1, Q2, R
             else:
                 i = t // n2
                 j = t - i * n2
-            a, b = run_pair(X1[i], X2[j], iop, fop, src, seg, Q1[i], R1[i], SK1[i], Q2[j],
-                            R2[j], SK2[j], False, S, T, tS, tT, bS, bT, dg)
+            a, b = run_pair(X1[i], X2[j], iop, fop, src, pmap, runs, Q1[i], R1[i], SK1[i],
+                            Q2[j], R2[j], SK2[j], False, S, T, S2, T2, tS, tT, oS, oT, dg)
             out_nngp[i, j] = a
             out_ntk[i, j] = b
             if symmetric:
