@@ -44,10 +44,11 @@ from ._validation import (check_depth, check_matrix, check_parameterization, che
 from .activations import get_activation
 from .empirical import MLP
 from .fcnet import FCNet
+from .finite_width import corrections
 from .network import Network
 
 __all__ = ["width_sweep", "SweepResult", "ExponentFit", "depth_width_variance",
-           "DepthWidthResult", "default_points"]
+           "DepthWidthResult", "default_points", "correction_sweep", "CorrectionSweep"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -672,3 +673,130 @@ def __getattr__(name):
         import importlib
         return getattr(importlib.import_module(".bounds", __package__), _MOVED[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ----------------------------------------------------------------------------- 1/width corrections
+@dataclass(frozen=True)
+class CorrectionSweep:
+    """Measured ``width * bias`` and ``width * Var`` of the empirical kernels, with predictions.
+
+    Every array is ``(len(widths), n, n)``; ``*_se`` are Monte Carlo standard errors (the bias
+    from the seeds' sample standard deviation; the variance from the sample fourth moment).
+    ``predicted_*`` are :func:`infntk.finite_width.corrections` at each width.
+    """
+
+    widths: tuple
+    seeds: int
+    nngp: np.ndarray                 # (n, n) infinite-width kernels
+    ntk: np.ndarray
+    nngp_bias: np.ndarray
+    nngp_bias_se: np.ndarray
+    nngp_var: np.ndarray
+    nngp_var_se: np.ndarray
+    ntk_bias: np.ndarray
+    ntk_bias_se: np.ndarray
+    ntk_var: np.ndarray
+    ntk_var_se: np.ndarray
+    predicted_nngp_bias: np.ndarray
+    predicted_nngp_var: np.ndarray
+    predicted_ntk_bias: np.ndarray
+    predicted_ntk_var: np.ndarray
+
+    def __repr__(self):
+        return (f"CorrectionSweep(widths={self.widths}, seeds={self.seeds}, "
+                f"n={self.nngp.shape[0]})")
+
+    def z_scores(self, name):
+        """``(measured - predicted) / se`` of ``name`` in ``nngp_bias, nngp_var, ntk_bias,
+        ntk_var``, ``(len(widths), n, n)`` (0 where the standard error vanishes)."""
+        if name not in ("nngp_bias", "nngp_var", "ntk_bias", "ntk_var"):
+            raise ValueError(f"name must be one of nngp_bias, nngp_var, ntk_bias, ntk_var, "
+                             f"got {name!r}.")
+        m, se = getattr(self, name), getattr(self, name + "_se")
+        p = getattr(self, "predicted_" + name)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(se > 0, (m - p) / se, 0.0)
+
+    def plot(self, entry=(0, 0), ax=None):
+        """Measured (with 95% intervals) vs predicted coefficients against width (matplotlib)."""
+        import matplotlib.pyplot as plt
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5.5, 4))
+        i, j = entry
+        w = np.asarray(self.widths, dtype=float)
+        for name, color in (("nngp_var", "C0"), ("ntk_var", "C1"), ("nngp_bias", "C2"),
+                            ("ntk_bias", "C3")):
+            m = getattr(self, name)[:, i, j]
+            se = getattr(self, name + "_se")[:, i, j]
+            ax.errorbar(w, m, yerr=1.96 * se, fmt="o", color=color, capsize=3,
+                        label=f"{name} (measured, 95%)")
+            ax.plot(w, getattr(self, "predicted_" + name)[:, i, j], "--", color=color,
+                    label=f"{name} (predicted)")
+        ax.set_xscale("log")
+        ax.set_xlabel("width")
+        ax.set_ylabel(f"width x correction, entry {entry}")
+        ax.legend(fontsize=7)
+        return ax
+
+
+def correction_sweep(net, X, widths, seeds=200, progress=False):
+    """Measure the ``1/width`` corrections by Monte Carlo and put the predictions beside them.
+
+    For every width, ``seeds`` finite networks ``net.finite(width, seed)`` give the empirical
+    NNGP (of the last hidden layer, as :meth:`infntk.empirical.MLP.nngp`) and NTK at the rows of
+    ``X``; their mean minus the analytic kernel, and their variance, are scaled by the width
+    and compared with :func:`infntk.finite_width.corrections` (Roberts, Yaida and Hanin, ch. 4
+    and 8). As the width grows the measured coefficients approach the predicted ones (the
+    next order is ``O(1/width)``).
+
+    Parameters
+    ----------
+    net : infntk.FCNet or infntk.Network (fully connected)
+    X : (n, d) array, n <= 64
+    widths : sequence of int
+    seeds : int, >= 2
+    progress : bool
+
+    Returns
+    -------
+    CorrectionSweep
+
+    Notes
+    -----
+    Cost: ``len(widths) * seeds`` finite networks and their kernels,
+    ``O(seeds * n * depth * width^2)`` per width.
+    """
+    if not hasattr(net, "finite"):
+        raise TypeError(f"net must be an infntk.FCNet or Network, got {type(net).__name__}.")
+    X = check_matrix(X, "X")
+    widths = tuple(check_positive_int(w, "widths") for w in widths)
+    if not widths:
+        raise ValueError("widths must be a non-empty sequence of integers >= 1.")
+    seeds = check_positive_int(seeds, "seeds", minimum=2)
+    k = net.kernels(X)
+    out = {name: [] for name in ("nngp_bias", "nngp_bias_se", "nngp_var", "nngp_var_se",
+                                 "ntk_bias", "ntk_bias_se", "ntk_var", "ntk_var_se",
+                                 "predicted_nngp_bias", "predicted_nngp_var",
+                                 "predicted_ntk_bias", "predicted_ntk_var")}
+    for width in tqdm(widths, disable=not progress, desc="widths"):
+        samples = {"nngp": [], "ntk": []}
+        for seed in range(seeds):
+            fin = net.finite(width, seed=seed)
+            samples["nngp"].append(fin.nngp(X))
+            samples["ntk"].append(fin.ntk(X))
+        pred = corrections(net, X, width)
+        for kind, ref in (("nngp", k.nngp), ("ntk", k.ntk)):
+            S = np.stack(samples[kind])                  # (seeds, n, n)
+            mean = S.mean(axis=0)
+            dev = S - mean
+            var = (dev ** 2).sum(axis=0) / (seeds - 1)
+            m4 = (dev ** 4).mean(axis=0)
+            out[f"{kind}_bias"].append(width * (mean - ref))
+            out[f"{kind}_bias_se"].append(width * np.sqrt(var / seeds))
+            out[f"{kind}_var"].append(width * var)
+            # standard error of the sample variance from the fourth central moment
+            out[f"{kind}_var_se"].append(width * np.sqrt(np.maximum(m4 - var ** 2, 0.0) / seeds))
+            out[f"predicted_{kind}_bias"].append(getattr(pred, f"{kind}_bias"))
+            out[f"predicted_{kind}_var"].append(getattr(pred, f"{kind}_var"))
+    return CorrectionSweep(widths, seeds, k.nngp, k.ntk,
+                           **{name: np.stack(v) for name, v in out.items()})
