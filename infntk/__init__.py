@@ -35,10 +35,11 @@ _LAZY_SUBMODULES = {"activations", "after_kernel", "bounds", "cli", "conv", "con
 #: :class:`infntk.activations.Activation`.
 _LAZY_NAMES = {"FCNet": "fcnet", "Kernels": "fcnet", "Network": "network", "Dense": "layers",
                "Activation": "layers", "Residual": "layers", "LayerNorm": "layers",
-               "Conv": "conv", "AvgPool": "conv", "Flatten": "conv", "GlobalAvgPool": "conv"}
+               "Conv": "conv", "AvgPool": "conv", "Flatten": "conv", "GlobalAvgPool": "conv",
+               "warmup": "_warmup"}
 
 __all__ = ["FCNet", "Kernels", "Network", "Dense", "Activation", "Residual", "LayerNorm",
-           "Conv", "AvgPool", "Flatten", "GlobalAvgPool",
+           "Conv", "AvgPool", "Flatten", "GlobalAvgPool", "warmup",
            "ACTIVATIONS", "get_activation", "__version__"]
 
 

@@ -34,6 +34,7 @@ The checks every caller gets, here once:
 from __future__ import annotations
 
 import os
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ from ._validation import check_positive_int
 
 __all__ = ["Kernels", "KernelDiag", "gram", "diag", "row_blocks", "mirror_lower_to_upper",
            "check_out", "check_kinds", "check_no_alias", "check_memory", "available_memory",
-           "check_block_finite", "DEFAULT_BLOCK_ROWS"]
+           "check_block_finite", "compiled_view", "DEFAULT_BLOCK_ROWS"]
 
 #: Rows per block of the Gram loop (work space ``block_rows * n2`` floats per kernel).
 DEFAULT_BLOCK_ROWS = 256
@@ -212,6 +213,33 @@ def check_block_finite(engine, dst, r0, symmetric, X1, X2, label=None):
             "w_std, depth or the input scale (rescale X).")
 
 
+def compiled_view(X):
+    """``X`` as a writeable plain ndarray (no copy where possible), for compiled kernels.
+
+    Numba compiles a separate specialization of every kernel for read-only arrays (e.g.
+    ``np.load(path, mmap_mode="r")``), which costs a full second compilation. A read-only
+    view of a file-backed memory map is mapped again copy-on-write (``mode="c"``: writeable,
+    the pages stay shared with the page cache, nothing is copied, and the engines never
+    write to their inputs); any other read-only array is copied. ``X`` must be C-contiguous.
+    """
+    if X.flags.writeable:
+        return X
+    mm = X       # the memory map that owns the file mapping (a slice of one is a memmap too)
+    while mm is not None and not (isinstance(mm, np.memmap) and mm.filename
+                                  and isinstance(mm.base, mmap.mmap)):
+        mm = getattr(mm, "base", None)
+    if mm is not None and X.flags.c_contiguous:
+        offset = mm.offset + (X.__array_interface__["data"][0]
+                              - mm.__array_interface__["data"][0])
+        try:
+            cow = np.memmap(mm.filename, dtype=X.dtype, mode="c", offset=offset, shape=X.shape)
+        except (OSError, ValueError):
+            cow = None
+        if cow is not None:
+            return np.asarray(cow)
+    return np.array(X, order="C")
+
+
 def row_blocks(n, block_rows):
     """``(r0, r1)`` of consecutive blocks of ``block_rows`` rows covering ``range(n)``."""
     for r0 in range(0, n, block_rows):
@@ -240,7 +268,7 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
     Parameters
     ----------
     engine : an engine of :mod:`infntk._backends`
-    X1 : (n1, d) float64, C-contiguous (a read-only memory map works)
+    X1 : (n1, d) float64, C-contiguous (a read-only memory map works, see compiled_view)
     X2 : (n2, d) float64, C-contiguous; ``X1`` itself when ``symmetric``
     symmetric : bool
         ``X2`` is ``X1``: only the lower triangle is computed, then mirrored.
@@ -291,6 +319,9 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
         outs[k] = check_out(outs[k], (n1, n2), f"out_{k}")
     scratch = {k: np.empty((bn, n2)) for k in _KINDS if k not in kinds}
 
+    # writeable views: read-only inputs would compile every kernel a second time
+    X1 = compiled_view(X1)
+    X2 = X1 if symmetric else compiled_view(X2)
     with engine_lock():
         rows1 = engine.rows(X1)
         rows2 = rows1 if symmetric else engine.rows(X2)
@@ -322,5 +353,5 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
 def diag(engine, X):
     """``k(x, x)`` for every row of validated ``X``, from the engine's per-row record."""
     with engine_lock():
-        nngp, ntk = engine.diag(engine.rows(X))
+        nngp, ntk = engine.diag(engine.rows(compiled_view(X)))
     return KernelDiag(nngp, ntk)

@@ -508,6 +508,18 @@ def build_parser():
                     help="hidden layers (default 3)")
     pd.add_argument("--quiet", action="store_true", help="print only the self-check line")
     pd.set_defaults(func=_cmd_demo)
+
+    pw = sub.add_parser("warmup", help="compile every code path once (fills the Numba cache)",
+                        description="Run every engine once on tiny inputs so that later runs "
+                                    "load compiled code from the cache; prints each path and "
+                                    "its time (infntk._warmup.warmup).")
+
+    def _cmd_warmup(args):
+        from ._warmup import warmup  # here, not at the top: infntk._warmup drives this CLI
+        warmup(verbose=True)
+        return 0
+    pw.set_defaults(func=_cmd_warmup)
+    sub.metavar = "{kernel,sweep,demo,warmup}"
     return p
 
 

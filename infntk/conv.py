@@ -27,6 +27,7 @@ import numba
 import numpy as np
 
 from ._backends import conv as _ce
+from ._gram import compiled_view
 from ._numba_config import engine_lock
 from ._validation import check_positive_int, check_real_dtype, check_std
 from .activations import get_activation
@@ -355,7 +356,7 @@ def _check_images(X, name):
     if not np.isfinite(arr).all():
         bad = tuple(int(v) for v in np.argwhere(~np.isfinite(arr))[0])
         raise ValueError(f"{name} contains NaN or inf (first at index {bad}).")
-    return arr
+    return compiled_view(arr)   # read-only inputs would compile the engine a second time
 
 
 def check_image_pair(X1, X2=None):

@@ -316,7 +316,8 @@ def gram_block(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     that the triangle's work is split evenly between threads.
     """
     nb = G.shape[0]
-    for t in prange((nb + 1) // 2):
+    for t0 in prange((nb + 1) // 2):
+        t = np.int64(t0)      # prange indices are uint64: one signature of the row kernel
         _gram_row(t, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk)
         u = nb - 1 - t
         if u != t:

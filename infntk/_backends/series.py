@@ -192,7 +192,8 @@ def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, ex
     Rows are taken in pairs ``(t, nb-1-t)`` to balance the triangle between threads.
     """
     nb = G.shape[0]
-    for t in prange((nb + 1) // 2):
+    for t0 in prange((nb + 1) // 2):
+        t = np.int64(t0)      # prange indices are uint64: one signature of the row kernel
         _series_row(t, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess,
                     errb)
         u = nb - 1 - t
