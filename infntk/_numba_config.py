@@ -5,7 +5,9 @@ the user can override with the usual environment variables:
 
 * ``NUMBA_CACHE_DIR``: compiled kernels are cached under the user's cache directory,
   ``$XDG_CACHE_HOME/infntk/numba`` (default ``~/.cache/infntk/numba``), or, when that is not
-  writable, under the temporary directory. Nothing is written next to the sources, so a
+  writable, under the temporary directory, in a subdirectory keyed by the state of the
+  package's sources (so an edited file never leaves stale inlined code in another file's
+  compiled kernels). Nothing is written next to the sources, so a
   read-only installation works and a cache left in ``site-packages/infntk/__pycache__`` by an
   uninstalled copy cannot shadow a later (editable) installation. Numba keys its cache by
   source path, so several installations never share entries.
@@ -40,15 +42,40 @@ def _writable_dir(path):
         return False
 
 
+def _sources_key():
+    """A short hash of the package's Python sources (names, sizes, modification times).
+
+    Numba invalidates a cached kernel when *its own* file changes, not when a function it
+    inlined from another file does (an edit of ``_duals.py`` would leave stale compiled
+    duals inside the engines). Keying the cache directory by every source file makes any
+    change of the package start from a fresh cache.
+    """
+    import hashlib
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha1()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(dirpath, name))
+                h.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}:{st.st_size}:"
+                         f"{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
 def cache_dir():
-    """The directory for Numba's cache: under the user's cache dir, else the temporary dir."""
+    """The directory for Numba's cache: under the user's cache dir, else the temporary dir.
+
+    One subdirectory per state of the sources (:func:`_sources_key`).
+    """
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    candidates = [os.path.join(base, "infntk", "numba")]
+    key = _sources_key()
+    candidates = [os.path.join(base, "infntk", "numba", key)]
     try:
         uid = os.getuid()
     except AttributeError:  # Windows
         uid = os.environ.get("USERNAME", "user")
-    candidates.append(os.path.join(tempfile.gettempdir(), f"infntk-numba-{uid}"))
+    candidates.append(os.path.join(tempfile.gettempdir(), f"infntk-numba-{uid}", key))
     for path in candidates:
         if _writable_dir(path):
             return path

@@ -417,8 +417,8 @@ def _max_correlations(act, setup, A, B, symmetric, q, sample):
     L, d, w2, b2 = setup.depth, setup.d, setup.w2, setup.b2
     n1 = A.shape[0]
     arg, best = _partners(setup, A, B, symmetric, q[0])
-    if not np.any(best > 0):
-        return np.zeros(L)
+    # no early exit when layer 0 is uncorrelated (zero or orthogonal rows): phi(0) != 0 or
+    # biases correlate the deeper layers, so the pairs still go through the recursion
     top = np.argsort(-best, kind="stable")[:32]
     own = sample[sample < n1]
     rows_a = np.unique(np.concatenate([top, own]))
