@@ -99,10 +99,11 @@ def _widths(text):
     return out
 
 
-def load_matrix(path, name):
+def load_matrix(path, name, images=False):
     """Read a 2-D float array from ``.npy`` or ``.csv`` (comma-separated, ``#`` comments).
 
     ``.npy`` files are memory-mapped (read-only), so large inputs are not copied at once.
+    ``images=True``: a 4-D ``(n, H, W, C)`` ``.npy`` array of images instead.
     """
     if not os.path.isfile(path):
         raise UsageError(f"{name}: no such file {path!r}")
@@ -120,6 +121,11 @@ def load_matrix(path, name):
     except (ValueError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(f"{name}: cannot read {path!r}: {first}") from None
+    if images:
+        if arr.ndim != 4:
+            raise UsageError(f"{name}: a convolutional network takes images, a 4-D .npy array "
+                             f"(n, H, W, C), got shape {arr.shape} in {path!r}")
+        return arr
     if arr.ndim != 2:
         raise UsageError(f"{name}: expected a 2-D array (one row per point) in {path!r}, "
                          f"got shape {arr.shape}")
@@ -225,6 +231,9 @@ def compute_to(net, X, Y, outs, block_rows=256, progress=True, resume=None):
 
 
 def _cmd_kernel(args):
+    net = _make_net(args)
+    if getattr(net, "_conv", False):
+        return _cmd_kernel_images(args, net)
     X = load_matrix(args.X, "X")
     Y = load_matrix(args.y, "--y") if args.y else None
     if Y is not None and Y.shape[1] != X.shape[1]:
@@ -233,7 +242,6 @@ def _cmd_kernel(args):
     # validate values (NaN, empty) up front, without copying a float64 memmap
     X, Y2, same = _user(check_pair, X, Y, "X", "--y")
     Y = None if same else Y2
-    net = _make_net(args)
     try:
         net._engine(X.shape[1])     # settings that fail only at compute time, checked now
     except OverflowError as exc:
@@ -291,6 +299,53 @@ def _cmd_kernel(args):
     dt = time.perf_counter() - t0
     print(f"wrote {', '.join(written)}: {'+'.join(kinds)} ({n1} x {n2}) of {net!r} "
           f"in {dt:.2f} s")
+    return 0
+
+
+def _cmd_kernel_images(args, net):
+    """``infntk kernel`` for a convolutional ``--layers`` network: images ``(n, H, W, C)``.
+
+    The kernels are computed in memory by the convolutional engine and written atomically
+    (``.npz``, or ``.npy`` files; not block-wise, so not resumable).
+    """
+    from .conv import check_image_pair
+    X = load_matrix(args.X, "X", images=True)
+    Y = load_matrix(args.y, "--y", images=True) if args.y else None
+    A, B, same = _user(check_image_pair, X, Y)
+    kinds = ("nngp", "ntk") if args.kernel == "both" else (args.kernel,)
+    n1, n2 = A.shape[0], B.shape[0]
+    out = args.out
+    ext = os.path.splitext(out)[1].lower()
+    inputs = [args.X] + ([args.y] if args.y else [])
+    if ext == ".npz":
+        paths = {"npz": out}
+    elif ext == ".npy":
+        paths = {k: (out if len(kinds) == 1 else f"{out[:-4]}_{k}.npy") for k in kinds}
+    else:
+        raise UsageError(f"--out must end in .npz or .npy, got {out!r}")
+    for p in paths.values():
+        try:
+            _io.check_output_path(p, inputs, overwrite=args.force, name="--out")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        except (FileExistsError, FileNotFoundError) as exc:
+            raise UsageError(_cli_words(exc.strerror)) from None
+    _gram.check_memory(8 * n1 * n2 * 2, f"the {n1} x {n2} convolutional kernels")
+    t0 = time.perf_counter()
+    try:
+        k = _user(net.kernels, A, None if same else B)
+    except KeyboardInterrupt:
+        raise _Interrupted("nothing was written") from None
+    res = {"nngp": k.nngp, "ntk": k.ntk}
+    if ext == ".npz":
+        with _io.atomic_open(out, "wb", inputs, overwrite=args.force, name="--out") as fh:
+            np.savez(fh, **{kk: res[kk] for kk in kinds})
+    else:
+        for kk, p in paths.items():
+            with _io.atomic_open(p, "wb", inputs, overwrite=args.force, name="--out") as fh:
+                np.save(fh, res[kk])
+    print(f"wrote {', '.join(paths.values())}: {'+'.join(kinds)} ({n1} x {n2}) of {net!r} "
+          f"in {time.perf_counter() - t0:.2f} s")
     return 0
 
 

@@ -9,6 +9,8 @@ Grammar (items separated by spaces; spaces inside parentheses are ignored)::
     item     := "dense" ["(" w_std ["," b_std ["," parameterization]] ")"]
               | "layernorm"
               | "residual" ["(" alpha ")"] "[" layers "]"
+              | "conv" ["(" filter ["," padding ["," w_std ["," b_std]]] ")"]
+              | "avgpool" ["(" window ")"] | "flatten" | "gap"     (images)
               | NAME ["(" key=value, ... ")"]          (any registered activation)
 
 ``dense`` alone is ``Dense(1.0, 0.0)``; ``b_std`` may be ``none`` (no bias parameters); the
@@ -32,10 +34,21 @@ GRAMMAR = ("space-separated layers: dense(w_std[,b_std[,parameterization]]) (pla
            "dense(1,0); b_std 'none' = no biases), an activation name with keyword parameters "
            "(relu, erf, leaky_relu(alpha=0.1), ... any registered name), layernorm, and "
            "residual(alpha)[ ... ] with the block in brackets; e.g. "
-           "\"dense(1.5,0.1) residual(0.5)[relu dense(1.4,0.1)] layernorm erf dense\"")
+           "\"dense(1.5,0.1) residual(0.5)[relu dense(1.4,0.1)] layernorm erf dense\"; for "
+           "images (n, H, W, C): conv(filter,padding,w_std,b_std) (padding same/valid/circular), "
+           "avgpool(window), then flatten or gap, then dense/activations, e.g. "
+           "\"conv(3,same,1.5,0.1) relu conv(3,same,1.5,0.1) relu gap dense(1.5,0.1)\"")
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
                     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<sym>[()\[\],=]))")
+
+
+#: convolutional items: name -> (class in infntk.conv, its parameters in order)
+_CONV_ITEMS = {"conv": ("Conv", ("filter", "padding", "w_std", "b_std")),
+               "avgpool": ("AvgPool", ("window",)),
+               "flatten": ("Flatten", ()),
+               "gap": ("GlobalAvgPool", ()),
+               "globalavgpool": ("GlobalAvgPool", ())}
 
 
 def _tokens(text):
@@ -160,6 +173,10 @@ def parse_layers(text):
                 elif name == "layernorm":
                     build(name, at, pos, kw, ())
                     layers.append(LayerNorm())
+                elif name in _CONV_ITEMS:
+                    from . import conv     # the convolutional layers (images)
+                    cls, names = _CONV_ITEMS[name]
+                    layers.append(getattr(conv, cls)(**build(name, at, pos, kw, names)))
                 elif name == "residual":
                     a = build(name, at, pos, kw, ("alpha",))
                     if toks[i][1] != "[":
