@@ -15,8 +15,6 @@ Example
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import tempfile
 import time
@@ -114,24 +112,6 @@ def _conv():
     net.kernels(X, X[:2].copy())
 
 
-def _command_line():
-    # imported here: infntk.cli offers `infntk warmup` and so imports this module
-    from . import cli
-    X, Y = _data()
-    with tempfile.TemporaryDirectory() as tmp:
-        px, py = os.path.join(tmp, "X.npy"), os.path.join(tmp, "Y.npy")
-        np.save(px, X)
-        np.save(py, Y)
-        with contextlib.redirect_stdout(io.StringIO()):
-            for extra in ((), ("--y", py)):
-                status = cli.main(["kernel", px, *extra, "--out", os.path.join(tmp, "K.npy"),
-                                   "--no-progress", "--force", "--activation", "relu",
-                                   "--depth", "2"])
-                if status:
-                    raise RuntimeError(f"infntk kernel failed during warmup (status {status})")
-
-
-#: ``(description, function)`` of every path, in the order :func:`warmup` runs them.
 PATHS = (
     ("closed form, symmetric (relu)", _closed_symmetric),
     ("closed form, cross (relu)", _closed_cross),
@@ -143,7 +123,6 @@ PATHS = (
     ("callable activation", _callable),
     ("composed network (Residual, LayerNorm)", _composed),
     ("convolutional network", _conv),
-    ("command line (infntk kernel)", _command_line),
 )
 
 
@@ -179,8 +158,10 @@ def warmup(verbose=True):
 
     Notes
     -----
-    The compiled code is cached where Numba caches (``NUMBA_CACHE_DIR``, by default next to
-    the installed modules); a process started later with the same cache only loads it.
+    The compiled code is cached where Numba caches (``NUMBA_CACHE_DIR``, by default the
+    user's cache directory, see :mod:`infntk._numba_config`); a process started later with
+    the same cache only loads it. The command line adds no compiled path of its own (it runs
+    the driver paths above: symmetric and cross kernels, read-only inputs, memmap outputs).
     Cost: the compilation itself (tens of seconds with an empty cache on a small machine,
     about a second once cached); the inputs are a few points.
     """

@@ -570,8 +570,7 @@ def build_parser():
                                     "its time (infntk._warmup.warmup).")
 
     def _cmd_warmup(args):
-        from ._warmup import warmup  # here, not at the top: infntk._warmup drives this CLI
-        warmup(verbose=True)
+        _warmup.warmup(verbose=True)
         return 0
     pw.set_defaults(func=_cmd_warmup)
     sub.metavar = "{kernel,sweep,demo,warmup}"
