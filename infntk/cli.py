@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from . import _gram, _io
+from . import _gram, _io, _warmup
 from ._validation import check_pair
 from .fcnet import FCNet
 from .layer_spec import GRAMMAR, parse_layers
