@@ -18,7 +18,7 @@ import pytest
 import infntk
 from infntk.empirical import MLP
 from infntk.finite_width import MAX_INPUTS, corrections
-from tests.tolerances import CLOSED_FORM_RTOL, mc_tolerance, rel_err_vs_max, tolerance
+from tolerances import CLOSED_FORM_RTOL, mc_tolerance, rel_err_vs_max, tolerance
 
 RELU_CRIT = math.sqrt(2.0)
 

@@ -1,4 +1,4 @@
-"""2-D Gauss-Legendre quadrature of Gaussian expectations in mpmath (a test oracle).
+r"""2-D Gauss-Legendre quadrature of Gaussian expectations in mpmath (a test oracle).
 
 ``quad_expect(f, g, q1, q2, rho, kinked=True)`` is ``E[f(u) g(v)]`` for a centred Gaussian pair
 with variances ``q1, q2`` and correlation ``rho``, integrated piecewise on ``[-HALF, HALF]^2``
