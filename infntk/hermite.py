@@ -571,8 +571,27 @@ def second_moment(activation, q=1.0, derivative=False, **params):
     return _out(_second_moment_arrays(act, qa, derivative), scalar)
 
 
+#: variances per chunk in :func:`_tails`: the quadrature's work arrays are
+#: ``chunk x nodes x (K + 1)`` floats, so memory stays bounded for any number of rows
+_TAILS_CHUNK = 256
+
+
 def _tails(act, K, qa, derivative=False, all_orders=False):
     """(coefficients (m, K+1), tails T_0..T_K (m, K+1), rounding floors (m, K+1)).
+
+    Computed by chunks of :data:`_TAILS_CHUNK` variances (each variance independently, so the
+    result does not depend on the chunking).
+    """
+    qa = np.asarray(qa, dtype=np.float64)
+    if qa.size <= _TAILS_CHUNK:
+        return _tails_chunk(act, K, qa, derivative, all_orders)
+    parts = [_tails_chunk(act, K, qa[i:i + _TAILS_CHUNK], derivative, all_orders)
+             for i in range(0, qa.size, _TAILS_CHUNK)]
+    return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))
+
+
+def _tails_chunk(act, K, qa, derivative=False, all_orders=False):
+    """:func:`_tails` for one chunk of variances.
 
     Floors: closed forms subtract ``sum_{k<=j} a_k^2`` from the exact ``E[phi^2]``, rounding
     error ``<= 4 (j+2) eps E``; the quadrature tails are sums of squared residuals whose
