@@ -4,8 +4,8 @@ Flatten ("vanilla", diagonal regime) and GlobalAvgPool (full regime); relu, Conv
 Run with infntk's environment::
 
     PYTHONPATH=. python benchmarks/bench_conv.py            # infntk vs a NumPy prototype
-    PYTHONPATH=. python benchmarks/bench_conv.py --nt-python /work/nt-venv/bin/python
-    /work/nt-venv/bin/python benchmarks/bench_conv.py --nt  # neural-tangents alone, as JSON
+    PYTHONPATH=. python benchmarks/bench_conv.py --nt-python /path/to/nt-venv/bin/python
+    /path/to/nt-venv/bin/python benchmarks/bench_conv.py --nt  # neural-tangents alone, as JSON
 
 Baseline measured in the same process: a plain NumPy prototype of the same recursion
 (:func:`numpy_pair`: the whole ``(h, w, h, w)`` covariance of one pair as one array, the
@@ -185,7 +185,7 @@ def main():
             print(f"{size:>4}^2 {depth:>5} {readout:>8} {t * 1e3:9.3f}ms {tb * 1e3:9.3f}ms "
                   f"{tb / t:9.1f} {b2} {r2} {err:8.1e}", flush=True)
     if nt is None:
-        print("neural-tangents: rerun with --nt-python /work/nt-venv/bin/python for its column")
+        print("neural-tangents: rerun with --nt-python /path/to/nt-venv/bin/python for its column")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 import infntk
+from _timing import best_of  # noqa: E402  (benchmarks/_timing.py)
 
 
 # (a, b) of phi = b relu(x) + a min(x, 0); step is b 1(x > 0) + a 1(x < 0)
@@ -87,14 +88,6 @@ def numpy_baseline(act, X1, X2, depth, w_std, b_std):
         T = S + w2 * kd * T
     return S, T
 
-
-def best_of(f, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = f()
-        times.append(time.perf_counter() - t)
-    return min(times), out
 
 
 def cold_start(cache_dir):

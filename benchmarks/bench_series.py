@@ -19,15 +19,8 @@ import numpy as np
 
 import infntk
 from infntk._backends import series as se
+from _timing import best_of  # noqa: E402  (benchmarks/_timing.py)
 
-
-def best_of(f, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = f()
-        times.append(time.perf_counter() - t)
-    return min(times), out
 
 
 def per_row_time(net, X):
@@ -38,8 +31,11 @@ def per_row_time(net, X):
     def run():
         q, E, Ed, th = se._row_statistics(eng.activation, eng.setup, nsq)
         scale = float(max(q[-1].max(), th[-1].max()))
+        # the engine's estimate of the largest off-diagonal correlation per layer
+        rmax = se._max_correlations(eng.activation, eng.setup, X, X, True, q,
+                                    se._sample_rows(q))
         return se._choose_orders(eng.activation, eng.setup, q, E, Ed, th, net.tol * scale,
-                                 X.shape[0])
+                                 X.shape[0], rmax)
     return run
 
 

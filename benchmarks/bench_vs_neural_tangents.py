@@ -1,7 +1,7 @@
 """infntk against neural-tangents, side by side on the same inputs (optional benchmark).
 
 neural-tangents is not a dependency of infntk: it runs in its own virtual environment
-(``--nt-python``, default ``/work/nt-venv/bin/python``; install there with
+(``--nt-python``, default ``$INFNTK_NT_PYTHON`` or ``nt-venv/bin/python``; install there with
 ``pip install "neural-tangents==0.6.5" "jax==0.4.23" "jaxlib==0.4.23" "numpy==1.26.4"
 "scipy==1.11.4" "tensorflow==2.15.1" "tf2jax==0.3.5"``), as a subprocess running a small
 inline script that reads the inputs from ``.npy`` files and prints its timings as JSON. This
@@ -34,8 +34,10 @@ import numpy as np
 
 import infntk
 from infntk.empirical import MLP
+from _timing import best_of  # noqa: E402  (benchmarks/_timing.py)
 
-NT_PYTHON = "/work/nt-venv/bin/python"
+#: the neural-tangents venv's interpreter (its own venv: see the module docstring)
+NT_PYTHON = os.environ.get("INFNTK_NT_PYTHON", "nt-venv/bin/python")
 SQRT2 = math.sqrt(2.0)
 
 # name, infntk activation, neural-tangents layer (an expression in `stax`), extra infntk
@@ -134,15 +136,6 @@ def run_nt(args, tmp, cfg):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def best_of(f, repeats):
-    f()                     # warm-up (loads / compiles outside the timing)
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = f()
-        times.append(time.perf_counter() - t)
-    return min(times), out
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -179,7 +172,7 @@ def main():
                                       "empirical": None})[0]["time"]
             kw = {"tol": 1e-10} if act == "tanh" else {}
             net = infntk.FCNet(act, depth=depth, w_std=w_std, b_std=b_std, **kw)
-            t_inf, k = best_of(lambda: net.kernels(X1, X2), args.repeats)
+            t_inf, k = _best_of_warm(lambda: net.kernels(X1, X2), args.repeats)
             nt_nngp, nt_ntk = np.load(case["out"] + "_nngp.npy"), np.load(case["out"] + "_ntk.npy")
             scale = max(np.abs(k.nngp).max(), np.abs(k.ntk).max())
             agree = max(np.abs(k.nngp - nt_nngp).max(), np.abs(k.ntk - nt_ntk).max()) / scale
@@ -196,7 +189,7 @@ def main():
             t_nt = run_nt(args, tmp, {"repeats": args.repeats, "cases": [],
                                       "empirical": emp})[-1]["time"]
             mlp = MLP(width_emp, depth_emp, "relu", seed=0, input_dim=args.d)
-            t_inf, _ = best_of(lambda: mlp.ntk(Xe), args.repeats)
+            t_inf, _ = _best_of_warm(lambda: mlp.ntk(Xe), args.repeats)
             print(f"{'empirical':10} {depth_emp:2d} {f'{n_emp}x{n_emp}':>11} {t_nt:8.3f} "
                   f"{t_inf:9.3f} {t_nt / t_inf:6.1f}x {'(width ' + str(width_emp) + ')':>20}"
                   f" {'':9} {os.getloadavg()[0]:5.1f}")
@@ -205,3 +198,7 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+def _best_of_warm(f, repeats):
+    return best_of(f, repeats, warmup=True)
