@@ -42,15 +42,11 @@ import numpy as np
 
 from ._validation import (check_depth, check_finite, check_matrix, check_pair,
                           check_parameterization, check_positive_int, check_real_dtype, check_std)
+from ._feature_ntk import block_rows, blocked_ntk, feature_gram
 from .activations import get_activation
 
 __all__ = ["MLP", "LayerKernels"]
 
-# Target size in bytes of one block's cached features (activations and backpropagated
-# signals of all layers); the default block size is derived from it.
-_BLOCK_BYTES = 256 * 2 ** 20
-# Features of the second argument are kept across blocks when they total less than this.
-_CACHE_BYTES = 2 * 2 ** 30
 
 
 @dataclass
@@ -486,28 +482,14 @@ class MLP:
             out.append((a * self.dtype.type(s) if s != 1.0 else a, g))
         return out
 
-    def _gram_from_features(self, F1, F2, out=None):
-        betas = [beta for (_, _, _, beta) in self._layers()]
-        K = out
-        for (a1, g1), (a2, g2), beta in zip(F1, F2, betas):
-            term = a1 @ a2.T
-            if self.has_bias and beta != 0.0:
-                term += self.dtype.type(beta * beta)
-            if g1.shape[1] == 1:
-                term *= g1 * g2.T
-            else:
-                term *= g1 @ g2.T
-            if K is None:
-                K = term
-            else:
-                K += term
-        return K
+    def _gram_from_features(self, F1, F2):
+        return feature_gram(F1, F2, [beta for (_, _, _, beta) in self._layers()], self.dtype)
+
+    def _feature_bytes_per_row(self):
+        return self.dtype.itemsize * (2 * self.depth * self.width + self.input_dim + 1)
 
     def _default_block(self, block_size):
-        if block_size is None:
-            per_row = self.dtype.itemsize * (2 * self.depth * self.width + self.input_dim + 1)
-            return max(1, min(4096, _BLOCK_BYTES // per_row))
-        return check_positive_int(block_size, "block_size")
+        return block_rows(block_size, self._feature_bytes_per_row())
 
     @_checked
     def ntk(self, X1, X2=None, block_size=None):
@@ -538,31 +520,9 @@ class MLP:
         block of ``X1`` (time grows, memory stays at two blocks).
         """
         X1, X2, same = self._check_pair(X1, X2)
-        bs = self._default_block(block_size)
-        n1, n2 = X1.shape[0], X2.shape[0]
-        K = np.empty((n1, n2), dtype=self.dtype)
-        per_row = self.dtype.itemsize * (2 * self.depth * self.width + self.input_dim + 1)
-        cache = {} if per_row * n2 <= _CACHE_BYTES else None
-
-        def feats2(j):
-            if cache is None:
-                return self._features(X2[j:j + bs])
-            if j not in cache:
-                cache[j] = self._features(X2[j:j + bs])
-            return cache[j]
-
-        starts2 = list(range(0, n2, bs))
-        for i in range(0, n1, bs):
-            Fi = feats2(i) if same else self._features(X1[i:i + bs])
-            for j in starts2:
-                if same and j < i:
-                    K[i:i + bs, j:j + bs] = K[j:j + bs, i:i + bs].T
-                    continue
-                blk = self._gram_from_features(Fi, Fi if (same and j == i) else feats2(j))
-                if same and j == i:
-                    blk = 0.5 * (blk + blk.T)
-                K[i:i + bs, j:j + bs] = blk
-        return K
+        return blocked_ntk(self._features, X1, X2, same, self._default_block(block_size),
+                           self._feature_bytes_per_row(),
+                           [beta for (_, _, _, beta) in self._layers()], self.dtype)
 
     def _check_pair(self, X1, X2):
         X1, X2, same = check_pair(X1, X2)

@@ -63,7 +63,7 @@ import numpy as np
 
 from ._validation import check_finite, check_matrix, check_pair, check_positive_int, \
     check_real_dtype
-from .empirical import _BLOCK_BYTES, _CACHE_BYTES
+from ._feature_ntk import block_rows, blocked_ntk, feature_gram
 from .layers import Activation, Dense, LayerNorm, Residual
 
 __all__ = ["FiniteNetwork"]
@@ -434,21 +434,11 @@ class FiniteNetwork:
         return [(a * t(spec.s) if spec.s != 1.0 else a, g)
                 for spec, a, g in zip(self._denses, self._dense_inputs(cache), G)]
 
+    def _biases(self):
+        return [spec.beta if spec.has_bias else 0.0 for spec in self._denses]
+
     def _gram_from_features(self, F1, F2):
-        K = None
-        for spec, (a1, g1), (a2, g2) in zip(self._denses, F1, F2):
-            term = a1 @ a2.T
-            if spec.has_bias and spec.beta != 0.0:
-                term += self.dtype.type(spec.beta * spec.beta)
-            if g1.shape[1] == 1:
-                term *= g1 * g2.T
-            else:
-                term *= g1 @ g2.T
-            if K is None:
-                K = term
-            else:
-                K += term
-        return K
+        return feature_gram(F1, F2, self._biases(), self.dtype)
 
     def _check_pair(self, X1, X2):
         X1, X2, same = check_pair(X1, X2)
@@ -477,30 +467,8 @@ class FiniteNetwork:
         """
         X1, X2, same = self._check_pair(X1, X2)
         per_row = self.dtype.itemsize * sum(s.n_in + s.n_out for s in self._denses)
-        bs = (max(1, min(4096, _BLOCK_BYTES // per_row)) if block_size is None
-              else check_positive_int(block_size, "block_size"))
-        n1, n2 = X1.shape[0], X2.shape[0]
-        K = np.empty((n1, n2), dtype=self.dtype)
-        cache = {} if per_row * n2 <= _CACHE_BYTES else None
-
-        def feats2(j):
-            if cache is None:
-                return self._features(X2[j:j + bs])
-            if j not in cache:
-                cache[j] = self._features(X2[j:j + bs])
-            return cache[j]
-
-        for i in range(0, n1, bs):
-            Fi = feats2(i) if same else self._features(X1[i:i + bs])
-            for j in range(0, n2, bs):
-                if same and j < i:
-                    K[i:i + bs, j:j + bs] = K[j:j + bs, i:i + bs].T
-                    continue
-                blk = self._gram_from_features(Fi, Fi if (same and j == i) else feats2(j))
-                if same and j == i:
-                    blk = 0.5 * (blk + blk.T)
-                K[i:i + bs, j:j + bs] = blk
-        return K
+        return blocked_ntk(self._features, X1, X2, same, block_rows(block_size, per_row),
+                           per_row, self._biases(), self.dtype)
 
     def nngp(self, X1, X2=None):
         """The empirical NNGP: ``w_std^2 <a(x), a(y)> / n_in + b_std^2`` of the readout.
