@@ -7,8 +7,10 @@ for each Dense layer ``l`` with input ``a^l`` (already scaled by ``s_l``), bias 
 
     Theta-hat(x, y) = sum_l (<s_l a^l(x), s_l a^l(y)> + beta_l^2) <g^l(x), g^l(y)>.
 
-The networks produce the features ``[(s a, g) per Dense layer]`` of a row block; this module
-turns them into the kernel, block by block, so that the Jacobian is never formed. Both callers
+Each network produces, for a row block and an output seed ``top``, its Dense layers' terms
+``[(a, g, s, beta, has_bias), ...]`` (layer input, back-propagated gradient, weight and bias
+factors); this module turns them into parameter gradients, Jacobians and features, and the
+features into the kernel, block by block, so that the Jacobian is never formed. Both callers
 use the same blocks, which is why a homogeneous ``FiniteNetwork`` gives the same floats as
 the ``MLP`` of the same weights.
 """
@@ -16,9 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import check_positive_int
+from ._validation import check_finite, check_positive_int, check_real_dtype
 
-__all__ = ["BLOCK_BYTES", "CACHE_BYTES", "block_rows", "feature_gram", "blocked_ntk"]
+__all__ = ["BLOCK_BYTES", "CACHE_BYTES", "block_rows", "check_dout", "dense_gradients",
+           "dense_jacobian", "dense_features", "feature_gram", "blocked_ntk"]
 
 # features of one row block are kept to about this many bytes
 BLOCK_BYTES = 256 * 2 ** 20
@@ -31,6 +34,45 @@ def block_rows(block_size, per_row):
     if block_size is None:
         return max(1, min(4096, BLOCK_BYTES // per_row))
     return check_positive_int(block_size, "block_size")
+
+
+def check_dout(dout, n):
+    """``dout`` as a finite real vector of one value per row (``n`` rows)."""
+    dout = check_real_dtype(dout, "dout")
+    if dout.shape != (n,):
+        raise ValueError(f"dout must have shape ({n},) (one value per row of X), "
+                         f"got {dout.shape}.")
+    check_finite(dout, "dout")
+    return dout
+
+
+def dense_gradients(terms, dtype):
+    """Parameter gradients ``[dW, (db)]`` per Dense layer: ``s g^T a`` and ``beta sum g``."""
+    grads = []
+    for a, g, s, beta, has_bias in terms:
+        gW = g.T @ a
+        if s != 1.0:
+            gW *= dtype.type(s)
+        grads.append(gW)
+        if has_bias:
+            grads.append(dtype.type(beta) * g.sum(axis=0))
+    return grads
+
+
+def dense_jacobian(terms, dtype):
+    """The Jacobian ``(n, P)`` from the terms of ``top = 1`` (parameters flattened in order)."""
+    n = terms[0][0].shape[0]
+    blocks = []
+    for a, g, s, beta, has_bias in terms:
+        blocks.append((dtype.type(s) * g[:, :, None] * a[:, None, :]).reshape(n, -1))
+        if has_bias:
+            blocks.append(dtype.type(beta) * g)
+    return np.concatenate(blocks, axis=1)
+
+
+def dense_features(terms, dtype):
+    """``[(s a, g), ...]``: the features whose Grams make the NTK (see :func:`feature_gram`)."""
+    return [(a * dtype.type(s) if s != 1.0 else a, g) for a, g, s, _, _ in terms]
 
 
 def feature_gram(F1, F2, biases, dtype):

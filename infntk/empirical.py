@@ -42,7 +42,8 @@ import numpy as np
 
 from ._validation import (check_depth, check_finite, check_matrix, check_pair,
                           check_parameterization, check_positive_int, check_real_dtype, check_std)
-from ._feature_ntk import block_rows, blocked_ntk, feature_gram
+from ._feature_ntk import (block_rows, blocked_ntk, check_dout, dense_features, dense_gradients,
+                           dense_jacobian, feature_gram)
 from .activations import get_activation
 
 __all__ = ["MLP", "LayerKernels"]
@@ -430,22 +431,9 @@ class MLP:
             Same layout and shapes as :attr:`params`.
         """
         X = self._check_X(X)
-        dout = check_real_dtype(dout, "dout")
-        if dout.shape != (X.shape[0],):
-            raise ValueError(f"dout must have shape ({X.shape[0]},) (one value per row of X), "
-                             f"got {dout.shape}.")
-        check_finite(dout, "dout")
-        A, Hs = self._forward_cache(X)
-        G = self._backward(Hs, dout.astype(self.dtype)[:, None])
-        grads = []
-        for (W, b, s, beta), a, g in zip(self._layers(), A, G):
-            gW = g.T @ a
-            if s != 1.0:
-                gW *= self.dtype.type(s)
-            grads.append(gW)
-            if b is not None:
-                grads.append(self.dtype.type(beta) * g.sum(axis=0))
-        return grads
+        dout = check_dout(dout, X.shape[0])
+        return dense_gradients(self._dense_terms(X, dout.astype(self.dtype)[:, None]),
+                               self.dtype)
 
     @_checked
     def jacobian(self, X):
@@ -462,25 +450,21 @@ class MLP:
         ndarray, shape (n, P)
         """
         X = self._check_X(X)
-        n = X.shape[0]
-        A, Hs = self._forward_cache(X)
-        G = self._backward(Hs, np.ones((n, 1), dtype=self.dtype))
-        blocks = []
-        for (W, b, s, beta), a, g in zip(self._layers(), A, G):
-            blocks.append((self.dtype.type(s) * g[:, :, None] * a[:, None, :]).reshape(n, -1))
-            if b is not None:
-                blocks.append(self.dtype.type(beta) * g)
-        return np.concatenate(blocks, axis=1)
+        return dense_jacobian(self._dense_terms(X, np.ones((X.shape[0], 1), dtype=self.dtype)),
+                              self.dtype)
 
     # ------------------------------------------------------------------ kernels
+    def _dense_terms(self, X, top):
+        """``[(a, g, s, beta, has_bias)]`` per layer for the rows of ``X`` and output seed ``top``."""
+        A, Hs = self._forward_cache(X)
+        G = self._backward(Hs, top)
+        return [(a, g, s, beta, b is not None)
+                for (W, b, s, beta), a, g in zip(self._layers(), A, G)]
+
     def _features(self, X):
         """Per layer l = 1..L+1: (s_l A^{l-1}, G^l) for the rows of X (already checked)."""
-        A, Hs = self._forward_cache(X)
-        G = self._backward(Hs, np.ones((X.shape[0], 1), dtype=self.dtype))
-        out = []
-        for (W, b, s, beta), a, g in zip(self._layers(), A, G):
-            out.append((a * self.dtype.type(s) if s != 1.0 else a, g))
-        return out
+        return dense_features(self._dense_terms(X, np.ones((X.shape[0], 1), dtype=self.dtype)),
+                              self.dtype)
 
     def _gram_from_features(self, F1, F2):
         return feature_gram(F1, F2, [beta for (_, _, _, beta) in self._layers()], self.dtype)

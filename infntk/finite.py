@@ -61,9 +61,9 @@ import math
 
 import numpy as np
 
-from ._validation import check_finite, check_matrix, check_pair, check_positive_int, \
-    check_real_dtype
-from ._feature_ntk import block_rows, blocked_ntk, feature_gram
+from ._validation import check_finite, check_matrix, check_pair, check_positive_int
+from ._feature_ntk import (block_rows, blocked_ntk, check_dout, dense_features, dense_gradients,
+                           dense_jacobian, feature_gram)
 from .layers import Activation, Dense, LayerNorm, Residual
 
 __all__ = ["FiniteNetwork"]
@@ -383,22 +383,9 @@ class FiniteNetwork:
             Same layout and shapes as :attr:`params`.
         """
         X = self._check_X(X)
-        dout = check_real_dtype(dout, "dout")
-        if dout.shape != (X.shape[0],):
-            raise ValueError(f"dout must have shape ({X.shape[0]},) (one value per row of X), "
-                             f"got {dout.shape}.")
-        check_finite(dout, "dout")
-        cache, _ = self._forward_cache(X)
-        G = self._backward(cache, dout.astype(self.dtype)[:, None])
-        grads = []
-        for spec, a, g in zip(self._denses, self._dense_inputs(cache), G):
-            gW = g.T @ a
-            if spec.s != 1.0:
-                gW *= self.dtype.type(spec.s)
-            grads.append(gW)
-            if spec.has_bias:
-                grads.append(self.dtype.type(spec.beta) * g.sum(axis=0))
-        return grads
+        dout = check_dout(dout, X.shape[0])
+        return dense_gradients(self._dense_terms(X, dout.astype(self.dtype)[:, None]),
+                               self.dtype)
 
     def jacobian(self, X):
         """The Jacobian ``J[i, p] = df(x_i)/dtheta_p`` (small networks only: ``n x P`` memory).
@@ -414,25 +401,21 @@ class FiniteNetwork:
         ndarray, shape (n, P)
         """
         X = self._check_X(X)
-        n = X.shape[0]
-        cache, _ = self._forward_cache(X)
-        G = self._backward(cache, np.ones((n, 1), dtype=self.dtype))
-        blocks = []
-        for spec, a, g in zip(self._denses, self._dense_inputs(cache), G):
-            blocks.append((self.dtype.type(spec.s) * g[:, :, None] * a[:, None, :])
-                          .reshape(n, -1))
-            if spec.has_bias:
-                blocks.append(self.dtype.type(spec.beta) * g)
-        return np.concatenate(blocks, axis=1)
+        return dense_jacobian(self._dense_terms(X, np.ones((X.shape[0], 1), dtype=self.dtype)),
+                              self.dtype)
 
     # ------------------------------------------------------------------ kernels
+    def _dense_terms(self, X, top):
+        """``[(a, g, s, beta, has_bias)]`` per Dense layer for the rows of ``X`` and seed ``top``."""
+        cache, _ = self._forward_cache(X)
+        G = self._backward(cache, top)
+        return [(a, g, spec.s, spec.beta, spec.has_bias)
+                for spec, a, g in zip(self._denses, self._dense_inputs(cache), G)]
+
     def _features(self, X):
         """Per Dense layer: ``(s a, g)`` for the rows of ``X`` (already checked)."""
-        cache, _ = self._forward_cache(X)
-        G = self._backward(cache, np.ones((X.shape[0], 1), dtype=self.dtype))
-        t = self.dtype.type
-        return [(a * t(spec.s) if spec.s != 1.0 else a, g)
-                for spec, a, g in zip(self._denses, self._dense_inputs(cache), G)]
+        return dense_features(self._dense_terms(X, np.ones((X.shape[0], 1), dtype=self.dtype)),
+                              self.dtype)
 
     def _biases(self):
         return [spec.beta if spec.has_bias else 0.0 for spec in self._denses]
