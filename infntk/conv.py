@@ -21,6 +21,7 @@ Conventions are those of neural-tangents' ``stax`` (``Conv(out_chan, (q, q), pad
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numba
@@ -344,6 +345,18 @@ def _compile(layers, H, W):
     nops = len(rows_i)
     # full-state layouts: an activation takes the layout of the next op that is not one
     full = {_ce.OP_CONV_F, _ce.OP_ACT_F, _ce.OP_POOL_F, _ce.OP_TODIAG, _ce.OP_GAP}
+    # GlobalAvgPool sums a zero-bordered layout as well as a plain one (the zeros leave the sum
+    # unchanged): it takes the layout of the Conv before it when that keeps the size, so no
+    # buffer ever changes layout in a chain of "same" convolutions (no clearing per pair)
+    for k in range(nops):
+        if rows_i[k][0] == _ce.OP_GAP:
+            convs = [j for j in range(k) if rows_i[j][0] == _ce.OP_CONV_F]
+            if convs:
+                j = convs[-1]
+                hp, wp, lo, wrap = need[j]
+                if not wrap and tuple(rows_i[j][5:7]) == tuple(rows_i[k][5:7]) and all(
+                        rows_i[t][0] == _ce.OP_ACT_F for t in range(j + 1, k)):
+                    need[k] = need[j]
     for k in range(nops - 1, -1, -1):
         if need[k] is None:
             need[k] = need[k + 1]
@@ -413,6 +426,25 @@ def check_image_pair(X1, X2=None):
     return A, B, False
 
 
+def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
+    """The engine's driver over ``numba.get_num_threads()`` threads, one chunk of pairs each
+    (the driver releases the GIL; pairs cost the same, so static chunks balance)."""
+    n1, n2 = A.shape[0], B.shape[0]
+    npairs = n1 if mode == 0 else n1 * (n1 - 1) // 2 if mode == 1 else n1 * n2
+    nch = max(1, min(npairs, numba.get_num_threads()))
+
+    def chunk(c):
+        _ce.drive(mode, A, B, prog["iop"], prog["fop"], prog["pmap"], prog["nfull"],
+                  prog["nblock"], c, nch, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk)
+
+    with engine_lock():
+        if nch == 1:
+            chunk(0)
+        else:
+            with ThreadPoolExecutor(nch) as ex:
+                list(ex.map(chunk, range(nch)))
+
+
 def _self_statistics(X, prog):
     n = X.shape[0]
     Q = np.zeros((n, prog["nstat"]))
@@ -420,9 +452,7 @@ def _self_statistics(X, prog):
     SK = np.zeros_like(Q)
     kn = np.empty((n, 1))
     kt = np.empty((n, 1))
-    with engine_lock():
-        _ce.drive(0, X, X, prog["iop"], prog["fop"], prog["pmap"], prog["nfull"],
-                  prog["nblock"], numba.get_num_threads(), Q, R, SK, Q, R, SK, kn, kt)
+    _run(0, X, X, prog, Q, R, SK, Q, R, SK, kn, kt)
     return Q, R, SK, np.concatenate([kn, kt], axis=1)
 
 
@@ -485,10 +515,7 @@ def conv_kernels(layers, X1, X2=None):
         Q2, R2, SK2 = Q1, R1, SK1
     else:
         Q2, R2, SK2, _ = _self_statistics(B, prog)
-    with engine_lock():
-        _ce.drive(1 if same else 2, A, B, prog["iop"], prog["fop"], prog["pmap"],
-                  prog["nfull"], prog["nblock"], numba.get_num_threads(), Q1, R1, SK1, Q2, R2,
-                  SK2, nngp, ntk)
+    _run(1 if same else 2, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, nngp, ntk)
     if same:
         idx = np.arange(n1)
         nngp[idx, idx] = k1[:, 0]

@@ -37,16 +37,17 @@ error of ``A`` is a few ulp of ``m``; see docs/conv.md for what that means for a
 ReLU family (relu, leaky_relu, abs, identity) has a branch-free, libm-free form below that
 the compiler vectorizes; the other closed forms go through :func:`infntk._duals.pair_dual`.
 
-Compilation: one parallel kernel (:func:`drive`: self statistics, symmetric or cross Gram),
-one pair runner and a handful of small loops, each compiled once (no signature depends on
-the layer list); ~10 CPU s cold.
+Compilation: one driver (:func:`drive`: self statistics, symmetric or cross Gram; no parallel
+kernel: the caller runs one chunk of pairs per thread, the driver releases the GIL), one pair
+runner and a handful of small loops, each compiled once (no signature depends on the layer
+list).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .._duals import (_ATAN_1, _ATAN_C1, _ATAN_TAYLOR, _C1, _TAN_3PI_16, _TAN_PI_16, atan_unit,
                       diag_dual, pair_dual)
@@ -79,6 +80,7 @@ _INV_2PI = 1.0 / (2.0 * math.pi)
 # variances within this range take the fast ReLU-family form (q_x q_y and s^2 in range)
 _Q_LO = 1e-140
 _Q_HI = 1e140
+_CHUNK = 4096      # entries of a row stretch processed at once (cache blocking)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -178,9 +180,8 @@ def _block(fam, p0, p1, q1, r1, sk1, ia, q2, r2, sk2, ib, V, VT, vb, vs, D, DT, 
         s = c V[vb + j vs + u] + b2,   t = c VT[...] + tp s
         D[db + j ds + u] = k(s),       DT[...] = t kd(s)
 
-    with the variances ``q1[ia + j]`` (row) and ``q2[ib + u]`` (column); ``fam < 0``: no
-    activation (``k = s``, ``kd = 1``). ``V is D`` with ``c = 1, b2 = tp = 0`` is the
-    activation in place. The family switch sits outside the loops. Indices are unsigned
+    with the variances ``q1[ia + j]`` (row) and ``q2[ib + u]`` (column). ``V is D`` with
+    ``c = 1, b2 = tp = 0`` is the activation in place. The family switch sits outside the loops. Indices are unsigned
     (no negative-index wraparound code) and no views are made per row (a view per row costs
     two atomic reference-count updates where Numba cannot prune them), so the ReLU loop
     vectorizes.
@@ -195,12 +196,7 @@ def _block(fam, p0, p1, q1, r1, sk1, ia, q2, r2, sk2, ib, V, VT, vb, vs, D, DT, 
     for j in range(nj):
         o = np.uint64(vb + j * vs)
         p = np.uint64(db + j * ds)
-        if fam < 0:
-            for u in range(nu_):
-                s = c * V[o + u] + b2
-                D[p + u] = s
-                DT[p + u] = c * VT[o + u] + tp * s
-        elif fam == FAMILY_ABRELU:
+        if fam == FAMILY_ABRELU:
             qa = q1[ia + j]
             ra = r1[ia + j]
             if inrange and qa > _Q_LO and qa < _Q_HI:
@@ -263,16 +259,15 @@ def _conv_full(Sin, Tin, Sout, Tout, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho,
 
     Output row ``i``: ``U = sum_a Sin[((i + a) ihp + a) B + (0 .. ho B)]`` (``B = iwp^2``),
     ``V[t] = sum_b U[t + b (iwp + 1)]``; entry ``(i', j, j')`` of ``V`` is at
-    ``i' B + j iwp + j'``. With the ReLU family and equal input and output row strides
+    ``i' B + j iwp + j'`` (done for chunks of ``i'``: the column taps of a block stay inside
+    it). With the ReLU family and equal input and output row strides
     (``iwp == owp``) the activation runs on the whole flat stretch of each block, ``(wo - 1)
     iwp + wo`` entries, border columns included (their variances set to 1), which are then
     cleared: long vectorized loops instead of rows of ``wo`` entries. ``QA, RA, QB, RB`` hold
     the variances broadcast to that stretch.
     """
     B = iwp * iwp
-    n = ho * B
     d = iwp + 1
-    n2 = n - (q - 1) * d
     oB = owp * owp
     L = (wo - 1) * iwp + wo
     flat = (fam == FAMILY_ABRELU and iwp == owp and _in_range(q1, off, ho * wo)
@@ -288,37 +283,9 @@ def _conv_full(Sin, Tin, Sout, Tout, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho,
                 else:
                     QB[ip * L + t] = 1.0
                     RB[ip * L + t] = 1.0
-    n_ = np.uint64(n)
-    n2_ = np.uint64(n2)
     d_ = np.uint64(d)
+    cb = max(1, _CHUNK // B)          # blocks per chunk: U, V and the input rows stay in L2
     for i in range(ho):
-        b0 = np.uint64(i * ihp * B)
-        if q == 3:                  # the common filter: one pass per direction
-            b1 = np.uint64(((i + 1) * ihp + 1) * B)
-            b2_ = np.uint64(((i + 2) * ihp + 2) * B)
-            for t in range(n_):
-                U[t] = Sin[b0 + t] + Sin[b1 + t] + Sin[b2_ + t]
-                UT[t] = Tin[b0 + t] + Tin[b1 + t] + Tin[b2_ + t]
-            for t in range(n2_):
-                V[t] = U[t] + U[d_ + t] + U[d_ + d_ + t]
-                VT[t] = UT[t] + UT[d_ + t] + UT[d_ + d_ + t]
-        else:
-            for t in range(n_):
-                U[t] = Sin[b0 + t]
-                UT[t] = Tin[b0 + t]
-            for a in range(1, q):
-                ba = np.uint64(((i + a) * ihp + a) * B)
-                for t in range(n_):
-                    U[t] += Sin[ba + t]
-                    UT[t] += Tin[ba + t]
-            for t in range(n2_):
-                V[t] = U[t]
-                VT[t] = UT[t]
-            for b in range(1, q):
-                bd = np.uint64(b * d)
-                for t in range(n2_):
-                    V[t] += U[bd + t]
-                    VT[t] += UT[bd + t]
         if flat:
             for t in range(L):
                 jj = t // iwp
@@ -328,30 +295,70 @@ def _conv_full(Sin, Tin, Sout, Tout, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho,
                 else:
                     QA[t] = 1.0
                     RA[t] = 1.0
-            for ip in range(ho):
+        for c0 in range(0, ho, cb):
+            c1 = min(ho, c0 + cb)
+            m = (c1 - c0) * B
+            m_ = np.uint64(m)
+            m2_ = np.uint64(m - (q - 1) * d)
+            b0 = np.uint64((i * ihp + c0) * B)
+            if q == 3:                  # the common filter: one pass per direction
+                b1 = np.uint64(((i + 1) * ihp + 1 + c0) * B)
+                b2_ = np.uint64(((i + 2) * ihp + 2 + c0) * B)
+                for t in range(m_):
+                    U[t] = Sin[b0 + t] + Sin[b1 + t] + Sin[b2_ + t]
+                    UT[t] = Tin[b0 + t] + Tin[b1 + t] + Tin[b2_ + t]
+                for t in range(m2_):
+                    V[t] = U[t] + U[d_ + t] + U[d_ + d_ + t]
+                    VT[t] = UT[t] + UT[d_ + t] + UT[d_ + d_ + t]
+            else:
+                for t in range(m_):
+                    U[t] = Sin[b0 + t]
+                    UT[t] = Tin[b0 + t]
+                for a in range(1, q):
+                    ba = np.uint64(((i + a) * ihp + a + c0) * B)
+                    for t in range(m_):
+                        U[t] += Sin[ba + t]
+                        UT[t] += Tin[ba + t]
+                for t in range(m2_):
+                    V[t] = U[t]
+                    VT[t] = UT[t]
+                for b in range(1, q):
+                    bd = np.uint64(b * d)
+                    for t in range(m2_):
+                        V[t] += U[bd + t]
+                        VT[t] += UT[bd + t]
+            for ip in range(c0, c1):
                 db = ((i + olo) * ohp + ip + olo) * oB + olo * owp + olo
-                _flat_act(p0, p1, V, VT, ip * B, QA, RA, QB, RB, ip * L, Sout, Tout, db, L, c,
-                          b2)
-                for jj in range(wo - 1):
-                    for t in range(db + jj * owp + wo, db + (jj + 1) * owp):
-                        Sout[t] = 0.0
-                        Tout[t] = 0.0
-        else:
-            for ip in range(ho):
-                db = ((i + olo) * ohp + ip + olo) * oB + olo * owp + olo
-                _block(fam, p0, p1, q1, r1, sk1, off + i * wo, q2, r2, sk2, off + ip * wo, V,
-                       VT, ip * B, iwp, Sout, Tout, db, owp, wo, wo, c, b2, 1.0)
+                if flat:
+                    _flat_act(p0, p1, V, VT, (ip - c0) * B, QA, RA, QB, RB, ip * L, Sout,
+                              Tout, db, L, c, b2)
+                    for jj in range(wo - 1):
+                        for t in range(db + jj * owp + wo, db + (jj + 1) * owp):
+                            Sout[t] = 0.0
+                            Tout[t] = 0.0
+                else:
+                    vb = (ip - c0) * B
+                    for jj in range(wo):
+                        o = np.uint64(vb + jj * iwp)
+                        p = np.uint64(db + jj * owp)
+                        for t in range(np.uint64(wo)):
+                            sv = c * V[o + t] + b2
+                            Sout[p + t] = sv
+                            Tout[p + t] = c * VT[o + t] + sv
+        if fam >= 0 and not flat:
+            _act_rows(fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off, Sout, Tout, i, ho, wo, ohp,
+                      owp, olo)
 
 
 @njit(cache=True, error_model="numpy")
-def _act_full(fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, h, w, hp, wp, lo):
-    """Activation in place on the interior of the full state (layout ``hp, wp, lo``)."""
+def _act_rows(fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, i, h, w, hp, wp, lo):
+    """Activation in place on output row ``i`` of the full state (layout ``hp, wp, lo``):
+    the ``h`` blocks ``(i, i')``. (The one compiled copy of :func:`_block`.)"""
     B = wp * wp
-    for i in range(h):
-        for ip in range(h):
-            db = ((i + lo) * hp + ip + lo) * B + lo * wp + lo
-            _block(fam, p0, p1, q1, r1, sk1, off + i * w, q2, r2, sk2, off + ip * w, S, T, db,
-                   wp, S, T, db, wp, w, w, 1.0, 0.0, 0.0)
+    for ip in range(h):
+        db = ((i + lo) * hp + ip + lo) * B + lo * wp + lo
+        _block(fam, p0, p1, q1, r1, sk1, off + i * w, q2, r2, sk2, off + ip * w, S, T, db, wp,
+               S, T, db, wp, w, w, 1.0, 0.0, 0.0)
 
 
 @njit(cache=True, error_model="numpy")
@@ -475,37 +482,53 @@ def _record_self(family, p0, p1, qvals, n, selfq, selfr, selfsk, off):
 
 
 @njit(cache=True, error_model="numpy")
+def _input_full(x, y, S, T, yT, hp, wp, lo):
+    """``Sigma^0[i, i', j, j'] = <x_ij, y_i'j'> / C`` into the interior of the layout ``(hp, wp,
+    lo)``, ``Theta^0 = 0``; rows of ``j'`` as flat loops over ``y`` transposed to
+    ``yT[i', c, j']``."""
+    H, W, C = x.shape
+    for ip in range(H):
+        for ch in range(C):
+            for jp in range(W):
+                yT[(ip * C + ch) * W + jp] = y[ip, jp, ch]
+    B = wp * wp
+    W_ = np.uint64(W)
+    for i in range(H):
+        for ip in range(H):
+            for j in range(W):
+                base = np.uint64(((i + lo) * hp + ip + lo) * B + (j + lo) * wp + lo)
+                yo = np.uint64(ip * C * W)
+                xv = x[i, j, 0]
+                for jp in range(W_):
+                    S[base + jp] = xv * yT[yo + jp]
+                for ch in range(1, C):
+                    xv = x[i, j, ch]
+                    yo = np.uint64((ip * C + ch) * W)
+                    for jp in range(W_):
+                        S[base + jp] += xv * yT[yo + jp]
+                for jp in range(W_):
+                    S[base + jp] = S[base + jp] / C
+                    T[base + jp] = 0.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, T2, U, UT,
-             V, VT, QA, RA, QB, RB, dg, bst):
+             V, VT, QA, RA, QB, RB, dg, yT, bst):
     """NNGP and NTK of one image pair, running the layer program ``iop``/``fop``.
 
     ``selfrun``: ``x`` is ``y``; the self statistics are computed on the way and written to
     ``q1, r1, sk1`` (and the same arrays are read as ``q2, ...``). Work arrays ``S .. T2``
     hold a full state (double-buffered, physical buffers 0 and 1 whose zero-border layouts
     ``bst`` records across calls), ``U .. VT`` a row of padded blocks, ``QA .. RB`` variances broadcast to
-    it, ``dg`` a diagonal.
+    it, ``dg`` a diagonal, ``yT`` the image ``y`` transposed.
     """
     H, W, C = x.shape
     nops = iop.shape[0]
     cur = 0                         # physical buffer of S
     if iop[0, 0] == OP_CONV_F:
         hp = iop[0, I_HP]
-        wp = iop[0, I_WP]
-        lo = iop[0, I_LO]
-        _prepare(S, T, bst, cur, iop[0, I_LID], hp * hp * wp * wp)
-        B = wp * wp
-        for i in range(H):
-            for ip in range(H):
-                base = ((i + lo) * hp + ip + lo) * B + lo * wp + lo
-                for j in range(W):
-                    d = S[base + j * wp:base + j * wp + W]
-                    dt = T[base + j * wp:base + j * wp + W]
-                    for jp in range(W):
-                        acc = 0.0
-                        for ch in range(C):
-                            acc += x[i, j, ch] * y[ip, jp, ch]
-                        d[jp] = acc / C
-                        dt[jp] = 0.0
+        _prepare(S, T, bst, cur, iop[0, I_LID], hp * hp * iop[0, I_WP] * iop[0, I_WP])
+        _input_full(x, y, S, T, yT, hp, iop[0, I_WP], iop[0, I_LO])
     else:
         bst[cur] = -1
         for i in range(H):
@@ -556,7 +579,9 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
                     for j in range(wo):
                         dg[i * wo + j] = S[(i + olo) * (ohp + 1) * oB + (j + olo) * (owp + 1)]
                 _record_self(fam, p0, p1, dg, ho * wo, q1, r1, sk1, off)
-            _act_full(fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, ho, wo, ohp, owp, olo)
+            for i in range(ho):
+                _act_rows(fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, i, ho, wo, ohp, owp,
+                          olo)
         elif code == OP_CONV_D:
             qf = iop[k, 1]
             c = w2 / (qf * qf)
@@ -608,15 +633,15 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
             T, T2 = T2, T
             bst[1 - cur] = -1
             cur = 1 - cur
-        elif code == OP_GAP:
-            n = h * h * w * w
+        elif code == OP_GAP:        # over a plain or zero-bordered layout
+            n = iop[k, I_HP] * iop[k, I_HP] * iop[k, I_WP] * iop[k, I_WP]
             accs = 0.0
             acct = 0.0
             for t in range(n):
                 accs += S[t]
                 acct += T[t]
-            s_sc = accs / n
-            t_sc = acct / n
+            s_sc = accs / (h * h * w * w)
+            t_sc = acct / (h * h * w * w)
         elif code == OP_FLAT:
             n = h * w
             accs = 0.0
@@ -640,13 +665,15 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
     return s_sc, t_sc
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def drive(mode, X1, X2, iop, fop, pmap, nfull, nblock, nthreads, Q1, R1, SK1, Q2, R2, SK2,
-          out_nngp, out_ntk):
-    """The one parallel kernel. ``mode`` 0: self statistics of ``X1`` (written to ``Q1, R1,
-    SK1``; ``k(x_i, x_i)`` to ``out_nngp[i, 0]``, ``out_ntk[i, 0]``); 1: symmetric Gram
-    (``i < j`` only, the caller fills the diagonal); 2: cross Gram. ``prange`` over
-    interleaved chunks of the pair list, work arrays allocated once per chunk."""
+@njit(cache=True, nogil=True, error_model="numpy")
+def drive(mode, X1, X2, iop, fop, pmap, nfull, nblock, chunk, nchunks, Q1, R1, SK1, Q2, R2,
+          SK2, out_nngp, out_ntk):
+    """The one driver: the pairs ``chunk, chunk + nchunks, ...`` of the pair list, with one set
+    of work arrays. ``mode`` 0: self statistics of ``X1`` (written to ``Q1, R1, SK1``;
+    ``k(x_i, x_i)`` to ``out_nngp[i, 0]``, ``out_ntk[i, 0]``); 1: symmetric Gram (``i < j``
+    only, the caller fills the diagonal); 2: cross Gram. Releases the GIL: the caller runs
+    one chunk per thread (Python threads rather than ``prange``: a parallel kernel around
+    the pair runner took more compile time than all the rest of the engine)."""
     n1 = X1.shape[0]
     n2 = X2.shape[0]
     if mode == 0:
@@ -655,49 +682,48 @@ def drive(mode, X1, X2, iop, fop, pmap, nfull, nblock, nthreads, Q1, R1, SK1, Q2
         npairs = n1 * (n1 - 1) // 2
     else:
         npairs = n1 * n2
-    if npairs == 0:
+    if npairs <= chunk:
         return
     selfrun = mode == 0
-    nchunks = min(npairs, 8 * nthreads)
-    for c in prange(nchunks):
-        S = np.empty(nfull)
-        T = np.empty(nfull)
-        S2 = np.empty(nfull)
-        T2 = np.empty(nfull)
-        U = np.empty(nblock)
-        UT = np.empty(nblock)
-        V = np.empty(nblock)
-        VT = np.empty(nblock)
-        QA = np.empty(nblock)
-        RA = np.empty(nblock)
-        QB = np.empty(nblock)
-        RB = np.empty(nblock)
-        dg = np.empty(nfull)
-        bst = np.full(2, -1, dtype=np.int64)
-        for t in range(c, npairs, nchunks):
-            if mode == 0:
-                i = t
-                j = t
-            elif mode == 1:
-                # t -> (i, j), i < j, row-major over the strict upper triangle
-                i = int((2 * n1 - 1 - math.sqrt((2 * n1 - 1) ** 2 - 8 * t)) // 2)
-                while i > 0 and t < i * (2 * n1 - i - 1) // 2:
-                    i -= 1
-                while t >= (i + 1) * (2 * n1 - i - 2) // 2:
-                    i += 1
-                j = t - i * (2 * n1 - i - 1) // 2 + i + 1
-            else:
-                i = t // n2
-                j = t - i * n2
-            a, b = run_pair(X1[i], X2[j], iop, fop, pmap, Q1[i], R1[i], SK1[i], Q2[j], R2[j],
-                            SK2[j], selfrun, S, T, S2, T2, U, UT, V, VT, QA, RA, QB, RB, dg,
-                            bst)
-            if mode == 0:
-                out_nngp[i, 0] = a
-                out_ntk[i, 0] = b
-            else:
-                out_nngp[i, j] = a
-                out_ntk[i, j] = b
-                if mode == 1:
-                    out_nngp[j, i] = a
-                    out_ntk[j, i] = b
+    S = np.empty(nfull)
+    T = np.empty(nfull)
+    S2 = np.empty(nfull)
+    T2 = np.empty(nfull)
+    U = np.empty(nblock)
+    UT = np.empty(nblock)
+    V = np.empty(nblock)
+    VT = np.empty(nblock)
+    QA = np.empty(nblock)
+    RA = np.empty(nblock)
+    QB = np.empty(nblock)
+    RB = np.empty(nblock)
+    dg = np.empty(nfull)
+    yT = np.empty(X2.shape[1] * X2.shape[2] * X2.shape[3])
+    bst = np.full(2, -1, dtype=np.int64)
+    for t in range(chunk, npairs, nchunks):
+        if mode == 0:
+            i = t
+            j = t
+        elif mode == 1:
+            # t -> (i, j), i < j, row-major over the strict upper triangle
+            i = int((2 * n1 - 1 - math.sqrt((2 * n1 - 1) ** 2 - 8 * t)) // 2)
+            while i > 0 and t < i * (2 * n1 - i - 1) // 2:
+                i -= 1
+            while t >= (i + 1) * (2 * n1 - i - 2) // 2:
+                i += 1
+            j = t - i * (2 * n1 - i - 1) // 2 + i + 1
+        else:
+            i = t // n2
+            j = t - i * n2
+        a, b = run_pair(X1[i], X2[j], iop, fop, pmap, Q1[i], R1[i], SK1[i], Q2[j], R2[j],
+                        SK2[j], selfrun, S, T, S2, T2, U, UT, V, VT, QA, RA, QB, RB, dg, yT,
+                        bst)
+        if mode == 0:
+            out_nngp[i, 0] = a
+            out_ntk[i, 0] = b
+        else:
+            out_nngp[i, j] = a
+            out_ntk[i, j] = b
+            if mode == 1:
+                out_nngp[j, i] = a
+                out_ntk[j, i] = b
