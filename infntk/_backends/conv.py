@@ -52,7 +52,6 @@ from numba import njit
 from .._duals import (_ATAN_1, _ATAN_C1, _ATAN_TAYLOR, _C1, _TAN_3PI_16, _TAN_PI_16, atan_unit,
                       diag_dual, pair_dual)
 from ..activations import FAMILY_ABRELU
-from .closed import _geomean
 
 # op codes (see infntk.conv._compile)
 OP_CONV_F = 1      # conv, full state; iop[k, 3] >= 0: fused activation of that family
@@ -160,10 +159,31 @@ def _abrelu_fast(a, b, m, qq, s):
 
 
 @njit(cache=True, error_model="numpy")
+def _geomean_exact(qa, qb):
+    """``sqrt(qa qb)``, and exactly ``q`` when ``qa = qb = q``, at any scale: beyond
+    ``[1e-150, 1e150]`` through mantissas and exponents (powers of two scale exactly). (The
+    product of the square roots, the other engines' fallback there, is off by an ulp at
+    ``qa = qb``, which the step-like duals turn into ~1e-8 at a self pair.)"""
+    m = math.sqrt(qa * qb)
+    if m > 1e-150 and m < 1e150:
+        return m
+    if qa <= 0.0 or qb <= 0.0:
+        return 0.0
+    fa, ea = math.frexp(qa)
+    fb, eb = math.frexp(qb)
+    e = ea + eb
+    if e % 2 != 0:
+        fa *= 2.0
+        e -= 1
+    return math.ldexp(math.sqrt(fa * fb), e // 2)
+
+
+@njit(cache=True, error_model="numpy")
 def _dual_other(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
     """(k, kd) of any closed-form family at the pair state ``(qa, qb, s)`` (one compiled copy,
-    called per entry: the slow families pay a call, the ReLU family never comes here)."""
-    m = _geomean(qa, qb, ra, rb)
+    called per entry: the slow families pay a call; the ReLU family comes here only for
+    variances beyond the fast form's range)."""
+    m = _geomean_exact(qa, qb)
     if family == FAMILY_ABRELU:
         return _abrelu_kkd(p0, p1, m, s)
     A = max(m - s, 0.0)
@@ -181,10 +201,11 @@ def _block(fam, p0, p1, q1, r1, sk1, ia, q2, r2, sk2, ib, V, VT, vb, vs, D, DT, 
         D[db + j ds + u] = k(s),       DT[...] = t kd(s)
 
     with the variances ``q1[ia + j]`` (row) and ``q2[ib + u]`` (column). ``V is D`` with
-    ``c = 1, b2 = tp = 0`` is the activation in place. The family switch sits outside the loops. Indices are unsigned
-    (no negative-index wraparound code) and no views are made per row (a view per row costs
-    two atomic reference-count updates where Numba cannot prune them), so the ReLU loop
-    vectorizes.
+    ``c = 1, b2 = tp = 0`` is the activation in place. The family switch sits outside the
+    loops. Indices are unsigned (no negative-index wraparound code) and no views are made per
+    row (a view per row costs two atomic reference-count updates where Numba cannot prune
+    them), so the ReLU loop vectorizes. The ReLU family takes :func:`_abrelu_fast` when every
+    variance is within ``[1e-140, 1e140]``, the general dual otherwise.
     """
     nu_ = np.uint64(nu)
     ib_ = np.uint64(ib)
@@ -196,26 +217,16 @@ def _block(fam, p0, p1, q1, r1, sk1, ia, q2, r2, sk2, ib, V, VT, vb, vs, D, DT, 
     for j in range(nj):
         o = np.uint64(vb + j * vs)
         p = np.uint64(db + j * ds)
-        if fam == FAMILY_ABRELU:
-            qa = q1[ia + j]
-            ra = r1[ia + j]
-            if inrange and qa > _Q_LO and qa < _Q_HI:
-                for u in range(nu_):
-                    s = c * V[o + u] + b2
-                    t = c * VT[o + u] + tp * s
-                    k, kd = _abrelu_fast(p0, p1, ra * r2[ib_ + u], qa * q2[ib_ + u], s)
-                    D[p + u] = k
-                    DT[p + u] = t * kd
-            else:
-                for u in range(nu_):
-                    s = c * V[o + u] + b2
-                    t = c * VT[o + u] + tp * s
-                    k, kd = _abrelu_kkd(p0, p1, _geomean(qa, q2[ib_ + u], ra, r2[ib_ + u]), s)
-                    D[p + u] = k
-                    DT[p + u] = t * kd
-        else:
-            qa = q1[ia + j]
-            ra = r1[ia + j]
+        qa = q1[ia + j]
+        ra = r1[ia + j]
+        if fam == FAMILY_ABRELU and inrange and qa > _Q_LO and qa < _Q_HI:
+            for u in range(nu_):
+                s = c * V[o + u] + b2
+                t = c * VT[o + u] + tp * s
+                k, kd = _abrelu_fast(p0, p1, ra * r2[ib_ + u], qa * q2[ib_ + u], s)
+                D[p + u] = k
+                DT[p + u] = t * kd
+        else:                       # other families, and variances beyond the fast range
             ska = sk1[ia + j]
             for u in range(nu_):
                 s = c * V[o + u] + b2
@@ -405,16 +416,17 @@ def _prepare(S, T, bst, ib, lid, size):
 @njit(cache=True, error_model="numpy")
 def _act_diag(family, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, n):
     """Activation in place on the diagonal state ``S[:n]`` (variances ``q1[off + t]``,
-    ``q2[off + t]``)."""
+    ``q2[off + t]``); the ReLU family's vectorized loop when every variance is within
+    ``[1e-140, 1e140]``, the general dual otherwise."""
     qa = q1[off:off + n]
     qb = q2[off:off + n]
     ra = r1[off:off + n]
     rb = r2[off:off + n]
     ska = sk1[off:off + n]
     skb = sk2[off:off + n]
-    if family == FAMILY_ABRELU:
+    if family == FAMILY_ABRELU and _in_range(q1, off, n) and _in_range(q2, off, n):
         for t in range(n):
-            k, kd = _abrelu_kkd(p0, p1, _geomean(qa[t], qb[t], ra[t], rb[t]), S[t])
+            k, kd = _abrelu_kkd(p0, p1, math.sqrt(qa[t] * qb[t]), S[t])
             S[t] = k
             T[t] = T[t] * kd
     else:
@@ -519,8 +531,9 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
     ``selfrun``: ``x`` is ``y``; the self statistics are computed on the way and written to
     ``q1, r1, sk1`` (and the same arrays are read as ``q2, ...``). Work arrays ``S .. T2``
     hold a full state (double-buffered, physical buffers 0 and 1 whose zero-border layouts
-    ``bst`` records across calls), ``U .. VT`` a row of padded blocks, ``QA .. RB`` variances broadcast to
-    it, ``dg`` a diagonal, ``yT`` the image ``y`` transposed.
+    ``bst`` records across calls), ``U .. VT`` a row of padded blocks, ``QA .. RB`` variances
+    broadcast to it, ``dg`` a diagonal, ``yT`` the image ``y`` transposed. Inlined into
+    :func:`drive` (one function to optimize instead of two nested ones).
     """
     H, W, C = x.shape
     nops = iop.shape[0]
