@@ -483,8 +483,10 @@ def conv_kernels(layers, X1, X2=None):
     map ``s -> w^2 s + b^2``, ``t -> w^2 t + s'``.
 
     Cost per pair with ``P = H W``: ``O(P q L)`` for Flatten networks without pooling (only the
-    spatial diagonal), ``O(P^2 q L)`` otherwise (two ``q``-tap passes per Conv); memory four
-    ``P^2`` work arrays per thread. The self terms are computed once per image.
+    spatial diagonal), ``O(P^2 q L)`` otherwise (two ``q``-tap passes per Conv); memory five
+    arrays of ``(H + q - 1)^2 (W + q - 1)^2`` floats per thread (the state padded for the
+    patch passes, docs/conv.md), threads from ``numba.get_num_threads()``. The self terms are
+    computed once per image.
 
     References
     ----------
