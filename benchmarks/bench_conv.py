@@ -40,8 +40,8 @@ def n_images(size, readout):
     return 24 if size == 8 else 4
 
 
-def images(n, size, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, size, size, 1))
+def images(n, size, stream=0):
+    return np.random.default_rng(stream).standard_normal((n, size, size, 1))
 
 
 # ----------------------------------------------------------------------------- NumPy baseline
