@@ -5,6 +5,7 @@ Run with infntk's environment::
 
     PYTHONPATH=. python benchmarks/bench_conv.py            # infntk vs a NumPy prototype
     PYTHONPATH=. python benchmarks/bench_conv.py --nt-python /path/to/nt-venv/bin/python
+    INFNTK_NT_PYTHON=/path/to/nt-venv/bin/python PYTHONPATH=. python benchmarks/bench_conv.py
     /path/to/nt-venv/bin/python benchmarks/bench_conv.py --nt  # neural-tangents alone, as JSON
 
 Baseline measured in the same process: a plain NumPy prototype of the same recursion
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -38,8 +40,8 @@ def n_images(size, readout):
     return 24 if size == 8 else 4
 
 
-def images(n, size, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, size, size, 1))
+def images(n, size, stream=0):
+    return np.random.default_rng(stream).standard_normal((n, size, size, 1))
 
 
 # ----------------------------------------------------------------------------- NumPy baseline
@@ -116,14 +118,16 @@ def infntk_layers(depth, readout):
 
 
 def time_infntk(size, depth, readout):
+    """(wall, process CPU) seconds per pair of one symmetric Gram."""
     from infntk.conv import conv_kernels
     layers = infntk_layers(depth, readout)
     conv_kernels(layers, images(2, size))          # compile / warm up
     n = n_images(size, readout)
     X = images(n, size, 1)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     conv_kernels(layers, X)
-    return (time.perf_counter() - t0) / (n * (n + 1) / 2)
+    npairs = n * (n + 1) / 2
+    return (time.perf_counter() - t0) / npairs, (time.process_time() - c0) / npairs
 
 
 def time_nt():
@@ -150,7 +154,8 @@ def time_nt():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--nt", action="store_true", help="time neural-tangents (its venv) as JSON")
-    ap.add_argument("--nt-python", default=None, help="python of a neural-tangents venv")
+    ap.add_argument("--nt-python", default=os.environ.get("INFNTK_NT_PYTHON"),
+                    help="python of a neural-tangents venv (default: $INFNTK_NT_PYTHON)")
     ap.add_argument("--quick", action="store_true", help="8x8 cases and 28x28 depth 5 only")
     args = ap.parse_args()
     if args.nt:
@@ -165,14 +170,15 @@ def main():
         nt = json.loads(lines[-1]) if lines else None
         if nt is None:
             print("neural-tangents run failed:", res.stderr[-500:], file=sys.stderr)
-    print(f"numba threads: {numba.get_num_threads()}   (per pair = wall time / pairs computed)")
-    print(f"{'image':>6} {'depth':>5} {'readout':>8} {'infntk':>11} {'NumPy':>11} "
+    print(f"numba threads: {numba.get_num_threads()}, load average {os.getloadavg()[0]:.1f}   "
+          "(per pair = wall time / pairs computed; cpu = infntk's process CPU time per pair)")
+    print(f"{'image':>6} {'depth':>5} {'readout':>8} {'infntk':>11} {'cpu':>10} {'NumPy':>11} "
           f"{'x faster':>9} {'neural-tangents':>16} {'x faster':>9} {'check':>8}")
     cases = [c for c in CASES if not (args.quick and c == (28, 10))]
     for size, depth in cases:
         for readout in ("flatten", "gap"):
             key = f"{size},{depth},{readout}"
-            t = time_infntk(size, depth, readout)
+            t, tc = time_infntk(size, depth, readout)
             npairs = 1 if (size == 28 and readout == "gap") else 6
             tb, X2, kb = time_numpy(size, depth, readout, npairs)
             nngp, ntk = conv_kernels(infntk_layers(depth, readout), X2)
@@ -182,7 +188,8 @@ def main():
                 b2, r2 = f"{nt[key] * 1e3:14.3f}ms", f"{nt[key] / t:9.1f}"
             else:
                 b2, r2 = f"{'-':>16}", f"{'-':>9}"
-            print(f"{size:>4}^2 {depth:>5} {readout:>8} {t * 1e3:9.3f}ms {tb * 1e3:9.3f}ms "
+            print(f"{size:>4}^2 {depth:>5} {readout:>8} {t * 1e3:9.3f}ms {tc * 1e3:8.3f}ms "
+                  f"{tb * 1e3:9.3f}ms "
                   f"{tb / t:9.1f} {b2} {r2} {err:8.1e}", flush=True)
     if nt is None:
         print("neural-tangents: rerun with --nt-python /path/to/nt-venv/bin/python for its column")

@@ -21,6 +21,7 @@ Conventions are those of neural-tangents' ``stax`` (``Conv(out_chan, (q, q), pad
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numba
@@ -253,16 +254,20 @@ def _pad_map(n_in, q, padding):
 
 
 def _compile(layers, H, W):
-    """Encode the layers as the engine's program; returns a dict of arrays and sizes."""
+    """Encode the layers as the engine's program; returns a dict of arrays and sizes.
+
+    Besides the ops, each full-state op gets the layout of the state it reads (padded for the
+    Conv that reads it, plain otherwise; an activation acts in place on the layout of the
+    next op that is not an activation) and the layout it writes (that of the next op).
+    """
     kinds = _check_layers(layers)
     regime = kernel_regime(layers)
     r = kinds.index("flatten") if "flatten" in kinds else kinds.index("gap")
-    rows_i, rows_f, srcs, segs = [], [], [], []
+    rows_i, rows_f, maps, need = [], [], [], []
     h, w = H, W
     nstat = 0
-    nfull = H * H * W * W if regime[0] == "full" else H * W
     nblock = 1
-    qmax, dmax, pmax, rmax = 1, max(H, W), 1, 1
+    pmax = 1
     skip = False
     for idx, (layer, kind) in enumerate(zip(layers, kinds)):
         if skip:
@@ -270,12 +275,13 @@ def _compile(layers, H, W):
             continue
         mode = regime[idx] if idx < r else "scalar"
         nxt = kinds[idx + 1] if idx + 1 < len(kinds) else None
-        iop = [0, 0, 0, -1, 0, h, w, h, w, 0, 0]
+        iop = [0, 0, 0, -1, 0, h, w, h, w, 0, 0] + [0] * (_ce.NIOP - 11)
         fop = [0.0, 0.0, 0.0, 0.0]
         tabs = None
+        req = (h, w, 0, False)        # the input layout this op needs: hp, wp, lo, wrapped
         if kind == "conv":
             q = layer.filter
-            ho, srci = _axis_tables(h, q, layer.padding)
+            ho, _ = _axis_tables(h, q, layer.padding)
             wo, _ = _axis_tables(w, q, layer.padding)
             if ho < 1 or wo < 1:
                 raise ValueError(f"layers[{idx}]: filter={q} with padding='valid' does not fit "
@@ -284,13 +290,17 @@ def _compile(layers, H, W):
             iop[1], iop[7], iop[8] = q, ho, wo
             fop[0], fop[1] = layer.w_std ** 2, (layer.b_std or 0.0) ** 2
             rmap, _ = _pad_map(h, q, layer.padding)
-            cmap, runs = _pad_map(w, q, layer.padding)
-            tabs = (srci, rmap, cmap, runs)
-            iop[2], iop[9], iop[10] = runs.shape[0], rmap.shape[0], cmap.shape[0]
-            qmax = max(qmax, q)
-            pmax = max(pmax, rmap.shape[0], cmap.shape[0])
-            rmax = max(rmax, runs.shape[0])
-            nblock = max(nblock, rmap.shape[0] * cmap.shape[0], cmap.shape[0] ** 2)
+            cmap, _ = _pad_map(w, q, layer.padding)
+            tabs = (rmap, cmap)
+            hp, wp = rmap.shape[0], cmap.shape[0]
+            iop[9], iop[10] = hp, wp
+            pmax = max(pmax, hp, wp)
+            lo = 0 if layer.padding == "valid" else (q - 1) // 2
+            req = (hp, wp, lo, layer.padding == "circular")
+            if mode == "full":
+                nblock = max(nblock, ho * wp * wp)
+            else:
+                nblock = max(nblock, hp * wp)
             h, w = ho, wo
             if nxt == "act":              # fuse the activation that follows
                 fam, p0, p1 = _family(_activation_of(layers[idx + 1]))
@@ -305,6 +315,7 @@ def _compile(layers, H, W):
             iop[3], iop[4] = fam, nstat
             fop[2], fop[3] = p0, p1
             nstat += h * w if mode != "scalar" else 1
+            req = None                    # in place: the layout of the next op
         elif kind == "pool":
             win = layer.window
             if h // win < 1 or w // win < 1:
@@ -322,27 +333,64 @@ def _compile(layers, H, W):
             fop[0], fop[1] = layer.w_std ** 2, (layer.b_std or 0.0) ** 2
         rows_i.append(iop)
         rows_f.append(fop)
-        srcs.append(tabs)
+        maps.append(tabs)
+        need.append(req)
         if kind == "pool" and idx + 1 < r and regime[idx + 1] == "diagonal" or (
                 kind == "pool" and idx + 1 == r and kinds[r] == "flatten"):
-            rows_i.append([_ce.OP_TODIAG, 0, 0, -1, 0, h, w, h, w, 0, 0])
+            rows_i.append([_ce.OP_TODIAG, 0, 0, -1, 0, h, w, h, w, 0, 0]
+                          + [0] * (_ce.NIOP - 11))
             rows_f.append([0.0] * 4)
-            srcs.append(None)
+            maps.append(None)
+            need.append((h, w, 0, False))
     nops = len(rows_i)
-    src = np.full((nops, qmax, dmax), -1, dtype=np.int64)
+    # full-state layouts: an activation takes the layout of the next op that is not one
+    full = {_ce.OP_CONV_F, _ce.OP_ACT_F, _ce.OP_POOL_F, _ce.OP_TODIAG, _ce.OP_GAP}
+    # GlobalAvgPool sums a zero-bordered layout as well as a plain one (the zeros leave the sum
+    # unchanged): it takes the layout of the Conv before it when that keeps the size, so no
+    # buffer ever changes layout in a chain of "same" convolutions (no clearing per pair)
+    for k in range(nops):
+        if rows_i[k][0] == _ce.OP_GAP:
+            convs = [j for j in range(k) if rows_i[j][0] == _ce.OP_CONV_F]
+            if convs:
+                j = convs[-1]
+                hp, wp, lo, wrap = need[j]
+                if not wrap and tuple(rows_i[j][5:7]) == tuple(rows_i[k][5:7]) and all(
+                        rows_i[t][0] == _ce.OP_ACT_F for t in range(j + 1, k)):
+                    need[k] = need[j]
+    for k in range(nops - 1, -1, -1):
+        if need[k] is None:
+            need[k] = need[k + 1]
+    lids = {}
+    nfull = H * W
+    for k in range(nops):
+        if rows_i[k][0] not in full:
+            continue
+        hp, wp, lo, wrap = need[k]
+        hin = rows_i[k][5] if rows_i[k][0] != _ce.OP_ACT_F else rows_i[k][7]
+        win_ = rows_i[k][6] if rows_i[k][0] != _ce.OP_ACT_F else rows_i[k][8]
+        border = hp > hin or wp > win_
+        lid = lids.setdefault((hp, wp, lo, hin, win_), len(lids)) if border and not wrap else -1
+        rows_i[k][_ce.I_HP:_ce.I_WRAP + 1] = [hp, wp, lo, lid, int(wrap)]
+        nfull = max(nfull, hp * hp * wp * wp)
+    for k in range(nops):
+        code = rows_i[k][0]
+        if code in (_ce.OP_CONV_F, _ce.OP_POOL_F):
+            src = rows_i[k + 1]
+        elif code == _ce.OP_ACT_F:
+            src = rows_i[k]
+        else:
+            continue
+        rows_i[k][_ce.O_HP:_ce.O_LID + 1] = src[_ce.I_HP:_ce.I_LID + 1]
     pmap = np.full((nops, 2, pmax), -1, dtype=np.int64)
-    runs = np.zeros((nops, rmax, 3), dtype=np.int64)
-    for k, tabs in enumerate(srcs):
+    for k, tabs in enumerate(maps):
         if tabs is None:
             continue
-        srci, rmap, cmap, rk = tabs
-        src[k, :srci.shape[0], :srci.shape[1]] = srci
+        rmap, cmap = tabs
         pmap[k, 0, :rmap.shape[0]] = rmap
         pmap[k, 1, :cmap.shape[0]] = cmap
-        runs[k, :rk.shape[0]] = rk
     return {"iop": np.array(rows_i, dtype=np.int64), "fop": np.array(rows_f, dtype=np.float64),
-            "src": src, "pmap": pmap, "runs": runs, "nstat": max(nstat, 1),
-            "nfull": max(nfull, H * W), "nblock": nblock, "regime": regime}
+            "pmap": pmap, "nstat": max(nstat, 1), "nfull": nfull, "nblock": nblock,
+            "regime": regime}
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -378,16 +426,34 @@ def check_image_pair(X1, X2=None):
     return A, B, False
 
 
+def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
+    """The engine's driver over ``numba.get_num_threads()`` threads, one chunk of pairs each
+    (the driver releases the GIL; pairs cost the same, so static chunks balance)."""
+    n1, n2 = A.shape[0], B.shape[0]
+    npairs = n1 if mode == 0 else n1 * (n1 - 1) // 2 if mode == 1 else n1 * n2
+    nch = max(1, min(npairs, numba.get_num_threads()))
+
+    def chunk(c):
+        _ce.drive(mode, A, B, prog["iop"], prog["fop"], prog["pmap"], prog["nfull"],
+                  prog["nblock"], c, nch, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk)
+
+    with engine_lock():
+        if nch == 1:
+            chunk(0)
+        else:
+            with ThreadPoolExecutor(nch) as ex:
+                list(ex.map(chunk, range(nch)))
+
+
 def _self_statistics(X, prog):
     n = X.shape[0]
     Q = np.zeros((n, prog["nstat"]))
     R = np.zeros_like(Q)
     SK = np.zeros_like(Q)
-    kself = np.empty((n, 2))
-    with engine_lock():
-        _ce.self_stats(X, prog["iop"], prog["fop"], prog["src"], prog["pmap"], prog["runs"],
-                       prog["nfull"], prog["nblock"], numba.get_num_threads(), Q, R, SK, kself)
-    return Q, R, SK, kself
+    kn = np.empty((n, 1))
+    kt = np.empty((n, 1))
+    _run(0, X, X, prog, Q, R, SK, Q, R, SK, kn, kt)
+    return Q, R, SK, np.concatenate([kn, kt], axis=1)
 
 
 def conv_kernels(layers, X1, X2=None):
@@ -417,8 +483,10 @@ def conv_kernels(layers, X1, X2=None):
     map ``s -> w^2 s + b^2``, ``t -> w^2 t + s'``.
 
     Cost per pair with ``P = H W``: ``O(P q L)`` for Flatten networks without pooling (only the
-    spatial diagonal), ``O(P^2 q L)`` otherwise (two ``q``-tap passes per Conv); memory four
-    ``P^2`` work arrays per thread. The self terms are computed once per image.
+    spatial diagonal), ``O(P^2 q L)`` otherwise (two ``q``-tap passes per Conv); memory five
+    arrays of ``(H + q - 1)^2 (W + q - 1)^2`` floats per thread (the state padded for the
+    patch passes, docs/conv.md), threads from ``numba.get_num_threads()``. The self terms are
+    computed once per image.
 
     References
     ----------
@@ -449,10 +517,7 @@ def conv_kernels(layers, X1, X2=None):
         Q2, R2, SK2 = Q1, R1, SK1
     else:
         Q2, R2, SK2, _ = _self_statistics(B, prog)
-    with engine_lock():
-        _ce.gram(A, B, prog["iop"], prog["fop"], prog["src"], prog["pmap"], prog["runs"],
-                 prog["nfull"], prog["nblock"], numba.get_num_threads(), Q1, R1, SK1, Q2, R2,
-                 SK2, same, nngp, ntk)
+    _run(1 if same else 2, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, nngp, ntk)
     if same:
         idx = np.arange(n1)
         nngp[idx, idx] = k1[:, 0]

@@ -92,9 +92,9 @@ def test_composed_and_conv_readonly_inputs_add_no_specialization(saved, tmp_path
     np.save(tmp_path / "I.npy", imgs)
     cnet = Network([Conv(3, "same", 1.5, 0.1), Activation("relu"), Flatten(), Dense(1.5, 0.1)])
     cref = cnet.kernels(imgs)
-    before = _signatures(conv_engine.self_stats, conv_engine.gram, conv_engine.run_pair)
+    before = _signatures(conv_engine.drive, conv_engine._conv_diag, conv_engine._act_diag)
     cgot = cnet.kernels(np.load(tmp_path / "I.npy", mmap_mode="r"))
-    assert _signatures(conv_engine.self_stats, conv_engine.gram, conv_engine.run_pair) == before
+    assert _signatures(conv_engine.drive, conv_engine._conv_diag, conv_engine._act_diag) == before
     np.testing.assert_array_equal(cgot.ntk, cref.ntk)
 
 

@@ -195,6 +195,39 @@ def test_circular_translation_equivariance(readout, shift):
         assert rel_err_vs_max(one[1], ref[1]) > 1e-6
 
 
+@pytest.mark.parametrize("scale", [1e80, 1e-80])
+@pytest.mark.parametrize("readout", [Flatten(), GlobalAvgPool()], ids=["flatten", "gap"])
+def test_relu_kernels_are_homogeneous_at_extreme_scales(scale, readout):
+    """Without biases the ReLU kernels are homogeneous of degree 2 in the inputs:
+    ``K(c x, c y) = c^2 K(x, y)``. At ``c = 1e80`` (variances ~1e160) and ``1e-80`` the engine
+    leaves its fast ReLU form (``q_x q_y`` would overflow or underflow) for the guarded one,
+    so this compares the two forms of the dual (and the symmetric and cross paths)."""
+    X = np.random.default_rng(13).standard_normal((4, 5, 5, 2))
+    Y = np.random.default_rng(14).standard_normal((3, 5, 5, 2))
+    layers = [Conv(3, "same", 1.5, 0.0), Activation("relu"), Conv(2, "same", 1.2, 0.0),
+              Activation("relu"), readout, Dense(1.5, 0.0)]
+    for args in ((X,), (X, Y)):
+        ref = conv_kernels(layers, *args)
+        got = conv_kernels(layers, *(A * scale for A in args))
+        for g, r in zip(got, ref):
+            assert rel_err_vs_max(g / scale ** 2, r) <= CLOSED_FORM_RTOL
+
+
+@pytest.mark.parametrize("readout", [Flatten(), GlobalAvgPool()], ids=["flatten", "gap"])
+def test_thread_chunks_give_the_same_matrix(readout, monkeypatch):
+    """The pair list split over several threads (one chunk and one set of work arrays each,
+    borders of the padded state reused across pairs) gives the single-chunk result exactly."""
+    import infntk.conv as conv_mod
+    X = np.random.default_rng(15).standard_normal((7, 6, 5, 1))
+    Y = np.random.default_rng(16).standard_normal((3, 6, 5, 1))
+    layers = _relu_net("same", readout, depth=2) + [Activation("erf"), Dense(1.0, 0.1)]
+    one = conv_kernels(layers, X) + conv_kernels(layers, X, Y)
+    monkeypatch.setattr(conv_mod.numba, "get_num_threads", lambda: 3)
+    three = conv_kernels(layers, X) + conv_kernels(layers, X, Y)
+    for a, b in zip(one, three):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("activation,params", [("relu", {}), ("erf", {}), ("gelu", {}),
                                                ("leaky_relu", {"alpha": 0.1}), ("sign", {})])
 @pytest.mark.parametrize("filt,padding", [(1, "same"), (3, "circular")])

@@ -1,15 +1,17 @@
 """Compiled CNN-GP / CNTK recursions, one pair of images at a time (closed-form duals).
 
 Kernels receive plain arrays and scalars only and never validate: :mod:`infntk.conv` checks
-the inputs, detects the regime and encodes the layers as a small program (``iop``, ``fop``,
-the tap table ``src``, the padded-axis maps ``pmap`` and their contiguous runs ``runs``); this
-module only runs it.
+the inputs, detects the regime and encodes the layers as a small program (``iop``, ``fop``
+and the padded-axis maps ``pmap``); this module only runs it.
 
 State of one pair ``(x, y)`` of images (``h x w`` positions):
 
-* full regime: ``S[i, i', j, j'] = Sigma(x_{ij}, y_{i'j'})`` and ``T`` (the NTK), stored with
-  the two row indices first (``(h, h, w, w)``, C order), so that a row tap adds contiguous
-  ``w x w`` blocks;
+* full regime: ``S[i, i', j, j'] = Sigma(x_{ij}, y_{i'j'})`` and ``T`` (the NTK), C order
+  ``(hp, hp, wp, wp)``, stored *padded in all four axes* for the layer that reads it: the
+  interior ``[lo, lo + h)`` of each axis holds the state, the border is zero (``"same"``,
+  kept zero across layers and pairs: the border of a layout is cleared only when a buffer
+  changes layout) or wrapped (``"circular"``, filled by the Conv that reads it). Layers that
+  do not pad read an unpadded layout (``lo = 0``);
 * diagonal regime: ``S[i, j] = Sigma(x_{ij}, y_{ij})`` only (Novak et al. 2019);
 * after the readout: two scalars.
 
@@ -18,13 +20,14 @@ Patch trace of a ``q x q`` convolution (NTK parameterization, fan-in ``q^2 C``):
     Sigma'[p, p'] = w2 / q^2 * sum_{a, b} K[p + (a, b), p' + (a, b)] + b2
     Theta'[p, p'] = w2 / q^2 * sum_{a, b} Theta[p + (a, b), p' + (a, b)] + Sigma'[p, p']
 
-applied separably and block by block (double-buffered state ``S -> S2``): for each output
-row pair ``(i, i')`` the ``q`` row taps are summed into a *padded* ``wp x wp`` block (zero,
-or wrapped, borders from the axis map ``pmap``), on which the column pair taps
-``(j + b, j' + b)`` are a plain shift by ``b (wp + 1)`` of the flat index, one contiguous loop;
-the bias, the NTK's new NNGP term and the dual activation follow while the block is in cache.
-The diagonal regime does the same on the ``(h, w)`` diagonal: a padded image and shifts by
-``a wp`` and ``b``.
+applied separably with no bounds logic: for an output row ``i`` the ``q`` row taps
+``(i + a, i' + a)`` of every ``i'`` are one contiguous stretch of the padded state (block
+``((i + a) hp + a) + i'``), so they add as ``q`` flat loops of ``ho wp^2`` entries; on the sum
+the column taps ``(j + b, j' + b)`` are a shift by ``b (wp + 1)`` of the flat index, ``q`` more
+flat loops. The bias, the NTK's new NNGP term and the dual activation follow row by row
+(:func:`_block`) while the stretch is in cache, written straight into the next layer's
+padded layout. The diagonal regime does the same on the ``(h, w)`` diagonal: a padded image
+and shifts by ``a wp`` and ``b``.
 
 Dual inputs: ``m = sqrt(q_x q_y)``, ``A = max(m - s, 0)``, ``B = max(m + s, 0)`` from the
 carried ``s = Sigma`` and the self variances ``q`` (a simpler formulation than the FC engine's
@@ -33,17 +36,22 @@ computed by the same passes, in the same order, as the pair's entries. Elsewhere
 error of ``A`` is a few ulp of ``m``; see docs/conv.md for what that means for accuracy. The
 ReLU family (relu, leaky_relu, abs, identity) has a branch-free, libm-free form below that
 the compiler vectorizes; the other closed forms go through :func:`infntk._duals.pair_dual`.
+
+Compilation: one driver (:func:`drive`: self statistics, symmetric or cross Gram; no parallel
+kernel: the caller runs one chunk of pairs per thread, the driver releases the GIL), one pair
+runner and a handful of small loops, each compiled once (no signature depends on the layer
+list).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .._duals import atan_unit, diag_dual, pair_dual
+from .._duals import (_ATAN_1, _ATAN_C1, _ATAN_TAYLOR, _C1, _TAN_3PI_16, _TAN_PI_16, atan_unit,
+                      diag_dual, pair_dual)
 from ..activations import FAMILY_ABRELU
-from .closed import _geomean
 
 # op codes (see infntk.conv._compile)
 OP_CONV_F = 1      # conv, full state; iop[k, 3] >= 0: fused activation of that family
@@ -57,12 +65,21 @@ OP_GAP = 8         # full state -> scalars (mean over all position pairs)
 OP_FLAT = 9        # diagonal state -> scalars (mean over positions)
 OP_DENSE = 10      # scalars
 
-# iop columns: code, q or window, number of column runs, family (-1: none), offset of the self
-# statistics, h_in, w_in, h_out, w_out, hp, wp (padded sizes).   fop columns: w2, b2, p0, p1.
-NIOP = 11
+# iop columns: code, q or window, unused, family (-1: none), offset of the self statistics,
+# h_in, w_in, h_out, w_out, hp, wp (padded sizes of a diagonal conv), then the full-state
+# layouts: the op's input (hp, wp, lo, layout id, wrapped) and the layout it writes
+# (hp, wp, lo, layout id). Layout id >= 0: a zero-bordered layout (its border is cleared
+# when a buffer changes to it); -1: no border, or a wrapped one (filled by the reader).
+# fop columns: w2, b2, p0, p1.
+NIOP = 20
+I_HP, I_WP, I_LO, I_LID, I_WRAP, O_HP, O_WP, O_LO, O_LID = 11, 12, 13, 14, 15, 16, 17, 18, 19
 
 _PI = math.pi
 _INV_2PI = 1.0 / (2.0 * math.pi)
+# variances within this range take the fast ReLU-family form (q_x q_y and s^2 in range)
+_Q_LO = 1e-140
+_Q_HI = 1e140
+_CHUNK = 4096      # entries of a row stretch processed at once (cache blocking)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -92,11 +109,83 @@ def _abrelu_kkd(a, b, m, s):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _dual(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
-    """(k, kd) of any closed-form family at the pair state ``(qa, qb, s)``."""
+def _abrelu_fast(a, b, m, qq, s):
+    """:func:`_abrelu_kkd` with one square root and one division, for ``q_x, q_y`` in
+    ``[1e-140, 1e140]``: ``m = sqrt(q_x) sqrt(q_y)``, ``qq = q_x q_y``.
+
+    ``sqrt(A B) = sqrt(q_x q_y - s^2)`` directly, and ``x = sqrt(min(A, B) / max(A, B)) =
+    sqrt(A B) / (m + |s|)`` goes into the argument reduction of
+    :func:`infntk._duals.atan_unit` (same constants and polynomial) without being formed:
+    ``z = (x - c) / (1 + c x) = (sqrt(AB) - c hi) / (hi + c sqrt(AB))``. At a pair of identical
+    positions of a self pair ``q_x = q_y = s`` gives ``A B = 0`` exactly (theta = 0). ``hi =
+    0`` (a zero variance) gives ``x = 1``, ``theta = pi / 2``, as :func:`_abrelu_kkd`.
+    """
+    ab = max(qq - s * s, 0.0)
+    sab = math.sqrt(ab)
+    hi = m + abs(s)
+    deg = hi <= 0.0
+    num = 1.0 if deg else sab
+    den = 1.0 if deg else hi
+    c = 0.0
+    base = 0.0
+    if num > _TAN_3PI_16 * den:
+        c = 1.0
+        base = _ATAN_1
+    elif num > _TAN_PI_16 * den:
+        c = _C1
+        base = _ATAN_C1
+    z = (num - c * den) / (den + c * num)
+    z2 = z * z
+    p = _ATAN_TAYLOR[12]
+    p = p * z2 + _ATAN_TAYLOR[11]
+    p = p * z2 + _ATAN_TAYLOR[10]
+    p = p * z2 + _ATAN_TAYLOR[9]
+    p = p * z2 + _ATAN_TAYLOR[8]
+    p = p * z2 + _ATAN_TAYLOR[7]
+    p = p * z2 + _ATAN_TAYLOR[6]
+    p = p * z2 + _ATAN_TAYLOR[5]
+    p = p * z2 + _ATAN_TAYLOR[4]
+    p = p * z2 + _ATAN_TAYLOR[3]
+    p = p * z2 + _ATAN_TAYLOR[2]
+    p = p * z2 + _ATAN_TAYLOR[1]
+    at = 2.0 * (base + (z + z * (z2 * p)))
+    small = s >= 0.0
+    theta = at if small else _PI - at
+    phi = _PI - at if small else at
+    c2 = (a - b) * (a - b) * _INV_2PI
+    kd = c2 * phi + a * b
+    k = 0.5 * (a * a + b * b) * s + c2 * (sab - theta * s)
+    return k, kd
+
+
+@njit(cache=True, error_model="numpy")
+def _geomean_exact(qa, qb):
+    """``sqrt(qa qb)``, and exactly ``q`` when ``qa = qb = q``, at any scale: beyond
+    ``[1e-150, 1e150]`` through mantissas and exponents (powers of two scale exactly). (The
+    product of the square roots, the other engines' fallback there, is off by an ulp at
+    ``qa = qb``, which the step-like duals turn into ~1e-8 at a self pair.)"""
+    m = math.sqrt(qa * qb)
+    if m > 1e-150 and m < 1e150:
+        return m
+    if qa <= 0.0 or qb <= 0.0:
+        return 0.0
+    fa, ea = math.frexp(qa)
+    fb, eb = math.frexp(qb)
+    e = ea + eb
+    if e % 2 != 0:
+        fa *= 2.0
+        e -= 1
+    return math.ldexp(math.sqrt(fa * fb), e // 2)
+
+
+@njit(cache=True, error_model="numpy")
+def _dual_other(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
+    """(k, kd) of any closed-form family at the pair state ``(qa, qb, s)`` (one compiled copy,
+    called per entry: the slow families pay a call; the ReLU family comes here only for
+    variances beyond the fast form's range)."""
+    m = _geomean_exact(qa, qb)
     if family == FAMILY_ABRELU:
-        return _abrelu_kkd(p0, p1, _geomean(qa, qb, ra, rb), s)
-    m = _geomean(qa, qb, ra, rb)
+        return _abrelu_kkd(p0, p1, m, s)
     A = max(m - s, 0.0)
     B = max(m + s, 0.0)
     k, kd, _, _ = pair_dual(family, p0, p1, qa, qb, A, B, ska, skb)
@@ -104,150 +193,253 @@ def _dual(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _act_block(family, p0, p1, qa_v, ra_v, ska_v, ia, qb_v, rb_v, skb_v, ib, S, T, base,
-               nrow, ncol):
-    """Activation in place on ``S[base : base + nrow * ncol]`` (row-major ``nrow x ncol``):
-    the row ``j`` has the variance ``qa_v[ia + j]``, the column ``j'`` ``qb_v[ib + j']``.
-    The family switch sits outside the loops; the ReLU loop vectorizes. (Two-dimensional
-    views keep every index a loop counter, which lets the compiler drop the negative-index
-    checks that otherwise block vectorization.)"""
-    qa = qa_v[ia:ia + nrow]
-    ra = ra_v[ia:ia + nrow]
-    ska = ska_v[ia:ia + nrow]
-    qb = qb_v[ib:ib + ncol]
-    rb = rb_v[ib:ib + ncol]
-    skb = skb_v[ib:ib + ncol]
-    Sv = S[base:base + nrow * ncol].reshape((nrow, ncol))
-    Tv = T[base:base + nrow * ncol].reshape((nrow, ncol))
-    if family == FAMILY_ABRELU:
-        for j in range(nrow):
-            for t in range(ncol):
-                k, kd = _abrelu_kkd(p0, p1, _geomean(qa[j], qb[t], ra[j], rb[t]), Sv[j, t])
-                Sv[j, t] = k
-                Tv[j, t] = Tv[j, t] * kd
-    else:
-        for j in range(nrow):
-            for t in range(ncol):
-                k, kd = _dual(family, p0, p1, qa[j], qb[t], ra[j], rb[t], ska[j], skb[t],
-                              Sv[j, t])
-                Sv[j, t] = k
-                Tv[j, t] = Tv[j, t] * kd
+def _block(fam, p0, p1, q1, r1, sk1, ia, q2, r2, sk2, ib, V, VT, vb, vs, D, DT, db, ds, nj,
+           nu, c, b2, tp):
+    """Bias, NTK term and activation of an ``nj x nu`` block, rows ``j``, columns ``u``::
+
+        s = c V[vb + j vs + u] + b2,   t = c VT[...] + tp s
+        D[db + j ds + u] = k(s),       DT[...] = t kd(s)
+
+    with the variances ``q1[ia + j]`` (row) and ``q2[ib + u]`` (column). ``V is D`` with
+    ``c = 1, b2 = tp = 0`` is the activation in place. The family switch sits outside the
+    loops. Indices are unsigned (no negative-index wraparound code) and no views are made per
+    row (a view per row costs two atomic reference-count updates where Numba cannot prune
+    them), so the ReLU loop vectorizes. The ReLU family takes :func:`_abrelu_fast` when every
+    variance is within ``[1e-140, 1e140]``, the general dual otherwise.
+    """
+    nu_ = np.uint64(nu)
+    ib_ = np.uint64(ib)
+    inrange = True
+    if fam == FAMILY_ABRELU:
+        for u in range(nu):
+            qb = q2[ib + u]
+            inrange = inrange and qb > _Q_LO and qb < _Q_HI
+    for j in range(nj):
+        o = np.uint64(vb + j * vs)
+        p = np.uint64(db + j * ds)
+        qa = q1[ia + j]
+        ra = r1[ia + j]
+        if fam == FAMILY_ABRELU and inrange and qa > _Q_LO and qa < _Q_HI:
+            for u in range(nu_):
+                s = c * V[o + u] + b2
+                t = c * VT[o + u] + tp * s
+                k, kd = _abrelu_fast(p0, p1, ra * r2[ib_ + u], qa * q2[ib_ + u], s)
+                D[p + u] = k
+                DT[p + u] = t * kd
+        else:                       # other families, and variances beyond the fast range
+            ska = sk1[ia + j]
+            for u in range(nu_):
+                s = c * V[o + u] + b2
+                t = c * VT[o + u] + tp * s
+                k, kd = _dual_other(fam, p0, p1, qa, q2[ib_ + u], ra, r2[ib_ + u], ska,
+                                    sk2[ib_ + u], s)
+                D[p + u] = k
+                DT[p + u] = t * kd
+
+
+@njit(cache=True, error_model="numpy")
+def _in_range(q, off, n):
+    """All ``q[off : off + n]`` inside the fast form's range."""
+    for t in range(n):
+        if not (q[off + t] > _Q_LO and q[off + t] < _Q_HI):
+            return False
+    return True
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _flat_act(p0, p1, V, VT, vb, QA, RA, QB, RB, qb, D, DT, db, n, c, b2):
+    """ReLU family on one flat stretch: ``s = c V[vb + t] + b2``, ``t' = c VT[.] + s``,
+    ``D[db + t] = k``, ``DT[db + t] = t' kd``, variances ``QA[t] QB[qb + t]``."""
+    n_ = np.uint64(n)
+    vb_ = np.uint64(vb)
+    qb_ = np.uint64(qb)
+    db_ = np.uint64(db)
+    for t in range(n_):
+        s = c * V[vb_ + t] + b2
+        tt = c * VT[vb_ + t] + s
+        k, kd = _abrelu_fast(p0, p1, RA[t] * RB[qb_ + t], QA[t] * QB[qb_ + t], s)
+        D[db_ + t] = k
+        DT[db_ + t] = tt * kd
+
+
+@njit(cache=True, error_model="numpy")
+def _conv_full(Sin, Tin, Sout, Tout, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho, wo, q, c, b2,
+               ohp, owp, olo, fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off):
+    """One Conv layer, padded input ``(ihp, ihp, iwp, iwp)`` -> the interior of the output
+    layout ``(ohp, ohp, owp, owp)`` at offset ``olo``, activation ``fam`` fused (``-1``: none).
+
+    Output row ``i``: ``U = sum_a Sin[((i + a) ihp + a) B + (0 .. ho B)]`` (``B = iwp^2``),
+    ``V[t] = sum_b U[t + b (iwp + 1)]``; entry ``(i', j, j')`` of ``V`` is at
+    ``i' B + j iwp + j'`` (done for chunks of ``i'``: the column taps of a block stay inside
+    it). With the ReLU family and equal input and output row strides
+    (``iwp == owp``) the activation runs on the whole flat stretch of each block, ``(wo - 1)
+    iwp + wo`` entries, border columns included (their variances set to 1), which are then
+    cleared: long vectorized loops instead of rows of ``wo`` entries. ``QA, RA, QB, RB`` hold
+    the variances broadcast to that stretch.
+    """
+    B = iwp * iwp
+    d = iwp + 1
+    oB = owp * owp
+    L = (wo - 1) * iwp + wo
+    flat = (fam == FAMILY_ABRELU and iwp == owp and _in_range(q1, off, ho * wo)
+            and _in_range(q2, off, ho * wo))
+    if flat:
+        for ip in range(ho):
+            for t in range(L):
+                jj = t // iwp
+                u = t - jj * iwp
+                if u < wo:
+                    QB[ip * L + t] = q2[off + ip * wo + u]
+                    RB[ip * L + t] = r2[off + ip * wo + u]
+                else:
+                    QB[ip * L + t] = 1.0
+                    RB[ip * L + t] = 1.0
+    d_ = np.uint64(d)
+    cb = max(1, _CHUNK // B)          # blocks per chunk: U, V and the input rows stay in L2
+    for i in range(ho):
+        if flat:
+            for t in range(L):
+                jj = t // iwp
+                if t - jj * iwp < wo:
+                    QA[t] = q1[off + i * wo + jj]
+                    RA[t] = r1[off + i * wo + jj]
+                else:
+                    QA[t] = 1.0
+                    RA[t] = 1.0
+        for c0 in range(0, ho, cb):
+            c1 = min(ho, c0 + cb)
+            m = (c1 - c0) * B
+            m_ = np.uint64(m)
+            m2_ = np.uint64(m - (q - 1) * d)
+            b0 = np.uint64((i * ihp + c0) * B)
+            if q == 3:                  # the common filter: one pass per direction
+                b1 = np.uint64(((i + 1) * ihp + 1 + c0) * B)
+                b2_ = np.uint64(((i + 2) * ihp + 2 + c0) * B)
+                for t in range(m_):
+                    U[t] = Sin[b0 + t] + Sin[b1 + t] + Sin[b2_ + t]
+                    UT[t] = Tin[b0 + t] + Tin[b1 + t] + Tin[b2_ + t]
+                for t in range(m2_):
+                    V[t] = U[t] + U[d_ + t] + U[d_ + d_ + t]
+                    VT[t] = UT[t] + UT[d_ + t] + UT[d_ + d_ + t]
+            else:
+                for t in range(m_):
+                    U[t] = Sin[b0 + t]
+                    UT[t] = Tin[b0 + t]
+                for a in range(1, q):
+                    ba = np.uint64(((i + a) * ihp + a + c0) * B)
+                    for t in range(m_):
+                        U[t] += Sin[ba + t]
+                        UT[t] += Tin[ba + t]
+                for t in range(m2_):
+                    V[t] = U[t]
+                    VT[t] = UT[t]
+                for b in range(1, q):
+                    bd = np.uint64(b * d)
+                    for t in range(m2_):
+                        V[t] += U[bd + t]
+                        VT[t] += UT[bd + t]
+            for ip in range(c0, c1):
+                db = ((i + olo) * ohp + ip + olo) * oB + olo * owp + olo
+                if flat:
+                    _flat_act(p0, p1, V, VT, (ip - c0) * B, QA, RA, QB, RB, ip * L, Sout,
+                              Tout, db, L, c, b2)
+                    for jj in range(wo - 1):
+                        for t in range(db + jj * owp + wo, db + (jj + 1) * owp):
+                            Sout[t] = 0.0
+                            Tout[t] = 0.0
+                else:
+                    vb = (ip - c0) * B
+                    for jj in range(wo):
+                        o = np.uint64(vb + jj * iwp)
+                        p = np.uint64(db + jj * owp)
+                        for t in range(np.uint64(wo)):
+                            sv = c * V[o + t] + b2
+                            Sout[p + t] = sv
+                            Tout[p + t] = c * VT[o + t] + sv
+        if fam >= 0 and not flat:
+            _act_rows(fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off, Sout, Tout, i, ho, wo, ohp,
+                      owp, olo)
+
+
+@njit(cache=True, error_model="numpy")
+def _act_rows(fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, i, h, w, hp, wp, lo):
+    """Activation in place on output row ``i`` of the full state (layout ``hp, wp, lo``):
+    the ``h`` blocks ``(i, i')``. (The one compiled copy of :func:`_block`.)"""
+    B = wp * wp
+    for ip in range(h):
+        db = ((i + lo) * hp + ip + lo) * B + lo * wp + lo
+        _block(fam, p0, p1, q1, r1, sk1, off + i * w, q2, r2, sk2, off + ip * w, S, T, db, wp,
+               S, T, db, wp, w, w, 1.0, 0.0, 0.0)
+
+
+@njit(cache=True, error_model="numpy")
+def _wrap_fill(S, T, hp, wp, lo, h, w, rmap, cmap):
+    """Fill the border of a padded layout from its interior through the axis maps (``-1``:
+    zero); the interior ``[lo, lo + h) x [lo, lo + w)`` is left as it is."""
+    B = wp * wp
+    for ii in range(hp):
+        ri = rmap[ii]
+        in1 = lo <= ii < lo + h
+        for iip in range(hp):
+            rip = rmap[iip]
+            in2 = in1 and lo <= iip < lo + h
+            for jj in range(wp):
+                cj = cmap[jj]
+                in3 = in2 and lo <= jj < lo + w
+                for jjp in range(wp):
+                    if in3 and lo <= jjp < lo + w:
+                        continue
+                    cjp = cmap[jjp]
+                    t = (ii * hp + iip) * B + jj * wp + jjp
+                    if ri < 0 or rip < 0 or cj < 0 or cjp < 0:
+                        S[t] = 0.0
+                        T[t] = 0.0
+                    else:
+                        s = ((ri + lo) * hp + rip + lo) * B + (cj + lo) * wp + cjp + lo
+                        S[t] = S[s]
+                        T[t] = T[s]
+
+
+@njit(cache=True, error_model="numpy")
+def _prepare(S, T, bst, ib, lid, size):
+    """Before writing a layout ``lid`` into physical buffer ``ib``: clear it if it held another
+    layout (``lid >= 0``, zero border), or mark it as holding no zero border (``lid < 0``)."""
+    if lid < 0:
+        bst[ib] = -1
+    elif bst[ib] != lid:
+        for t in range(size):
+            S[t] = 0.0
+            T[t] = 0.0
+        bst[ib] = lid
 
 
 @njit(cache=True, error_model="numpy")
 def _act_diag(family, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, n):
     """Activation in place on the diagonal state ``S[:n]`` (variances ``q1[off + t]``,
-    ``q2[off + t]``)."""
+    ``q2[off + t]``); the ReLU family's vectorized loop when every variance is within
+    ``[1e-140, 1e140]``, the general dual otherwise."""
     qa = q1[off:off + n]
     qb = q2[off:off + n]
     ra = r1[off:off + n]
     rb = r2[off:off + n]
     ska = sk1[off:off + n]
     skb = sk2[off:off + n]
-    if family == FAMILY_ABRELU:
+    fast = family == FAMILY_ABRELU
+    if fast:                # inline, not _in_range: a call here costs more than the loop
         for t in range(n):
-            k, kd = _abrelu_kkd(p0, p1, _geomean(qa[t], qb[t], ra[t], rb[t]), S[t])
+            if not (qa[t] > _Q_LO and qa[t] < _Q_HI and qb[t] > _Q_LO and qb[t] < _Q_HI):
+                fast = False
+                break
+    if fast:
+        for t in range(n):
+            k, kd = _abrelu_kkd(p0, p1, math.sqrt(qa[t] * qb[t]), S[t])
             S[t] = k
             T[t] = T[t] * kd
     else:
         for t in range(n):
-            k, kd = _dual(family, p0, p1, qa[t], qb[t], ra[t], rb[t], ska[t], skb[t], S[t])
+            k, kd = _dual_other(family, p0, p1, qa[t], qb[t], ra[t], rb[t], ska[t], skb[t], S[t])
             S[t] = k
             T[t] = T[t] * kd
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _row_taps(S, T, tS, tT, srow, i, ip, h, w, wp, runs, nrun, q):
-    """Padded block ``tS[jj, jj'] = sum_a S[src[a, i], src[a, i'], cmap[jj], cmap[jj']]``.
-
-    ``runs`` are the stretches of the padded axis with ``cmap[jj] = jj + shift``; only those
-    rectangles are written (the zero border of ``tS`` stays as initialised). Returns False
-    when every tap is out of range."""
-    ww = w * w
-    dS = tS[:wp * wp].reshape((wp, wp))
-    dT = tT[:wp * wp].reshape((wp, wp))
-    first = True
-    for a in range(q):
-        si = srow[a, i]
-        sip = srow[a, ip]
-        if si < 0 or sip < 0:
-            continue
-        blk = (si * h + sip) * ww
-        xS = S[blk:blk + ww].reshape((w, w))
-        xT = T[blk:blk + ww].reshape((w, w))
-        for r1 in range(nrun):
-            a1 = runs[r1, 0]
-            n1 = runs[r1, 1] - a1
-            b1 = a1 + runs[r1, 2]
-            for r2 in range(nrun):
-                a2 = runs[r2, 0]
-                n2 = runs[r2, 1] - a2
-                b2 = a2 + runs[r2, 2]
-                oS = dS[a1:a1 + n1, a2:a2 + n2]
-                oT = dT[a1:a1 + n1, a2:a2 + n2]
-                iS = xS[b1:b1 + n1, b2:b2 + n2]
-                iT = xT[b1:b1 + n1, b2:b2 + n2]
-                if first:
-                    for j in range(n1):
-                        for t in range(n2):
-                            oS[j, t] = iS[j, t]
-                            oT[j, t] = iT[j, t]
-                else:
-                    for j in range(n1):
-                        for t in range(n2):
-                            oS[j, t] += iS[j, t]
-                            oT[j, t] += iT[j, t]
-        first = False
-    return not first
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _col_taps(tS, tT, oS, oT, wp, wo, q, c, b2, S2, T2, base):
-    """``S2[base + j wo + j'] = c sum_b tS[(j + b) wp + j' + b] + b2`` (a shift by
-    ``b (wp + 1)`` of the flat padded index) and ``T2 = c sum_b tT[...] + S2``."""
-    L = (wo - 1) * wp + wo
-    for t in range(L):
-        oS[t] = tS[t]
-        oT[t] = tT[t]
-    for b in range(1, q):
-        d = b * (wp + 1)
-        xS = tS[d:d + L]
-        xT = tT[d:d + L]
-        for t in range(L):
-            oS[t] += xS[t]
-            oT[t] += xT[t]
-    dS = S2[base:base + wo * wo].reshape((wo, wo))
-    dT = T2[base:base + wo * wo].reshape((wo, wo))
-    xS = oS[:wo * wp].reshape((wo, wp))
-    xT = oT[:wo * wp].reshape((wo, wp))
-    for j in range(wo):
-        for t in range(wo):
-            s = c * xS[j, t] + b2
-            dS[j, t] = s
-            dT[j, t] = c * xT[j, t] + s
-
-
-@njit(cache=True, error_model="numpy")
-def _conv_full(S, T, S2, T2, tS, tT, oS, oT, srow, runs, nrun, h, w, ho, wo, wp, q, c,
-               b2, fuse, fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off):
-    """One Conv layer on the full state ``S, T -> S2, T2``, with the activation fused per
-    block when ``fuse`` (the self variances of both images are known)."""
-    for t in range(wp * wp):
-        tS[t] = 0.0
-        tT[t] = 0.0
-    nb = wo * wo
-    for i in range(ho):
-        for ip in range(ho):
-            base = (i * ho + ip) * nb
-            if _row_taps(S, T, tS, tT, srow, i, ip, h, w, wp, runs, nrun, q):
-                _col_taps(tS, tT, oS, oT, wp, wo, q, c, b2, S2, T2, base)
-            else:
-                for t in range(nb):
-                    S2[base + t] = b2
-                    T2[base + t] = b2
-            if fuse:
-                _act_block(fam, p0, p1, q1, r1, sk1, off + i * wo, q2, r2, sk2, off + ip * wo,
-                           S2, T2, base, wo, wo)
 
 
 @njit(cache=True, error_model="numpy")
@@ -308,30 +500,56 @@ def _record_self(family, p0, p1, qvals, n, selfq, selfr, selfsk, off):
 
 
 @njit(cache=True, error_model="numpy")
-def run_pair(x, y, iop, fop, src, pmap, runs, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2,
-             T2, tS, tT, oS, oT, dg):
+def _input_full(x, y, S, T, yT, hp, wp, lo):
+    """``Sigma^0[i, i', j, j'] = <x_ij, y_i'j'> / C`` into the interior of the layout ``(hp, wp,
+    lo)``, ``Theta^0 = 0``; rows of ``j'`` as flat loops over ``y`` transposed to
+    ``yT[i', c, j']``."""
+    H, W, C = x.shape
+    for ip in range(H):
+        for ch in range(C):
+            for jp in range(W):
+                yT[(ip * C + ch) * W + jp] = y[ip, jp, ch]
+    B = wp * wp
+    W_ = np.uint64(W)
+    for i in range(H):
+        for ip in range(H):
+            for j in range(W):
+                base = np.uint64(((i + lo) * hp + ip + lo) * B + (j + lo) * wp + lo)
+                yo = np.uint64(ip * C * W)
+                xv = x[i, j, 0]
+                for jp in range(W_):
+                    S[base + jp] = xv * yT[yo + jp]
+                for ch in range(1, C):
+                    xv = x[i, j, ch]
+                    yo = np.uint64((ip * C + ch) * W)
+                    for jp in range(W_):
+                        S[base + jp] += xv * yT[yo + jp]
+                for jp in range(W_):
+                    S[base + jp] = S[base + jp] / C
+                    T[base + jp] = 0.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, T2, U, UT,
+             V, VT, QA, RA, QB, RB, dg, yT, bst):
     """NNGP and NTK of one image pair, running the layer program ``iop``/``fop``.
 
     ``selfrun``: ``x`` is ``y``; the self statistics are computed on the way and written to
     ``q1, r1, sk1`` (and the same arrays are read as ``q2, ...``). Work arrays ``S .. T2``
-    hold a full state (double-buffered), ``tS .. oT`` a padded block, ``dg`` a diagonal.
+    hold a full state (double-buffered, physical buffers 0 and 1 whose zero-border layouts
+    ``bst`` records across calls), ``U .. VT`` a row of padded blocks, ``QA .. RB`` variances
+    broadcast to it, ``dg`` a diagonal, ``yT`` the image ``y`` transposed. Inlined into
+    :func:`drive` (one function to optimize instead of two nested ones).
     """
     H, W, C = x.shape
     nops = iop.shape[0]
-    first_full = iop[0, 0] == OP_CONV_F
-    # input layer: Sigma^0 = <x_p, y_p'> / C
-    if first_full:
-        for i in range(H):
-            for ip in range(H):
-                for j in range(W):
-                    for jp in range(W):
-                        acc = 0.0
-                        for ch in range(C):
-                            acc += x[i, j, ch] * y[ip, jp, ch]
-                        t = ((i * H + ip) * W + j) * W + jp
-                        S[t] = acc / C
-                        T[t] = 0.0
+    cur = 0                         # physical buffer of S
+    if iop[0, 0] == OP_CONV_F:
+        hp = iop[0, I_HP]
+        _prepare(S, T, bst, cur, iop[0, I_LID], hp * hp * iop[0, I_WP] * iop[0, I_WP])
+        _input_full(x, y, S, T, yT, hp, iop[0, I_WP], iop[0, I_LO])
     else:
+        bst[cur] = -1
         for i in range(H):
             for j in range(W):
                 acc = 0.0
@@ -353,35 +571,45 @@ def run_pair(x, y, iop, fop, src, pmap, runs, q1, r1, sk1, q2, r2, sk2, selfrun,
         b2 = fop[k, 1]
         p0 = fop[k, 2]
         p1 = fop[k, 3]
+        ohp = iop[k, O_HP]
+        owp = iop[k, O_WP]
+        olo = iop[k, O_LO]
         if code == OP_CONV_F:
             qf = iop[k, 1]
-            c = w2 / (qf * qf)
-            fuse = fam >= 0 and not selfrun
-            _conv_full(S, T, S2, T2, tS, tT, oS, oT, src[k], runs[k], iop[k, 2],
-                       h, w, ho, wo, iop[k, 10], qf, c, b2, fuse, fam, p0, p1, q1, r1, sk1,
-                       q2, r2, sk2, off)
+            ihp = iop[k, I_HP]
+            iwp = iop[k, I_WP]
+            if iop[k, I_WRAP]:
+                _wrap_fill(S, T, ihp, iwp, iop[k, I_LO], h, w, pmap[k, 0], pmap[k, 1])
+                bst[cur] = -1
+            _prepare(S2, T2, bst, 1 - cur, iop[k, O_LID], ohp * ohp * owp * owp)
+            ffam = -1 if selfrun else fam
+            _conv_full(S, T, S2, T2, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho, wo, qf,
+                       w2 / (qf * qf), b2, ohp, owp, olo, ffam, p0, p1, q1, r1, sk1, q2, r2,
+                       sk2, off)
             S, S2 = S2, S
             T, T2 = T2, T
+            cur = 1 - cur
             if fam >= 0 and selfrun:
                 code = OP_ACT_F          # fall through to the activation below
         if code == OP_ACT_F:
+            oB = owp * owp
             if selfrun:
                 for i in range(ho):
                     for j in range(wo):
-                        dg[i * wo + j] = S[((i * ho + i) * wo + j) * wo + j]
+                        dg[i * wo + j] = S[(i + olo) * (ohp + 1) * oB + (j + olo) * (owp + 1)]
                 _record_self(fam, p0, p1, dg, ho * wo, q1, r1, sk1, off)
-            nb = wo * wo
             for i in range(ho):
-                for ip in range(ho):
-                    _act_block(fam, p0, p1, q1, r1, sk1, off + i * wo, q2, r2, sk2,
-                               off + ip * wo, S, T, (i * ho + ip) * nb, wo, wo)
+                _act_rows(fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, i, ho, wo, ohp, owp,
+                          olo)
         elif code == OP_CONV_D:
             qf = iop[k, 1]
             c = w2 / (qf * qf)
-            _conv_diag(S, T, S2, T2, tS, tT, oS, oT, pmap[k, 0], pmap[k, 1], h, w, ho, wo,
+            _conv_diag(S, T, S2, T2, U, UT, V, VT, pmap[k, 0], pmap[k, 1], h, w, ho, wo,
                        iop[k, 9], iop[k, 10], qf, c, b2)
             S, S2 = S2, S
             T, T2 = T2, T
+            bst[1 - cur] = -1
+            cur = 1 - cur
             if fam >= 0:
                 code = OP_ACT_D
         if code == OP_ACT_D:
@@ -392,6 +620,8 @@ def run_pair(x, y, iop, fop, src, pmap, runs, q1, r1, sk1, q2, r2, sk2, selfrun,
         elif code == OP_POOL_F:
             win = iop[k, 1]
             inv = 1.0 / (win * win * win * win)
+            _prepare(S2, T2, bst, 1 - cur, iop[k, O_LID], ohp * ohp * owp * owp)
+            oB = owp * owp
             for I in range(ho):
                 for Ip in range(ho):
                     for J in range(wo):
@@ -406,11 +636,12 @@ def run_pair(x, y, iop, fop, src, pmap, runs, q1, r1, sk1, q2, r2, sk2, selfrun,
                                         for bp in range(win):
                                             accs += S[rb + bp]
                                             acct += T[rb + bp]
-                            t = ((I * ho + Ip) * wo + J) * wo + Jp
+                            t = ((I + olo) * ohp + Ip + olo) * oB + (J + olo) * owp + Jp + olo
                             S2[t] = accs * inv
                             T2[t] = acct * inv
             S, S2 = S2, S
             T, T2 = T2, T
+            cur = 1 - cur
         elif code == OP_TODIAG:
             for i in range(h):
                 for j in range(w):
@@ -419,15 +650,17 @@ def run_pair(x, y, iop, fop, src, pmap, runs, q1, r1, sk1, q2, r2, sk2, selfrun,
                     T2[i * w + j] = T[t]
             S, S2 = S2, S
             T, T2 = T2, T
-        elif code == OP_GAP:
-            n = h * h * w * w
+            bst[1 - cur] = -1
+            cur = 1 - cur
+        elif code == OP_GAP:        # over a plain or zero-bordered layout
+            n = iop[k, I_HP] * iop[k, I_HP] * iop[k, I_WP] * iop[k, I_WP]
             accs = 0.0
             acct = 0.0
             for t in range(n):
                 accs += S[t]
                 acct += T[t]
-            s_sc = accs / n
-            t_sc = acct / n
+            s_sc = accs / (h * h * w * w)
+            t_sc = acct / (h * h * w * w)
         elif code == OP_FLAT:
             n = h * w
             accs = 0.0
@@ -444,66 +677,72 @@ def run_pair(x, y, iop, fop, src, pmap, runs, q1, r1, sk1, q2, r2, sk2, selfrun,
             if selfrun:
                 dg[0] = s_sc
                 _record_self(fam, p0, p1, dg, 1, q1, r1, sk1, off)
-            kk, kd = _dual(fam, p0, p1, q1[off], q2[off], r1[off], r2[off], sk1[off], sk2[off],
-                           s_sc)
+            kk, kd = _dual_other(fam, p0, p1, q1[off], q2[off], r1[off], r2[off], sk1[off],
+                                 sk2[off], s_sc)
             s_sc = kk
             t_sc = t_sc * kd
     return s_sc, t_sc
 
 
-@njit(cache=True, error_model="numpy")
-def _buffers(nfull, nblock):
-    return (np.empty(nfull), np.empty(nfull), np.empty(nfull), np.empty(nfull),
-            np.empty(nblock), np.empty(nblock), np.empty(nblock), np.empty(nblock),
-            np.empty(nfull))
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def self_stats(X, iop, fop, src, pmap, runs, nfull, nblock, nthreads, Q, R, SK, kself):
-    """Self statistics (Q, R, SK: (n, nstat)) and the kernels K(x, x) (kself: (n, 2))."""
-    n = X.shape[0]
-    nchunks = min(n, 4 * nthreads)
-    for c in prange(nchunks):
-        S, T, S2, T2, tS, tT, oS, oT, dg = _buffers(nfull, nblock)
-        for i in range(c, n, nchunks):
-            a, b = run_pair(X[i], X[i], iop, fop, src, pmap, runs, Q[i], R[i], SK[i], Q[i],
-                            R[i], SK[i], True, S, T, S2, T2, tS, tT, oS, oT, dg)
-            kself[i, 0] = a
-            kself[i, 1] = b
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def gram(X1, X2, iop, fop, src, pmap, runs, nfull, nblock, nthreads, Q1, R1, SK1, Q2, R2,
-         SK2, symmetric, out_nngp, out_ntk):
-    """All pairs (``i < j`` only when ``symmetric``; the caller fills the diagonal), ``prange``
-    over interleaved chunks of the pair list, work arrays allocated once per chunk."""
+@njit(cache=True, nogil=True, error_model="numpy")
+def drive(mode, X1, X2, iop, fop, pmap, nfull, nblock, chunk, nchunks, Q1, R1, SK1, Q2, R2,
+          SK2, out_nngp, out_ntk):
+    """The one driver: the pairs ``chunk, chunk + nchunks, ...`` of the pair list, with one set
+    of work arrays. ``mode`` 0: self statistics of ``X1`` (written to ``Q1, R1, SK1``;
+    ``k(x_i, x_i)`` to ``out_nngp[i, 0]``, ``out_ntk[i, 0]``); 1: symmetric Gram (``i < j``
+    only, the caller fills the diagonal); 2: cross Gram. Releases the GIL: the caller runs
+    one chunk per thread (Python threads rather than ``prange``: a parallel kernel around
+    the pair runner took more compile time than all the rest of the engine)."""
     n1 = X1.shape[0]
     n2 = X2.shape[0]
-    if symmetric:
+    if mode == 0:
+        npairs = n1
+    elif mode == 1:
         npairs = n1 * (n1 - 1) // 2
     else:
         npairs = n1 * n2
-    if npairs == 0:
+    if npairs <= chunk:
         return
-    nchunks = min(npairs, 8 * nthreads)
-    for c in prange(nchunks):
-        S, T, S2, T2, tS, tT, oS, oT, dg = _buffers(nfull, nblock)
-        for t in range(c, npairs, nchunks):
-            if symmetric:
-                # t -> (i, j), i < j, row-major over the strict upper triangle
-                i = int((2 * n1 - 1 - math.sqrt((2 * n1 - 1) ** 2 - 8 * t)) // 2)
-                while i > 0 and t < i * (2 * n1 - i - 1) // 2:
-                    i -= 1
-                while t >= (i + 1) * (2 * n1 - i - 2) // 2:
-                    i += 1
-                j = t - i * (2 * n1 - i - 1) // 2 + i + 1
-            else:
-                i = t // n2
-                j = t - i * n2
-            a, b = run_pair(X1[i], X2[j], iop, fop, src, pmap, runs, Q1[i], R1[i], SK1[i],
-                            Q2[j], R2[j], SK2[j], False, S, T, S2, T2, tS, tT, oS, oT, dg)
+    selfrun = mode == 0
+    S = np.empty(nfull)
+    T = np.empty(nfull)
+    S2 = np.empty(nfull)
+    T2 = np.empty(nfull)
+    U = np.empty(nblock)
+    UT = np.empty(nblock)
+    V = np.empty(nblock)
+    VT = np.empty(nblock)
+    QA = np.empty(nblock)
+    RA = np.empty(nblock)
+    QB = np.empty(nblock)
+    RB = np.empty(nblock)
+    dg = np.empty(nfull)
+    yT = np.empty(X2.shape[1] * X2.shape[2] * X2.shape[3])
+    bst = np.full(2, -1, dtype=np.int64)
+    for t in range(chunk, npairs, nchunks):
+        if mode == 0:
+            i = t
+            j = t
+        elif mode == 1:
+            # t -> (i, j), i < j, row-major over the strict upper triangle
+            i = int((2 * n1 - 1 - math.sqrt((2 * n1 - 1) ** 2 - 8 * t)) // 2)
+            while i > 0 and t < i * (2 * n1 - i - 1) // 2:
+                i -= 1
+            while t >= (i + 1) * (2 * n1 - i - 2) // 2:
+                i += 1
+            j = t - i * (2 * n1 - i - 1) // 2 + i + 1
+        else:
+            i = t // n2
+            j = t - i * n2
+        a, b = run_pair(X1[i], X2[j], iop, fop, pmap, Q1[i], R1[i], SK1[i], Q2[j], R2[j],
+                        SK2[j], selfrun, S, T, S2, T2, U, UT, V, VT, QA, RA, QB, RB, dg, yT,
+                        bst)
+        if mode == 0:
+            out_nngp[i, 0] = a
+            out_ntk[i, 0] = b
+        else:
             out_nngp[i, j] = a
             out_ntk[i, j] = b
-            if symmetric:
+            if mode == 1:
                 out_nngp[j, i] = a
                 out_ntk[j, i] = b
