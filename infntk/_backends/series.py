@@ -35,6 +35,14 @@ _EPS = float(np.finfo(float).eps)
 _N_QUANTILES = 16
 _CHUNK = 256
 _CAP0 = 96
+#: rows per coefficient chunk: a fixed partition of each side's rows, so that a row's
+#: coefficients never depend on the block sizes (results are the same for any block_rows)
+_COEF_CHUNK = 512
+#: coefficients of a whole side are kept only if they fit in this many bytes, or in three
+#: times the block's own work space (its Gram product and output rows), whichever is larger
+_COEF_BUDGET = 64 * 2 ** 20
+#: entries of one block of the extra Gram pass in :func:`_partners`
+_PARTNER_FLOATS = 2 ** 19
 
 
 # ----------------------------------------------------------------------------- compiled pairs
@@ -76,11 +84,12 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
     records their largest value in ``errb[ib]``.
     """
     depth, Ks, w2, b2, d, cK, cb = net
-    nsq1, rq1, a1, b1, E1, Ed1 = rows
-    rq2, a2T, b2T = cols
+    nsq1, rq1, a1, b1, E1, Ed1, roff = rows
+    rq2, a2T, b2T, c0, c1 = cols
     sE1, sEd1, stT1, stD1, sS11, th01, sE2, sEd2, stT2, stD2, sS12, th02, first, rnd = bnd
     i = row0 + ib
-    jend = i + 1 if symmetric else G.shape[1]
+    ir = i - roff
+    jend = min(c1, i + 1 if symmetric else G.shape[1])
     S = np.empty(_CHUNK)
     TH = np.empty(_CHUNK)
     R = np.empty(_CHUNK)
@@ -90,8 +99,9 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
     eT = np.empty(_CHUNK)
     ex = 0.0
     worst = 0.0
-    for j0 in range(0, jend, _CHUNK):
+    for j0 in range(c0, jend, _CHUNK):
         nj = min(_CHUNK, jend - j0)
+        jc = j0 - c0
         for jj in range(nj):
             j = j0 + jj
             g = G[ib, j] / d
@@ -115,18 +125,18 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
                     ex = max(ex, -1.0 - rho)
                     rho = -1.0
                 R[jj] = rho
-            c = a1[l, i, K]
-            cd = b1[l, i, K]
-            ak = a2T[l, K, j0:j0 + nj]
-            bk = b2T[l, K, j0:j0 + nj]
+            c = a1[l, ir, K]
+            cd = b1[l, ir, K]
+            ak = a2T[l, K, jc:jc + nj]
+            bk = b2T[l, K, jc:jc + nj]
             for jj in range(nj):
                 acc[jj] = c * ak[jj]
                 accd[jj] = cd * bk[jj]
             for k in range(K - 1, -1, -1):
-                c = a1[l, i, k]
-                cd = b1[l, i, k]
-                ak = a2T[l, k, j0:j0 + nj]
-                bk = b2T[l, k, j0:j0 + nj]
+                c = a1[l, ir, k]
+                cd = b1[l, ir, k]
+                ak = a2T[l, k, jc:jc + nj]
+                bk = b2T[l, k, jc:jc + nj]
                 for jj in range(nj):
                     acc[jj] = acc[jj] * R[jj] + c * ak[jj]
                     accd[jj] = accd[jj] * R[jj] + cd * bk[jj]
@@ -172,8 +182,8 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
             out_nngp[ib, j0 + jj] = S[jj]
             out_ntk[ib, j0 + jj] = TH[jj]
             worst = max(worst, eS[jj], eT[jj])
-    excess[ib] = ex
-    errb[ib] = worst
+    excess[ib] = max(excess[ib], ex)
+    errb[ib] = max(errb[ib], worst)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -183,12 +193,15 @@ def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, ex
     ``net``: :class:`SeriesNet`, ``rows``: :class:`SeriesRows`, ``cols``: :class:`SeriesCols`,
     ``bnd``: :class:`SeriesBoundData` (per-row square roots of the bound's ingredients).
 
-    ``G[ib, j] = <X1[row0 + ib], X2[j]>``; per-row arrays are indexed globally:
-    ``rq1[l, i] = sqrt(q_l(x_i))``, ``a1[l, i, k] = a_k(q_l(x_i))`` (zero-padded beyond
-    ``Ks[l]``), ``a2T[l, k, j]`` the same for the columns (transposed so that the pair loop runs
-    over contiguous columns). ``E1, Ed1``: exact diagonal values used when ``symmetric`` (then
-    only ``j <= i`` is computed). ``excess[ib]``: the largest ``|rho| - 1`` clipped in that row;
-    ``errb[ib]``: the largest certified error bound of the row's entries (both kernels).
+    ``G[ib, j] = <X1[row0 + ib], X2[j]>``; only the columns ``cols.start <= j < cols.stop``
+    are computed (one column chunk). The ``(L, n)`` per-row arrays are indexed globally
+    (``rq1[l, i] = sqrt(q_l(x_i))``); the coefficients only for the rows and columns at hand:
+    ``a1[l, i - rows.off, k] = a_k(q_l(x_i))`` (zero-padded beyond ``Ks[l]``) and
+    ``a2T[l, k, j - cols.start]`` (transposed so that the pair loop runs over contiguous
+    columns). ``E1, Ed1``: exact diagonal values used when ``symmetric`` (then only ``j <= i``
+    is computed). ``excess[ib]``, ``errb[ib]`` are raised (not overwritten) to the largest
+    ``|rho| - 1`` clipped and the largest certified error bound of the row's entries (both
+    kernels) in this call.
     Rows are taken in pairs ``(t, nb-1-t)`` to balance the triangle between threads.
     """
     nb = G.shape[0]
@@ -330,6 +343,40 @@ class _LayerData:
         return self.tT[:, K], self.tD[:, K], self.S1[:, K]
 
 
+def _side_tails(act, Ks, Kmax, q, keep):
+    """Per-row ``(tT, tD, S1)`` at the orders ``Ks`` for one side's variances ``q (L, n)``.
+
+    Returns ``(tails, chunks)``: ``tails[l] = (tT, tD, S1)``, each ``(n,)`` (the values of
+    ``_LayerData(act, Ks[l], q[l]).at(Ks[l])``), and, if ``keep``, the coefficient chunks of
+    :class:`_CoefStore` made on the way (else ``None``). Computed by the store's fixed chunks
+    of ``_COEF_CHUNK`` rows (distinct variances once per chunk), so the work space is
+    ``O(chunk (K + nodes))``, not ``O(n K)``, and the kept coefficients are bitwise the ones
+    the store would compute.
+    """
+    L, n = q.shape
+    out = np.empty((L, 3, n))
+    chunks = {} if keep else None
+    for c in range(0, (n + _COEF_CHUNK - 1) // _COEF_CHUNK):
+        lo, hi = c * _COEF_CHUNK, min(n, (c + 1) * _COEF_CHUNK)
+        if keep:
+            aT = np.zeros((L, Kmax + 1, hi - lo))
+            bT = np.zeros((L, Kmax + 1, hi - lo))
+            chunks[c] = (aT, bT)
+        for l in range(L):
+            K = Ks[l]
+            uq, inv = np.unique(q[l, lo:hi], return_inverse=True)
+            a, T, fl = hermite._tails(act, K, uq, False)
+            b, Td, fld = hermite._tails(act, K, uq, True)
+            zero = uq == 0.0          # rho = 0 exactly for degenerate rows: only k = 0 is used
+            out[l, 0, lo:hi] = np.where(zero, 0.0, T[:, K] + fl[:, K])[inv]
+            out[l, 1, lo:hi] = np.where(zero, 0.0, Td[:, K] + fld[:, K])[inv]
+            out[l, 2, lo:hi] = np.cumsum(np.arange(K + 1)[None, :] * b * b, axis=1)[inv, K]
+            if keep:
+                aT[l, :K + 1] = a[inv].T
+                bT[l, :K + 1] = b[inv].T
+    return [tuple(out[l]) for l in range(L)], chunks
+
+
 def _all_tails(a, tK):
     """T_k for k = 0..Kc from T_Kc and the coefficients (suffix sums of a_j^2)."""
     sq = a[:, ::-1] ** 2
@@ -394,8 +441,9 @@ def _partners(setup, A, B, symmetric, q0):
     arg = np.zeros(n1, dtype=np.int64)
     if B.shape[0] == 0 or (symmetric and n1 < 2):
         return arg, best
-    for r0 in range(0, n1, 512):
-        r1 = min(n1, r0 + 512)
+    step = max(1, min(512, _PARTNER_FLOATS // max(1, B.shape[0])))
+    for r0 in range(0, n1, step):
+        r1 = min(n1, r0 + step)
         S = w2 * (A[r0:r1] @ B.T) / d + b2
         den = rA[r0:r1, None] * rB[None, :]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -443,7 +491,9 @@ def _max_correlations(act, setup, A, B, symmetric, q, sample):
 
 
 def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax):
-    """Per-layer truncation orders ``Ks`` and the per-layer data at those orders.
+    """Per-layer orders ``Ks``, the per-row ``(tT, tD, S1)`` at those orders, and the
+    coefficient chunks made on the way (per side, ``None`` if too large to keep; see
+    :func:`_side_tails`).
 
     ``split``: number of rows of A in the stacked arrays (the rest are B's rows);
     ``rmax[l]``: the largest off-diagonal ``|rho_l|`` assumed (tails are weighted by
@@ -497,15 +547,22 @@ def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax):
     if chosen is None:
         chosen = list(caps)
     # full set of rows: verify, raise the orders if the sample missed a worse row
+    n = q.shape[1]
+    sides = [q[:L, :split]] + ([q[:L, split:]] if split < n else [])
     while True:
-        full = [_LayerData(act, K, q[l]) for l, K in enumerate(chosen)]
-        tails = [dl.at(K) for dl, K in zip(full, chosen)]
+        Kmax = max(chosen)
+        keep = 16 * n * L * (Kmax + 1) <= max(_COEF_BUDGET, 24 * min(256, split) * (n - split
+                                                                                  or split))
+        parts = [_side_tails(act, chosen, Kmax, qs_, keep) for qs_ in sides]
+        tails = [tuple(np.concatenate([p[0][l][i] for p in parts]) for i in range(3))
+                 for l in range(L)]
+        chunks = [p[1] for p in parts]
         uS, uT = _row_bounds(setup, q, E, Ed, th, tails, chosen,
                              [factor(l, k) for l, k in enumerate(chosen)])
         bound = max(_pair_bound(uS[:split], uS[split:] if split < uS.size else uS[:split]),
                     _pair_bound(uT[:split], uT[split:] if split < uT.size else uT[:split]))
         if bound <= target or all(K >= K_MAX for K in chosen):
-            return chosen, full
+            return chosen, tails, chunks
         chosen = [min(K_MAX, int(math.ceil(1.25 * K)) + 2) for K in chosen]
 
 
@@ -513,12 +570,6 @@ def _power_np(a, n):
     """a^n elementwise for 0 <= a <= 1 (0^n = 0)."""
     with np.errstate(divide="ignore"):
         return np.where(a >= 1.0, 1.0, np.exp(n * np.log(np.maximum(a, 0.0))))
-
-
-def _pad(arr, Kmax):
-    out = np.zeros((arr.shape[0], Kmax + 1))
-    out[:, :arr.shape[1]] = arr
-    return out
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -535,22 +586,90 @@ class SeriesNet(NamedTuple):
 
 
 class SeriesRows(NamedTuple):
-    """Per-row data of the output rows, layer-major (``a[l, i, k] = a_k(q_l(x_i))``)."""
+    """Per-row data of the output rows, layer-major (``a[l, i - off, k] = a_k(q_l(x_i))``).
+
+    The coefficients cover only the rows of the current block (from row ``off``).
+    """
 
     nsq: np.ndarray    # (n1,)
     rq: np.ndarray     # (L, n1) sqrt of the variances
-    a: np.ndarray      # (L, n1, Kmax + 1) coefficients of phi (zero-padded beyond Ks[l])
-    b: np.ndarray      # (L, n1, Kmax + 1) coefficients of phi'
+    a: np.ndarray      # (L, m, Kmax + 1) coefficients of phi (zero-padded beyond Ks[l])
+    b: np.ndarray      # (L, m, Kmax + 1) coefficients of phi'
     E: np.ndarray      # (L, n1) exact E[phi^2] (the symmetric diagonal)
     Ed: np.ndarray     # (L, n1) exact E[phi'^2]
+    off: int           # first row covered by a, b
 
 
 class SeriesCols(NamedTuple):
-    """Per-row data of the output columns, transposed for contiguous inner loops."""
+    """Per-row data of one chunk of output columns, transposed for contiguous inner loops."""
 
     rq: np.ndarray     # (L, n2)
-    aT: np.ndarray     # (L, Kmax + 1, n2)
+    aT: np.ndarray     # (L, Kmax + 1, m): columns start .. start + m - 1
     bT: np.ndarray
+    start: int         # first column of the chunk (and of aT, bT)
+    stop: int          # one past the last column computed
+
+
+def _layer_coefficients(act, Ks, Kmax, qs):
+    """``aT, bT (L, Kmax + 1, m)``: coefficients of ``phi``, ``phi'`` for ``qs (L, m)``.
+
+    Per layer ``l`` up to ``Ks[l]`` (zero beyond), computed once per distinct variance.
+    """
+    L, m = qs.shape
+    aT = np.zeros((L, Kmax + 1, m))
+    bT = np.zeros((L, Kmax + 1, m))
+    for l in range(L):
+        uq, inv = np.unique(qs[l], return_inverse=True)
+        K = Ks[l]
+        aT[l, :K + 1] = hermite._coefficient_arrays(act, K, uq, False)[inv].T
+        bT[l, :K + 1] = hermite._coefficient_arrays(act, K, uq, True)[inv].T
+    return aT, bT
+
+
+class _CoefStore:
+    """The per-row Hermite coefficients of one side, by fixed chunks of ``_COEF_CHUNK`` rows.
+
+    A chunk is always computed from the same rows (``c * _COEF_CHUNK`` onwards), so a row's
+    coefficients do not depend on the block sizes or on what is kept. ``keep(True)``: every
+    chunk computed is kept (the whole side fits the budget); ``keep(False)``: only the last
+    two, so the memory is ``O(_COEF_CHUNK L K)`` whatever the number of rows (chunks are then
+    recomputed for every row block that needs them).
+    """
+
+    def __init__(self, act, Ks, Kmax, q):
+        self.act, self.Ks, self.Kmax, self.q = act, Ks, Kmax, q
+        self.n = q.shape[1]
+        self.chunks = {}
+        self.keep_all = True
+
+    def nbytes(self):
+        return 16 * self.n * self.q.shape[0] * (self.Kmax + 1)
+
+    def chunk(self, c):
+        """``(aT, bT)`` of chunk ``c``, each ``(L, Kmax + 1, m)``."""
+        got = self.chunks.pop(c, None)
+        if got is None:
+            lo = c * _COEF_CHUNK
+            got = _layer_coefficients(self.act, self.Ks, self.Kmax,
+                                      self.q[:, lo:lo + _COEF_CHUNK])
+        if not self.keep_all:
+            while len(self.chunks) > 1:
+                self.chunks.pop(next(iter(self.chunks)))
+        self.chunks[c] = got            # most recently used last
+        return got
+
+    def rows(self, lo, hi):
+        """``(a, b)`` of rows ``lo:hi``, each ``(L, hi - lo, Kmax + 1)`` (C-contiguous)."""
+        parts_a, parts_b = [], []
+        for c in range(lo // _COEF_CHUNK, (hi - 1) // _COEF_CHUNK + 1):
+            aT, bT = self.chunk(c)
+            c0 = c * _COEF_CHUNK
+            s = slice(max(lo, c0) - c0, min(hi, c0 + aT.shape[2]) - c0)
+            parts_a.append(aT[:, :, s])
+            parts_b.append(bT[:, :, s])
+        a = np.concatenate(parts_a, axis=2).transpose(0, 2, 1)
+        b = np.concatenate(parts_b, axis=2).transpose(0, 2, 1)
+        return np.ascontiguousarray(a), np.ascontiguousarray(b)
 
 
 class SeriesBoundData(NamedTuple):
@@ -581,8 +700,11 @@ class SeriesBoundData(NamedTuple):
 class _Plan:
     """What ``prepare`` hands to ``block`` and ``finish``; ``error_bound`` grows per block."""
 
-    def __init__(self, net, rows, cols, bnd, allowed, extra, target, orders, cause):
+    def __init__(self, net, rows, cols, bnd, allowed, extra, target, orders, cause,
+                 store1, store2):
         self.net, self.rows, self.cols, self.bnd = net, rows, cols, bnd
+        self.store1, self.store2 = store1, store2     # the same object when symmetric
+        self.budget_set = False
         self.excess = 0.0
         self.allowed = allowed
         self.extra = extra            # rounding of the row statistics, added once
@@ -633,49 +755,87 @@ class SeriesEngine:
         scale = float(max(np.max(np.abs(q[-1])), np.max(np.abs(th[-1]))))
         target = self.tol * scale
         rmax = np.ones(L)
+        chunks = [None, None]
         if L == 0:
-            Ks, full = [], []
+            Ks, tails = [], []
         else:
             rmax = _max_correlations(act, setup, A, B, symmetric, q, _sample_rows(q))
-            Ks, full = _choose_orders(act, setup, q, E, Ed, th, target, n1, rmax)
+            Ks, tails, chunks = _choose_orders(act, setup, q, E, Ed, th, target, n1, rmax)
         Kmax = max(Ks) if Ks else 0
         Lb = max(L, 1)
         Ks_arr = np.array(Ks if Ks else [0], dtype=np.int64)
         rq = np.sqrt(q[:Lb])
-        a = np.stack([_pad(f.a, Kmax) for f in full]) if L else np.zeros((1, n, 1))
-        b = np.stack([_pad(f.b, Kmax) for f in full]) if L else np.zeros((1, n, 1))
         Ecl = E if L else np.zeros((1, n))
         Edl = Ed if L else np.zeros((1, n))
         tT = np.zeros((Lb, n))
         tD = np.zeros((Lb, n))
         S1 = np.zeros((Lb, n))
-        for l, (f, K) in enumerate(zip(full, Ks)):
-            tT[l], tD[l], S1[l] = f.at(K)
+        for l, t in enumerate(tails):
+            tT[l], tD[l], S1[l] = t
         roots = [np.sqrt(np.maximum(v, 0.0)) for v in (Ecl, Edl, tT, tD, S1)] + [np.sqrt(th[0])]
         c = slice(0, n1) if symmetric else slice(n1, None)
         rnd = np.array([16.0 * (K + 2) * _EPS for K in (Ks if Ks else [0])])
         bnd = SeriesBoundData(*[np.ascontiguousarray(v[..., :n1]) for v in roots],
                               *[np.ascontiguousarray(v[..., c]) for v in roots],
                               (d + 8) * _EPS * 1.01, rnd)
-        rows = SeriesRows(nsq1, np.ascontiguousarray(rq[:, :n1]),
-                          np.ascontiguousarray(a[:, :n1]), np.ascontiguousarray(b[:, :n1]),
-                          np.ascontiguousarray(Ecl[:, :n1]), np.ascontiguousarray(Edl[:, :n1]))
-        cols = SeriesCols(np.ascontiguousarray(rq[:, c]),
-                          np.ascontiguousarray(a[:, c].transpose(0, 2, 1)),
-                          np.ascontiguousarray(b[:, c].transpose(0, 2, 1)))
+        # the coefficients are made per block (by fixed chunks of rows, _CoefStore): the
+        # per-row records kept here are O(n L), never O(n K)
+        Ks_c = list(Ks) if L else [0]
+        qc = q[:Lb] if L else np.zeros((1, n))
+        store1 = _CoefStore(act, Ks_c, Kmax, np.ascontiguousarray(qc[:, :n1]))
+        store2 = store1 if symmetric else _CoefStore(act, Ks_c, Kmax,
+                                                      np.ascontiguousarray(qc[:, c]))
+        for st_, ch in zip((store1, store2), chunks):
+            if ch:
+                st_.chunks.update(ch)
+        empty = np.zeros((Lb, 0, Kmax + 1))     # depth 0: placeholders, never read
+        rows = SeriesRows(nsq1, np.ascontiguousarray(rq[:, :n1]), empty, empty,
+                          np.ascontiguousarray(Ecl[:, :n1]), np.ascontiguousarray(Edl[:, :n1]),
+                          0)
+        cols = SeriesCols(np.ascontiguousarray(rq[:, c]), empty, empty, 0, 0)
         net = SeriesNet(L, Ks_arr, setup.w2, setup.b2, float(d), setup.cK, setup.cb)
         # the row statistics (quadrature of E[phi^2], relative ~1e-15 per layer) are not in the
         # per-pair recursion: a fixed allowance covers them
         extra = 64.0 * L * _EPS * scale
         cause = _cause(act, q, rmax, Ks)
         return _Plan(net, rows, cols, bnd, 64.0 * (d + Kmax + 2) * _EPS, extra, target,
-                     tuple(int(k) for k in Ks), cause)
+                     tuple(int(k) for k in Ks), cause, store1, store2)
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):
-        ex = np.zeros(G.shape[0])
-        eb = np.zeros(G.shape[0])
-        series_block(plan.net, plan.rows, plan.cols, plan.bnd, np.ascontiguousarray(G), row0,
-                     symmetric, out_nngp, out_ntk, ex, eb)
+        """One row block, by column chunks of ``_COEF_CHUNK`` (coefficients made per chunk).
+
+        Working memory beyond the block's ``G`` and output rows: the per-row ``(L, n)``
+        records and at most two coefficient chunks per side, unless a whole side's
+        coefficients fit ``max(_COEF_BUDGET, 3 * 8 * G.size)`` bytes (then they are kept and
+        computed once).
+        """
+        nb, ncols = G.shape
+        if not plan.budget_set:
+            budget = max(_COEF_BUDGET, 24 * nb * ncols)
+            stores = {id(plan.store1): plan.store1, id(plan.store2): plan.store2}.values()
+            keep = sum(st.nbytes() for st in stores) <= budget
+            for st in stores:
+                st.keep_all = keep
+            plan.budget_set = True
+        G = np.ascontiguousarray(G)
+        ex = np.zeros(nb)
+        eb = np.zeros(nb)
+        if plan.net.depth == 0:
+            a1 = b1 = plan.rows.a
+        else:
+            a1, b1 = plan.store1.rows(row0, row0 + nb)
+        rows = plan.rows._replace(a=a1, b=b1, off=row0)
+        stop = row0 + nb if symmetric else ncols
+        for c in range(0, (stop + _COEF_CHUNK - 1) // _COEF_CHUNK):
+            c0 = c * _COEF_CHUNK
+            if plan.net.depth == 0:
+                aT = bT = plan.cols.aT
+            else:
+                aT, bT = plan.store2.chunk(c)
+            cols = plan.cols._replace(aT=aT, bT=bT, start=c0,
+                                      stop=min(stop, c0 + _COEF_CHUNK))
+            series_block(plan.net, rows, cols, plan.bnd, G, row0, symmetric, out_nngp,
+                         out_ntk, ex, eb)
         plan.excess = max(plan.excess, float(ex.max()))
         plan.pairs = max(plan.pairs, float(eb.max()))
 
