@@ -11,6 +11,10 @@ Per layer, ``K_l = sum_k a_k(q_l(x)) a_k(q_l(y)) rho_l^k`` and
 degenerate rows and the symmetric diagonal, the derivation of the bound and the choice of the
 orders are in docs/series_engine.md.
 
+Memory: ``O(n L)`` per-row records; the coefficients are made per block by fixed chunks of
+``_COEF_CHUNK`` rows (:class:`_CoefStore`), kept only while a side fits the budget, so the
+working memory is bounded by the block (docs/series_engine.md, "Memory").
+
 Cost: coefficients ``O(n_distinct_q * nodes * K)`` per layer (NumPy, vectorized); pairs
 ``2 (K_l + 1)`` multiply-adds per pair and layer.
 """
@@ -75,6 +79,39 @@ def _rounding(a, K):
     return (h + 9.0 * c) * _EPS
 
 
+#: correlation levels of the graded per-row sums: 0, 1 - 2^(-m/2) (m = 1..40), 1
+_N_GRID = 42
+GRID = np.concatenate([[0.0], 1.0 - 2.0 ** (-0.5 * np.arange(1, _N_GRID - 1)), [1.0]])
+#: the graded sums per row and level (docs/series_engine.md, "Graded rounding terms")
+_G_MA, _G_NA, _G_MB, _G_NB, _G_S1 = range(5)
+#: a coefficient's quadrature error is at most this many eps times sqrt(E[phi^2])
+#: (measured against 50-digit values, tests/test_hermite.py)
+_COEF_ERR = 4.5
+#: relative quadrature error allowed for the exact second moments on the symmetric diagonal:
+#: E[phi^2] is the k = 0 coefficient of phi^2, so within 4.5 eps sqrt(E[phi^4]); 64 eps
+#: covers sqrt(E[phi^4]) / E[phi^2] up to 14 (1.7 for a linear phi, 1 for a sign-like one,
+#: 3.2 for the Gaussian bump at q = 1e2, 14 at q = 1e5); it replaces the Horner allowance
+#: 16 (K + 2) eps there (no series is summed on the diagonal)
+_DIAG_ERR = 64.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _level(r, grid):
+    """The smallest grid index ``m`` with ``grid[m] >= r`` (``r`` in ``[0, 1]``)."""
+    n = grid.size
+    if r <= 0.0:
+        return 0
+    if r >= 1.0:
+        return n - 1
+    # 1 - r = f 2^e, f in [0.5, 1): -2 log2(1 - r) = -2 e - 2 log2(f), the last in (0, 2]
+    f, e = math.frexp(1.0 - r)
+    m = -2 * e + (1 if f >= 0.7071067811865476 else 2) - 1
+    m = min(max(m, 1), n - 1)
+    while m < n - 1 and grid[m] < r:
+        m += 1
+    return m
+
+
 @njit(cache=True, error_model="numpy")
 def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb):
     """One output row, by chunks of ``_CHUNK`` columns (the work vectors stay in L1).
@@ -83,9 +120,9 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
     the carried ``S_l`` and ``Theta_l`` (docs/series_engine.md, "Certified bound") and
     records their largest value in ``errb[ib]``.
     """
-    depth, Ks, w2, b2, d, cK, cb = net
-    nsq1, rq1, a1, b1, E1, Ed1, roff = rows
-    rq2, a2T, b2T, c0, c1 = cols
+    depth, Ks, w2, b2, d, cK, cb, grid = net
+    nsq1, rq1, a1, b1, E1, Ed1, g1, roff = rows
+    rq2, a2T, b2T, g2, c0, c1 = cols
     sE1, sEd1, stT1, stD1, sS11, th01, sE2, sEd2, stT2, stD2, sS12, th02, first, rnd = bnd
     i = row0 + ib
     ir = i - roff
@@ -158,19 +195,40 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
                 m = r1 * r2[jj]
                 lip = pd1 * sEd2[l, j]
                 if jj == diag:
-                    # exact second moments: only the propagated error of the variance
-                    eK = lip * eS[jj] + Rl * p1 * sE2[l, j]
-                    ekd = Rl * lip
+                    # exact second moments: only the propagated error of the variance and
+                    # their quadrature error (no Horner sum: independent of K)
+                    Rd = min(Rl, _DIAG_ERR * _EPS)
+                    eK = lip * eS[jj] + Rd * p1 * sE2[l, j]
+                    ekd = Rd * lip
                     if m > 0.0:
                         ekd += (eS[jj] / m) * v1 * sS12[l, j]
                 else:
                     a = abs(R[jj])
                     delta = eS[jj] / m if m > 0.0 else 0.0
+                    aD = min(1.0, a + delta)
                     fT = _power(a, K + 1.0)
-                    fD = _power(min(1.0, a + delta), K + 1.0)
+                    fD = _power(aD, K + 1.0)
                     Rp = min(Rl, _rounding(a, K))
-                    eK = lip * eS[jj] + fT * t1 * stT2[l, j] + Rp * p1 * sE2[l, j]
-                    ekd = delta * v1 * sS12[l, j] + fD * u1 * stD2[l, j] + Rp * lip
+                    p2 = sE2[l, j]
+                    pd2 = sEd2[l, j]
+                    # graded sums at the level above |rho^| (rounding, coefficient errors)
+                    # and above the exact |rho| <= aD (the sensitivity of the phi' series)
+                    ma = _level(a, grid)
+                    md = _level(aD, grid)
+                    jg = jc + jj
+                    hk = 1.01 * _EPS * g1[l, ir, ma, _G_MA] * g2[l, jg, ma, _G_MA]
+                    qk = (_COEF_ERR * _EPS * (p1 * g2[l, jg, ma, _G_NA]
+                                              + p2 * g1[l, ir, ma, _G_NA])
+                          + _COEF_ERR * _COEF_ERR * _EPS * _EPS * (K + 1.0) * p1 * p2)
+                    hd = 1.01 * _EPS * g1[l, ir, ma, _G_MB] * g2[l, jg, ma, _G_MB]
+                    qd = (_COEF_ERR * _EPS * (pd1 * g2[l, jg, ma, _G_NB]
+                                              + pd2 * g1[l, ir, ma, _G_NB])
+                          + _COEF_ERR * _COEF_ERR * _EPS * _EPS * (K + 1.0) * lip)
+                    sens = min(v1 * sS12[l, j],
+                               1.01 * g1[l, ir, md, _G_S1] * g2[l, jg, md, _G_S1])
+                    eK = (lip * eS[jj] + fT * t1 * stT2[l, j]
+                          + min(Rp * p1 * p2, hk + qk))
+                    ekd = delta * sens + fD * u1 * stD2[l, j] + min(Rp * lip, hd + qd)
                 thn = cKl * acc[jj] + w2 * accd[jj] * TH[jj] + cbl
                 eT[jj] = (cKl * eK + w2 * ((1.0 + Rl) * lip * eT[jj]
                                            + ekd * (abs(TH[jj]) + eT[jj]))
@@ -358,10 +416,7 @@ def _side_tails(act, Ks, Kmax, q, keep):
     chunks = {} if keep else None
     for c in range(0, (n + _COEF_CHUNK - 1) // _COEF_CHUNK):
         lo, hi = c * _COEF_CHUNK, min(n, (c + 1) * _COEF_CHUNK)
-        if keep:
-            aT = np.zeros((L, Kmax + 1, hi - lo))
-            bT = np.zeros((L, Kmax + 1, hi - lo))
-            chunks[c] = (aT, bT)
+        coefs = []
         for l in range(L):
             K = Ks[l]
             uq, inv = np.unique(q[l, lo:hi], return_inverse=True)
@@ -372,8 +427,9 @@ def _side_tails(act, Ks, Kmax, q, keep):
             out[l, 1, lo:hi] = np.where(zero, 0.0, Td[:, K] + fld[:, K])[inv]
             out[l, 2, lo:hi] = np.cumsum(np.arange(K + 1)[None, :] * b * b, axis=1)[inv, K]
             if keep:
-                aT[l, :K + 1] = a[inv].T
-                bT[l, :K + 1] = b[inv].T
+                coefs.append((a[inv], b[inv]))
+        if keep:
+            chunks[c] = _chunk_data(Ks, Kmax, coefs)
     return [tuple(out[l]) for l in range(L)], chunks
 
 
@@ -391,7 +447,8 @@ def _row_bounds(setup, q, E, Ed, th, layer_tails, Ks, fac):
     """Per-row factors ``uS, uT`` with ``|error(x, y)| <= sqrt(u(x) u(y))`` (module notes).
 
     ``layer_tails[l] = (tT, tD, S1)`` at order ``Ks[l]``, each ``(n,)``; ``fac[l] = r^(K+1)``
-    with ``r`` the largest ``|rho|`` assumed at layer ``l`` (1: any pair).
+    with ``r`` the largest ``|rho|`` assumed at layer ``l`` (1: any pair), a float or ``(n,)``
+    per row.
     """
     L, d, w2, b2, cK, cb = setup
     first = (d + 8) * _EPS * 1.01
@@ -455,7 +512,21 @@ def _partners(setup, A, B, symmetric, q0):
     return arg, best
 
 
-def _max_correlations(act, setup, A, B, symmetric, q, sample):
+def _row_correlations(setup, A, B, symmetric, q0, partners):
+    """Per stacked row (A's, then B's unless ``symmetric``): its largest ``|rho_0|`` with a
+    row of the other side, moved halfway towards 1 as a margin (for the order choice).
+
+    ``partners``: :func:`_partners` of ``A`` against ``B``; B's own need one more pass.
+    """
+    best = partners[1]
+    if not symmetric:
+        n1 = A.shape[0]
+        best_b = _partners(setup, B, A, False, np.concatenate([q0[n1:], q0[:n1]]))[1]
+        best = np.concatenate([best, best_b])
+    return 1.0 - 0.5 * (1.0 - best)
+
+
+def _max_correlations(act, setup, A, B, symmetric, q, sample, partners=None):
     """Estimate of the largest off-diagonal ``|rho_l|`` per layer (for the order choice).
 
     The most correlated pairs at layer 0 (the 32 best, and every sampled row with its
@@ -464,7 +535,7 @@ def _max_correlations(act, setup, A, B, symmetric, q, sample):
     """
     L, d, w2, b2 = setup.depth, setup.d, setup.w2, setup.b2
     n1 = A.shape[0]
-    arg, best = _partners(setup, A, B, symmetric, q[0])
+    arg, best = _partners(setup, A, B, symmetric, q[0]) if partners is None else partners
     # no early exit when layer 0 is uncorrelated (zero or orthogonal rows): phi(0) != 0 or
     # biases correlate the deeper layers, so the pairs still go through the recursion
     top = np.argsort(-best, kind="stable")[:32]
@@ -490,27 +561,38 @@ def _max_correlations(act, setup, A, B, symmetric, q, sample):
     return 1.0 - 0.5 * (1.0 - out)
 
 
-def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax):
+def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax, rrow=None):
     """Per-layer orders ``Ks``, the per-row ``(tT, tD, S1)`` at those orders, and the
     coefficient chunks made on the way (per side, ``None`` if too large to keep; see
     :func:`_side_tails`).
 
     ``split``: number of rows of A in the stacked arrays (the rest are B's rows);
     ``rmax[l]``: the largest off-diagonal ``|rho_l|`` assumed (tails are weighted by
-    ``rmax^(K+1)``, docs/series_engine.md).
+    ``rmax^(K+1)``, docs/series_engine.md); ``rrow (n,)``, optional: per row, the largest
+    ``|rho_0|`` with a partner (layer 0 then weights each row's tails by ``rrow^(K+1)``: a
+    pair's factor ``|rho|^(K+1) <= sqrt(rrow_x^(K+1) rrow_y^(K+1))``).
     """
     L = setup.depth
     sample = _sample_rows(q)
     qs, Es, Eds, ths = q[:, sample], E[:, sample], Ed[:, sample], th[:, sample]
 
-    def factor(l, K):
+    def factor(l, K, rows=None):
+        if l == 0 and rrow is not None:
+            r = rrow if rows is None else rrow[rows]
+            return _power_np(r, K + 1.0)
         return float(_power_np(rmax[l], K + 1))
+
+    def weighted(l, dl, rows):
+        t = np.maximum(dl.tT, dl.tD)
+        ks = np.arange(dl.Kc + 1) + 1.0
+        if l == 0 and rrow is not None:
+            return np.max(t * _power_np(rrow[rows][:, None], ks[None, :]), axis=0)
+        return np.max(t, axis=0) * _power_np(rmax[l], ks)
 
     caps = [_CAP0] * L
     data = [_LayerData(act, _CAP0, qs[l]) for l in range(L)]
     while True:
-        worst = [np.max(np.maximum(dl.tT, dl.tD), axis=0)
-                 * _power_np(rmax[l], np.arange(dl.Kc + 1) + 1.0) for l, dl in enumerate(data)]
+        worst = [weighted(l, dl, sample) for l, dl in enumerate(data)]
         floor = max(w.min() for w in worst)
         taus = np.unique(np.concatenate(worst))            # ascending
         taus = taus[taus >= floor]
@@ -522,7 +604,7 @@ def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax):
             Ks = orders(tau)
             uS, uT = _row_bounds(setup, qs, Es, Eds, ths,
                                  [dl.at(k) for dl, k in zip(data, Ks)], Ks,
-                                 [factor(l, k) for l, k in enumerate(Ks)])
+                                 [factor(l, k, sample) for l, k in enumerate(Ks)])
             return max(np.max(uS), np.max(uT)) <= 0.5 * target
 
         chosen = None
@@ -545,14 +627,19 @@ def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax):
             caps[l] = K_MAX
             data[l] = _LayerData(act, K_MAX, qs[l])
     if chosen is None:
-        chosen = list(caps)
+        # the sample cannot meet the target: per layer, the order where its own tail term is
+        # negligible (1e-3 of the target), or the cap
+        chosen = []
+        for l, w in enumerate(worst):
+            ok = np.flatnonzero(w <= 1e-3 * target)
+            chosen.append(int(ok[0]) if ok.size else caps[l])
     # full set of rows: verify, raise the orders if the sample missed a worse row
     n = q.shape[1]
     sides = [q[:L, :split]] + ([q[:L, split:]] if split < n else [])
     while True:
         Kmax = max(chosen)
-        keep = 16 * n * L * (Kmax + 1) <= max(_COEF_BUDGET, 24 * min(256, split) * (n - split
-                                                                                  or split))
+        work = 24 * min(256, split) * (n - split or split)      # a default block's work space
+        keep = 8 * n * L * (2 * (Kmax + 1) + 5 * _N_GRID) <= max(_COEF_BUDGET, work)
         parts = [_side_tails(act, chosen, Kmax, qs_, keep) for qs_ in sides]
         tails = [tuple(np.concatenate([p[0][l][i] for p in parts]) for i in range(3))
                  for l in range(L)]
@@ -561,9 +648,15 @@ def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax):
                              [factor(l, k) for l, k in enumerate(chosen)])
         bound = max(_pair_bound(uS[:split], uS[split:] if split < uS.size else uS[:split]),
                     _pair_bound(uT[:split], uT[split:] if split < uT.size else uT[:split]))
-        if bound <= target or all(K >= K_MAX for K in chosen):
+        # raise only the layers whose truncation tail still matters: a layer whose tail term
+        # is already far below the target gains nothing from more terms (only cost)
+        grow = [l for l in range(L) if chosen[l] < K_MAX and float(np.max(
+            factor(l, chosen[l]) * np.maximum(tails[l][0], tails[l][1])))
+            * max(1.0, float(np.max(th[l]))) > 1e-3 * target]
+        if bound <= target or not grow:
             return chosen, tails, chunks
-        chosen = [min(K_MAX, int(math.ceil(1.25 * K)) + 2) for K in chosen]
+        chosen = [min(K_MAX, int(math.ceil(1.25 * K)) + 2) if l in grow else K
+                  for l, K in enumerate(chosen)]
 
 
 def _power_np(a, n):
@@ -583,6 +676,7 @@ class SeriesNet(NamedTuple):
     d: float
     cK: np.ndarray
     cb: np.ndarray
+    grid: np.ndarray   # GRID, the levels of the graded sums
 
 
 class SeriesRows(NamedTuple):
@@ -597,7 +691,8 @@ class SeriesRows(NamedTuple):
     b: np.ndarray      # (L, m, Kmax + 1) coefficients of phi'
     E: np.ndarray      # (L, n1) exact E[phi^2] (the symmetric diagonal)
     Ed: np.ndarray     # (L, n1) exact E[phi'^2]
-    off: int           # first row covered by a, b
+    g: np.ndarray      # (L, m, _N_GRID, 5) graded sums of the block's rows (_graded_sums)
+    off: int           # first row covered by a, b, g
 
 
 class SeriesCols(NamedTuple):
@@ -606,24 +701,62 @@ class SeriesCols(NamedTuple):
     rq: np.ndarray     # (L, n2)
     aT: np.ndarray     # (L, Kmax + 1, m): columns start .. start + m - 1
     bT: np.ndarray
-    start: int         # first column of the chunk (and of aT, bT)
+    g: np.ndarray      # (L, m, _N_GRID, 5) graded sums of the chunk's columns
+    start: int         # first column of the chunk (and of aT, bT, g)
     stop: int          # one past the last column computed
 
 
+def _graded_sums(a, b):
+    """The graded per-row sums ``(m, _N_GRID, 5)`` of coefficients ``a, b (m, K+1)``.
+
+    At every level ``r`` of :data:`GRID`: ``M(r) = sum_k (2k+2) a_k^2 r^k``,
+    ``N(r) = sum_k |a_k| r^k``, the same for ``b``, and ``S1(r) = sum_k k b_k^2 r^(k-1)``
+    (``0^0 = 1``); all non-decreasing in ``r`` (docs/series_engine.md, "Graded rounding
+    terms"). ``M``, ``M'`` and ``S1`` are stored as their square roots (the pair loop
+    multiplies two of them).
+    """
+    K = a.shape[1] - 1
+    k = np.arange(K + 1.0)
+    P = GRID[None, :] ** k[:, None]                       # (K+1, G), 0^0 = 1
+    P1 = np.zeros_like(P)
+    P1[1:] = k[1:, None] * GRID[None, :] ** (k[1:, None] - 1.0)
+    out = np.empty((a.shape[0], GRID.size, 5))
+    out[:, :, _G_MA] = np.sqrt(((2.0 * k + 2.0) * a * a) @ P)
+    out[:, :, _G_NA] = np.abs(a) @ P
+    out[:, :, _G_MB] = np.sqrt(((2.0 * k + 2.0) * b * b) @ P)
+    out[:, :, _G_NB] = np.abs(b) @ P
+    out[:, :, _G_S1] = np.sqrt((b * b) @ P1)
+    return out
+
+
+def _chunk_data(Ks, Kmax, coefs):
+    """``(aT, bT, g)`` of one chunk from per-layer ``(a, b)`` of shapes ``(m, Ks[l] + 1)``."""
+    L = len(coefs)
+    m = coefs[0][0].shape[0]
+    aT = np.zeros((L, Kmax + 1, m))
+    bT = np.zeros((L, Kmax + 1, m))
+    g = np.empty((L, m, GRID.size, 5))
+    for l, (a, b) in enumerate(coefs):
+        K = Ks[l]
+        aT[l, :K + 1] = a.T
+        bT[l, :K + 1] = b.T
+        g[l] = _graded_sums(a, b)
+    return aT, bT, g
+
+
 def _layer_coefficients(act, Ks, Kmax, qs):
-    """``aT, bT (L, Kmax + 1, m)``: coefficients of ``phi``, ``phi'`` for ``qs (L, m)``.
+    """``(aT, bT, g)``: coefficients ``(L, Kmax + 1, m)`` of ``phi``, ``phi'`` for ``qs (L, m)``
+    and their graded sums ``g (L, m, _N_GRID, 5)``.
 
     Per layer ``l`` up to ``Ks[l]`` (zero beyond), computed once per distinct variance.
     """
-    L, m = qs.shape
-    aT = np.zeros((L, Kmax + 1, m))
-    bT = np.zeros((L, Kmax + 1, m))
-    for l in range(L):
+    coefs = []
+    for l in range(qs.shape[0]):
         uq, inv = np.unique(qs[l], return_inverse=True)
         K = Ks[l]
-        aT[l, :K + 1] = hermite._coefficient_arrays(act, K, uq, False)[inv].T
-        bT[l, :K + 1] = hermite._coefficient_arrays(act, K, uq, True)[inv].T
-    return aT, bT
+        coefs.append((hermite._coefficient_arrays(act, K, uq, False)[inv],
+                      hermite._coefficient_arrays(act, K, uq, True)[inv]))
+    return _chunk_data(Ks, Kmax, coefs)
 
 
 class _CoefStore:
@@ -643,10 +776,10 @@ class _CoefStore:
         self.keep_all = True
 
     def nbytes(self):
-        return 16 * self.n * self.q.shape[0] * (self.Kmax + 1)
+        return 8 * self.n * self.q.shape[0] * (2 * (self.Kmax + 1) + 5 * _N_GRID)
 
     def chunk(self, c):
-        """``(aT, bT)`` of chunk ``c``, each ``(L, Kmax + 1, m)``."""
+        """``(aT, bT, g)`` of chunk ``c``: ``(L, Kmax + 1, m)`` twice, ``(L, m, G, 5)``."""
         got = self.chunks.pop(c, None)
         if got is None:
             lo = c * _COEF_CHUNK
@@ -659,17 +792,20 @@ class _CoefStore:
         return got
 
     def rows(self, lo, hi):
-        """``(a, b)`` of rows ``lo:hi``, each ``(L, hi - lo, Kmax + 1)`` (C-contiguous)."""
-        parts_a, parts_b = [], []
+        """``(a, b, g)`` of rows ``lo:hi``: ``(L, hi - lo, Kmax + 1)`` twice and
+        ``(L, hi - lo, G, 5)`` (C-contiguous)."""
+        parts_a, parts_b, parts_g = [], [], []
         for c in range(lo // _COEF_CHUNK, (hi - 1) // _COEF_CHUNK + 1):
-            aT, bT = self.chunk(c)
+            aT, bT, g = self.chunk(c)
             c0 = c * _COEF_CHUNK
             s = slice(max(lo, c0) - c0, min(hi, c0 + aT.shape[2]) - c0)
             parts_a.append(aT[:, :, s])
             parts_b.append(bT[:, :, s])
+            parts_g.append(g[:, s])
         a = np.concatenate(parts_a, axis=2).transpose(0, 2, 1)
         b = np.concatenate(parts_b, axis=2).transpose(0, 2, 1)
-        return np.ascontiguousarray(a), np.ascontiguousarray(b)
+        return (np.ascontiguousarray(a), np.ascontiguousarray(b),
+                np.ascontiguousarray(np.concatenate(parts_g, axis=1)))
 
 
 class SeriesBoundData(NamedTuple):
@@ -759,8 +895,12 @@ class SeriesEngine:
         if L == 0:
             Ks, tails = [], []
         else:
-            rmax = _max_correlations(act, setup, A, B, symmetric, q, _sample_rows(q))
-            Ks, tails, chunks = _choose_orders(act, setup, q, E, Ed, th, target, n1, rmax)
+            partners = _partners(setup, A, B, symmetric, q[0])
+            rmax = _max_correlations(act, setup, A, B, symmetric, q, _sample_rows(q),
+                                     partners)
+            rrow = _row_correlations(setup, A, B, symmetric, q[0], partners)
+            Ks, tails, chunks = _choose_orders(act, setup, q, E, Ed, th, target, n1, rmax,
+                                               rrow)
         Kmax = max(Ks) if Ks else 0
         Lb = max(L, 1)
         Ks_arr = np.array(Ks if Ks else [0], dtype=np.int64)
@@ -789,11 +929,12 @@ class SeriesEngine:
             if ch:
                 st_.chunks.update(ch)
         empty = np.zeros((Lb, 0, Kmax + 1))     # depth 0: placeholders, never read
+        gempty = np.zeros((Lb, 0, _N_GRID, 5))
         rows = SeriesRows(nsq1, np.ascontiguousarray(rq[:, :n1]), empty, empty,
                           np.ascontiguousarray(Ecl[:, :n1]), np.ascontiguousarray(Edl[:, :n1]),
-                          0)
-        cols = SeriesCols(np.ascontiguousarray(rq[:, c]), empty, empty, 0, 0)
-        net = SeriesNet(L, Ks_arr, setup.w2, setup.b2, float(d), setup.cK, setup.cb)
+                          gempty, 0)
+        cols = SeriesCols(np.ascontiguousarray(rq[:, c]), empty, empty, gempty, 0, 0)
+        net = SeriesNet(L, Ks_arr, setup.w2, setup.b2, float(d), setup.cK, setup.cb, GRID)
         # the row statistics (quadrature of E[phi^2], relative ~1e-15 per layer) are not in the
         # per-pair recursion: a fixed allowance covers them
         extra = 64.0 * L * _EPS * scale
@@ -821,18 +962,18 @@ class SeriesEngine:
         ex = np.zeros(nb)
         eb = np.zeros(nb)
         if plan.net.depth == 0:
-            a1 = b1 = plan.rows.a
+            a1, b1, g1 = plan.rows.a, plan.rows.b, plan.rows.g
         else:
-            a1, b1 = plan.store1.rows(row0, row0 + nb)
-        rows = plan.rows._replace(a=a1, b=b1, off=row0)
+            a1, b1, g1 = plan.store1.rows(row0, row0 + nb)
+        rows = plan.rows._replace(a=a1, b=b1, g=g1, off=row0)
         stop = row0 + nb if symmetric else ncols
         for c in range(0, (stop + _COEF_CHUNK - 1) // _COEF_CHUNK):
             c0 = c * _COEF_CHUNK
             if plan.net.depth == 0:
-                aT = bT = plan.cols.aT
+                aT, bT, g2 = plan.cols.aT, plan.cols.bT, plan.cols.g
             else:
-                aT, bT = plan.store2.chunk(c)
-            cols = plan.cols._replace(aT=aT, bT=bT, start=c0,
+                aT, bT, g2 = plan.store2.chunk(c)
+            cols = plan.cols._replace(aT=aT, bT=bT, g=g2, start=c0,
                                       stop=min(stop, c0 + _COEF_CHUNK))
             series_block(plan.net, rows, cols, plan.bnd, G, row0, symmetric, out_nngp,
                          out_ntk, ex, eb)
