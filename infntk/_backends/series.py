@@ -1009,10 +1009,13 @@ def _cause(act, q, rmax, Ks):
         parts.append(f"phi or phi' has kinks at {tuple(act.kinks)}, so the Hermite tails decay "
                      "algebraically")
     qmax = float(np.max(q[:-1])) if q.shape[0] > 1 else float(np.max(q))
-    if qmax > 4.0:
-        parts.append(f"large pre-activation variance (up to {qmax:.3g}; the tails of a smooth "
-                     "phi(sqrt(q) z) decay like exp(-c sqrt(k / q)))")
     close = float(np.max(rmax)) if np.size(rmax) else 0.0
+    if qmax > 4.0:
+        corr = (f", for pairs correlated up to ~{2 * close - 1:.3g}, whose rho^k damp them "
+                "slowly" if close > 0.95 else "")
+        parts.append(f"large pre-activation variance (up to {qmax:.3g}; the tails of a smooth "
+                     f"phi(sqrt(q) z) decay like exp(-c sqrt(k / q)){corr}); rescale the "
+                     "inputs or lower w_std/b_std to reach tol")
     if close > 0.999:
         parts.append(f"nearly identical rows (correlation up to ~{2 * close - 1:.12g}, where "
                      "the Mehler tail is not damped)")
