@@ -574,6 +574,14 @@ def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax, rrow=None):
     """
     L = setup.depth
     sample = _sample_rows(q)
+    if rrow is not None and L:
+        # rows whose layer-0 tails weigh most: close partners and large variance (the
+        # quantiles of the variances alone miss them, and the check on all rows would then
+        # raise the orders pass after pass)
+        score = q[0] / np.maximum(1.0 - rrow, 1e-300)
+        top = np.argsort(-score, kind="stable")[:_N_QUANTILES]
+        top_r = np.argsort(-rrow, kind="stable")[:_N_QUANTILES]
+        sample = np.unique(np.concatenate([sample, top, top_r]))
     qs, Es, Eds, ths = q[:, sample], E[:, sample], Ed[:, sample], th[:, sample]
 
     def factor(l, K, rows=None):
