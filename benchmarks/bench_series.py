@@ -3,7 +3,8 @@
 The series path and its accuracy contract: docs/conventions.md, sections 6 and 8.
 
 A tanh network, depth 3, n = 2000 points of dimension d = 50 (standard normal), tol = 1e-10:
-prints the truncation orders chosen per layer, the certified error bound, the time of the
+prints the truncation orders chosen per layer, the certified error bound, the time against
+erf (closed form) of the same network in the same process, the time of the
 per-row part (row variances, coefficient and tail computation, choice of the orders), the
 pair loop's throughput in pair-layers per second (n1 n2 L / s, counting every entry of the
 output even where symmetry lets the engine compute one triangle, as bench_kernels.py does),
@@ -64,6 +65,11 @@ def main():
     print(f"  total {t_all:.3f} s; per-row part (variances, coefficients, orders) {t_rows:.3f} s;"
           f" pair loop {t_pairs:.3f} s")
     print(f"  pair-layers/s: {pl / t_all:.3g} overall, {pl / t_pairs:.3g} in the pair loop")
+    # the baseline of the same process: erf (closed form) at the same depth and size
+    erf = infntk.FCNet("erf", depth=args.depth, w_std=1.0, b_std=0.1)
+    erf.kernels(X[:8])
+    t_erf, _ = best_of(lambda: erf.kernels(X), args.repeats)
+    print(f"  erf (closed form) same network: {t_erf:.3f} s; tanh / erf = {t_all / t_erf:.2f}")
     t_cross, _ = best_of(lambda: net.kernels(X, X[::-1].copy()), 1)
     print(f"  cross (X2 given, full n x n): {t_cross:.3f} s, {pl / t_cross:.3g} pair-layers/s")
     try:

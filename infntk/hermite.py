@@ -271,7 +271,30 @@ def _scaled_hermite_table(z, s, K):
     return G
 
 
-def _project(F, z, s, K, want_tails):
+@functools.lru_cache(maxsize=3)
+def _gh_table(n, K):
+    """``(z, s, G)`` of the order-``n`` Gauss-Hermite rule (cached, read-only)."""
+    z, w = _gh_rule(n)
+    s = np.sqrt(w)
+    G = _scaled_hermite_table(z, s, K)
+    G.setflags(write=False)
+    return z, s, G
+
+
+@functools.lru_cache(maxsize=3)
+def _composite_table(K, key):
+    """``(z, s, G)`` of the composite rule of octave ``key`` of ``sqrt(q)``, kinks at 0 only.
+
+    The breakpoints depend on ``sqrt(q)`` only through ``delta`` (its octave) when every kink
+    is at 0, so one table serves every variance of the octave (cached, read-only).
+    """
+    z, s = _composite_rule(K, 2.0 ** key, (0.0,))
+    G = _scaled_hermite_table(z, s, K)
+    G.setflags(write=False)
+    return z, s, G
+
+
+def _project(F, z, s, K, want_tails, G=None):
     """Coefficients (m, K+1) of the rows of F (m, nodes) and, optionally, tails T_j.
 
     ``s`` holds the square roots of the probability weights. The tails are sums of squared
@@ -280,7 +303,8 @@ def _project(F, z, s, K, want_tails):
     cost O(m nodes K) elementwise) or ``"ends"`` (only T_0 and T_K, two matrix products; the
     other columns are NaN).
     """
-    G = _scaled_hermite_table(z, s, K)
+    if G is None:
+        G = _scaled_hermite_table(z, s, K)
     Fs = F * s[None, :]
     a = Fs @ G
     if not want_tails:
@@ -329,10 +353,10 @@ def _double_quadrature(fn, kinks, K, q, want_tails=False, method=None):
         n_gh = gauss_hermite_order(K, q[pos])
         method = "gh" if (not kinks and n_gh <= GH_MAX_ORDER) else "composite"
     if method == "gh":
-        z, s = _gh_sqrt_rule(K, q[pos])
+        z, s, G = _gh_table(gauss_hermite_order(K, q[pos]), K)
         idx = np.flatnonzero(pos)
         F = _eval_phi(fn, sq[idx, None] * z[None, :])
-        a[idx], t = _project(F, z, s, K, want_tails)
+        a[idx], t = _project(F, z, s, K, want_tails, G)
         if want_tails:
             T[idx] = t
         return a, T
@@ -348,10 +372,14 @@ def _double_quadrature(fn, kinks, K, q, want_tails=False, method=None):
             groups.setdefault(key, []).append(i)
             keyq[key] = sq[i]
     for key, idx in groups.items():
-        z, s = _composite_rule(K, keyq[key], kinks)
+        if nonzero_kinks:
+            z, s = _composite_rule(K, keyq[key], kinks)
+            G = None
+        else:           # the same rule for the whole octave: its table is cached
+            z, s, G = _composite_table(K, key)
         idx = np.asarray(idx)
         F = _eval_phi(fn, sq[idx, None] * z[None, :])
-        a[idx], t = _project(F, z, s, K, want_tails)
+        a[idx], t = _project(F, z, s, K, want_tails, G)
         if want_tails:
             T[idx] = t
     return a, T
@@ -547,8 +575,9 @@ def _second_moment_arrays(act, qa, derivative=False):
         return _family_second_moment(fam, qa)
     fn = act.deriv if derivative else act.fn
     f2 = lambda x: _eval_phi(fn, x) ** 2   # noqa: E731
-    a, _ = _double_quadrature(f2, act.kinks, 0, qa)
-    return a[:, 0]
+    # by chunks: the quadrature's node arrays are (variances x nodes)
+    return np.concatenate([_double_quadrature(f2, act.kinks, 0, qa[i:i + _TAILS_CHUNK])[0][:, 0]
+                           for i in range(0, qa.size, _TAILS_CHUNK)])
 
 
 def second_moment(activation, q=1.0, derivative=False, **params):
@@ -627,6 +656,36 @@ def _tails_chunk(act, K, qa, derivative=False, all_orders=False):
     a, T = _double_quadrature(act.fn, act.kinks, K, qa, want_tails=mode)
     E = a[:, 0] ** 2 + T[:, 0]
     return a, T, _floor(E, K, _EPS * _EPS * 4)
+
+
+def _coefficient_arrays(act, K, qa, derivative=False):
+    """Coefficients ``(m, K+1)`` of ``phi`` (or ``phi'``) only, the same values as :func:`_tails`.
+
+    The same rules and the same chunks of :data:`_TAILS_CHUNK` variances as :func:`_tails`, so
+    for the same ``qa`` the result is bitwise the first output of ``_tails`` (the tails'
+    residuals are not formed: half the work).
+    """
+    qa = np.asarray(qa, dtype=np.float64)
+    if qa.size > _TAILS_CHUNK:
+        return np.concatenate([_coefficient_arrays(act, K, qa[i:i + _TAILS_CHUNK], derivative)
+                               for i in range(0, qa.size, _TAILS_CHUNK)])
+    fam = _closed_family(act, derivative=derivative)
+    if fam is not None:
+        a = _family_coefficients(fam, K, qa)
+        if not derivative:
+            zero = qa == 0
+            a[zero] = 0.0
+            a[zero, 0] = float(act.fn(np.zeros(1))[0])
+        return a
+    if derivative:
+        b = np.empty((qa.size, K + 1))
+        pos = qa > 0
+        if pos.any():
+            b[pos] = _double_quadrature(act.deriv, act.kinks, K, qa[pos])[0]
+        if not pos.all():
+            b[~pos] = _deriv_limit_at_zero(act, K)
+        return b
+    return _double_quadrature(act.fn, act.kinks, K, qa)[0]
 
 
 def _floor(E, K, unit):

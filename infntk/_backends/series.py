@@ -11,6 +11,10 @@ Per layer, ``K_l = sum_k a_k(q_l(x)) a_k(q_l(y)) rho_l^k`` and
 degenerate rows and the symmetric diagonal, the derivation of the bound and the choice of the
 orders are in docs/series_engine.md.
 
+Memory: ``O(n L)`` per-row records; the coefficients are made per block by fixed chunks of
+``_COEF_CHUNK`` rows (:class:`_CoefStore`), kept only while a side fits the budget, so the
+working memory is bounded by the block (docs/series_engine.md, "Memory").
+
 Cost: coefficients ``O(n_distinct_q * nodes * K)`` per layer (NumPy, vectorized); pairs
 ``2 (K_l + 1)`` multiply-adds per pair and layer.
 """
@@ -35,6 +39,14 @@ _EPS = float(np.finfo(float).eps)
 _N_QUANTILES = 16
 _CHUNK = 256
 _CAP0 = 96
+#: rows per coefficient chunk: a fixed partition of each side's rows, so that a row's
+#: coefficients never depend on the block sizes (results are the same for any block_rows)
+_COEF_CHUNK = 512
+#: coefficients of a whole side are kept only if they fit in this many bytes, or in three
+#: times the block's own work space (its Gram product and output rows), whichever is larger
+_COEF_BUDGET = 64 * 2 ** 20
+#: entries of one block of the extra Gram pass in :func:`_partners`
+_PARTNER_FLOATS = 2 ** 19
 
 
 # ----------------------------------------------------------------------------- compiled pairs
@@ -67,6 +79,39 @@ def _rounding(a, K):
     return (h + 9.0 * c) * _EPS
 
 
+#: correlation levels of the graded per-row sums: 0, 1 - 2^(-m/2) (m = 1..40), 1
+_N_GRID = 42
+GRID = np.concatenate([[0.0], 1.0 - 2.0 ** (-0.5 * np.arange(1, _N_GRID - 1)), [1.0]])
+#: the graded sums per row and level (docs/series_engine.md, "Graded rounding terms")
+_G_MA, _G_NA, _G_MB, _G_NB, _G_S1 = range(5)
+#: a coefficient's quadrature error is at most this many eps times sqrt(E[phi^2])
+#: (measured against 50-digit values, tests/test_hermite.py)
+_COEF_ERR = 4.5
+#: relative quadrature error allowed for the exact second moments on the symmetric diagonal:
+#: E[phi^2] is the k = 0 coefficient of phi^2, so within 4.5 eps sqrt(E[phi^4]); 64 eps
+#: covers sqrt(E[phi^4]) / E[phi^2] up to 14 (1.7 for a linear phi, 1 for a sign-like one,
+#: 3.2 for the Gaussian bump at q = 1e2, 14 at q = 1e5); it replaces the Horner allowance
+#: 16 (K + 2) eps there (no series is summed on the diagonal)
+_DIAG_ERR = 64.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _level(r, grid):
+    """The smallest grid index ``m`` with ``grid[m] >= r`` (``r`` in ``[0, 1]``)."""
+    n = grid.size
+    if r <= 0.0:
+        return 0
+    if r >= 1.0:
+        return n - 1
+    # 1 - r = f 2^e, f in [0.5, 1): -2 log2(1 - r) = -2 e - 2 log2(f), the last in (0, 2]
+    f, e = math.frexp(1.0 - r)
+    m = -2 * e + (1 if f >= 0.7071067811865476 else 2) - 1
+    m = min(max(m, 1), n - 1)
+    while m < n - 1 and grid[m] < r:
+        m += 1
+    return m
+
+
 @njit(cache=True, error_model="numpy")
 def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb):
     """One output row, by chunks of ``_CHUNK`` columns (the work vectors stay in L1).
@@ -75,12 +120,13 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
     the carried ``S_l`` and ``Theta_l`` (docs/series_engine.md, "Certified bound") and
     records their largest value in ``errb[ib]``.
     """
-    depth, Ks, w2, b2, d, cK, cb = net
-    nsq1, rq1, a1, b1, E1, Ed1 = rows
-    rq2, a2T, b2T = cols
+    depth, Ks, w2, b2, d, cK, cb, grid = net
+    nsq1, rq1, a1, b1, E1, Ed1, g1, roff = rows
+    rq2, a2T, b2T, g2, c0, c1 = cols
     sE1, sEd1, stT1, stD1, sS11, th01, sE2, sEd2, stT2, stD2, sS12, th02, first, rnd = bnd
     i = row0 + ib
-    jend = i + 1 if symmetric else G.shape[1]
+    ir = i - roff
+    jend = min(c1, i + 1 if symmetric else G.shape[1])
     S = np.empty(_CHUNK)
     TH = np.empty(_CHUNK)
     R = np.empty(_CHUNK)
@@ -90,8 +136,9 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
     eT = np.empty(_CHUNK)
     ex = 0.0
     worst = 0.0
-    for j0 in range(0, jend, _CHUNK):
+    for j0 in range(c0, jend, _CHUNK):
         nj = min(_CHUNK, jend - j0)
+        jc = j0 - c0
         for jj in range(nj):
             j = j0 + jj
             g = G[ib, j] / d
@@ -115,18 +162,18 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
                     ex = max(ex, -1.0 - rho)
                     rho = -1.0
                 R[jj] = rho
-            c = a1[l, i, K]
-            cd = b1[l, i, K]
-            ak = a2T[l, K, j0:j0 + nj]
-            bk = b2T[l, K, j0:j0 + nj]
+            c = a1[l, ir, K]
+            cd = b1[l, ir, K]
+            ak = a2T[l, K, jc:jc + nj]
+            bk = b2T[l, K, jc:jc + nj]
             for jj in range(nj):
                 acc[jj] = c * ak[jj]
                 accd[jj] = cd * bk[jj]
             for k in range(K - 1, -1, -1):
-                c = a1[l, i, k]
-                cd = b1[l, i, k]
-                ak = a2T[l, k, j0:j0 + nj]
-                bk = b2T[l, k, j0:j0 + nj]
+                c = a1[l, ir, k]
+                cd = b1[l, ir, k]
+                ak = a2T[l, k, jc:jc + nj]
+                bk = b2T[l, k, jc:jc + nj]
                 for jj in range(nj):
                     acc[jj] = acc[jj] * R[jj] + c * ak[jj]
                     accd[jj] = accd[jj] * R[jj] + cd * bk[jj]
@@ -148,19 +195,40 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
                 m = r1 * r2[jj]
                 lip = pd1 * sEd2[l, j]
                 if jj == diag:
-                    # exact second moments: only the propagated error of the variance
-                    eK = lip * eS[jj] + Rl * p1 * sE2[l, j]
-                    ekd = Rl * lip
+                    # exact second moments: only the propagated error of the variance and
+                    # their quadrature error (no Horner sum: independent of K)
+                    Rd = min(Rl, _DIAG_ERR * _EPS)
+                    eK = lip * eS[jj] + Rd * p1 * sE2[l, j]
+                    ekd = Rd * lip
                     if m > 0.0:
                         ekd += (eS[jj] / m) * v1 * sS12[l, j]
                 else:
                     a = abs(R[jj])
                     delta = eS[jj] / m if m > 0.0 else 0.0
+                    aD = min(1.0, a + delta)
                     fT = _power(a, K + 1.0)
-                    fD = _power(min(1.0, a + delta), K + 1.0)
+                    fD = _power(aD, K + 1.0)
                     Rp = min(Rl, _rounding(a, K))
-                    eK = lip * eS[jj] + fT * t1 * stT2[l, j] + Rp * p1 * sE2[l, j]
-                    ekd = delta * v1 * sS12[l, j] + fD * u1 * stD2[l, j] + Rp * lip
+                    p2 = sE2[l, j]
+                    pd2 = sEd2[l, j]
+                    # graded sums at the level above |rho^| (rounding, coefficient errors)
+                    # and above the exact |rho| <= aD (the sensitivity of the phi' series)
+                    ma = _level(a, grid)
+                    md = _level(aD, grid)
+                    jg = jc + jj
+                    hk = 1.01 * _EPS * g1[l, ir, ma, _G_MA] * g2[l, jg, ma, _G_MA]
+                    qk = (_COEF_ERR * _EPS * (p1 * g2[l, jg, ma, _G_NA]
+                                              + p2 * g1[l, ir, ma, _G_NA])
+                          + _COEF_ERR * _COEF_ERR * _EPS * _EPS * (K + 1.0) * p1 * p2)
+                    hd = 1.01 * _EPS * g1[l, ir, ma, _G_MB] * g2[l, jg, ma, _G_MB]
+                    qd = (_COEF_ERR * _EPS * (pd1 * g2[l, jg, ma, _G_NB]
+                                              + pd2 * g1[l, ir, ma, _G_NB])
+                          + _COEF_ERR * _COEF_ERR * _EPS * _EPS * (K + 1.0) * lip)
+                    sens = min(v1 * sS12[l, j],
+                               1.01 * g1[l, ir, md, _G_S1] * g2[l, jg, md, _G_S1])
+                    eK = (lip * eS[jj] + fT * t1 * stT2[l, j]
+                          + min(Rp * p1 * p2, hk + qk))
+                    ekd = delta * sens + fD * u1 * stD2[l, j] + min(Rp * lip, hd + qd)
                 thn = cKl * acc[jj] + w2 * accd[jj] * TH[jj] + cbl
                 eT[jj] = (cKl * eK + w2 * ((1.0 + Rl) * lip * eT[jj]
                                            + ekd * (abs(TH[jj]) + eT[jj]))
@@ -172,8 +240,8 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
             out_nngp[ib, j0 + jj] = S[jj]
             out_ntk[ib, j0 + jj] = TH[jj]
             worst = max(worst, eS[jj], eT[jj])
-    excess[ib] = ex
-    errb[ib] = worst
+    excess[ib] = max(excess[ib], ex)
+    errb[ib] = max(errb[ib], worst)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -183,12 +251,15 @@ def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, ex
     ``net``: :class:`SeriesNet`, ``rows``: :class:`SeriesRows`, ``cols``: :class:`SeriesCols`,
     ``bnd``: :class:`SeriesBoundData` (per-row square roots of the bound's ingredients).
 
-    ``G[ib, j] = <X1[row0 + ib], X2[j]>``; per-row arrays are indexed globally:
-    ``rq1[l, i] = sqrt(q_l(x_i))``, ``a1[l, i, k] = a_k(q_l(x_i))`` (zero-padded beyond
-    ``Ks[l]``), ``a2T[l, k, j]`` the same for the columns (transposed so that the pair loop runs
-    over contiguous columns). ``E1, Ed1``: exact diagonal values used when ``symmetric`` (then
-    only ``j <= i`` is computed). ``excess[ib]``: the largest ``|rho| - 1`` clipped in that row;
-    ``errb[ib]``: the largest certified error bound of the row's entries (both kernels).
+    ``G[ib, j] = <X1[row0 + ib], X2[j]>``; only the columns ``cols.start <= j < cols.stop``
+    are computed (one column chunk). The ``(L, n)`` per-row arrays are indexed globally
+    (``rq1[l, i] = sqrt(q_l(x_i))``); the coefficients only for the rows and columns at hand:
+    ``a1[l, i - rows.off, k] = a_k(q_l(x_i))`` (zero-padded beyond ``Ks[l]``) and
+    ``a2T[l, k, j - cols.start]`` (transposed so that the pair loop runs over contiguous
+    columns). ``E1, Ed1``: exact diagonal values used when ``symmetric`` (then only ``j <= i``
+    is computed). ``excess[ib]``, ``errb[ib]`` are raised (not overwritten) to the largest
+    ``|rho| - 1`` clipped and the largest certified error bound of the row's entries (both
+    kernels) in this call.
     Rows are taken in pairs ``(t, nb-1-t)`` to balance the triangle between threads.
     """
     nb = G.shape[0]
@@ -330,6 +401,38 @@ class _LayerData:
         return self.tT[:, K], self.tD[:, K], self.S1[:, K]
 
 
+def _side_tails(act, Ks, Kmax, q, keep):
+    """Per-row ``(tT, tD, S1)`` at the orders ``Ks`` for one side's variances ``q (L, n)``.
+
+    Returns ``(tails, chunks)``: ``tails[l] = (tT, tD, S1)``, each ``(n,)`` (the values of
+    ``_LayerData(act, Ks[l], q[l]).at(Ks[l])``), and, if ``keep``, the coefficient chunks of
+    :class:`_CoefStore` made on the way (else ``None``). Computed by the store's fixed chunks
+    of ``_COEF_CHUNK`` rows (distinct variances once per chunk), so the work space is
+    ``O(chunk (K + nodes))``, not ``O(n K)``, and the kept coefficients are bitwise the ones
+    the store would compute.
+    """
+    L, n = q.shape
+    out = np.empty((L, 3, n))
+    chunks = {} if keep else None
+    for c in range(0, (n + _COEF_CHUNK - 1) // _COEF_CHUNK):
+        lo, hi = c * _COEF_CHUNK, min(n, (c + 1) * _COEF_CHUNK)
+        coefs = []
+        for l in range(L):
+            K = Ks[l]
+            uq, inv = np.unique(q[l, lo:hi], return_inverse=True)
+            a, T, fl = hermite._tails(act, K, uq, False)
+            b, Td, fld = hermite._tails(act, K, uq, True)
+            zero = uq == 0.0          # rho = 0 exactly for degenerate rows: only k = 0 is used
+            out[l, 0, lo:hi] = np.where(zero, 0.0, T[:, K] + fl[:, K])[inv]
+            out[l, 1, lo:hi] = np.where(zero, 0.0, Td[:, K] + fld[:, K])[inv]
+            out[l, 2, lo:hi] = np.cumsum(np.arange(K + 1)[None, :] * b * b, axis=1)[inv, K]
+            if keep:
+                coefs.append((a[inv], b[inv]))
+        if keep:
+            chunks[c] = _chunk_data(Ks, Kmax, coefs)
+    return [tuple(out[l]) for l in range(L)], chunks
+
+
 def _all_tails(a, tK):
     """T_k for k = 0..Kc from T_Kc and the coefficients (suffix sums of a_j^2)."""
     sq = a[:, ::-1] ** 2
@@ -344,7 +447,8 @@ def _row_bounds(setup, q, E, Ed, th, layer_tails, Ks, fac):
     """Per-row factors ``uS, uT`` with ``|error(x, y)| <= sqrt(u(x) u(y))`` (module notes).
 
     ``layer_tails[l] = (tT, tD, S1)`` at order ``Ks[l]``, each ``(n,)``; ``fac[l] = r^(K+1)``
-    with ``r`` the largest ``|rho|`` assumed at layer ``l`` (1: any pair).
+    with ``r`` the largest ``|rho|`` assumed at layer ``l`` (1: any pair), a float or ``(n,)``
+    per row.
     """
     L, d, w2, b2, cK, cb = setup
     first = (d + 8) * _EPS * 1.01
@@ -394,8 +498,9 @@ def _partners(setup, A, B, symmetric, q0):
     arg = np.zeros(n1, dtype=np.int64)
     if B.shape[0] == 0 or (symmetric and n1 < 2):
         return arg, best
-    for r0 in range(0, n1, 512):
-        r1 = min(n1, r0 + 512)
+    step = max(1, min(512, _PARTNER_FLOATS // max(1, B.shape[0])))
+    for r0 in range(0, n1, step):
+        r1 = min(n1, r0 + step)
         S = w2 * (A[r0:r1] @ B.T) / d + b2
         den = rA[r0:r1, None] * rB[None, :]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -407,7 +512,21 @@ def _partners(setup, A, B, symmetric, q0):
     return arg, best
 
 
-def _max_correlations(act, setup, A, B, symmetric, q, sample):
+def _row_correlations(setup, A, B, symmetric, q0, partners):
+    """Per stacked row (A's, then B's unless ``symmetric``): its largest ``|rho_0|`` with a
+    row of the other side, moved halfway towards 1 as a margin (for the order choice).
+
+    ``partners``: :func:`_partners` of ``A`` against ``B``; B's own need one more pass.
+    """
+    best = partners[1]
+    if not symmetric:
+        n1 = A.shape[0]
+        best_b = _partners(setup, B, A, False, np.concatenate([q0[n1:], q0[:n1]]))[1]
+        best = np.concatenate([best, best_b])
+    return 1.0 - 0.5 * (1.0 - best)
+
+
+def _max_correlations(act, setup, A, B, symmetric, q, sample, partners=None):
     """Estimate of the largest off-diagonal ``|rho_l|`` per layer (for the order choice).
 
     The most correlated pairs at layer 0 (the 32 best, and every sampled row with its
@@ -416,7 +535,7 @@ def _max_correlations(act, setup, A, B, symmetric, q, sample):
     """
     L, d, w2, b2 = setup.depth, setup.d, setup.w2, setup.b2
     n1 = A.shape[0]
-    arg, best = _partners(setup, A, B, symmetric, q[0])
+    arg, best = _partners(setup, A, B, symmetric, q[0]) if partners is None else partners
     # no early exit when layer 0 is uncorrelated (zero or orthogonal rows): phi(0) != 0 or
     # biases correlate the deeper layers, so the pairs still go through the recursion
     top = np.argsort(-best, kind="stable")[:32]
@@ -442,25 +561,46 @@ def _max_correlations(act, setup, A, B, symmetric, q, sample):
     return 1.0 - 0.5 * (1.0 - out)
 
 
-def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax):
-    """Per-layer truncation orders ``Ks`` and the per-layer data at those orders.
+def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax, rrow=None):
+    """Per-layer orders ``Ks``, the per-row ``(tT, tD, S1)`` at those orders, and the
+    coefficient chunks made on the way (per side, ``None`` if too large to keep; see
+    :func:`_side_tails`).
 
     ``split``: number of rows of A in the stacked arrays (the rest are B's rows);
     ``rmax[l]``: the largest off-diagonal ``|rho_l|`` assumed (tails are weighted by
-    ``rmax^(K+1)``, docs/series_engine.md).
+    ``rmax^(K+1)``, docs/series_engine.md); ``rrow (n,)``, optional: per row, the largest
+    ``|rho_0|`` with a partner (layer 0 then weights each row's tails by ``rrow^(K+1)``: a
+    pair's factor ``|rho|^(K+1) <= sqrt(rrow_x^(K+1) rrow_y^(K+1))``).
     """
     L = setup.depth
     sample = _sample_rows(q)
+    if rrow is not None and L:
+        # rows whose layer-0 tails weigh most: close partners and large variance (the
+        # quantiles of the variances alone miss them, and the check on all rows would then
+        # raise the orders pass after pass)
+        score = q[0] / np.maximum(1.0 - rrow, 1e-300)
+        top = np.argsort(-score, kind="stable")[:_N_QUANTILES]
+        top_r = np.argsort(-rrow, kind="stable")[:_N_QUANTILES]
+        sample = np.unique(np.concatenate([sample, top, top_r]))
     qs, Es, Eds, ths = q[:, sample], E[:, sample], Ed[:, sample], th[:, sample]
 
-    def factor(l, K):
+    def factor(l, K, rows=None):
+        if l == 0 and rrow is not None:
+            r = rrow if rows is None else rrow[rows]
+            return _power_np(r, K + 1.0)
         return float(_power_np(rmax[l], K + 1))
+
+    def weighted(l, dl, rows):
+        t = np.maximum(dl.tT, dl.tD)
+        ks = np.arange(dl.Kc + 1) + 1.0
+        if l == 0 and rrow is not None:
+            return np.max(t * _power_np(rrow[rows][:, None], ks[None, :]), axis=0)
+        return np.max(t, axis=0) * _power_np(rmax[l], ks)
 
     caps = [_CAP0] * L
     data = [_LayerData(act, _CAP0, qs[l]) for l in range(L)]
     while True:
-        worst = [np.max(np.maximum(dl.tT, dl.tD), axis=0)
-                 * _power_np(rmax[l], np.arange(dl.Kc + 1) + 1.0) for l, dl in enumerate(data)]
+        worst = [weighted(l, dl, sample) for l, dl in enumerate(data)]
         floor = max(w.min() for w in worst)
         taus = np.unique(np.concatenate(worst))            # ascending
         taus = taus[taus >= floor]
@@ -472,7 +612,7 @@ def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax):
             Ks = orders(tau)
             uS, uT = _row_bounds(setup, qs, Es, Eds, ths,
                                  [dl.at(k) for dl, k in zip(data, Ks)], Ks,
-                                 [factor(l, k) for l, k in enumerate(Ks)])
+                                 [factor(l, k, sample) for l, k in enumerate(Ks)])
             return max(np.max(uS), np.max(uT)) <= 0.5 * target
 
         chosen = None
@@ -495,30 +635,42 @@ def _choose_orders(act, setup, q, E, Ed, th, target, split, rmax):
             caps[l] = K_MAX
             data[l] = _LayerData(act, K_MAX, qs[l])
     if chosen is None:
-        chosen = list(caps)
+        # the sample cannot meet the target: per layer, the order where its own tail term is
+        # negligible (1e-3 of the target), or the cap
+        chosen = []
+        for l, w in enumerate(worst):
+            ok = np.flatnonzero(w <= 1e-3 * target)
+            chosen.append(int(ok[0]) if ok.size else caps[l])
     # full set of rows: verify, raise the orders if the sample missed a worse row
+    n = q.shape[1]
+    sides = [q[:L, :split]] + ([q[:L, split:]] if split < n else [])
     while True:
-        full = [_LayerData(act, K, q[l]) for l, K in enumerate(chosen)]
-        tails = [dl.at(K) for dl, K in zip(full, chosen)]
+        Kmax = max(chosen)
+        work = 24 * min(256, split) * (n - split or split)      # a default block's work space
+        keep = 8 * n * L * (2 * (Kmax + 1) + 5 * _N_GRID) <= max(_COEF_BUDGET, work)
+        parts = [_side_tails(act, chosen, Kmax, qs_, keep) for qs_ in sides]
+        tails = [tuple(np.concatenate([p[0][l][i] for p in parts]) for i in range(3))
+                 for l in range(L)]
+        chunks = [p[1] for p in parts]
         uS, uT = _row_bounds(setup, q, E, Ed, th, tails, chosen,
                              [factor(l, k) for l, k in enumerate(chosen)])
         bound = max(_pair_bound(uS[:split], uS[split:] if split < uS.size else uS[:split]),
                     _pair_bound(uT[:split], uT[split:] if split < uT.size else uT[:split]))
-        if bound <= target or all(K >= K_MAX for K in chosen):
-            return chosen, full
-        chosen = [min(K_MAX, int(math.ceil(1.25 * K)) + 2) for K in chosen]
+        # raise only the layers whose truncation tail still matters: a layer whose tail term
+        # is already far below the target gains nothing from more terms (only cost)
+        grow = [l for l in range(L) if chosen[l] < K_MAX and float(np.max(
+            factor(l, chosen[l]) * np.maximum(tails[l][0], tails[l][1])))
+            * max(1.0, float(np.max(th[l]))) > 1e-3 * target]
+        if bound <= target or not grow:
+            return chosen, tails, chunks
+        chosen = [min(K_MAX, int(math.ceil(1.25 * K)) + 2) if l in grow else K
+                  for l, K in enumerate(chosen)]
 
 
 def _power_np(a, n):
     """a^n elementwise for 0 <= a <= 1 (0^n = 0)."""
     with np.errstate(divide="ignore"):
         return np.where(a >= 1.0, 1.0, np.exp(n * np.log(np.maximum(a, 0.0))))
-
-
-def _pad(arr, Kmax):
-    out = np.zeros((arr.shape[0], Kmax + 1))
-    out[:, :arr.shape[1]] = arr
-    return out
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -532,25 +684,136 @@ class SeriesNet(NamedTuple):
     d: float
     cK: np.ndarray
     cb: np.ndarray
+    grid: np.ndarray   # GRID, the levels of the graded sums
 
 
 class SeriesRows(NamedTuple):
-    """Per-row data of the output rows, layer-major (``a[l, i, k] = a_k(q_l(x_i))``)."""
+    """Per-row data of the output rows, layer-major (``a[l, i - off, k] = a_k(q_l(x_i))``).
+
+    The coefficients cover only the rows of the current block (from row ``off``).
+    """
 
     nsq: np.ndarray    # (n1,)
     rq: np.ndarray     # (L, n1) sqrt of the variances
-    a: np.ndarray      # (L, n1, Kmax + 1) coefficients of phi (zero-padded beyond Ks[l])
-    b: np.ndarray      # (L, n1, Kmax + 1) coefficients of phi'
+    a: np.ndarray      # (L, m, Kmax + 1) coefficients of phi (zero-padded beyond Ks[l])
+    b: np.ndarray      # (L, m, Kmax + 1) coefficients of phi'
     E: np.ndarray      # (L, n1) exact E[phi^2] (the symmetric diagonal)
     Ed: np.ndarray     # (L, n1) exact E[phi'^2]
+    g: np.ndarray      # (L, m, _N_GRID, 5) graded sums of the block's rows (_graded_sums)
+    off: int           # first row covered by a, b, g
 
 
 class SeriesCols(NamedTuple):
-    """Per-row data of the output columns, transposed for contiguous inner loops."""
+    """Per-row data of one chunk of output columns, transposed for contiguous inner loops."""
 
     rq: np.ndarray     # (L, n2)
-    aT: np.ndarray     # (L, Kmax + 1, n2)
+    aT: np.ndarray     # (L, Kmax + 1, m): columns start .. start + m - 1
     bT: np.ndarray
+    g: np.ndarray      # (L, m, _N_GRID, 5) graded sums of the chunk's columns
+    start: int         # first column of the chunk (and of aT, bT, g)
+    stop: int          # one past the last column computed
+
+
+def _graded_sums(a, b):
+    """The graded per-row sums ``(m, _N_GRID, 5)`` of coefficients ``a, b (m, K+1)``.
+
+    At every level ``r`` of :data:`GRID`: ``M(r) = sum_k (2k+2) a_k^2 r^k``,
+    ``N(r) = sum_k |a_k| r^k``, the same for ``b``, and ``S1(r) = sum_k k b_k^2 r^(k-1)``
+    (``0^0 = 1``); all non-decreasing in ``r`` (docs/series_engine.md, "Graded rounding
+    terms"). ``M``, ``M'`` and ``S1`` are stored as their square roots (the pair loop
+    multiplies two of them).
+    """
+    K = a.shape[1] - 1
+    k = np.arange(K + 1.0)
+    P = GRID[None, :] ** k[:, None]                       # (K+1, G), 0^0 = 1
+    P1 = np.zeros_like(P)
+    P1[1:] = k[1:, None] * GRID[None, :] ** (k[1:, None] - 1.0)
+    out = np.empty((a.shape[0], GRID.size, 5))
+    out[:, :, _G_MA] = np.sqrt(((2.0 * k + 2.0) * a * a) @ P)
+    out[:, :, _G_NA] = np.abs(a) @ P
+    out[:, :, _G_MB] = np.sqrt(((2.0 * k + 2.0) * b * b) @ P)
+    out[:, :, _G_NB] = np.abs(b) @ P
+    out[:, :, _G_S1] = np.sqrt((b * b) @ P1)
+    return out
+
+
+def _chunk_data(Ks, Kmax, coefs):
+    """``(aT, bT, g)`` of one chunk from per-layer ``(a, b)`` of shapes ``(m, Ks[l] + 1)``."""
+    L = len(coefs)
+    m = coefs[0][0].shape[0]
+    aT = np.zeros((L, Kmax + 1, m))
+    bT = np.zeros((L, Kmax + 1, m))
+    g = np.empty((L, m, GRID.size, 5))
+    for l, (a, b) in enumerate(coefs):
+        K = Ks[l]
+        aT[l, :K + 1] = a.T
+        bT[l, :K + 1] = b.T
+        g[l] = _graded_sums(a, b)
+    return aT, bT, g
+
+
+def _layer_coefficients(act, Ks, Kmax, qs):
+    """``(aT, bT, g)``: coefficients ``(L, Kmax + 1, m)`` of ``phi``, ``phi'`` for ``qs (L, m)``
+    and their graded sums ``g (L, m, _N_GRID, 5)``.
+
+    Per layer ``l`` up to ``Ks[l]`` (zero beyond), computed once per distinct variance.
+    """
+    coefs = []
+    for l in range(qs.shape[0]):
+        uq, inv = np.unique(qs[l], return_inverse=True)
+        K = Ks[l]
+        coefs.append((hermite._coefficient_arrays(act, K, uq, False)[inv],
+                      hermite._coefficient_arrays(act, K, uq, True)[inv]))
+    return _chunk_data(Ks, Kmax, coefs)
+
+
+class _CoefStore:
+    """The per-row Hermite coefficients of one side, by fixed chunks of ``_COEF_CHUNK`` rows.
+
+    A chunk is always computed from the same rows (``c * _COEF_CHUNK`` onwards), so a row's
+    coefficients do not depend on the block sizes or on what is kept. ``keep(True)``: every
+    chunk computed is kept (the whole side fits the budget); ``keep(False)``: only the last
+    two, so the memory is ``O(_COEF_CHUNK L K)`` whatever the number of rows (chunks are then
+    recomputed for every row block that needs them).
+    """
+
+    def __init__(self, act, Ks, Kmax, q):
+        self.act, self.Ks, self.Kmax, self.q = act, Ks, Kmax, q
+        self.n = q.shape[1]
+        self.chunks = {}
+        self.keep_all = True
+
+    def nbytes(self):
+        return 8 * self.n * self.q.shape[0] * (2 * (self.Kmax + 1) + 5 * _N_GRID)
+
+    def chunk(self, c):
+        """``(aT, bT, g)`` of chunk ``c``: ``(L, Kmax + 1, m)`` twice, ``(L, m, G, 5)``."""
+        got = self.chunks.pop(c, None)
+        if got is None:
+            lo = c * _COEF_CHUNK
+            got = _layer_coefficients(self.act, self.Ks, self.Kmax,
+                                      self.q[:, lo:lo + _COEF_CHUNK])
+        if not self.keep_all:
+            while len(self.chunks) > 1:
+                self.chunks.pop(next(iter(self.chunks)))
+        self.chunks[c] = got            # most recently used last
+        return got
+
+    def rows(self, lo, hi):
+        """``(a, b, g)`` of rows ``lo:hi``: ``(L, hi - lo, Kmax + 1)`` twice and
+        ``(L, hi - lo, G, 5)`` (C-contiguous)."""
+        parts_a, parts_b, parts_g = [], [], []
+        for c in range(lo // _COEF_CHUNK, (hi - 1) // _COEF_CHUNK + 1):
+            aT, bT, g = self.chunk(c)
+            c0 = c * _COEF_CHUNK
+            s = slice(max(lo, c0) - c0, min(hi, c0 + aT.shape[2]) - c0)
+            parts_a.append(aT[:, :, s])
+            parts_b.append(bT[:, :, s])
+            parts_g.append(g[:, s])
+        a = np.concatenate(parts_a, axis=2).transpose(0, 2, 1)
+        b = np.concatenate(parts_b, axis=2).transpose(0, 2, 1)
+        return (np.ascontiguousarray(a), np.ascontiguousarray(b),
+                np.ascontiguousarray(np.concatenate(parts_g, axis=1)))
 
 
 class SeriesBoundData(NamedTuple):
@@ -581,8 +844,11 @@ class SeriesBoundData(NamedTuple):
 class _Plan:
     """What ``prepare`` hands to ``block`` and ``finish``; ``error_bound`` grows per block."""
 
-    def __init__(self, net, rows, cols, bnd, allowed, extra, target, orders, cause):
+    def __init__(self, net, rows, cols, bnd, allowed, extra, target, orders, cause,
+                 store1, store2):
         self.net, self.rows, self.cols, self.bnd = net, rows, cols, bnd
+        self.store1, self.store2 = store1, store2     # the same object when symmetric
+        self.budget_set = False
         self.excess = 0.0
         self.allowed = allowed
         self.extra = extra            # rounding of the row statistics, added once
@@ -633,49 +899,92 @@ class SeriesEngine:
         scale = float(max(np.max(np.abs(q[-1])), np.max(np.abs(th[-1]))))
         target = self.tol * scale
         rmax = np.ones(L)
+        chunks = [None, None]
         if L == 0:
-            Ks, full = [], []
+            Ks, tails = [], []
         else:
-            rmax = _max_correlations(act, setup, A, B, symmetric, q, _sample_rows(q))
-            Ks, full = _choose_orders(act, setup, q, E, Ed, th, target, n1, rmax)
+            partners = _partners(setup, A, B, symmetric, q[0])
+            rmax = _max_correlations(act, setup, A, B, symmetric, q, _sample_rows(q),
+                                     partners)
+            rrow = _row_correlations(setup, A, B, symmetric, q[0], partners)
+            Ks, tails, chunks = _choose_orders(act, setup, q, E, Ed, th, target, n1, rmax,
+                                               rrow)
         Kmax = max(Ks) if Ks else 0
         Lb = max(L, 1)
         Ks_arr = np.array(Ks if Ks else [0], dtype=np.int64)
         rq = np.sqrt(q[:Lb])
-        a = np.stack([_pad(f.a, Kmax) for f in full]) if L else np.zeros((1, n, 1))
-        b = np.stack([_pad(f.b, Kmax) for f in full]) if L else np.zeros((1, n, 1))
         Ecl = E if L else np.zeros((1, n))
         Edl = Ed if L else np.zeros((1, n))
         tT = np.zeros((Lb, n))
         tD = np.zeros((Lb, n))
         S1 = np.zeros((Lb, n))
-        for l, (f, K) in enumerate(zip(full, Ks)):
-            tT[l], tD[l], S1[l] = f.at(K)
+        for l, t in enumerate(tails):
+            tT[l], tD[l], S1[l] = t
         roots = [np.sqrt(np.maximum(v, 0.0)) for v in (Ecl, Edl, tT, tD, S1)] + [np.sqrt(th[0])]
         c = slice(0, n1) if symmetric else slice(n1, None)
         rnd = np.array([16.0 * (K + 2) * _EPS for K in (Ks if Ks else [0])])
         bnd = SeriesBoundData(*[np.ascontiguousarray(v[..., :n1]) for v in roots],
                               *[np.ascontiguousarray(v[..., c]) for v in roots],
                               (d + 8) * _EPS * 1.01, rnd)
-        rows = SeriesRows(nsq1, np.ascontiguousarray(rq[:, :n1]),
-                          np.ascontiguousarray(a[:, :n1]), np.ascontiguousarray(b[:, :n1]),
-                          np.ascontiguousarray(Ecl[:, :n1]), np.ascontiguousarray(Edl[:, :n1]))
-        cols = SeriesCols(np.ascontiguousarray(rq[:, c]),
-                          np.ascontiguousarray(a[:, c].transpose(0, 2, 1)),
-                          np.ascontiguousarray(b[:, c].transpose(0, 2, 1)))
-        net = SeriesNet(L, Ks_arr, setup.w2, setup.b2, float(d), setup.cK, setup.cb)
+        # the coefficients are made per block (by fixed chunks of rows, _CoefStore): the
+        # per-row records kept here are O(n L), never O(n K)
+        Ks_c = list(Ks) if L else [0]
+        qc = q[:Lb] if L else np.zeros((1, n))
+        store1 = _CoefStore(act, Ks_c, Kmax, np.ascontiguousarray(qc[:, :n1]))
+        store2 = store1 if symmetric else _CoefStore(act, Ks_c, Kmax,
+                                                      np.ascontiguousarray(qc[:, c]))
+        for st_, ch in zip((store1, store2), chunks):
+            if ch:
+                st_.chunks.update(ch)
+        empty = np.zeros((Lb, 0, Kmax + 1))     # depth 0: placeholders, never read
+        gempty = np.zeros((Lb, 0, _N_GRID, 5))
+        rows = SeriesRows(nsq1, np.ascontiguousarray(rq[:, :n1]), empty, empty,
+                          np.ascontiguousarray(Ecl[:, :n1]), np.ascontiguousarray(Edl[:, :n1]),
+                          gempty, 0)
+        cols = SeriesCols(np.ascontiguousarray(rq[:, c]), empty, empty, gempty, 0, 0)
+        net = SeriesNet(L, Ks_arr, setup.w2, setup.b2, float(d), setup.cK, setup.cb, GRID)
         # the row statistics (quadrature of E[phi^2], relative ~1e-15 per layer) are not in the
         # per-pair recursion: a fixed allowance covers them
         extra = 64.0 * L * _EPS * scale
         cause = _cause(act, q, rmax, Ks)
         return _Plan(net, rows, cols, bnd, 64.0 * (d + Kmax + 2) * _EPS, extra, target,
-                     tuple(int(k) for k in Ks), cause)
+                     tuple(int(k) for k in Ks), cause, store1, store2)
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):
-        ex = np.zeros(G.shape[0])
-        eb = np.zeros(G.shape[0])
-        series_block(plan.net, plan.rows, plan.cols, plan.bnd, np.ascontiguousarray(G), row0,
-                     symmetric, out_nngp, out_ntk, ex, eb)
+        """One row block, by column chunks of ``_COEF_CHUNK`` (coefficients made per chunk).
+
+        Working memory beyond the block's ``G`` and output rows: the per-row ``(L, n)``
+        records and at most two coefficient chunks per side, unless a whole side's
+        coefficients fit ``max(_COEF_BUDGET, 3 * 8 * G.size)`` bytes (then they are kept and
+        computed once).
+        """
+        nb, ncols = G.shape
+        if not plan.budget_set:
+            budget = max(_COEF_BUDGET, 24 * nb * ncols)
+            stores = {id(plan.store1): plan.store1, id(plan.store2): plan.store2}.values()
+            keep = sum(st.nbytes() for st in stores) <= budget
+            for st in stores:
+                st.keep_all = keep
+            plan.budget_set = True
+        G = np.ascontiguousarray(G)
+        ex = np.zeros(nb)
+        eb = np.zeros(nb)
+        if plan.net.depth == 0:
+            a1, b1, g1 = plan.rows.a, plan.rows.b, plan.rows.g
+        else:
+            a1, b1, g1 = plan.store1.rows(row0, row0 + nb)
+        rows = plan.rows._replace(a=a1, b=b1, g=g1, off=row0)
+        stop = row0 + nb if symmetric else ncols
+        for c in range(0, (stop + _COEF_CHUNK - 1) // _COEF_CHUNK):
+            c0 = c * _COEF_CHUNK
+            if plan.net.depth == 0:
+                aT, bT, g2 = plan.cols.aT, plan.cols.bT, plan.cols.g
+            else:
+                aT, bT, g2 = plan.store2.chunk(c)
+            cols = plan.cols._replace(aT=aT, bT=bT, g=g2, start=c0,
+                                      stop=min(stop, c0 + _COEF_CHUNK))
+            series_block(plan.net, rows, cols, plan.bnd, G, row0, symmetric, out_nngp,
+                         out_ntk, ex, eb)
         plan.excess = max(plan.excess, float(ex.max()))
         plan.pairs = max(plan.pairs, float(eb.max()))
 
@@ -708,10 +1017,13 @@ def _cause(act, q, rmax, Ks):
         parts.append(f"phi or phi' has kinks at {tuple(act.kinks)}, so the Hermite tails decay "
                      "algebraically")
     qmax = float(np.max(q[:-1])) if q.shape[0] > 1 else float(np.max(q))
-    if qmax > 4.0:
-        parts.append(f"large pre-activation variance (up to {qmax:.3g}; the tails of a smooth "
-                     "phi(sqrt(q) z) decay like exp(-c sqrt(k / q)))")
     close = float(np.max(rmax)) if np.size(rmax) else 0.0
+    if qmax > 4.0:
+        corr = (f", for pairs correlated up to ~{2 * close - 1:.3g}, whose rho^k damp them "
+                "slowly" if close > 0.95 else "")
+        parts.append(f"large pre-activation variance (up to {qmax:.3g}; the tails of a smooth "
+                     f"phi(sqrt(q) z) decay like exp(-c sqrt(k / q)){corr}); rescale the "
+                     "inputs or lower w_std/b_std to reach tol")
     if close > 0.999:
         parts.append(f"nearly identical rows (correlation up to ~{2 * close - 1:.12g}, where "
                      "the Mehler tail is not damped)")
