@@ -444,7 +444,121 @@ def _radial_gap(family, r1, r2, sk1, sk2):
 
 
 @njit(cache=True, error_model="numpy")
-def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2):
+def _gelu_k11_slope(q):
+    """d/dq E[phi(u)^2], u ~ N(0, q), for GELU (the derivative of the diagonal of :func:`_gelu`)."""
+    c = 1.0 + q
+    e = math.sqrt(1.0 + 2.0 * q)
+    h = 2.0 * q / (c * e)
+    return 0.25 + (math.asin(q / c) + h + q / (c * e) + h * (1.0 / c - q / (1.0 + 2.0 * q))) / (2.0 * PI)
+
+
+@njit(cache=True, error_model="numpy")
+def diag_diff(family, q1, q2, D):
+    """``E[phi(u)^2] - E[phi(v)^2]`` for u ~ N(0, q1), v ~ N(0, q2), given ``D = q1 - q2``.
+
+    ``D`` is carried per pair (it is accurate where ``q1 - q2`` formed from the rounded
+    per-row variances is not, for nearly identical rows), and the difference is formed without
+    cancellation: sin and cos through ``expm1``, gaussian and erf by conjugates, GELU by a
+    4-point Gauss-Legendre rule on the slope when ``|D| < 0.1 (1 + min(q))`` (the slope is
+    analytic on that scale), by subtraction otherwise. The non-smooth families return
+    ``nan`` (they do not use it).
+    """
+    if family == FAMILY_SIN or family == FAMILY_COS:
+        if D >= 0.0:
+            v = -0.5 * math.exp(-2.0 * q2) * math.expm1(-2.0 * D)
+        else:
+            v = 0.5 * math.exp(-2.0 * q1) * math.expm1(2.0 * D)
+        return v if family == FAMILY_SIN else -v
+    if family == FAMILY_GAUSSIAN:
+        a = math.sqrt(1.0 + 2.0 * q1)
+        b = math.sqrt(1.0 + 2.0 * q2)
+        return -2.0 * D / (a * b * (a + b))
+    if family == FAMILY_ERF:
+        # (2/pi) (atan u1 - atan u2), u = 2 q / sqrt(1 + 4 q)
+        e1 = math.sqrt(1.0 + 4.0 * q1)
+        e2 = math.sqrt(1.0 + 4.0 * q2)
+        u1 = 2.0 * q1 / e1
+        u2 = 2.0 * q2 / e2
+        du = 4.0 * D * (q1 + q2 + 4.0 * q1 * q2) / ((2.0 * q1 * e2 + 2.0 * q2 * e1) * e1 * e2)
+        return (2.0 / PI) * math.atan(du / (1.0 + u1 * u2))
+    if family == FAMILY_GELU:
+        if abs(D) < 0.1 * (1.0 + min(q1, q2)):
+            acc = 0.0
+            for i in range(4):
+                acc += _GL_W[i] * _gelu_k11_slope(q2 + 0.5 * D * (1.0 + _GL_X[i]))
+            return 0.5 * D * acc
+        return _gelu(q1, q1, q1, 0.0)[0] - _gelu(q2, q2, q2, 0.0)[0]
+    return math.nan
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _sinh_minus(x):
+    """sinh x - x for x >= 0, relative accuracy (series below 1)."""
+    if x < 1.0:
+        x2 = x * x
+        t = x * x2 / 6.0
+        acc = t
+        for k in range(2, 12):
+            t *= x2 / ((2 * k) * (2 * k + 1))
+            acc += t
+        return acc
+    return math.sinh(x) - x
+
+
+@njit(cache=True, error_model="numpy")
+def _radial_gap_exact(family, q1, q2, r1, r2, D, sk1, sk2):
+    """R = sqrt(k11 k22) - k(q1, q2, sqrt(q1 q2)) of sin, cos, gaussian from ``D = q1 - q2``.
+
+    R = (k11 k22 - k12^2) / (sqrt(k11 k22) + k12), the numerator in closed form (x and y below
+    are (r1 + r2)^2 / 2 and (r1 - r2)^2 / 2, t = |D| / 2 = sqrt(x y), S = q1 + q2 = x + y):
+
+    * sin: ``e^-S [sinh x sinh y - sinh^2 t]`` =
+      ``e^-S [(sinh x - x) sinh y + x (sinh y - y) - (sinh t - t)(sinh t + t)]``,
+    * cos: ``e^-S [sinh x sinh y + sinh^2 t]``,
+    * gaussian: ``D^2 / ((1 + S + a b) a b (1 + S))``, ``a b = sqrt((1 + 2 q1)(1 + 2 q2))``;
+
+    each a sum of terms of one sign for ``|r1 - r2| < 0.1 (r1 + r2)`` (the only case in which
+    it is called for sin and cos). Relative accuracy a few ulp.
+    """
+    if family == FAMILY_GAUSSIAN:
+        ab = math.sqrt(1.0 + 2.0 * q1) * math.sqrt(1.0 + 2.0 * q2)
+        S1 = 1.0 + q1 + q2
+        num = (D / (S1 + ab)) * (D / (ab * S1))
+        return num / (sk1 * sk2 + 1.0 / math.sqrt(S1))
+    dr = D / (r1 + r2)
+    y = 0.5 * dr * dr
+    x = 0.5 * (r1 + r2) * (r1 + r2)
+    t = 0.5 * abs(D)
+    ex = math.exp(-x)
+    ey = math.exp(-y)
+    shy = math.sinh(y)
+    # e^-x sinh x = -expm1(-2x)/2
+    esx = -0.5 * math.expm1(-2.0 * x)
+    sht = math.sinh(t)
+    if family == FAMILY_SIN:
+        num = ey * ((esx - x * ex) * shy + x * ex * _sinh_minus(y)
+                    - ex * _sinh_minus(t) * (sht + t))
+        k12 = -0.5 * ey * math.expm1(-2.0 * r1 * r2)
+    else:
+        num = ey * (esx * shy + ex * sht * sht)
+        k12 = 0.5 * (ey + ex)
+    return max(num, 0.0) / (sk1 * sk2 + k12)
+
+
+@njit(cache=True, error_model="numpy")
+def _radial(family, q1, q2, r1, r2, D, sk1, sk2):
+    """The radial gap R (see :func:`_radial_gap`), from the carried ``D = q1 - q2`` for sin,
+    cos and gaussian (:func:`_radial_gap_exact`); erf and GELU use :func:`_radial_gap`."""
+    if family == FAMILY_GAUSSIAN or ((family == FAMILY_SIN or family == FAMILY_COS)
+                                     and abs(D) < 0.1 * (r1 + r2) * (r1 + r2)):
+        if D == 0.0:
+            return 0.0
+        return _radial_gap_exact(family, q1, q2, r1, r2, D, sk1, sk2)
+    return _radial_gap(family, r1, r2, sk1, sk2)
+
+
+@njit(cache=True, error_model="numpy")
+def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2, D):
     """(k, kd, kA, kB) of the non-homogeneous closed forms, as :func:`smooth_pair`.
 
     The gaps are split into a radial and an angular part,
@@ -458,15 +572,16 @@ def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2):
     sk = sk1 * sk2
     m = r1 * r2
     lim = _GAP_QUAD * min(m, 1.0)
+    R = -1.0
     if A <= lim:
-        kA = _radial_gap(family, r1, r2, sk1, sk2) + _gap_integral(family, q1, q2, r1, r2, m,
-                                                                    A, True)
+        R = _radial(family, q1, q2, r1, r2, D, sk1, sk2)
+        kA = R + _gap_integral(family, q1, q2, r1, r2, m, A, True)
     else:
         kA = sk - k
     if B <= lim:
         kneg, _ = smooth_kkd(family, q1, q2, r1, r2, 2.0 * m, 0.0)
         if family == FAMILY_ERF or family == FAMILY_SIN:    # odd: sk + k(-m) = R
-            anti = _radial_gap(family, r1, r2, sk1, sk2)
+            anti = R if R >= 0.0 else _radial(family, q1, q2, r1, r2, D, sk1, sk2)
         else:
             anti = sk + kneg
         kB = anti + _gap_integral(family, q1, q2, r1, r2, m, B, False)
@@ -477,7 +592,7 @@ def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2):
 
 
 @njit(cache=True, error_model="numpy")
-def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
+def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2, D):
     """(k, kd, kA, kB) of the non-homogeneous closed forms (erf, sin, cos, gaussian, gelu).
 
     For the even activations (cos, gaussian) ``k(s) = k(-s)``: nearly antipodal inputs
@@ -486,14 +601,17 @@ def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
     that the small gap is formed by the accurate route; see :func:`_smooth_pair_oriented`.
     """
     if (family == FAMILY_COS or family == FAMILY_GAUSSIAN) and B < A:
-        k, kd, kA, kB = _smooth_pair_oriented(family, q1, q2, r1, r2, B, A, sk1, sk2)
+        k, kd, kA, kB = _smooth_pair_oriented(family, q1, q2, r1, r2, B, A, sk1, sk2, D)
         return k, -kd, kA, kB
-    return _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2)
+    return _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2, D)
 
 
 @njit(cache=True, error_model="numpy")
 def pair_dual(family, p0, p1, q1, q2, A, B, sk1, sk2):
-    """(k, kd, kA, kB) for one pair of any family; ``sk = sqrt(E[phi(u)^2])`` per row."""
+    """(k, kd, kA, kB) for one pair of any family; ``sk = sqrt(E[phi(u)^2])`` per row.
+
+    The radial difference of the smooth families is taken as ``q1 - q2`` here (callers that
+    carry it per pair call :func:`smooth_pair` directly)."""
     r1 = math.sqrt(q1)
     r2 = math.sqrt(q2)
     m = r1 * r2
@@ -503,4 +621,4 @@ def pair_dual(family, p0, p1, q1, q2, A, B, sk1, sk2):
         return abstep_pair(p0, p1, m, A, B, sk1 * sk2)
     if family == FAMILY_ARCCOS:
         return arccos_pair(int(p0), m, A, B)
-    return smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2)
+    return smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2, q1 - q2)
