@@ -387,6 +387,11 @@ def smooth_kkd(family, q1, q2, r1, r2, A, B):
 # 4-point Gauss-Legendre rule on [-1, 1]
 _GL_X = (-0.8611363115940526, -0.3399810435848563, 0.3399810435848563, 0.8611363115940526)
 _GL_W = (0.3478548451374538, 0.6521451548625461, 0.6521451548625461, 0.3478548451374538)
+# 8-point rule on [-1, 1]
+_GL8_X = (-0.9602898564975363, -0.7966664774136267, -0.5255324099163290, -0.1834346424956498,
+          0.1834346424956498, 0.5255324099163290, 0.7966664774136267, 0.9602898564975363)
+_GL8_W = (0.1012285362903763, 0.2223810344533745, 0.3137066458778873, 0.3626837833783620,
+          0.3626837833783620, 0.3137066458778873, 0.2223810344533745, 0.1012285362903763)
 # below this gap (relative to min(m, 1), the analyticity radius of the duals in s) the
 # angular part of a gap is integrated (GL4 error < 1e-14 relative); above it, subtracted.
 _GAP_QUAD = 0.01
@@ -443,13 +448,60 @@ def _radial_gap(family, r1, r2, sk1, sk2):
     return t * ((16.0 * R1 - R2) + t * (R2 - 4.0 * R1)) / 12.0
 
 
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+# x - atan x = sum_{k>=1} (-1)^(k+1) x^(2k+1) / (2k+1), for x < 0.5 (25 terms: < 1e-17)
+_XATAN = tuple(((-1.0) ** (k + 1)) / (2 * k + 1) for k in range(1, 26))
+
+
+@njit(cache=True, error_model="numpy")
+def _gelu_eps(q):
+    """eps(q) = 1/2 - E[phi(u)^2] / q for GELU, u ~ N(0, q), q > 0, to a few ulp.
+
+    eps = [atan(e/q) - 2q/((1+q) e)] / (2 pi), e = sqrt(1 + 2q) (from the diagonal of
+    :func:`_gelu` with asin(q/(1+q)) = pi/2 - atan(e/q)); for q >= 1 as
+    [(1 + 3q)/(q (1+q) e) - (x - atan x)] / (2 pi), x = e/q, which has no cancellation
+    (eps ~ q^(-3/2): GELU becomes homogeneous at large variance).
+    """
+    if q < 1.0:
+        return 0.5 - _gelu(q, q, q, 0.0)[0] / q
+    e = math.sqrt(1.0 + 2.0 * q)
+    x = e / q
+    if x < 0.5:
+        x2 = x * x
+        acc = _XATAN[24]
+        for k in range(23, -1, -1):
+            acc = acc * x2 + _XATAN[k]
+        xa = acc * x2 * x
+    else:
+        xa = x - math.atan(x)
+    return ((1.0 + 3.0 * q) / (q * (1.0 + q) * e) - xa) / (2.0 * PI)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _gelu_kappa_slope(q):
+    """d/dq (E[phi(u)^2] / q) for GELU = [1/(1+2q) + 2/(1+q)] / (2 pi (1+q) sqrt(1+2q)) > 0."""
+    return (1.0 / (1.0 + 2.0 * q) + 2.0 / (1.0 + q)) / (2.0 * PI * (1.0 + q) * math.sqrt(1.0 + 2.0 * q))
+
+
 @njit(cache=True, error_model="numpy")
 def _gelu_k11_slope(q):
-    """d/dq E[phi(u)^2], u ~ N(0, q), for GELU (the derivative of the diagonal of :func:`_gelu`)."""
-    c = 1.0 + q
-    e = math.sqrt(1.0 + 2.0 * q)
-    h = 2.0 * q / (c * e)
-    return 0.25 + (math.asin(q / c) + h + q / (c * e) + h * (1.0 / c - q / (1.0 + 2.0 * q))) / (2.0 * PI)
+    """d/dq E[phi(u)^2], u ~ N(0, q), for GELU: kappa + q kappa' = 1/2 - eps(q) + q kappa'(q)
+    (no asin near 1, whose argument's rounding would cost sqrt(q) ulp)."""
+    return 0.5 - _gelu_eps(q) + q * _gelu_kappa_slope(q)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _phi_tail_diff(a2, w):
+    """Phi(-a2) - Phi(-a2 - w) = int_{a2}^{a2+w} phi_N for a2, w >= 0, relative accuracy."""
+    a1 = a2 + w
+    if w < 0.5:
+        acc = 0.0
+        for i in range(8):
+            u = a2 + 0.5 * w * (1.0 + _GL8_X[i])
+            acc += _GL8_W[i] * math.exp(-0.5 * u * u)
+        return 0.5 * w * acc * _INV_SQRT_2PI
+    return 0.5 * (math.erfc(a2 * _SQRT_HALF) - math.erfc(a1 * _SQRT_HALF))
 
 
 @njit(cache=True, error_model="numpy")
@@ -458,8 +510,8 @@ def diag_diff(family, q1, q2, D):
 
     ``D`` is carried per pair (it is accurate where ``q1 - q2`` formed from the rounded
     per-row variances is not, for nearly identical rows), and the difference is formed without
-    cancellation: sin and cos through ``expm1``, gaussian and erf by conjugates, GELU by a
-    4-point Gauss-Legendre rule on the slope when ``|D| < 0.1 (1 + min(q))`` (the slope is
+    cancellation: sin and cos through ``expm1``, gaussian and erf by conjugates, GELU by an
+    8-point Gauss-Legendre rule on the slope when ``|D| < 0.1 (1 + min(q))`` (the slope is
     analytic on that scale), by subtraction otherwise. The non-smooth families return
     ``nan`` (they do not use it).
     """
@@ -483,9 +535,11 @@ def diag_diff(family, q1, q2, D):
         return (2.0 / PI) * math.atan(du / (1.0 + u1 * u2))
     if family == FAMILY_GELU:
         if abs(D) < 0.1 * (1.0 + min(q1, q2)):
+            # the slope's singularities (q = -1/2, -1) are >= 10 half-lengths away: GL8 error
+            # < 20^-16 relative
             acc = 0.0
-            for i in range(4):
-                acc += _GL_W[i] * _gelu_k11_slope(q2 + 0.5 * D * (1.0 + _GL_X[i]))
+            for i in range(8):
+                acc += _GL8_W[i] * _gelu_k11_slope(q2 + 0.5 * D * (1.0 + _GL8_X[i]))
             return 0.5 * D * acc
         return _gelu(q1, q1, q1, 0.0)[0] - _gelu(q2, q2, q2, 0.0)[0]
     return math.nan
@@ -545,6 +599,66 @@ def _radial_gap_exact(family, q1, q2, r1, r2, D, sk1, sk2):
     return max(num, 0.0) / (sk1 * sk2 + k12)
 
 
+_GELU_PANEL = 0.5
+
+
+@njit(cache=True, error_model="numpy")
+def _gelu_radial(q1, q2, r1, r2, D, sk1, sk2):
+    """GELU's radial gap R = sqrt(k11 k22) - k(q1, q2, sqrt(q1 q2)) from ``D = q1 - q2``.
+
+    With f_i(z) = phi(r_i z) and g = f1/sk1 - f2/sk2, R = sk1 sk2 E[g^2] / 2. Split
+    phi = relu + psi, psi(x) = -|x| Phi(-|x|) (even): relu is homogeneous, so
+    g = c relu(z) + p(|z|) with c = 1/sqrt(kappa1) - 1/sqrt(kappa2) (kappa = k11 / q, its
+    difference from the slope :func:`_gelu_kappa_slope` or from :func:`_gelu_eps`) and
+    p(z) = psi(r1 z)/sk1 - psi(r2 z)/sk2, formed from Phi(-r2 z) - Phi(-r1 z) and
+    sqrt(k11) - sqrt(k22) (:func:`diag_diff`), never from a difference of nearly equal
+    numbers. Then E[g^2] = c^2/2 + 2 c int_0^inf z p phi_N + 2 int_0^inf p^2 phi_N, the integrals
+    by 8-point Gauss-Legendre panels of unit length in t = max(r1, 1) z over
+    [0, 12 max(r1, 1) / max(r2, 1)] (the integrand decays like exp(-t^2 / 2) there and varies
+    on the scale >= 1). Used for 1/4 <= r1/r2 <= 4 (O(50) panels at most); relative error
+    ~1e-15 over q in [1e-2, 1e12] (tests/test_radial_gap.py).
+    """
+    if D < 0.0:
+        q1, q2, r1, r2, sk1, sk2, D = q2, q1, r2, r1, sk2, sk1, -D
+    if D == 0.0:
+        return 0.0
+    # kappa1 - kappa2 >= 0
+    if D < 0.1 * (1.0 + q2):
+        acc = 0.0
+        for i in range(8):
+            acc += _GL8_W[i] * _gelu_kappa_slope(q2 + 0.5 * D * (1.0 + _GL8_X[i]))
+        dkap = 0.5 * D * acc
+    else:
+        dkap = _gelu_eps(q2) - _gelu_eps(q1)
+    k1 = 0.5 - _gelu_eps(q1)
+    k2 = 0.5 - _gelu_eps(q2)
+    s1 = math.sqrt(k1)
+    s2 = math.sqrt(k2)
+    c = -dkap / (s1 * s2 * (s1 + s2))
+    ds = diag_diff(FAMILY_GELU, q1, q2, D) / (sk1 + sk2)      # sk1 - sk2
+    dr = D / (r1 + r2)
+    sig = max(r1, 1.0)
+    tmax = 12.0 * sig / max(r2, 1.0)
+    npan = int(math.ceil(tmax / _GELU_PANEL))
+    I1 = 0.0
+    I2 = 0.0
+    for pnl in range(npan):
+        for i in range(8):
+            z = _GELU_PANEL * (pnl + 0.5 * (1.0 + _GL8_X[i])) / sig
+            a2 = r2 * z
+            P1 = 0.5 * math.erfc(r1 * z * _SQRT_HALF)      # Phi(-r1 z)
+            P2 = 0.5 * math.erfc(a2 * _SQRT_HALF)
+            # psi(r1 z) - psi(r2 z), with r1 z - r2 z = dr z (not the rounded difference)
+            dpsi = -z * (dr * P1 - r2 * _phi_tail_diff(a2, dr * z))
+            p = dpsi / sk1 + a2 * P2 * ds / (sk1 * sk2)
+            wgt = _GL8_W[i] * math.exp(-0.5 * z * z)
+            I1 += wgt * z * p
+            I2 += wgt * p * p
+    scale = 0.5 * _GELU_PANEL / sig * _INV_SQRT_2PI
+    Eg2 = 0.5 * c * c + 2.0 * c * I1 * scale + 2.0 * I2 * scale
+    return 0.5 * sk1 * sk2 * max(Eg2, 0.0)
+
+
 @njit(cache=True, error_model="numpy")
 def _radial(family, q1, q2, r1, r2, D, sk1, sk2):
     """The radial gap R (see :func:`_radial_gap`), from the carried ``D = q1 - q2`` for sin,
@@ -554,7 +668,44 @@ def _radial(family, q1, q2, r1, r2, D, sk1, sk2):
         if D == 0.0:
             return 0.0
         return _radial_gap_exact(family, q1, q2, r1, r2, D, sk1, sk2)
+    if (family == FAMILY_GELU and q1 > 0.0 and q2 > 0.0 and 0.0625 * q2 <= q1 <= 16.0 * q2
+            and q1 < _BIG and q2 < _BIG):
+        return _gelu_radial(q1, q2, r1, r2, D, sk1, sk2)
     return _radial_gap(family, r1, r2, sk1, sk2)
+
+
+# GELU gaps above the Gauss-Legendre threshold but below this fraction of m are integrated on
+# a logarithmic grid (the subtraction sqrt(k11 k22) - k would lose m / A digits there)
+_GELU_GRADED = 0.02
+
+
+@njit(cache=True, error_model="numpy")
+def _gelu_gap_graded(q1, q2, r1, r2, m, g):
+    """int_{m-g}^{m} G(t) dt for GELU, 8-point Gauss-Legendre panels in v = log(h + h0).
+
+    ``G(m - h)`` has its branch points where ``Delta^2 = (h + h0)(h1 - h) = 0``, i.e. at
+    ``h = -h0`` (``h0 = Delta_m^2 / (m + sqrt(m^2 + Delta_m^2))``, ``Delta_m^2 = 1 + q1 + q2``)
+    and ``h = h1 ~ 2 m``; in ``v`` the first goes to ``-inf`` and, for ``g <= 0.02 m``, the
+    second stays >= log(50) beyond the end of the interval. Panels of length <= 1 in ``v``
+    (GL8 error < 1e-16 relative to the panel there); ``h = h0 expm1(v - log h0)`` keeps the
+    nodes accurate next to the end point.
+    """
+    Dm2 = 1.0 + q1 + q2
+    h0 = Dm2 / (m + math.sqrt(m * m + Dm2))
+    U = math.log1p(g / h0)          # v - log(h0) runs over [0, U]
+    npan = int(math.ceil(U))
+    if npan < 1:
+        npan = 1
+    w = U / npan
+    acc = 0.0
+    for p in range(npan):
+        c = (p + 0.5) * w
+        for i in range(8):
+            u = c + 0.5 * w * _GL8_X[i]
+            h = min(h0 * math.expm1(u), g)
+            _, kd = smooth_kkd(FAMILY_GELU, q1, q2, r1, r2, h, 2.0 * m - h)
+            acc += _GL8_W[i] * kd * math.exp(u)
+    return 0.5 * w * h0 * acc
 
 
 @njit(cache=True, error_model="numpy")
@@ -576,6 +727,9 @@ def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2, D):
     if A <= lim:
         R = _radial(family, q1, q2, r1, r2, D, sk1, sk2)
         kA = R + _gap_integral(family, q1, q2, r1, r2, m, A, True)
+    elif family == FAMILY_GELU and A <= _GELU_GRADED * m and m < _BIG:
+        R = _radial(family, q1, q2, r1, r2, D, sk1, sk2)
+        kA = R + _gelu_gap_graded(q1, q2, r1, r2, m, A)
     else:
         kA = sk - k
     if B <= lim:

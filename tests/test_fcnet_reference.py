@@ -22,27 +22,8 @@ CASES = load_reference_cases()
 EXTRA = load_reference_cases(os.path.join(os.path.dirname(DEFAULT_DATA_PATH),
                                           "reference_kernels_extra.npz"))
 
-# Known limitation (docs/closed_forms.md sec. 8): GELU's radial gap (perfectly correlated
-# inputs of different scales, sqrt(k11 k22) - k(q1, q2, sqrt(q1 q2))) has no cancellation-free
-# form yet: it is extrapolated (Richardson, ~1e-11 relative) for |log(r1/r2)| < 2e-3 and
-# subtracted otherwise, which at large variance (GELU nearly homogeneous, gap ~ 5e-13 m at
-# q ~ 1e7) loses up to 1e-4 of it. In the chaotic regime the recursion keeps that relative
-# error of the carried gap (NTK: 1.8e-12 .. 2.2e-12 at depth 100 on nearly identical rows,
-# 1.7e-12 at depth 10 and 3e-10 at depth 100 on parallel rows of norms 7e2, 1e3). Marked as
-# expected failures, strictly: fixing them turns the test red until the mark goes.
-_KNOWN = {
-    "near-gelu-ntk-L100-w1.5-bNone", "near-gelu-ntk-L100-w1.5-b0.0",
-    "near-gelu-ntk-L100-w1.5-b0.3", "norms-gelu-ntk-L10-w1.5-bNone",
-    "norms-gelu-ntk-L100-w1.5-bNone", "norms-gelu-ntk-L10-w1.5-b0.0",
-    "norms-gelu-ntk-L100-w1.5-b0.0", "norms-gelu-ntk-L100-w1.5-b0.3",
-    "norms-gelu-standard512-L10-w1.5-bNone",
-}
-
-
 def _param(c):
-    marks = [pytest.mark.xfail(strict=True, reason="GELU radial gap in the chaotic regime, see _KNOWN")
-             ] if c["id"] in _KNOWN else []
-    return pytest.param(c, id=c["id"], marks=marks)
+    return pytest.param(c, id=c["id"])
 
 
 def _net(c):
