@@ -207,6 +207,10 @@ def _erf_k(q1, q2, r1, r2, A, B):
     return (4.0 / PI) * math.asin(math.sqrt(0.5 * (gap + 1.0 + 2.0 * B) / D)) - 1.0
 
 
+# _gelu's plain form multiplies q1 q2 Delta^2 (Delta^2 up to ~ q1 q2): safe below this
+_GELU_PLAIN = 1e75
+
+
 @njit(cache=True, error_model="numpy")
 def _gelu(q1, q2, s, sAB):
     """E[u Phi(u) v Phi(v)] and E[phi'(u) phi'(v)] for GELU phi(x) = x Phi(x) (exact).
@@ -218,7 +222,7 @@ def _gelu(q1, q2, s, sAB):
     ``sAB = sqrt(q1 q2 - s^2)``; evaluated in scaled form (``Delta`` by ``hypot``, the
     ratios ``q/(1 + q)``), so that no product of variances under- or overflows.
     """
-    if q1 < _BIG and q2 < _BIG and sAB < _BIG:          # the plain form is safe
+    if q1 < _GELU_PLAIN and q2 < _GELU_PLAIN and sAB < _GELU_PLAIN:   # the plain form is safe
         P = (1.0 + q1) * (1.0 + q2)
         D2 = 1.0 + q1 + q2 + sAB * sAB
         Dl = math.sqrt(D2)
@@ -475,7 +479,7 @@ def _gelu_eps(q):
         xa = acc * x2 * x
     else:
         xa = x - math.atan(x)
-    return ((1.0 + 3.0 * q) / (q * (1.0 + q) * e) - xa) / (2.0 * PI)
+    return ((3.0 + 1.0 / q) / ((1.0 + q) * e) - xa) / (2.0 * PI)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -571,8 +575,10 @@ def _radial_gap_exact(family, q1, q2, r1, r2, D, sk1, sk2):
     * cos: ``e^-S [sinh x sinh y + sinh^2 t]``,
     * gaussian: ``D^2 / ((1 + S + a b) a b (1 + S))``, ``a b = sqrt((1 + 2 q1)(1 + 2 q2))``;
 
-    each a sum of terms of one sign for ``|r1 - r2| < 0.1 (r1 + r2)`` (the only case in which
-    it is called for sin and cos). Relative accuracy a few ulp.
+    called for sin and cos when ``|r1 - r2| < 0.5 (r1 + r2)`` (then ``t <= x / 2`` and
+    ``y <= x / 4``: nothing overflows below ``x = 700``, above it only ``e^-S sinh x sinh y``
+    is left, and the sin terms of opposite sign are in ratio ``2 y / x <= 1/2``). Relative
+    accuracy ~1e-15 (tests/test_radial_gap.py).
     """
     if family == FAMILY_GAUSSIAN:
         ab = math.sqrt(1.0 + 2.0 * q1) * math.sqrt(1.0 + 2.0 * q2)
@@ -588,10 +594,16 @@ def _radial_gap_exact(family, q1, q2, r1, r2, D, sk1, sk2):
     shy = math.sinh(y)
     # e^-x sinh x = -expm1(-2x)/2
     esx = -0.5 * math.expm1(-2.0 * x)
+    if x >= 700.0:
+        # e^-x underflows: the terms carrying it are below 1e-300 of e^-y sinh y (t <= x/2)
+        num = esx * (-0.5 * math.expm1(-2.0 * y))
+        k12 = -0.5 * ey * math.expm1(-2.0 * r1 * r2) if family == FAMILY_SIN else 0.5 * ey
+        return max(num, 0.0) / (sk1 * sk2 + k12)
     sht = math.sinh(t)
     if family == FAMILY_SIN:
-        num = ey * ((esx - x * ex) * shy + x * ex * _sinh_minus(y)
-                    - ex * _sinh_minus(t) * (sht + t))
+        # e^-x (sinh x - x), relative accuracy: from the series below 1 (no overflow there)
+        exs = ex * _sinh_minus(x) if x < 700.0 else esx - x * ex
+        num = ey * (exs * shy + x * ex * _sinh_minus(y) - ex * _sinh_minus(t) * (sht + t))
         k12 = -0.5 * ey * math.expm1(-2.0 * r1 * r2)
     else:
         num = ey * (esx * shy + ex * sht * sht)
@@ -613,10 +625,10 @@ def _gelu_radial(q1, q2, r1, r2, D, sk1, sk2):
     p(z) = psi(r1 z)/sk1 - psi(r2 z)/sk2, formed from Phi(-r2 z) - Phi(-r1 z) and
     sqrt(k11) - sqrt(k22) (:func:`diag_diff`), never from a difference of nearly equal
     numbers. Then E[g^2] = c^2/2 + 2 c int_0^inf z p phi_N + 2 int_0^inf p^2 phi_N, the integrals
-    by 8-point Gauss-Legendre panels of unit length in t = max(r1, 1) z over
-    [0, 12 max(r1, 1) / max(r2, 1)] (the integrand decays like exp(-t^2 / 2) there and varies
-    on the scale >= 1). Used for 1/4 <= r1/r2 <= 4 (O(50) panels at most); relative error
-    ~1e-15 over q in [1e-2, 1e12] (tests/test_radial_gap.py).
+    by 8-point Gauss-Legendre panels in t = max(r1, 1) z (r1 >= r2): of length 1/2 on [0, 12],
+    where Phi(-r1 z) varies, then of length rho/2 on [12, 12 rho], rho = max(r1, 1)/max(r2, 1)
+    (48 panels at most). Relative error ~3e-15 over q in [1e-2, 1e10] and any r1/r2
+    (tests/test_radial_gap.py).
     """
     if D < 0.0:
         q1, q2, r1, r2, sk1, sk2, D = q2, q1, r2, r1, sk2, sk1, -D
@@ -638,13 +650,20 @@ def _gelu_radial(q1, q2, r1, r2, D, sk1, sk2):
     ds = diag_diff(FAMILY_GELU, q1, q2, D) / (sk1 + sk2)      # sk1 - sk2
     dr = D / (r1 + r2)
     sig = max(r1, 1.0)
-    tmax = 12.0 * sig / max(r2, 1.0)
-    npan = int(math.ceil(tmax / _GELU_PANEL))
+    rho = sig / max(r2, 1.0)
     I1 = 0.0
     I2 = 0.0
-    for pnl in range(npan):
+    # t = sig z: [0, 12] in panels of 1/2 (where Phi(-r1 z) varies), then [12, 12 rho] in
+    # panels of rho/2 (only Phi(-r2 z) and phi_N(z) left, varying on the scale rho)
+    n1 = int(math.ceil(12.0 / _GELU_PANEL))
+    n2 = int(math.ceil(12.0 * (rho - 1.0) / (_GELU_PANEL * rho)))
+    for pnl in range(n1 + n2):
+        wpan = _GELU_PANEL if pnl < n1 else (12.0 * rho - 12.0) / n2
+        t0 = _GELU_PANEL * pnl if pnl < n1 else 12.0 + (pnl - n1) * wpan
+        sub1 = 0.0
+        sub2 = 0.0
         for i in range(8):
-            z = _GELU_PANEL * (pnl + 0.5 * (1.0 + _GL8_X[i])) / sig
+            z = (t0 + 0.5 * wpan * (1.0 + _GL8_X[i])) / sig
             a2 = r2 * z
             P1 = 0.5 * math.erfc(r1 * z * _SQRT_HALF)      # Phi(-r1 z)
             P2 = 0.5 * math.erfc(a2 * _SQRT_HALF)
@@ -652,11 +671,66 @@ def _gelu_radial(q1, q2, r1, r2, D, sk1, sk2):
             dpsi = -z * (dr * P1 - r2 * _phi_tail_diff(a2, dr * z))
             p = dpsi / sk1 + a2 * P2 * ds / (sk1 * sk2)
             wgt = _GL8_W[i] * math.exp(-0.5 * z * z)
-            I1 += wgt * z * p
-            I2 += wgt * p * p
-    scale = 0.5 * _GELU_PANEL / sig * _INV_SQRT_2PI
+            sub1 += wgt * z * p
+            sub2 += wgt * p * p
+        I1 += wpan * sub1
+        I2 += wpan * sub2
+    scale = 0.5 / sig * _INV_SQRT_2PI
     Eg2 = 0.5 * c * c + 2.0 * c * I1 * scale + 2.0 * I2 * scale
     return 0.5 * sk1 * sk2 * max(Eg2, 0.0)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _erf_diff(a2, w):
+    """erf(a2 + w) - erf(a2) for a2, w >= 0, relative accuracy."""
+    if w < 0.5:
+        acc = 0.0
+        for i in range(8):
+            u = a2 + 0.5 * w * (1.0 + _GL8_X[i])
+            acc += _GL8_W[i] * math.exp(-u * u)
+        return w * acc / math.sqrt(PI)
+    return math.erfc(a2) - math.erfc(a2 + w)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _erf_g2_panels(z0, z1, h, r1, r2, dr, sk1, sk2, ds):
+    """sum of GL8 panels of width <= h over [z0, z1] of g(z)^2 exp(-z^2/2) (see _erf_radial)."""
+    if z1 <= z0:
+        return 0.0
+    npan = int(math.ceil((z1 - z0) / h))
+    w = (z1 - z0) / npan
+    acc = 0.0
+    for p in range(npan):
+        for i in range(8):
+            z = z0 + w * (p + 0.5 * (1.0 + _GL8_X[i]))
+            g = _erf_diff(r2 * z, dr * z) / sk1 - math.erf(r2 * z) * ds / (sk1 * sk2)
+            acc += _GL8_W[i] * g * g * math.exp(-0.5 * z * z)
+    return 0.5 * w * acc
+
+
+@njit(cache=True, error_model="numpy")
+def _erf_radial(q1, q2, r1, r2, D, sk1, sk2):
+    """erf's radial gap R = sqrt(k11 k22) - k(q1, q2, sqrt(q1 q2)) from ``D = q1 - q2``.
+
+    R = sk1 sk2 E[g^2] / 2 with g = f1/sk1 - f2/sk2 = (f1 - f2)/sk1 - f2 (sk1 - sk2)/(sk1 sk2),
+    f_i = erf(r_i z): ``f1 - f2`` by Gauss-Legendre on its derivative (or erfc differences),
+    ``sk1 - sk2`` from :func:`diag_diff`; g is odd, so E[g^2] = 2 int_0^inf g^2 phi_N, by GL8
+    panels of width min(1/2, 1/(2 r_i)) on [0, 6/r1], [6/r1, 6/r2] (where erf(r_i z) still
+    varies) and 1/2 on to z = 12: at most 72 panels whatever r1/r2. Relative error ~1e-15,
+    ~3e-14 at q = 1e-3 where erf is nearly linear and g cancels (tests/test_radial_gap.py).
+    """
+    if D < 0.0:
+        q1, q2, r1, r2, sk1, sk2, D = q2, q1, r2, r1, sk2, sk1, -D
+    if D == 0.0:
+        return 0.0
+    ds = diag_diff(FAMILY_ERF, q1, q2, D) / (sk1 + sk2)
+    dr = D / (r1 + r2)
+    z1 = min(12.0, 6.0 / r1)           # erf(r1 z) varies below z1, erf(r2 z) below z2
+    z2 = min(12.0, 6.0 / r2)
+    I = _erf_g2_panels(0.0, z1, min(0.5, 0.5 / r1), r1, r2, dr, sk1, sk2, ds)
+    I += _erf_g2_panels(z1, z2, min(0.5, 0.5 / r2), r1, r2, dr, sk1, sk2, ds)
+    I += _erf_g2_panels(z2, 12.0, 0.5, r1, r2, dr, sk1, sk2, ds)
+    return sk1 * sk2 * I * _INV_SQRT_2PI
 
 
 @njit(cache=True, error_model="numpy")
@@ -664,13 +738,15 @@ def _radial(family, q1, q2, r1, r2, D, sk1, sk2):
     """The radial gap R (see :func:`_radial_gap`), from the carried ``D = q1 - q2`` for sin,
     cos and gaussian (:func:`_radial_gap_exact`); erf and GELU use :func:`_radial_gap`."""
     if family == FAMILY_GAUSSIAN or ((family == FAMILY_SIN or family == FAMILY_COS)
-                                     and abs(D) < 0.1 * (r1 + r2) * (r1 + r2)):
+                                     and abs(D) < 0.5 * (r1 + r2) * (r1 + r2)):
         if D == 0.0:
             return 0.0
         return _radial_gap_exact(family, q1, q2, r1, r2, D, sk1, sk2)
-    if (family == FAMILY_GELU and q1 > 0.0 and q2 > 0.0 and 0.0625 * q2 <= q1 <= 16.0 * q2
-            and q1 < _BIG and q2 < _BIG):
-        return _gelu_radial(q1, q2, r1, r2, D, sk1, sk2)
+    if q1 > 0.0 and q2 > 0.0 and q1 < _GELU_PLAIN and q2 < _GELU_PLAIN:
+        if family == FAMILY_GELU:
+            return _gelu_radial(q1, q2, r1, r2, D, sk1, sk2)
+        if family == FAMILY_ERF:
+            return _erf_radial(q1, q2, r1, r2, D, sk1, sk2)
     return _radial_gap(family, r1, r2, sk1, sk2)
 
 

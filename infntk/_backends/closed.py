@@ -291,6 +291,22 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
         same = symmetric and j == i
         if same or _needs_rows(gi[j], nx2, nsq2[j]):
             A[j], B[j] = _first_layer_rows(x, X2[j], gi[j], nx2, nsq2[j], w2, b2, d, same)
+    if family == FAMILY_ABSTEP:
+        # step, sign: only the angle matters, and at tiny norms (m < 1e-100) the gaps of nearly
+        # parallel rows are subnormal; recompute them with the rows (and b2) scaled by a power
+        # of two: the same angle, gaps of order 1
+        for j in range(jend):
+            if r1[i, 0] * r2T[0, j] < 1e-100 and r1[i, 0] * r2T[0, j] > 0.0:
+                e = math.frexp(math.sqrt(max(nx2, nsq2[j])))[1]
+                c = math.ldexp(1.0, -e)
+                c2 = c * c
+                same = symmetric and j == i
+                if same or _needs_rows(gi[j], nx2, nsq2[j]):
+                    A[j], B[j] = _first_layer_rows(x * c, X2[j] * c, gi[j] * c2, nx2 * c2,
+                                                   nsq2[j] * c2, w2, b2 * c2, d, same)
+                else:
+                    A[j], B[j] = _first_layer_gram(gi[j] * c2, nx2 * c2, nsq2[j] * c2, w2,
+                                                   b2 * c2, d)
     smooth = not (family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS)
     # the smooth families carry D = q1 - q2 per pair (their radial gap needs it to full
     # relative accuracy, which q1 - q2 from the rounded per-row variances is not)
