@@ -308,8 +308,11 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                     A[j], B[j] = _first_layer_gram(gi[j] * c2, nx2 * c2, nsq2[j] * c2, w2,
                                                    b2 * c2, d)
     smooth = not (family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS)
-    # the smooth families carry D = q1 - q2 per pair (their radial gap needs it to full
-    # relative accuracy, which q1 - q2 from the rounded per-row variances is not)
+    # the smooth families carry D = q1 - q2 for the nearly parallel pairs (the ones whose
+    # angle comes from the rows): their radial gap needs it to full relative accuracy, which
+    # q1 - q2 of the rounded per-row variances is not. NaN: not carried, q1 - q2 is used (a
+    # pair starting at |cos| < 15/16 reaches a small gap only where the recursion contracts,
+    # or keeps its gap O(1) in the chaotic regime).
     Dq = np.empty(jend if smooth else 0)
     if smooth:
         for j in range(jend):
@@ -318,7 +321,7 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
             elif _needs_rows(gi[j], nx2, nsq2[j]):
                 Dq[j] = w2 * (_sqnorm_diff(x, X2[j]) / d)
             else:
-                Dq[j] = w2 * ((nx2 - nsq2[j]) / d)
+                Dq[j] = math.nan
     # sin, cos, gaussian also take the bias gap's sqrt(k11) - sqrt(k22) from it
     exact_d = family == FAMILY_SIN or family == FAMILY_COS or family == FAMILY_GAUSSIAN
     for l in range(depth):
@@ -347,13 +350,16 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                 _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         else:
             for j in range(jend):
+                Dj = Dq[j]
+                carried = Dj == Dj
                 k, kd, kA, kB = smooth_pair(family, qa, q2l[j], ra, r2l[j], A[j], B[j],
-                                            s1, s2l[j], Dq[j])
-                dk = diag_diff(family, qa, q2l[j], Dq[j])
-                Dq[j] = w2 * dk
+                                            s1, s2l[j], Dj if carried else qa - q2l[j])
                 s2 = s2l[j]
-                if exact_d:      # sqrt(k11) - sqrt(k22) from the pair's own difference
-                    s2 = s1 - dk / (s1 + s2l[j]) if s1 + s2l[j] > 0.0 else s2
+                if carried:
+                    dk = diag_diff(family, qa, q2l[j], Dj)
+                    Dq[j] = w2 * dk
+                    if exact_d and s1 + s2 > 0.0:    # sqrt(k11) - sqrt(k22) from the pair's D
+                        s2 = s1 - dk / (s1 + s2)
                 _advance(j, k, kd, kA, kB, s1, s2, rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
     for j in range(jend):
         out_nngp[ib, j] = w2 * K[j] + b2
