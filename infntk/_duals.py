@@ -207,6 +207,10 @@ def _erf_k(q1, q2, r1, r2, A, B):
     return (4.0 / PI) * math.asin(math.sqrt(0.5 * (gap + 1.0 + 2.0 * B) / D)) - 1.0
 
 
+# _gelu's plain form multiplies q1 q2 Delta^2 (Delta^2 up to ~ q1 q2): safe below this
+_GELU_PLAIN = 1e75
+
+
 @njit(cache=True, error_model="numpy")
 def _gelu(q1, q2, s, sAB):
     """E[u Phi(u) v Phi(v)] and E[phi'(u) phi'(v)] for GELU phi(x) = x Phi(x) (exact).
@@ -218,7 +222,7 @@ def _gelu(q1, q2, s, sAB):
     ``sAB = sqrt(q1 q2 - s^2)``; evaluated in scaled form (``Delta`` by ``hypot``, the
     ratios ``q/(1 + q)``), so that no product of variances under- or overflows.
     """
-    if q1 < _BIG and q2 < _BIG and sAB < _BIG:          # the plain form is safe
+    if q1 < _GELU_PLAIN and q2 < _GELU_PLAIN and sAB < _GELU_PLAIN:   # the plain form is safe
         P = (1.0 + q1) * (1.0 + q2)
         D2 = 1.0 + q1 + q2 + sAB * sAB
         Dl = math.sqrt(D2)
@@ -387,6 +391,11 @@ def smooth_kkd(family, q1, q2, r1, r2, A, B):
 # 4-point Gauss-Legendre rule on [-1, 1]
 _GL_X = (-0.8611363115940526, -0.3399810435848563, 0.3399810435848563, 0.8611363115940526)
 _GL_W = (0.3478548451374538, 0.6521451548625461, 0.6521451548625461, 0.3478548451374538)
+# 8-point rule on [-1, 1]
+_GL8_X = (-0.9602898564975363, -0.7966664774136267, -0.5255324099163290, -0.1834346424956498,
+          0.1834346424956498, 0.5255324099163290, 0.7966664774136267, 0.9602898564975363)
+_GL8_W = (0.1012285362903763, 0.2223810344533745, 0.3137066458778873, 0.3626837833783620,
+          0.3626837833783620, 0.3137066458778873, 0.2223810344533745, 0.1012285362903763)
 # below this gap (relative to min(m, 1), the analyticity radius of the duals in s) the
 # angular part of a gap is integrated (GL4 error < 1e-14 relative); above it, subtracted.
 _GAP_QUAD = 0.01
@@ -443,8 +452,356 @@ def _radial_gap(family, r1, r2, sk1, sk2):
     return t * ((16.0 * R1 - R2) + t * (R2 - 4.0 * R1)) / 12.0
 
 
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+# x - atan x = sum_{k>=1} (-1)^(k+1) x^(2k+1) / (2k+1), for x < 0.5 (25 terms: < 1e-17)
+_XATAN = tuple(((-1.0) ** (k + 1)) / (2 * k + 1) for k in range(1, 26))
+
+
 @njit(cache=True, error_model="numpy")
-def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2):
+def _gelu_eps(q):
+    """eps(q) = 1/2 - E[phi(u)^2] / q for GELU, u ~ N(0, q), q > 0, to a few ulp.
+
+    eps = [atan(e/q) - 2q/((1+q) e)] / (2 pi), e = sqrt(1 + 2q) (from the diagonal of
+    :func:`_gelu` with asin(q/(1+q)) = pi/2 - atan(e/q)); for q >= 1 as
+    [(1 + 3q)/(q (1+q) e) - (x - atan x)] / (2 pi), x = e/q, which has no cancellation
+    (eps ~ q^(-3/2): GELU becomes homogeneous at large variance).
+    """
+    if q < 1.0:
+        return 0.5 - _gelu(q, q, q, 0.0)[0] / q
+    e = math.sqrt(1.0 + 2.0 * q)
+    x = e / q
+    if x < 0.5:
+        x2 = x * x
+        acc = _XATAN[24]
+        for k in range(23, -1, -1):
+            acc = acc * x2 + _XATAN[k]
+        xa = acc * x2 * x
+    else:
+        xa = x - math.atan(x)
+    return ((3.0 + 1.0 / q) / ((1.0 + q) * e) - xa) / (2.0 * PI)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _gelu_kappa_slope(q):
+    """d/dq (E[phi(u)^2] / q) for GELU = [1/(1+2q) + 2/(1+q)] / (2 pi (1+q) sqrt(1+2q)) > 0."""
+    return (1.0 / (1.0 + 2.0 * q) + 2.0 / (1.0 + q)) / (2.0 * PI * (1.0 + q) * math.sqrt(1.0 + 2.0 * q))
+
+
+@njit(cache=True, error_model="numpy")
+def _gelu_k11_slope(q):
+    """d/dq E[phi(u)^2], u ~ N(0, q), for GELU: kappa + q kappa' = 1/2 - eps(q) + q kappa'(q)
+    (no asin near 1, whose argument's rounding would cost sqrt(q) ulp)."""
+    return 0.5 - _gelu_eps(q) + q * _gelu_kappa_slope(q)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _phi_tail_diff(a2, w):
+    """Phi(-a2) - Phi(-a2 - w) = int_{a2}^{a2+w} phi_N for a2, w >= 0, relative accuracy."""
+    a1 = a2 + w
+    if w < 0.05:
+        acc = 0.0
+        for i in range(4):
+            u = a2 + 0.5 * w * (1.0 + _GL_X[i])
+            acc += _GL_W[i] * math.exp(-0.5 * u * u)
+        return 0.5 * w * acc * _INV_SQRT_2PI
+    if w < 0.5:
+        acc = 0.0
+        for i in range(8):
+            u = a2 + 0.5 * w * (1.0 + _GL8_X[i])
+            acc += _GL8_W[i] * math.exp(-0.5 * u * u)
+        return 0.5 * w * acc * _INV_SQRT_2PI
+    return 0.5 * (math.erfc(a2 * _SQRT_HALF) - math.erfc(a1 * _SQRT_HALF))
+
+
+@njit(cache=True, error_model="numpy")
+def diag_diff(family, q1, q2, D):
+    """``E[phi(u)^2] - E[phi(v)^2]`` for u ~ N(0, q1), v ~ N(0, q2), given ``D = q1 - q2``.
+
+    ``D`` is carried per pair (it is accurate where ``q1 - q2`` formed from the rounded
+    per-row variances is not, for nearly identical rows), and the difference is formed without
+    cancellation: sin and cos through ``expm1``, gaussian and erf by conjugates, GELU by an
+    8-point Gauss-Legendre rule on the slope when ``|D| < 0.1 (1 + min(q))`` (the slope is
+    analytic on that scale), by subtraction otherwise. The non-smooth families return
+    ``nan`` (they do not use it).
+    """
+    if family == FAMILY_SIN or family == FAMILY_COS:
+        if D >= 0.0:
+            v = -0.5 * math.exp(-2.0 * q2) * math.expm1(-2.0 * D)
+        else:
+            v = 0.5 * math.exp(-2.0 * q1) * math.expm1(2.0 * D)
+        return v if family == FAMILY_SIN else -v
+    if family == FAMILY_GAUSSIAN:
+        a = math.sqrt(1.0 + 2.0 * q1)
+        b = math.sqrt(1.0 + 2.0 * q2)
+        return -2.0 * D / (a * b * (a + b))
+    if D == 0.0:
+        return 0.0
+    if family == FAMILY_ERF:
+        if q1 >= _GELU_PLAIN or q2 >= _GELU_PLAIN:     # q1 q2 would overflow below
+            return diag_dual(family, 0.0, 0.0, q1)[0] - diag_dual(family, 0.0, 0.0, q2)[0]
+        # (2/pi) (atan u1 - atan u2), u = 2 q / sqrt(1 + 4 q)
+        e1 = math.sqrt(1.0 + 4.0 * q1)
+        e2 = math.sqrt(1.0 + 4.0 * q2)
+        u1 = 2.0 * q1 / e1
+        u2 = 2.0 * q2 / e2
+        du = 4.0 * D * (q1 + q2 + 4.0 * q1 * q2) / ((2.0 * q1 * e2 + 2.0 * q2 * e1) * e1 * e2)
+        return (2.0 / PI) * math.atan(du / (1.0 + u1 * u2))
+    if family == FAMILY_GELU:
+        if abs(D) < 0.1 * (1.0 + min(q1, q2)):
+            # the slope's singularities (q = -1/2, -1) are >= 10 half-lengths away: GL8 error
+            # < 20^-16 relative
+            acc = 0.0
+            for i in range(8):
+                acc += _GL8_W[i] * _gelu_k11_slope(q2 + 0.5 * D * (1.0 + _GL8_X[i]))
+            return 0.5 * D * acc
+        return _gelu(q1, q1, q1, 0.0)[0] - _gelu(q2, q2, q2, 0.0)[0]
+    return math.nan
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _sinh_minus(x):
+    """sinh x - x for x >= 0, relative accuracy (series below 1)."""
+    if x < 1.0:
+        x2 = x * x
+        t = x * x2 / 6.0
+        acc = t
+        for k in range(2, 12):
+            t *= x2 / ((2 * k) * (2 * k + 1))
+            acc += t
+        return acc
+    return math.sinh(x) - x
+
+
+@njit(cache=True, error_model="numpy")
+def _radial_gap_exact(family, q1, q2, r1, r2, D, sk1, sk2):
+    """R = sqrt(k11 k22) - k(q1, q2, sqrt(q1 q2)) of sin, cos, gaussian from ``D = q1 - q2``.
+
+    R = (k11 k22 - k12^2) / (sqrt(k11 k22) + k12), the numerator in closed form (x and y below
+    are (r1 + r2)^2 / 2 and (r1 - r2)^2 / 2, t = |D| / 2 = sqrt(x y), S = q1 + q2 = x + y):
+
+    * sin: ``e^-S [sinh x sinh y - sinh^2 t]`` =
+      ``e^-S [(sinh x - x) sinh y + x (sinh y - y) - (sinh t - t)(sinh t + t)]``,
+    * cos: ``e^-S [sinh x sinh y + sinh^2 t]``,
+    * gaussian: ``D^2 / ((1 + S + a b) a b (1 + S))``, ``a b = sqrt((1 + 2 q1)(1 + 2 q2))``;
+
+    called for sin and cos when ``|r1 - r2| < 0.5 (r1 + r2)`` (then ``t <= x / 2`` and
+    ``y <= x / 4``: nothing overflows below ``x = 700``, above it only ``e^-S sinh x sinh y``
+    is left, and the sin terms of opposite sign are in ratio ``2 y / x <= 1/2``). Relative
+    accuracy ~1e-15 (tests/test_radial_gap.py).
+    """
+    if family == FAMILY_GAUSSIAN:
+        ab = math.sqrt(1.0 + 2.0 * q1) * math.sqrt(1.0 + 2.0 * q2)
+        S1 = 1.0 + q1 + q2
+        num = (D / (S1 + ab)) * (D / (ab * S1))
+        return num / (sk1 * sk2 + 1.0 / math.sqrt(S1))
+    dr = D / (r1 + r2)
+    y = 0.5 * dr * dr
+    x = 0.5 * (r1 + r2) * (r1 + r2)
+    t = 0.5 * abs(D)
+    ex = math.exp(-x)
+    ey = math.exp(-y)
+    shy = math.sinh(y)
+    # e^-x sinh x = -expm1(-2x)/2
+    esx = -0.5 * math.expm1(-2.0 * x)
+    if x >= 700.0:
+        # e^-x underflows: the terms carrying it are below 1e-300 of e^-y sinh y (t <= x/2)
+        num = esx * (-0.5 * math.expm1(-2.0 * y))
+        k12 = -0.5 * ey * math.expm1(-2.0 * r1 * r2) if family == FAMILY_SIN else 0.5 * ey
+        return max(num, 0.0) / (sk1 * sk2 + k12)
+    sht = math.sinh(t)
+    if family == FAMILY_SIN:
+        # e^-x (sinh x - x), relative accuracy: from the series below 1 (no overflow there)
+        exs = ex * _sinh_minus(x) if x < 700.0 else esx - x * ex
+        num = ey * (exs * shy + x * ex * _sinh_minus(y) - ex * _sinh_minus(t) * (sht + t))
+        k12 = -0.5 * ey * math.expm1(-2.0 * r1 * r2)
+    else:
+        num = ey * (esx * shy + ex * sht * sht)
+        k12 = 0.5 * (ey + ex)
+    return max(num, 0.0) / (sk1 * sk2 + k12)
+
+
+_GELU_PANEL = 0.5
+
+
+@njit(cache=True, error_model="numpy")
+def _gelu_radial(q1, q2, r1, r2, D, sk1, sk2):
+    """GELU's radial gap R = sqrt(k11 k22) - k(q1, q2, sqrt(q1 q2)) from ``D = q1 - q2``.
+
+    With f_i(z) = phi(r_i z) and g = f1/sk1 - f2/sk2, R = sk1 sk2 E[g^2] / 2. Split
+    phi = relu + psi, psi(x) = -|x| Phi(-|x|) (even): relu is homogeneous, so
+    g = c relu(z) + p(|z|) with c = 1/sqrt(kappa1) - 1/sqrt(kappa2) (kappa = k11 / q, its
+    difference from the slope :func:`_gelu_kappa_slope` or from :func:`_gelu_eps`) and
+    p(z) = psi(r1 z)/sk1 - psi(r2 z)/sk2, formed from Phi(-r2 z) - Phi(-r1 z) and
+    sqrt(k11) - sqrt(k22) (:func:`diag_diff`), never from a difference of nearly equal
+    numbers. Then E[g^2] = c^2/2 + 2 c int_0^inf z p phi_N + 2 int_0^inf p^2 phi_N, the integrals
+    by 8-point Gauss-Legendre panels in t = max(r1, 1) z (r1 >= r2): of length 1/2 on [0, 12],
+    where Phi(-r1 z) varies, then of length rho/2 on [12, 12 rho], rho = max(r1, 1)/max(r2, 1)
+    (48 panels at most). Relative error ~3e-15 over q in [1e-2, 1e10] and any r1/r2
+    (tests/test_radial_gap.py).
+    """
+    if D < 0.0:
+        q1, q2, r1, r2, sk1, sk2, D = q2, q1, r2, r1, sk2, sk1, -D
+    if D == 0.0:
+        return 0.0
+    # kappa1 - kappa2 >= 0
+    if D < 0.1 * (1.0 + q2):
+        acc = 0.0
+        for i in range(8):
+            acc += _GL8_W[i] * _gelu_kappa_slope(q2 + 0.5 * D * (1.0 + _GL8_X[i]))
+        dkap = 0.5 * D * acc
+    else:
+        dkap = _gelu_eps(q2) - _gelu_eps(q1)
+    k1 = 0.5 - _gelu_eps(q1)
+    k2 = 0.5 - _gelu_eps(q2)
+    s1 = math.sqrt(k1)
+    s2 = math.sqrt(k2)
+    c = -dkap / (s1 * s2 * (s1 + s2))
+    ds = diag_diff(FAMILY_GELU, q1, q2, D) / (sk1 + sk2)      # sk1 - sk2
+    dr = D / (r1 + r2)
+    sig = max(r1, 1.0)
+    rho = sig / max(r2, 1.0)
+    I1 = 0.0
+    I2 = 0.0
+    # t = sig z: [0, 12] in panels of 1/2 (where Phi(-r1 z) varies), then [12, 12 rho] in
+    # panels of rho/2 (only Phi(-r2 z) and phi_N(z) left, varying on the scale rho)
+    n1 = int(math.ceil(12.0 / _GELU_PANEL))
+    n2 = int(math.ceil(12.0 * (rho - 1.0) / (_GELU_PANEL * rho)))
+    for pnl in range(n1 + n2):
+        wpan = _GELU_PANEL if pnl < n1 else (12.0 * rho - 12.0) / n2
+        t0 = _GELU_PANEL * pnl if pnl < n1 else 12.0 + (pnl - n1) * wpan
+        sub1 = 0.0
+        sub2 = 0.0
+        for i in range(8):
+            z = (t0 + 0.5 * wpan * (1.0 + _GL8_X[i])) / sig
+            a2 = r2 * z
+            P1 = 0.5 * math.erfc(r1 * z * _SQRT_HALF)      # Phi(-r1 z)
+            P2 = 0.5 * math.erfc(a2 * _SQRT_HALF)
+            # psi(r1 z) - psi(r2 z), with r1 z - r2 z = dr z (not the rounded difference)
+            dpsi = -z * (dr * P1 - r2 * _phi_tail_diff(a2, dr * z))
+            p = dpsi / sk1 + a2 * P2 * ds / (sk1 * sk2)
+            wgt = _GL8_W[i] * math.exp(-0.5 * z * z)
+            sub1 += wgt * z * p
+            sub2 += wgt * p * p
+        I1 += wpan * sub1
+        I2 += wpan * sub2
+    scale = 0.5 / sig * _INV_SQRT_2PI
+    Eg2 = 0.5 * c * c + 2.0 * c * I1 * scale + 2.0 * I2 * scale
+    return 0.5 * sk1 * sk2 * max(Eg2, 0.0)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _erf_diff(a2, w):
+    """erf(a2 + w) - erf(a2) for a2, w >= 0, relative accuracy."""
+    if w < 0.05:          # GL4 of exp(-u^2) on a width < 0.05: error < 1e-17 relative
+        acc = 0.0
+        for i in range(4):
+            u = a2 + 0.5 * w * (1.0 + _GL_X[i])
+            acc += _GL_W[i] * math.exp(-u * u)
+        return w * acc / math.sqrt(PI)
+    if w < 0.5:
+        acc = 0.0
+        for i in range(8):
+            u = a2 + 0.5 * w * (1.0 + _GL8_X[i])
+            acc += _GL8_W[i] * math.exp(-u * u)
+        return w * acc / math.sqrt(PI)
+    return math.erfc(a2) - math.erfc(a2 + w)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _erf_g2_panels(z0, z1, h, r1, r2, dr, sk1, sk2, ds):
+    """sum of GL8 panels of width <= h over [z0, z1] of g(z)^2 exp(-z^2/2) (see _erf_radial)."""
+    if z1 <= z0:
+        return 0.0
+    npan = int(math.ceil((z1 - z0) / h))
+    w = (z1 - z0) / npan
+    acc = 0.0
+    for p in range(npan):
+        for i in range(8):
+            z = z0 + w * (p + 0.5 * (1.0 + _GL8_X[i]))
+            g = _erf_diff(r2 * z, dr * z) / sk1 - math.erf(r2 * z) * ds / (sk1 * sk2)
+            acc += _GL8_W[i] * g * g * math.exp(-0.5 * z * z)
+    return 0.5 * w * acc
+
+
+@njit(cache=True, error_model="numpy")
+def _erf_radial(q1, q2, r1, r2, D, sk1, sk2):
+    """erf's radial gap R = sqrt(k11 k22) - k(q1, q2, sqrt(q1 q2)) from ``D = q1 - q2``.
+
+    R = sk1 sk2 E[g^2] / 2 with g = f1/sk1 - f2/sk2 = (f1 - f2)/sk1 - f2 (sk1 - sk2)/(sk1 sk2),
+    f_i = erf(r_i z): ``f1 - f2`` by Gauss-Legendre on its derivative (or erfc differences),
+    ``sk1 - sk2`` from :func:`diag_diff`; g is odd, so E[g^2] = 2 int_0^inf g^2 phi_N, by GL8
+    panels of width min(1/2, 1/(2 r_i)) on [0, 6/r1], [6/r1, 6/r2] (where erf(r_i z) still
+    varies) and 1/2 on to z = 12: at most 72 panels whatever r1/r2. Relative error ~1e-15,
+    ~3e-14 at q = 1e-3 where erf is nearly linear and g cancels (tests/test_radial_gap.py).
+    """
+    if D < 0.0:
+        q1, q2, r1, r2, sk1, sk2, D = q2, q1, r2, r1, sk2, sk1, -D
+    if D == 0.0:
+        return 0.0
+    ds = diag_diff(FAMILY_ERF, q1, q2, D) / (sk1 + sk2)
+    dr = D / (r1 + r2)
+    z1 = min(12.0, 6.0 / r1)           # erf(r1 z) varies below z1, erf(r2 z) below z2
+    z2 = min(12.0, 6.0 / r2)
+    I = _erf_g2_panels(0.0, z1, min(0.5, 0.5 / r1), r1, r2, dr, sk1, sk2, ds)
+    I += _erf_g2_panels(z1, z2, min(0.5, 0.5 / r2), r1, r2, dr, sk1, sk2, ds)
+    I += _erf_g2_panels(z2, 12.0, 0.5, r1, r2, dr, sk1, sk2, ds)
+    return sk1 * sk2 * I * _INV_SQRT_2PI
+
+
+@njit(cache=True, error_model="numpy")
+def _radial(family, q1, q2, r1, r2, D, sk1, sk2):
+    """The radial gap R (see :func:`_radial_gap`), from the carried ``D = q1 - q2`` for sin,
+    cos and gaussian (:func:`_radial_gap_exact`); erf and GELU use :func:`_radial_gap`."""
+    if family == FAMILY_GAUSSIAN or ((family == FAMILY_SIN or family == FAMILY_COS)
+                                     and abs(D) < 0.5 * (r1 + r2) * (r1 + r2)):
+        if D == 0.0:
+            return 0.0
+        return _radial_gap_exact(family, q1, q2, r1, r2, D, sk1, sk2)
+    if q1 > 0.0 and q2 > 0.0 and q1 < _GELU_PLAIN and q2 < _GELU_PLAIN:
+        if family == FAMILY_GELU:
+            return _gelu_radial(q1, q2, r1, r2, D, sk1, sk2)
+        if family == FAMILY_ERF:
+            return _erf_radial(q1, q2, r1, r2, D, sk1, sk2)
+    return _radial_gap(family, r1, r2, sk1, sk2)
+
+
+# GELU gaps above the Gauss-Legendre threshold but below this fraction of m are integrated on
+# a logarithmic grid (the subtraction sqrt(k11 k22) - k would lose m / A digits there)
+_GELU_GRADED = 0.02
+
+
+@njit(cache=True, error_model="numpy")
+def _gelu_gap_graded(q1, q2, r1, r2, m, g):
+    """int_{m-g}^{m} G(t) dt for GELU, 8-point Gauss-Legendre panels in v = log(h + h0).
+
+    ``G(m - h)`` has its branch points where ``Delta^2 = (h + h0)(h1 - h) = 0``, i.e. at
+    ``h = -h0`` (``h0 = Delta_m^2 / (m + sqrt(m^2 + Delta_m^2))``, ``Delta_m^2 = 1 + q1 + q2``)
+    and ``h = h1 ~ 2 m``; in ``v`` the first goes to ``-inf`` and, for ``g <= 0.02 m``, the
+    second stays >= log(50) beyond the end of the interval. Panels of length <= 1 in ``v``
+    (GL8 error < 1e-16 relative to the panel there); ``h = h0 expm1(v - log h0)`` keeps the
+    nodes accurate next to the end point.
+    """
+    Dm2 = 1.0 + q1 + q2
+    h0 = Dm2 / (m + math.sqrt(m * m + Dm2))
+    U = math.log1p(g / h0)          # v - log(h0) runs over [0, U]
+    npan = int(math.ceil(U))
+    if npan < 1:
+        npan = 1
+    w = U / npan
+    acc = 0.0
+    for p in range(npan):
+        c = (p + 0.5) * w
+        for i in range(8):
+            u = c + 0.5 * w * _GL8_X[i]
+            h = min(h0 * math.expm1(u), g)
+            _, kd = smooth_kkd(FAMILY_GELU, q1, q2, r1, r2, h, 2.0 * m - h)
+            acc += _GL8_W[i] * kd * math.exp(u)
+    return 0.5 * w * h0 * acc
+
+
+@njit(cache=True, error_model="numpy")
+def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2, D):
     """(k, kd, kA, kB) of the non-homogeneous closed forms, as :func:`smooth_pair`.
 
     The gaps are split into a radial and an angular part,
@@ -458,15 +815,19 @@ def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2):
     sk = sk1 * sk2
     m = r1 * r2
     lim = _GAP_QUAD * min(m, 1.0)
+    R = -1.0
     if A <= lim:
-        kA = _radial_gap(family, r1, r2, sk1, sk2) + _gap_integral(family, q1, q2, r1, r2, m,
-                                                                    A, True)
+        R = _radial(family, q1, q2, r1, r2, D, sk1, sk2)
+        kA = R + _gap_integral(family, q1, q2, r1, r2, m, A, True)
+    elif family == FAMILY_GELU and A <= _GELU_GRADED * m and m < _BIG:
+        R = _radial(family, q1, q2, r1, r2, D, sk1, sk2)
+        kA = R + _gelu_gap_graded(q1, q2, r1, r2, m, A)
     else:
         kA = sk - k
     if B <= lim:
         kneg, _ = smooth_kkd(family, q1, q2, r1, r2, 2.0 * m, 0.0)
         if family == FAMILY_ERF or family == FAMILY_SIN:    # odd: sk + k(-m) = R
-            anti = _radial_gap(family, r1, r2, sk1, sk2)
+            anti = R if R >= 0.0 else _radial(family, q1, q2, r1, r2, D, sk1, sk2)
         else:
             anti = sk + kneg
         kB = anti + _gap_integral(family, q1, q2, r1, r2, m, B, False)
@@ -477,7 +838,7 @@ def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2):
 
 
 @njit(cache=True, error_model="numpy")
-def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
+def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2, D):
     """(k, kd, kA, kB) of the non-homogeneous closed forms (erf, sin, cos, gaussian, gelu).
 
     For the even activations (cos, gaussian) ``k(s) = k(-s)``: nearly antipodal inputs
@@ -486,14 +847,17 @@ def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2):
     that the small gap is formed by the accurate route; see :func:`_smooth_pair_oriented`.
     """
     if (family == FAMILY_COS or family == FAMILY_GAUSSIAN) and B < A:
-        k, kd, kA, kB = _smooth_pair_oriented(family, q1, q2, r1, r2, B, A, sk1, sk2)
+        k, kd, kA, kB = _smooth_pair_oriented(family, q1, q2, r1, r2, B, A, sk1, sk2, D)
         return k, -kd, kA, kB
-    return _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2)
+    return _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2, D)
 
 
 @njit(cache=True, error_model="numpy")
 def pair_dual(family, p0, p1, q1, q2, A, B, sk1, sk2):
-    """(k, kd, kA, kB) for one pair of any family; ``sk = sqrt(E[phi(u)^2])`` per row."""
+    """(k, kd, kA, kB) for one pair of any family; ``sk = sqrt(E[phi(u)^2])`` per row.
+
+    The radial difference of the smooth families is taken as ``q1 - q2`` here (callers that
+    carry it per pair call :func:`smooth_pair` directly)."""
     r1 = math.sqrt(q1)
     r2 = math.sqrt(q2)
     m = r1 * r2
@@ -503,4 +867,4 @@ def pair_dual(family, p0, p1, q1, q2, A, B, sk1, sk2):
         return abstep_pair(p0, p1, m, A, B, sk1 * sk2)
     if family == FAMILY_ARCCOS:
         return arccos_pair(int(p0), m, A, B)
-    return smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2)
+    return smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2, q1 - q2)

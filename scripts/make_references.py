@@ -40,7 +40,11 @@ A second file, ``tests/data/reference_kernels_extra.npz`` (same layout, ``ntk``
 parameterization), holds the classes of :func:`extra_classes`: input norms 1e-100 and 1e100
 (every closed form whose kernel is representable, depths 1 and 3; the oracle works at 450
 digits for the huge rows), even activations (cos, gaussian, abs) on nearly antipodal rows at
-``w_std`` 1, 1.5 and 3 to depth 100, and sin at variances 1e-6 .. 1e-80.
+``w_std`` 1, 1.5 and 3 to depth 100, sin at variances 1e-6 .. 1e-80, the chaotic regime
+(``CHAOS_RUNS``: sin, erf, gelu, cos, gaussian at ``w_std`` 1.5 and 3, depths 20, 100 and 200,
+on nearly identical, parallel and nearly antipodal rows; some with biases or the standard
+parameterization; each checked to give the same float64 values at 30 more digits), and step,
+sign, relu, abs at row norm 1e-150.
 """
 from __future__ import annotations
 
@@ -119,11 +123,29 @@ def extra_geometries():
     out = {"tiny": Y * 1e-100, "huge": Y * 1e100, "antipodal": anti}
     for sc in ("1e-3", "1e-4", "1e-7", "1e-40"):
         out["sin" + sc] = Z * float(sc)
+    # chaotic regime: nearly identical (angle and radius), parallel, nearly antipodal rows
+    c = rng.normal(size=D)
+    c *= 2.0 / np.linalg.norm(c)          # |c|^2 / d = 0.8
+    nc = np.linalg.norm(c)
+    u = rng.normal(size=(3, D))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    out["chaos"] = np.array([c, c + 1e-8 * nc * u[0], c * (1 + 1e-9), -c + 1e-8 * nc * u[1],
+                             c + 1e-4 * nc * u[2], rng.normal(size=D)])
+    # step and sign at row norm 1e-150 (the pair's gaps are ~1e-300 before scaling)
+    out["tiny150"] = Y * 1e-150
     return out
 
 
+#: chaotic-regime classes: (activation, w_std, b_std, parameterization, width)
+CHAOS_RUNS = ([(a, w, None, "ntk", None) for a in ("sin", "erf", "gelu", "cos", "gaussian")
+               for w in (1.5, 3.0)]
+              + [("sin", 3.0, 0.3, "ntk", None), ("gelu", 1.5, 0.3, "ntk", None),
+                 ("erf", 3.0, 0.3, "standard", 512), ("gelu", 3.0, None, "standard", 512)])
+
+
 def extra_classes():
-    """(geometry, activation, params, w_std, b_std, depths, dps) of the second file."""
+    """(geometry, activation, params, w_std, b_std, depths, dps[, parameterization, width])
+    of the second file (parameterization ``"ntk"`` unless given)."""
     out = []
     for g in ("tiny", "huge"):
         for act, params in SCALE_ACTS:
@@ -135,21 +157,43 @@ def extra_classes():
             out.append(("antipodal", act, params, w, None, depths, 80))
     for sc in ("1e-3", "1e-4", "1e-7", "1e-40"):
         out.append(("sin" + sc, "sin", {}, 1.0, None, (1, 3), 50))
+    for act, w, b, par, width in CHAOS_RUNS:
+        # gelu's variance grows like (w^2 / 2)^L (1e130 at w = 3, depth 200): P - s^2 ~ q of
+        # P ~ q^2 needs 2 log10(q) more digits in the oracle
+        dps = (350 if w == 3.0 else 80) if act == "gelu" else 50
+        out.append(("chaos", act, {}, w, b, (20, 100, 200), dps, par, width))
+    for act in ("step", "sign", "relu", "abs"):
+        out.append(("tiny150", act, {}, 1.0, None, (1, 3), 50))
     return out
+
+
+def _stable(act, X, depths, w, b, par, width, dps, res, params):
+    """Recompute at dps + 30 digits: the float64 values must not move (chaotic classes)."""
+    hi = mp_kernels_depths(act, X, None, depths, w, b, par, width, dps=dps + 30, **params)
+    for L in depths:
+        for a, e in zip(res[L], hi[L]):
+            if np.max(np.abs(a - e)) > 1e-15 * np.max(np.abs(e)):
+                raise RuntimeError(f"unstable reference: {act} w={w} L={L} at {dps} digits")
 
 
 def main_extra():
     geo = extra_geometries()
     meta, store = [], {g: ([], []) for g in geo}
     t0 = time.time()
-    for g, act, params, w, b, depths, dps in extra_classes():
-        res = mp_kernels_depths(act, geo[g], None, depths, w, b, "ntk", None, dps=dps, **params)
+    for g, act, params, w, b, depths, dps, *pw in extra_classes():
+        par, width = pw if pw else ("ntk", None)
+        res = mp_kernels_depths(act, geo[g], None, depths, w, b, par, width, dps=dps, **params)
+        if g == "chaos":
+            _stable(act, geo[g], depths, w, b, par, width, dps, res, params)
         for L in depths:
             nngp, ntk = res[L]
+            if not (np.all(np.isfinite(nngp)) and np.all(np.isfinite(ntk))):
+                print(f"  dropped (not finite in float64): {g} {act} w={w} L={L}")
+                continue
             store[g][0].append(nngp)
             store[g][1].append(ntk)
             meta.append({"activation": act, "params": params, "depth": L, "w_std": w,
-                         "b_std": b, "parameterization": "ntk", "width": None,
+                         "b_std": b, "parameterization": par, "width": width,
                          "geometry": g, "index": len(store[g][0]) - 1})
     arrays = {"meta": np.array(json.dumps(meta))}
     for g, X in geo.items():

@@ -22,25 +22,8 @@ CASES = load_reference_cases()
 EXTRA = load_reference_cases(os.path.join(os.path.dirname(DEFAULT_DATA_PATH),
                                           "reference_kernels_extra.npz"))
 
-# Known limitation (see the README's accuracy section): in the chaotic regime
-# (w_std^2 E[phi'^2] > 1) the smooth closed forms sin and gelu lose digits at depth 100 on
-# nearly identical rows, and gelu also on rows of norm 1e3 (variance 1e6: the gap between the
-# integrated and the subtracted regime of the angular part is not yet closed). These cases are
-# marked as expected failures, strictly: fixing them turns the test red until the mark goes.
-_KNOWN = {
-    "near-sin-ntk-L100-w1.5-bNone", "near-sin-ntk-L100-w1.5-b0.0", "near-sin-ntk-L100-w1.5-b0.3",
-    "near-gelu-ntk-L100-w1.5-bNone", "near-gelu-ntk-L100-w1.5-b0.0",
-    "near-gelu-ntk-L100-w1.5-b0.3", "norms-gelu-ntk-L10-w1.5-bNone",
-    "norms-gelu-ntk-L100-w1.5-bNone", "norms-gelu-ntk-L10-w1.5-b0.0",
-    "norms-gelu-ntk-L100-w1.5-b0.0", "norms-gelu-ntk-L100-w1.5-b0.3",
-    "norms-gelu-standard512-L10-w1.5-bNone",
-}
-
-
 def _param(c):
-    marks = [pytest.mark.xfail(strict=True, reason="chaotic-regime smooth closed form, see README")
-             ] if c["id"] in _KNOWN else []
-    return pytest.param(c, id=c["id"], marks=marks)
+    return pytest.param(c, id=c["id"])
 
 
 def _net(c):

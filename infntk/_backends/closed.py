@@ -27,8 +27,9 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .._duals import abrelu_pair, abstep_pair, arccos_pair, diag_dual, smooth_pair
-from ..activations import FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS
+from .._duals import abrelu_pair, abstep_pair, arccos_pair, diag_diff, diag_dual, smooth_pair
+from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
+                           FAMILY_GAUSSIAN, FAMILY_SIN)
 from ._common import check_rows_finite
 
 __all__ = ["ClosedFormEngine", "NetRecord", "RowRecord", "ColRecord", "row_statistics",
@@ -245,6 +246,24 @@ def _advance(j, k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, A, B, TH, K):
 
 
 @njit(cache=True, error_model="numpy")
+def _sqnorm_diff(x, y):
+    """|x|^2 - |y|^2 = sum (x_k - y_k)(x_k + y_k), accurate for nearly equal rows; the rows
+    are scaled by a power of two (exact) so that norms 1e-150 .. 1e150 neither under- nor
+    overflow."""
+    mx = 0.0
+    for k in range(x.shape[0]):
+        mx = max(mx, abs(x[k]), abs(y[k]))
+    if mx == 0.0:
+        return 0.0
+    e = math.frexp(mx)[1]
+    c = math.ldexp(1.0, -e)
+    acc = 0.0
+    for k in range(x.shape[0]):
+        acc += (x[k] * c - y[k] * c) * (x[k] * c + y[k] * c)
+    return acc / c / c
+
+
+@njit(cache=True, error_model="numpy")
 def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     """One output row: the first layer for every column, then layer by layer over columns.
 
@@ -272,6 +291,39 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
         same = symmetric and j == i
         if same or _needs_rows(gi[j], nx2, nsq2[j]):
             A[j], B[j] = _first_layer_rows(x, X2[j], gi[j], nx2, nsq2[j], w2, b2, d, same)
+    if family == FAMILY_ABSTEP:
+        # step, sign: only the angle matters, and at tiny norms (m < 1e-100) the gaps of nearly
+        # parallel rows are subnormal; recompute them with the rows (and b2) scaled by a power
+        # of two: the same angle, gaps of order 1
+        for j in range(jend):
+            if r1[i, 0] * r2T[0, j] < 1e-100 and r1[i, 0] * r2T[0, j] > 0.0:
+                e = math.frexp(math.sqrt(max(nx2, nsq2[j])))[1]
+                c = math.ldexp(1.0, -e)
+                c2 = c * c
+                same = symmetric and j == i
+                if same or _needs_rows(gi[j], nx2, nsq2[j]):
+                    A[j], B[j] = _first_layer_rows(x * c, X2[j] * c, gi[j] * c2, nx2 * c2,
+                                                   nsq2[j] * c2, w2, b2 * c2, d, same)
+                else:
+                    A[j], B[j] = _first_layer_gram(gi[j] * c2, nx2 * c2, nsq2[j] * c2, w2,
+                                                   b2 * c2, d)
+    smooth = not (family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS)
+    # the smooth families carry D = q1 - q2 for the nearly parallel pairs (the ones whose
+    # angle comes from the rows): their radial gap needs it to full relative accuracy, which
+    # q1 - q2 of the rounded per-row variances is not. NaN: not carried, q1 - q2 is used (a
+    # pair starting at |cos| < 15/16 reaches a small gap only where the recursion contracts,
+    # or keeps its gap O(1) in the chaotic regime).
+    Dq = np.empty(jend if smooth else 0)
+    if smooth:
+        for j in range(jend):
+            if symmetric and j == i:
+                Dq[j] = 0.0
+            elif _needs_rows(gi[j], nx2, nsq2[j]):
+                Dq[j] = w2 * (_sqnorm_diff(x, X2[j]) / d)
+            else:
+                Dq[j] = math.nan
+    # sin, cos, gaussian also take the bias gap's sqrt(k11) - sqrt(k22) from it
+    exact_d = family == FAMILY_SIN or family == FAMILY_COS or family == FAMILY_GAUSSIAN
     for l in range(depth):
         qa = q1[i, l]
         ra = r1[i, l]
@@ -298,9 +350,17 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                 _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         else:
             for j in range(jend):
+                Dj = Dq[j]
+                carried = Dj == Dj
                 k, kd, kA, kB = smooth_pair(family, qa, q2l[j], ra, r2l[j], A[j], B[j],
-                                            s1, s2l[j])
-                _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                                            s1, s2l[j], Dj if carried else qa - q2l[j])
+                s2 = s2l[j]
+                if carried:
+                    dk = diag_diff(family, qa, q2l[j], Dj)
+                    Dq[j] = w2 * dk
+                    if exact_d and s1 + s2 > 0.0:    # sqrt(k11) - sqrt(k22) from the pair's D
+                        s2 = s1 - dk / (s1 + s2)
+                _advance(j, k, kd, kA, kB, s1, s2, rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
     for j in range(jend):
         out_nngp[ib, j] = w2 * K[j] + b2
         out_ntk[ib, j] = TH[j]

@@ -200,7 +200,7 @@ def _act(row0, symmetric, op, q1, r1, sk1, q2, r2, sk2, S):
                 k, kd, kA, kB = arccos_pair(int(p0), m, A[ib, j], B[ib, j])
             else:
                 k, kd, kA, kB = smooth_pair(family, qa, q2[j], ra, r2[j], A[ib, j], B[ib, j],
-                                            s1, sk2[j])
+                                            s1, sk2[j], qa - q2[j])
             K[ib, j] = k
             KD[ib, j] = KD[ib, j] * kd
             A[ib, j] = kA
