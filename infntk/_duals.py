@@ -117,19 +117,69 @@ def atan_unit(x):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def small_angle(A, B):
+    """(t, sqrt(A) sqrt(B)) with t = min(theta, pi - theta) = 2 atan(sqrt(min(A, B) / max(A, B))).
+
+    Branch-free (selects only, no libm call) so that loops over pairs vectorize: with
+    ``lo, hi = sorted(sqrt(A), sqrt(B))`` the ratio and the argument reduction of
+    :func:`atan_unit` are one division, ``z = (lo - c hi) / (hi + c lo)`` around the centres
+    0, tan(pi/8), 1 (13 Taylor terms, truncation < 2e-17 relative), accurate to a few ulp
+    relative to t. ``t = 0`` for a degenerate pair (``A = B = 0``).
+    """
+    sA = math.sqrt(A)
+    sB = math.sqrt(B)
+    lo = sA if sA < sB else sB
+    hi = sB if sA < sB else sA
+    c = _C1 if lo > _TAN_PI_16 * hi else 0.0
+    base = _ATAN_C1 if lo > _TAN_PI_16 * hi else 0.0
+    c = 1.0 if lo > _TAN_3PI_16 * hi else c
+    base = _ATAN_1 if lo > _TAN_3PI_16 * hi else base
+    den = hi + c * lo
+    z = (lo - c * hi) / (den if den > 0.0 else 1.0)
+    z2 = z * z
+    p = _ATAN_TAYLOR[12]
+    p = p * z2 + _ATAN_TAYLOR[11]
+    p = p * z2 + _ATAN_TAYLOR[10]
+    p = p * z2 + _ATAN_TAYLOR[9]
+    p = p * z2 + _ATAN_TAYLOR[8]
+    p = p * z2 + _ATAN_TAYLOR[7]
+    p = p * z2 + _ATAN_TAYLOR[6]
+    p = p * z2 + _ATAN_TAYLOR[5]
+    p = p * z2 + _ATAN_TAYLOR[4]
+    p = p * z2 + _ATAN_TAYLOR[3]
+    p = p * z2 + _ATAN_TAYLOR[2]
+    p = p * z2 + _ATAN_TAYLOR[1]
+    return 2.0 * (base + (z + z * (z2 * p))), sA * sB
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def angles(m, A, B):
     """(theta, pi - theta) from the pair state; (pi/2, pi/2) for a degenerate pair.
 
-    The smaller of the two is computed directly (relative accuracy), the other as its
-    complement (at least pi/2, so also accurate to a couple of ulp).
+    The smaller of the two is computed directly (relative accuracy, :func:`small_angle`),
+    the other as its complement (at least pi/2, so also accurate to a couple of ulp).
     """
+    t, _ = small_angle(A, B)
+    theta = t if A <= B else PI - t
+    phi = PI - t if A <= B else t
     if m == 0.0:
         return _HALF_PI, _HALF_PI
-    if A <= B:
-        theta = 2.0 * atan_unit(math.sqrt(A / B))
-        return theta, PI - theta
-    phi = 2.0 * atan_unit(math.sqrt(B / A))
-    return PI - phi, phi
+    return theta, phi
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _g_series(x):
+    """(sin x - x cos x) / x^3 for 0 <= x < 0.5 (8 terms, 1e-18 relative at x = 0.5)."""
+    x2 = x * x
+    acc = _G_SERIES[7]
+    acc = acc * x2 + _G_SERIES[6]
+    acc = acc * x2 + _G_SERIES[5]
+    acc = acc * x2 + _G_SERIES[4]
+    acc = acc * x2 + _G_SERIES[3]
+    acc = acc * x2 + _G_SERIES[2]
+    acc = acc * x2 + _G_SERIES[1]
+    acc = acc * x2 + _G_SERIES[0]
+    return acc
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -140,29 +190,6 @@ def abstep_dual(a, b, theta, phi):
     kA = c * theta
     kB = 0.5 * (a + b) * (a + b) + c * phi
     return k, kA, kB
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def abrelu_normalized(c, m, A, B, theta, phi):
-    """(1 - rho', 1 + rho') for phi = b relu(x) - a relu(-x), rho' the output correlation.
-
-    rho' = cos t + c g(t) / pi with c = (a - b)^2 / (a^2 + b^2) in [0, 2]. Both are sums
-    of non-negative terms (no cancellation) in the branch used.
-    """
-    if m == 0.0:
-        # independent inputs: rho' = c g(pi/2)/pi = c/pi
-        return 1.0 - c / PI, 1.0 + c / PI
-    omc = A / m          # 1 - cos(theta)
-    opc = B / m          # 1 + cos(theta) = 1 - cos(phi)
-    sin_t = math.sqrt(omc) * math.sqrt(opc)
-    cos_t = 0.5 * (opc - omc)
-    if theta <= _HALF_PI:
-        gt = g_small(theta, sin_t, cos_t)
-        return omc - c * gt / PI, opc + c * gt / PI
-    gp = g_small(phi, sin_t, -cos_t)
-    gt = sin_t - theta * cos_t         # = sin(phi) + theta cos(phi): no cancellation here
-    e = 1.0 - c
-    return (1.0 + e) - e * opc - c * gp / PI, opc + c * gt / PI
 
 
 @njit(cache=True, error_model="numpy")
@@ -271,30 +298,73 @@ def diag_dual(family, p0, p1, q):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def abrelu_pair(a, b, m, A, B):
-    """(k, kd, kA, kB) of phi = b max(x, 0) + a min(x, 0)."""
-    theta, phi = angles(m, A, B)
+def abrelu_state(a, b, A, B):
+    """(k, kd, kA, kB) of phi = b max(x, 0) + a min(x, 0) from the gaps (A, B) alone.
+
+    The output correlation is ``rho' = cos theta + c g(theta) / pi`` with
+    ``g(x) = sin x - x cos x`` (:func:`g_small`); ``1 -+ rho'`` are formed multiplied
+    through by ``m = sqrt(q1 q2)``, so that no division by ``m`` is needed: with
+    ``t = min(theta, pi - theta)``, ``sqrt(A B) = m sin(theta)``, ``B - A = 2 m cos(theta)``,
+    ``m g(t) = sqrt(A B) - t |B - A| / 2`` (the series ``m t^3 G(t^2)`` below t = 0.5, with
+    ``m = (A + B) / 2``), and, N = (a^2 + b^2) / 2, c = (a - b)^2 / (2 N):
+
+    * theta <= pi/2: ``kA = N (A - c m g(t) / pi)``, ``kB = N (B + c m g(t) / pi)``;
+    * theta > pi/2:  ``kA = N (((2 - c) A + c B) / 2 - c m g(t) / pi)``,
+      ``kB = N (B + c m g(theta) / pi)`` with ``m g(theta) = sqrt(A B) + theta (A - B) / 2``;
+
+    each a sum of non-negative terms or a difference that cannot cancel (c g / pi < 1/2 of
+    what it is subtracted from). ``k = (kB - kA) / 2``, ``kd`` = the step dual at the angles.
+    Branch-free, so that the loop over pairs vectorizes. A degenerate pair (``A = B = 0``,
+    i.e. ``m = 0``) has the angle pi/2 (docs/conventions.md) and k = kA = kB = 0.
+    """
+    t, sab = small_angle(A, B)
+    d = B - A
+    big = PI - t
+    acute = A <= B
+    degenerate = A + B == 0.0
+    phi = big if acute else t
+    phi = _HALF_PI if degenerate else phi
+    cs = (a - b) * (a - b) / (2.0 * PI)
+    kd = cs * phi + a * b
     N = 0.5 * (a * a + b * b)
-    kd, _, _ = abstep_dual(a, b, theta, phi)
-    if N == 0.0:
-        return 0.0, kd, 0.0, 0.0
-    c = (a - b) * (a - b) / (2.0 * N)
-    omr, opr = abrelu_normalized(c, m, A, B, theta, phi)
-    scale = N * m
-    return 0.5 * scale * (opr - omr), kd, scale * omr, scale * opr
+    c = (a - b) * (a - b) / (2.0 * N) if N > 0.0 else 0.0
+    ad = d if acute else -d
+    mgs = (0.5 * (A + B)) * (t * t * t) * _g_series(t)
+    mgt = mgs if t < 0.5 else sab - 0.5 * t * ad
+    cg = (c / PI) * mgt
+    mgb = sab + 0.5 * big * ad                # m g(theta) for theta = pi - t > pi/2
+    omr = A - cg if acute else 0.5 * ((2.0 - c) * A + c * B) - cg
+    opr = B + cg if acute else B + (c / PI) * mgb
+    kA = N * omr
+    kB = N * opr
+    return 0.5 * (kB - kA), kd, kA, kB
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def abrelu_pair(a, b, m, A, B):
+    """(k, kd, kA, kB) of phi = b max(x, 0) + a min(x, 0); ``m = sqrt(q1 q2)`` is not needed
+    (see :func:`abrelu_state`) and kept for a signature common to the families."""
+    return abrelu_state(a, b, A, B)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
 def abstep_pair(a, b, m, A, B, skk):
     """(k, kd = 0, kA, kB) of phi = b 1(x > 0) + a 1(x < 0); ``skk = sqrt(k11 k22)``.
 
-    For a degenerate pair (``m = 0``) the gaps are taken against the degenerate rows'
-    own second moments (which follow the same independence convention).
+    For a degenerate pair (``A = B = 0``, i.e. ``m = 0``) the angle is pi/2 and the gaps
+    are taken against the degenerate rows' own second moments (which follow the same
+    independence convention). ``m`` itself is not needed. Branch-free.
     """
-    theta, phi = angles(m, A, B)
+    t, _ = small_angle(A, B)
+    acute = A <= B
+    degenerate = A + B == 0.0
+    theta = t if acute else PI - t
+    theta = _HALF_PI if degenerate else theta
+    phi = PI - t if acute else t
+    phi = _HALF_PI if degenerate else phi
     k, kA, kB = abstep_dual(a, b, theta, phi)
-    if m == 0.0:
-        return k, 0.0, skk - k, skk + k
+    kA = skk - k if degenerate else kA
+    kB = skk + k if degenerate else kB
     return k, 0.0, kA, kB
 
 

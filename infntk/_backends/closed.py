@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .._duals import abrelu_pair, abstep_pair, arccos_pair, diag_dual, smooth_pair
+from .._duals import abrelu_state, abstep_pair, arccos_pair, diag_dual, smooth_pair
 from ..activations import FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS
 from ._common import check_rows_finite
 
@@ -284,12 +284,12 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
         cKl = cK[l + 1]
         cbl = cb[l + 1]
         if family == FAMILY_ABRELU:
-            for j in range(jend):
-                k, kd, kA, kB = abrelu_pair(p0, p1, _geomean(qa, q2l[j], ra, r2l[j]), A[j], B[j])
+            for j in range(jend):        # no m = sqrt(q1 q2) needed (abrelu_state)
+                k, kd, kA, kB = abrelu_state(p0, p1, A[j], B[j])
                 _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         elif family == FAMILY_ABSTEP:
             for j in range(jend):
-                k, kd, kA, kB = abstep_pair(p0, p1, _geomean(qa, q2l[j], ra, r2l[j]), A[j], B[j], s1 * s2l[j])
+                k, kd, kA, kB = abstep_pair(p0, p1, 0.0, A[j], B[j], s1 * s2l[j])
                 _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         elif family == FAMILY_ARCCOS:
             n = int(p0)
