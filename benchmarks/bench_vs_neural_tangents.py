@@ -137,6 +137,11 @@ def run_nt(args, tmp, cfg):
 
 
 
+def _best_of_warm(f, repeats):
+    """Best of ``repeats`` calls after one untimed call (which loads the compiled code)."""
+    return best_of(f, repeats, warmup=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nt-python", default=NT_PYTHON)
@@ -198,7 +203,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-
-
-def _best_of_warm(f, repeats):
-    return best_of(f, repeats, warmup=True)

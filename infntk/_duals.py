@@ -363,20 +363,6 @@ def kinked_state(step, a, b, A, B, skk):
     return 0.5 * (kB - kA), ks, kA, kB
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def abrelu_pair(a, b, m, A, B):
-    """(k, kd, kA, kB) of phi = b max(x, 0) + a min(x, 0) (:func:`kinked_state`; ``m`` is
-    not needed and kept for a signature common to the families)."""
-    return kinked_state(False, a, b, A, B, 0.0)
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def abstep_pair(a, b, m, A, B, skk):
-    """(k, kd = 0, kA, kB) of phi = b 1(x > 0) + a 1(x < 0); ``skk = sqrt(k11 k22)``
-    (:func:`kinked_state`; ``m`` is not needed)."""
-    return kinked_state(True, a, b, A, B, skk)
-
-
 # T(x) = x - sin x cos x = sum_{k>=1} (-1)^(k+1) 4^k x^(2k+1) / (2k+1)!, for x < 0.5
 _T_SERIES = tuple(((-1.0) ** (k + 1)) * 4.0 ** k / math.factorial(2 * k + 1) for k in range(1, 10))
 
@@ -576,10 +562,8 @@ def pair_dual(family, p0, p1, q1, q2, A, B, sk1, sk2):
     r1 = math.sqrt(q1)
     r2 = math.sqrt(q2)
     m = r1 * r2
-    if family == FAMILY_ABRELU:
-        return abrelu_pair(p0, p1, m, A, B)
-    if family == FAMILY_ABSTEP:
-        return abstep_pair(p0, p1, m, A, B, sk1 * sk2)
+    if family == FAMILY_ABRELU or family == FAMILY_ABSTEP:     # one inlined body for both
+        return kinked_state(family == FAMILY_ABSTEP, p0, p1, A, B, sk1 * sk2)
     if family == FAMILY_ARCCOS:
         return arccos_pair(int(p0), m, A, B)
     return smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2)
