@@ -119,8 +119,10 @@ def atan_unit(x):
 # small_angle's reduction: centres tan(k pi/16), k = 0..4, switched at tan((2k+1) pi/32), so
 # |z| <= tan(pi/32) ~ 0.0985 and 7 Taylor terms after z reach 1e-17 relative
 _SA_CUT = tuple(math.tan((2 * k + 1) * math.pi / 32) for k in range(4))
-_SA_C = tuple(math.tan(k * math.pi / 16) for k in range(5))
-_SA_BASE = tuple(k * math.pi / 16 for k in range(5))
+# (the centres rounded to doubles, exactly 1 at the top, and the arctans of those doubles,
+# so that atan x = base + atan((x - c) / (1 + c x)) holds for the stored values)
+_SA_C = tuple(math.tan(k * math.pi / 16) for k in range(4)) + (1.0,)
+_SA_BASE = tuple(math.atan(c) for c in _SA_C)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
