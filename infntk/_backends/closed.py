@@ -224,7 +224,8 @@ def _geomean(qa, qb, ra, rb):
     """sqrt(qa qb), from the per-row square roots where the product under- or overflows.
 
     (Written this way because the plain product of the square roots, though always safe,
-    stops LLVM from vectorizing the ReLU-family loop.)
+    stopped LLVM from vectorizing the pair loops that use it; the relu and step families no
+    longer need m at all, see :func:`infntk._duals.kinked_state`.)
     """
     m = math.sqrt(qa * qb)
     if m > 1e-150 and m < 1e150:
