@@ -19,7 +19,12 @@ tanh agrees only to its accuracy). Last, the empirical NTK of a width-1024, dept
 on n = 256 points (neural-tangents ``STRUCTURED_DERIVATIVES``; different random weights, so
 only the times compare).
 
+With ``--baseline-tree DIR`` (another checkout of infntk, e.g. ``git worktree add``), that
+checkout is timed on the same inputs right after, in its own process (columns "base s" and
+"speed-up" = base / infntk).
+
 Usage: python benchmarks/bench_vs_neural_tangents.py [--repeats 2] [--quick] [--only erf,relu]
+       [--baseline-tree DIR]
 """
 import argparse
 import json
@@ -117,6 +122,37 @@ print(json.dumps(res))
 """
 
 
+_BASELINE_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+import infntk
+c = json.load(open(sys.argv[1]))
+X1 = np.load(c["x1"])
+X2 = None if c["x2"] is None else np.load(c["x2"])
+net = infntk.FCNet(c["act"], depth=c["depth"], w_std=c["w_std"], b_std=c["b_std"], **c["kw"])
+net.kernels(X1, X2)
+times = []
+for _ in range(c["repeats"]):
+    t = time.perf_counter(); net.kernels(X1, X2); times.append(time.perf_counter() - t)
+print(json.dumps({"time": min(times)}))
+"""
+
+
+def run_baseline(tree, tmp, cfg):
+    """infntk's time for one case from another checkout ``tree`` (its own process)."""
+    cfg_path = os.path.join(tmp, "baseline.json")
+    with open(cfg_path, "w") as fh:
+        json.dump(cfg, fh)
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+    # cwd = tmp: ``python -c`` puts the working directory first on sys.path, which would
+    # shadow the baseline with the checkout the benchmark is run from
+    proc = subprocess.run([sys.executable, "-c", _BASELINE_SCRIPT, cfg_path],
+                          capture_output=True, text=True, env=env, cwd=tmp)
+    if proc.returncode:
+        sys.exit("baseline run failed:\n" + proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])["time"]
+
+
 def _save(tmp, name, X):
     path = os.path.join(tmp, f"{name}.npy")
     np.save(path, X)
@@ -137,6 +173,11 @@ def run_nt(args, tmp, cfg):
 
 
 
+def _best_of_warm(f, repeats):
+    """Best of ``repeats`` calls after one untimed call (which loads the compiled code)."""
+    return best_of(f, repeats, warmup=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nt-python", default=NT_PYTHON)
@@ -145,6 +186,8 @@ def main():
     ap.add_argument("--only", help="comma-separated activations (default: all)")
     ap.add_argument("--no-empirical", action="store_true")
     ap.add_argument("--d", type=int, default=100)
+    ap.add_argument("--baseline-tree", help="another checkout of infntk (its root directory) "
+                    "to time on the same inputs, right after this one (column 'base s')")
     args = ap.parse_args()
     if not os.path.exists(args.nt_python):
         sys.exit(f"neural-tangents' python {args.nt_python!r} not found (see --help)")
@@ -158,8 +201,9 @@ def main():
         todo = [c for c in todo if c[1] in keep]
     b_std = 0.1
     rng = np.random.default_rng(0)
+    base_col = f" {'base s':>8} {'speed-up':>8}" if args.baseline_tree else ""
     print(f"\n{'activation':10} {'L':>2} {'shape':>11} {'NT s':>8} {'infntk s':>9} "
-          f"{'ratio':>7} {'infntk pair-layers/s':>20} {'agree':>9} {'load':>5}")
+          f"{'ratio':>7} {'infntk pair-layers/s':>20} {'agree':>9}{base_col} {'load':>5}")
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, act, depth, n1, n2, w_std) in enumerate(todo):
             X1 = rng.standard_normal((n1, args.d))
@@ -178,8 +222,14 @@ def main():
             agree = max(np.abs(k.nngp - nt_nngp).max(), np.abs(k.ntk - nt_ntk).max()) / scale
             m = n2 if n2 is not None else n1
             shape = f"{n1}x{m}" + ("" if n2 is not None else " s")
+            base = ""
+            if args.baseline_tree:
+                t_base = run_baseline(args.baseline_tree, tmp, {
+                    "act": act, "depth": depth, "w_std": w_std, "b_std": b_std, "kw": kw,
+                    "x1": case["x1"], "x2": case["x2"], "repeats": args.repeats})
+                base = f" {t_base:8.3f} {t_base / t_inf:7.1f}x"
             print(f"{label:10} {depth:2d} {shape:>11} {t_nt:8.3f} {t_inf:9.3f} "
-                  f"{t_nt / t_inf:6.1f}x {n1 * m * depth / t_inf:20.3g} {agree:9.1e} "
+                  f"{t_nt / t_inf:6.1f}x {n1 * m * depth / t_inf:20.3g} {agree:9.1e}{base} "
                   f"{os.getloadavg()[0]:5.1f}", flush=True)
             del k, nt_nngp, nt_ntk
         if not args.no_empirical:
@@ -198,7 +248,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-
-
-def _best_of_warm(f, repeats):
-    return best_of(f, repeats, warmup=True)

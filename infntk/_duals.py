@@ -56,7 +56,7 @@ _BIG = 1e150
 _G_SERIES = tuple(((-1.0) ** (k + 1)) * 2 * k / math.factorial(2 * k + 1) for k in range(1, 9))
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def g_small(x, sin_x, cos_x):
     """sin x - x cos x for 0 <= x <= pi/2, accurate to a few ulp (relative).
 
@@ -116,20 +116,78 @@ def atan_unit(x):
     return base + (z + z * (z2 * p))
 
 
+# small_angle's reduction: centres tan(k pi/16), k = 0..4, switched at tan((2k+1) pi/32), so
+# |z| <= tan(pi/32) ~ 0.0985 and 7 Taylor terms after z reach 1e-17 relative
+_SA_CUT = tuple(math.tan((2 * k + 1) * math.pi / 32) for k in range(4))
+# (the centres rounded to doubles, exactly 1 at the top, and the arctans of those doubles,
+# so that atan x = base + atan((x - c) / (1 + c x)) holds for the stored values)
+_SA_C = tuple(math.tan(k * math.pi / 16) for k in range(4)) + (1.0,)
+_SA_BASE = tuple(math.atan(c) for c in _SA_C)
+
+
 @njit(cache=True, inline="always", error_model="numpy")
+def small_angle(A, B):
+    """(t, sqrt(A) sqrt(B)) with t = min(theta, pi - theta) = 2 atan(sqrt(min(A, B) / max(A, B))).
+
+    Branch-free (selects only, no libm call) so that loops over pairs vectorize: with
+    ``lo, hi = sorted(sqrt(A), sqrt(B))`` the ratio and the argument reduction are one
+    division, ``z = (lo - c hi) / (hi + c lo)``, around the nearest of the centres
+    ``c = tan(k pi/16)``, k = 0..4 (``|z| <= tan(pi/32)``); atan z by its Taylor series to
+    z^15 (truncation < 1e-17 relative) in Estrin's scheme (a short dependency chain).
+    Accurate to a few ulp relative to t; ``t = 0`` for a degenerate pair (``A = B = 0``).
+    """
+    sA = math.sqrt(A)
+    sB = math.sqrt(B)
+    lo = sA if sA < sB else sB
+    hi = sB if sA < sB else sA
+    c = _SA_C[0]
+    base = _SA_BASE[0]
+    c = _SA_C[1] if lo > _SA_CUT[0] * hi else c
+    base = _SA_BASE[1] if lo > _SA_CUT[0] * hi else base
+    c = _SA_C[2] if lo > _SA_CUT[1] * hi else c
+    base = _SA_BASE[2] if lo > _SA_CUT[1] * hi else base
+    c = _SA_C[3] if lo > _SA_CUT[2] * hi else c
+    base = _SA_BASE[3] if lo > _SA_CUT[2] * hi else base
+    c = _SA_C[4] if lo > _SA_CUT[3] * hi else c
+    base = _SA_BASE[4] if lo > _SA_CUT[3] * hi else base
+    den = hi + c * lo
+    z = (lo - c * hi) / (den if den > 0.0 else 1.0)
+    y = z * z
+    y2 = y * y
+    y4 = y2 * y2
+    e0 = _ATAN_TAYLOR[1] + _ATAN_TAYLOR[2] * y
+    e1 = _ATAN_TAYLOR[3] + _ATAN_TAYLOR[4] * y
+    e2 = _ATAN_TAYLOR[5] + _ATAN_TAYLOR[6] * y
+    p = (e0 + e1 * y2) + (e2 + _ATAN_TAYLOR[7] * y2) * y4
+    return 2.0 * (base + (z + z * (y * p))), sA * sB
+
+
+@njit(cache=True, error_model="numpy")
 def angles(m, A, B):
     """(theta, pi - theta) from the pair state; (pi/2, pi/2) for a degenerate pair.
 
-    The smaller of the two is computed directly (relative accuracy), the other as its
-    complement (at least pi/2, so also accurate to a couple of ulp).
+    The smaller of the two is computed directly (relative accuracy, :func:`small_angle`),
+    the other as its complement (at least pi/2, so also accurate to a couple of ulp).
     """
+    t, _ = small_angle(A, B)
+    theta = t if A <= B else PI - t
+    phi = PI - t if A <= B else t
     if m == 0.0:
         return _HALF_PI, _HALF_PI
-    if A <= B:
-        theta = 2.0 * atan_unit(math.sqrt(A / B))
-        return theta, PI - theta
-    phi = 2.0 * atan_unit(math.sqrt(B / A))
-    return PI - phi, phi
+    return theta, phi
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _g_series(x):
+    """(sin x - x cos x) / x^3 for 0 <= x < 0.5 (8 terms, 1e-18 relative at x = 0.5), in
+    Estrin's scheme."""
+    y = x * x
+    y2 = y * y
+    e0 = _G_SERIES[0] + _G_SERIES[1] * y
+    e1 = _G_SERIES[2] + _G_SERIES[3] * y
+    e2 = _G_SERIES[4] + _G_SERIES[5] * y
+    e3 = _G_SERIES[6] + _G_SERIES[7] * y
+    return (e0 + e1 * y2) + (e2 + e3 * y2) * (y2 * y2)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -140,29 +198,6 @@ def abstep_dual(a, b, theta, phi):
     kA = c * theta
     kB = 0.5 * (a + b) * (a + b) + c * phi
     return k, kA, kB
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def abrelu_normalized(c, m, A, B, theta, phi):
-    """(1 - rho', 1 + rho') for phi = b relu(x) - a relu(-x), rho' the output correlation.
-
-    rho' = cos t + c g(t) / pi with c = (a - b)^2 / (a^2 + b^2) in [0, 2]. Both are sums
-    of non-negative terms (no cancellation) in the branch used.
-    """
-    if m == 0.0:
-        # independent inputs: rho' = c g(pi/2)/pi = c/pi
-        return 1.0 - c / PI, 1.0 + c / PI
-    omc = A / m          # 1 - cos(theta)
-    opc = B / m          # 1 + cos(theta) = 1 - cos(phi)
-    sin_t = math.sqrt(omc) * math.sqrt(opc)
-    cos_t = 0.5 * (opc - omc)
-    if theta <= _HALF_PI:
-        gt = g_small(theta, sin_t, cos_t)
-        return omc - c * gt / PI, opc + c * gt / PI
-    gp = g_small(phi, sin_t, -cos_t)
-    gt = sin_t - theta * cos_t         # = sin(phi) + theta cos(phi): no cancellation here
-    e = 1.0 - c
-    return (1.0 + e) - e * opc - c * gp / PI, opc + c * gt / PI
 
 
 @njit(cache=True, error_model="numpy")
@@ -275,31 +310,63 @@ def diag_dual(family, p0, p1, q):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def abrelu_pair(a, b, m, A, B):
-    """(k, kd, kA, kB) of phi = b max(x, 0) + a min(x, 0)."""
-    theta, phi = angles(m, A, B)
-    N = 0.5 * (a * a + b * b)
-    kd, _, _ = abstep_dual(a, b, theta, phi)
-    if N == 0.0:
-        return 0.0, kd, 0.0, 0.0
-    c = (a - b) * (a - b) / (2.0 * N)
-    omr, opr = abrelu_normalized(c, m, A, B, theta, phi)
-    scale = N * m
-    return 0.5 * scale * (opr - omr), kd, scale * omr, scale * opr
+def kinked_state(step, a, b, A, B, skk):
+    """(k, kd, kA, kB) of the ReLU family (``step`` False) or the step family (True).
 
+    One branch-free body for both, from the gaps (A, B) alone (no ``m = sqrt(q1 q2)``):
+    ``step`` selects the outputs, so a loop over pairs with a loop-invariant ``step``
+    vectorizes, and both families share one compiled loop. ``skk = sqrt(k11 k22)`` is used
+    by the step family's degenerate pairs only.
 
-@njit(cache=True, inline="always", error_model="numpy")
-def abstep_pair(a, b, m, A, B, skk):
-    """(k, kd = 0, kA, kB) of phi = b 1(x > 0) + a 1(x < 0); ``skk = sqrt(k11 k22)``.
+    ReLU family, phi = b max(x, 0) + a min(x, 0): the output correlation is
+    ``rho' = cos theta + c g(theta) / pi`` with ``g(x) = sin x - x cos x`` (:func:`g_small`),
+    N = (a^2 + b^2) / 2, c = (a - b)^2 / (2 N); ``1 -+ rho'`` are formed multiplied through
+    by m, so that no division by m is needed: with ``t = min(theta, pi - theta)``,
+    ``sqrt(A B) = m sin(theta)``, ``B - A = 2 m cos(theta)``,
+    ``m g(t) = sqrt(A B) - t |B - A| / 2`` (the series ``m t^3 G(t^2)`` below t = 0.5, with
+    ``m = (A + B) / 2``):
 
-    For a degenerate pair (``m = 0``) the gaps are taken against the degenerate rows'
-    own second moments (which follow the same independence convention).
+    * theta <= pi/2: ``kA = N (A - c m g(t) / pi)``, ``kB = N (B + c m g(t) / pi)``;
+    * theta > pi/2:  ``kA = N (((2 - c) A + c B) / 2 - c m g(t) / pi)``,
+      ``kB = N (B + c m g(theta) / pi)`` with ``m g(theta) = sqrt(A B) + theta (A - B) / 2``;
+
+    each a sum of non-negative terms or a difference that cannot cancel (``c g / pi`` is
+    at most half of what it is subtracted from). ``k = (kB - kA) / 2``; ``kd`` is the step
+    family's k at the same angles.
+
+    Step family, phi = b 1(x > 0) + a 1(x < 0): ``k = (a - b)^2 (pi - theta) / (2 pi) + a b``
+    (:func:`abstep_dual`), ``kd = 0``.
+
+    A degenerate pair (``A = B = 0``, i.e. ``m = 0``) has the angle pi/2
+    (docs/conventions.md): k = kA = kB = 0 for the ReLU family, gaps against ``skk`` for
+    the step family.
     """
-    theta, phi = angles(m, A, B)
-    k, kA, kB = abstep_dual(a, b, theta, phi)
-    if m == 0.0:
-        return k, 0.0, skk - k, skk + k
-    return k, 0.0, kA, kB
+    t, sab = small_angle(A, B)
+    d = B - A
+    big = PI - t
+    acute = A <= B
+    degenerate = A + B == 0.0
+    theta = t if acute else big
+    theta = _HALF_PI if degenerate else theta
+    phi = big if acute else t
+    phi = _HALF_PI if degenerate else phi
+    ks, kAs, kBs = abstep_dual(a, b, theta, phi)
+    if step:
+        kAs = skk - ks if degenerate else kAs
+        kBs = skk + ks if degenerate else kBs
+        return ks, 0.0, kAs, kBs
+    N = 0.5 * (a * a + b * b)
+    c = (a - b) * (a - b) / (2.0 * N) if N > 0.0 else 0.0
+    ad = d if acute else -d
+    mgs = (0.5 * (A + B)) * (t * t * t) * _g_series(t)
+    mgt = mgs if t < 0.5 else sab - 0.5 * t * ad
+    cg = (c / PI) * mgt
+    mgb = sab + 0.5 * big * ad                # m g(theta) for theta = pi - t > pi/2
+    omr = A - cg if acute else 0.5 * ((2.0 - c) * A + c * B) - cg
+    opr = B + cg if acute else B + (c / PI) * mgb
+    kA = N * omr
+    kB = N * opr
+    return 0.5 * (kB - kA), ks, kA, kB
 
 
 # T(x) = x - sin x cos x = sum_{k>=1} (-1)^(k+1) 4^k x^(2k+1) / (2k+1)!, for x < 0.5
@@ -861,10 +928,8 @@ def pair_dual(family, p0, p1, q1, q2, A, B, sk1, sk2):
     r1 = math.sqrt(q1)
     r2 = math.sqrt(q2)
     m = r1 * r2
-    if family == FAMILY_ABRELU:
-        return abrelu_pair(p0, p1, m, A, B)
-    if family == FAMILY_ABSTEP:
-        return abstep_pair(p0, p1, m, A, B, sk1 * sk2)
+    if family == FAMILY_ABRELU or family == FAMILY_ABSTEP:     # one inlined body for both
+        return kinked_state(family == FAMILY_ABSTEP, p0, p1, A, B, sk1 * sk2)
     if family == FAMILY_ARCCOS:
         return arccos_pair(int(p0), m, A, B)
     return smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2, q1 - q2)

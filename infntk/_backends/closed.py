@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .._duals import abrelu_pair, abstep_pair, arccos_pair, diag_diff, diag_dual, smooth_pair
+from .._duals import arccos_pair, diag_diff, diag_dual, kinked_state, smooth_pair
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_GAUSSIAN, FAMILY_SIN)
 from ._common import check_rows_finite
@@ -67,13 +67,14 @@ class ColRecord(NamedTuple):
     qT: np.ndarray     # (depth + 1, n2)
     rT: np.ndarray
     skT: np.ndarray    # (depth, n2)
+    nrm: np.ndarray    # (n2,) sqrt(nsq)
 
 # Rows whose Gram cosine is within this distance of +-1 get their angle from the rows.
 _PARALLEL_TOL = 0.0625
 _SPLITTER = 134217729.0  # 2^27 + 1, Dekker/Veltkamp split
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _two_product(a, b):
     """p, e with p + e = a * b exactly (Dekker, no FMA needed)."""
     p = a * b
@@ -224,7 +225,8 @@ def _geomean(qa, qb, ra, rb):
     """sqrt(qa qb), from the per-row square roots where the product under- or overflows.
 
     (Written this way because the plain product of the square roots, though always safe,
-    stops LLVM from vectorizing the ReLU-family loop.)
+    stopped LLVM from vectorizing the pair loops that use it; the relu and step families no
+    longer need m at all, see :func:`infntk._duals.kinked_state`.)
     """
     m = math.sqrt(qa * qb)
     if m > 1e-150 and m < 1e150:
@@ -272,7 +274,7 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     """
     family, p0, p1, depth, w2, b2, cK, cb = net
     X1, nsq1, q1, r1, sk1 = rows
-    X2, nsq2, q2T, r2T, sk2T = cols
+    X2, nsq2, q2T, r2T, sk2T, nrm2 = cols
     i = row0 + ib
     jend = i + 1 if symmetric else X2.shape[0]
     d = X1.shape[1]
@@ -287,9 +289,11 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
         A[j], B[j] = _first_layer_gram(gi[j], nx2, nsq2[j], w2, b2, d)
         K[j] = gi[j] / d
         TH[j] = cK[0] * K[j] + cb[0]
+    nx = math.sqrt(nx2)
     for j in range(jend):                # rare: (nearly) parallel rows, from the rows
         same = symmetric and j == i
-        if same or _needs_rows(gi[j], nx2, nsq2[j]):
+        nn = nx * nrm2[j]   # _needs_rows(gi[j], nx2, nsq2[j]) with sqrt(nsq2[j]) precomputed
+        if same or (nn > 0.0 and abs(gi[j]) > (1.0 - _PARALLEL_TOL) * nn):
             A[j], B[j] = _first_layer_rows(x, X2[j], gi[j], nx2, nsq2[j], w2, b2, d, same)
     if family == FAMILY_ABSTEP:
         # step, sign: only the angle matters, and at tiny norms (m < 1e-100) the gaps of nearly
@@ -335,13 +339,11 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
         r2n = r2T[l + 1]
         cKl = cK[l + 1]
         cbl = cb[l + 1]
-        if family == FAMILY_ABRELU:
+        if family == FAMILY_ABRELU or family == FAMILY_ABSTEP:
+            # one vectorized loop for both (kinked_state: no m = sqrt(q1 q2) needed)
+            step = family == FAMILY_ABSTEP
             for j in range(jend):
-                k, kd, kA, kB = abrelu_pair(p0, p1, _geomean(qa, q2l[j], ra, r2l[j]), A[j], B[j])
-                _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
-        elif family == FAMILY_ABSTEP:
-            for j in range(jend):
-                k, kd, kA, kB = abstep_pair(p0, p1, _geomean(qa, q2l[j], ra, r2l[j]), A[j], B[j], s1 * s2l[j])
+                k, kd, kA, kB = kinked_state(step, p0, p1, A[j], B[j], s1 * s2l[j])
                 _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         elif family == FAMILY_ARCCOS:
             n = int(p0)
@@ -416,7 +418,8 @@ class ClosedFormEngine:
         rec1, _ = rows1
         rec2, _ = rows2
         qT = np.ascontiguousarray(rec2.q.T)
-        cols = ColRecord(rec2.X, rec2.nsq, qT, np.sqrt(qT), np.ascontiguousarray(rec2.sk.T))
+        cols = ColRecord(rec2.X, rec2.nsq, qT, np.sqrt(qT), np.ascontiguousarray(rec2.sk.T),
+                         np.sqrt(rec2.nsq))
         return _Plan(rec1, cols)
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):

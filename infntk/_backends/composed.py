@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import hermite
-from .._duals import abrelu_pair, abstep_pair, arccos_pair, diag_dual, smooth_pair
+from .._duals import arccos_pair, diag_dual, kinked_state, smooth_pair
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 from ._common import check_rows_finite
@@ -192,10 +192,9 @@ def _act(row0, symmetric, op, q1, r1, sk1, q2, r2, sk2, S):
         qa, ra, s1 = q1[i], r1[i], sk1[i]
         for j in range(jend):
             m = _geomean(qa, q2[j], ra, r2[j])
-            if family == FAMILY_ABRELU:
-                k, kd, kA, kB = abrelu_pair(p0, p1, m, A[ib, j], B[ib, j])
-            elif family == FAMILY_ABSTEP:
-                k, kd, kA, kB = abstep_pair(p0, p1, m, A[ib, j], B[ib, j], s1 * sk2[j])
+            if family == FAMILY_ABRELU or family == FAMILY_ABSTEP:   # one inlined body
+                k, kd, kA, kB = kinked_state(family == FAMILY_ABSTEP, p0, p1, A[ib, j],
+                                             B[ib, j], s1 * sk2[j])
             elif family == FAMILY_ARCCOS:
                 k, kd, kA, kB = arccos_pair(int(p0), m, A[ib, j], B[ib, j])
             else:
