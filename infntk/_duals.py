@@ -126,20 +126,14 @@ _SA_BASE = tuple(math.atan(c) for c in _SA_C)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def small_angle(A, B):
-    """(t, sqrt(A) sqrt(B)) with t = min(theta, pi - theta) = 2 atan(sqrt(min(A, B) / max(A, B))).
+def atan_ratio(lo, hi):
+    """arctan(lo / hi) for 0 <= lo <= hi, without forming the ratio (0 for lo = hi = 0).
 
-    Branch-free (selects only, no libm call) so that loops over pairs vectorize: with
-    ``lo, hi = sorted(sqrt(A), sqrt(B))`` the ratio and the argument reduction are one
-    division, ``z = (lo - c hi) / (hi + c lo)``, around the nearest of the centres
-    ``c = tan(k pi/16)``, k = 0..4 (``|z| <= tan(pi/32)``); atan z by its Taylor series to
-    z^15 (truncation < 1e-17 relative) in Estrin's scheme (a short dependency chain).
-    Accurate to a few ulp relative to t; ``t = 0`` for a degenerate pair (``A = B = 0``).
+    The ratio and the argument reduction are one division, ``z = (lo - c hi) / (hi + c lo)``,
+    around the nearest of the centres ``c = tan(k pi/16)``, k = 0..4 (``|z| <= tan(pi/32)``);
+    atan z by its Taylor series to z^15 (truncation < 1e-17 relative) in Estrin's scheme.
+    Branch-free (selects only, no libm call), so that loops over pairs vectorize; a few ulp.
     """
-    sA = math.sqrt(A)
-    sB = math.sqrt(B)
-    lo = sA if sA < sB else sB
-    hi = sB if sA < sB else sA
     c = _SA_C[0]
     base = _SA_BASE[0]
     c = _SA_C[1] if lo > _SA_CUT[0] * hi else c
@@ -159,7 +153,21 @@ def small_angle(A, B):
     e1 = _ATAN_TAYLOR[3] + _ATAN_TAYLOR[4] * y
     e2 = _ATAN_TAYLOR[5] + _ATAN_TAYLOR[6] * y
     p = (e0 + e1 * y2) + (e2 + _ATAN_TAYLOR[7] * y2) * y4
-    return 2.0 * (base + (z + z * (y * p))), sA * sB
+    return base + (z + z * (y * p))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def small_angle(A, B):
+    """(t, sqrt(A) sqrt(B)) with t = min(theta, pi - theta) = 2 atan(sqrt(min(A, B) / max(A, B))).
+
+    Branch-free so that loops over pairs vectorize: ``2 atan_ratio(lo, hi)`` with
+    ``lo, hi = sorted(sqrt(A), sqrt(B))`` (see :func:`atan_ratio`). Accurate to a few ulp relative to t; ``t = 0`` for a degenerate pair (``A = B = 0``).
+    """
+    sA = math.sqrt(A)
+    sB = math.sqrt(B)
+    lo = sA if sA < sB else sB
+    hi = sB if sA < sB else sA
+    return 2.0 * atan_ratio(lo, hi), sA * sB
 
 
 @njit(cache=True, error_model="numpy")

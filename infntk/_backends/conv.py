@@ -49,8 +49,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .._duals import (_ATAN_1, _ATAN_C1, _ATAN_TAYLOR, _C1, _TAN_3PI_16, _TAN_PI_16, atan_unit,
-                      diag_dual, pair_dual)
+from .._duals import atan_ratio, atan_unit, diag_dual, pair_dual
 from ..activations import FAMILY_ABRELU
 
 # op codes (see infntk.conv._compile)
@@ -114,9 +113,8 @@ def _abrelu_fast(a, b, m, qq, s):
     ``[1e-140, 1e140]``: ``m = sqrt(q_x) sqrt(q_y)``, ``qq = q_x q_y``.
 
     ``sqrt(A B) = sqrt(q_x q_y - s^2)`` directly, and ``x = sqrt(min(A, B) / max(A, B)) =
-    sqrt(A B) / (m + |s|)`` goes into the argument reduction of
-    :func:`infntk._duals.atan_unit` (same constants and polynomial) without being formed:
-    ``z = (x - c) / (1 + c x) = (sqrt(AB) - c hi) / (hi + c sqrt(AB))``. At a pair of identical
+    sqrt(A B) / (m + |s|)`` goes into :func:`infntk._duals.atan_ratio` without being formed
+    (its argument reduction takes the numerator and the denominator). At a pair of identical
     positions of a self pair ``q_x = q_y = s`` gives ``A B = 0`` exactly (theta = 0). ``hi =
     0`` (a zero variance) gives ``x = 1``, ``theta = pi / 2``, as :func:`_abrelu_kkd`.
     """
@@ -126,29 +124,7 @@ def _abrelu_fast(a, b, m, qq, s):
     deg = hi <= 0.0
     num = 1.0 if deg else sab
     den = 1.0 if deg else hi
-    c = 0.0
-    base = 0.0
-    if num > _TAN_3PI_16 * den:
-        c = 1.0
-        base = _ATAN_1
-    elif num > _TAN_PI_16 * den:
-        c = _C1
-        base = _ATAN_C1
-    z = (num - c * den) / (den + c * num)
-    z2 = z * z
-    p = _ATAN_TAYLOR[12]
-    p = p * z2 + _ATAN_TAYLOR[11]
-    p = p * z2 + _ATAN_TAYLOR[10]
-    p = p * z2 + _ATAN_TAYLOR[9]
-    p = p * z2 + _ATAN_TAYLOR[8]
-    p = p * z2 + _ATAN_TAYLOR[7]
-    p = p * z2 + _ATAN_TAYLOR[6]
-    p = p * z2 + _ATAN_TAYLOR[5]
-    p = p * z2 + _ATAN_TAYLOR[4]
-    p = p * z2 + _ATAN_TAYLOR[3]
-    p = p * z2 + _ATAN_TAYLOR[2]
-    p = p * z2 + _ATAN_TAYLOR[1]
-    at = 2.0 * (base + (z + z * (z2 * p)))
+    at = 2.0 * atan_ratio(num, den)
     small = s >= 0.0
     theta = at if small else _PI - at
     phi = _PI - at if small else at
