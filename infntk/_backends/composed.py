@@ -38,7 +38,7 @@ from .. import hermite
 from .._duals import arccos_pair, diag_dual, kinked_state, smooth_pair
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
-from ._common import check_rows_finite
+from ._common import check_rows_finite, clipped_correlation
 from .closed import _first_layer_gram, _first_layer_rows, _geomean, _needs_rows
 from .series import K_MAX, _deriv_at_zero, _LayerData
 
@@ -258,13 +258,7 @@ def _series(row0, symmetric, order, r1, e1, ed1, a1, b1, r2, e2, ed2, a2T, b2T, 
         ex = 0.0
         for j in range(jend):
             m = r1[i] * r2[j]
-            rho = K[ib, j] / m if m > 0.0 else 0.0
-            if rho > 1.0:
-                ex = max(ex, rho - 1.0)
-                rho = 1.0
-            elif rho < -1.0:
-                ex = max(ex, -1.0 - rho)
-                rho = -1.0
+            rho, ex = clipped_correlation(K[ib, j], m, ex)
             acc = a1[i, order] * a2T[order, j]
             accd = b1[i, order] * b2T[order, j]
             for k in range(order - 1, -1, -1):

@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import hermite
-from ._common import check_rows_finite
+from ._common import check_rows_finite, clipped_correlation
 
 __all__ = ["SeriesEngine", "SeriesNet", "SeriesRows", "SeriesCols", "series_block", "K_MAX"]
 
@@ -154,13 +154,7 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
             r2 = rq2[l, j0:j0 + nj]
             for jj in range(nj):
                 m = r1 * r2[jj]
-                rho = S[jj] / m if m > 0.0 else 0.0
-                if rho > 1.0:
-                    ex = max(ex, rho - 1.0)
-                    rho = 1.0
-                elif rho < -1.0:
-                    ex = max(ex, -1.0 - rho)
-                    rho = -1.0
+                rho, ex = clipped_correlation(S[jj], m, ex)
                 R[jj] = rho
             c = a1[l, ir, K]
             cd = b1[l, ir, K]
