@@ -43,6 +43,9 @@ import math
 
 from numba import njit
 
+from ._vmath import atan2_pos, atan_ratio, atan_unit  # noqa: F401  (atan_unit: conv engine's)
+from ._vmath import exp as vexp
+from ._vmath import expm1 as vexpm1
 from .activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS, FAMILY_ERF,
                           FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 
@@ -80,82 +83,6 @@ def g_small(x, sin_x, cos_x):
 # atan on [0, 1] without a libm call (so that loops over pairs can be vectorized): reduce to
 # |z| <= tan(pi/16) around the centres 0, tan(pi/8), 1 and sum 13 Taylor terms
 # (truncation < 2e-17 relative). Tested against numpy.arctan to <= 2 ulp.
-_ATAN_TAYLOR = tuple(((-1.0) ** k) / (2 * k + 1) for k in range(13))
-_TAN_PI_16 = math.tan(math.pi / 16)
-_TAN_3PI_16 = math.tan(3 * math.pi / 16)
-_C1 = math.tan(math.pi / 8)
-_ATAN_C1 = math.atan(_C1)
-_ATAN_1 = math.pi / 4
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def atan_unit(x):
-    """arctan(x) for 0 <= x <= 1, within 2 ulp, branch-light and libm-free."""
-    c = 0.0
-    base = 0.0
-    if x > _TAN_3PI_16:
-        c = 1.0
-        base = _ATAN_1
-    elif x > _TAN_PI_16:
-        c = _C1
-        base = _ATAN_C1
-    z = (x - c) / (1.0 + c * x)
-    z2 = z * z
-    p = _ATAN_TAYLOR[12]
-    p = p * z2 + _ATAN_TAYLOR[11]
-    p = p * z2 + _ATAN_TAYLOR[10]
-    p = p * z2 + _ATAN_TAYLOR[9]
-    p = p * z2 + _ATAN_TAYLOR[8]
-    p = p * z2 + _ATAN_TAYLOR[7]
-    p = p * z2 + _ATAN_TAYLOR[6]
-    p = p * z2 + _ATAN_TAYLOR[5]
-    p = p * z2 + _ATAN_TAYLOR[4]
-    p = p * z2 + _ATAN_TAYLOR[3]
-    p = p * z2 + _ATAN_TAYLOR[2]
-    p = p * z2 + _ATAN_TAYLOR[1]
-    return base + (z + z * (z2 * p))
-
-
-# small_angle's reduction: centres tan(k pi/16), k = 0..4, switched at tan((2k+1) pi/32), so
-# |z| <= tan(pi/32) ~ 0.0985 and 7 Taylor terms after z reach 1e-17 relative
-_SA_CUT = tuple(math.tan((2 * k + 1) * math.pi / 32) for k in range(4))
-# (the centres rounded to doubles, exactly 1 at the top, and the arctans of those doubles,
-# so that atan x = base + atan((x - c) / (1 + c x)) holds for the stored values)
-_SA_C = tuple(math.tan(k * math.pi / 16) for k in range(4)) + (1.0,)
-_SA_BASE = tuple(math.atan(c) for c in _SA_C)
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def atan_ratio(lo, hi):
-    """arctan(lo / hi) for 0 <= lo <= hi, without forming the ratio (0 for lo = hi = 0).
-
-    The ratio and the argument reduction are one division, ``z = (lo - c hi) / (hi + c lo)``,
-    around the nearest of the centres ``c = tan(k pi/16)``, k = 0..4 (``|z| <= tan(pi/32)``);
-    atan z by its Taylor series to z^15 (truncation < 1e-17 relative) in Estrin's scheme.
-    Branch-free (selects only, no libm call), so that loops over pairs vectorize; a few ulp.
-    """
-    c = _SA_C[0]
-    base = _SA_BASE[0]
-    c = _SA_C[1] if lo > _SA_CUT[0] * hi else c
-    base = _SA_BASE[1] if lo > _SA_CUT[0] * hi else base
-    c = _SA_C[2] if lo > _SA_CUT[1] * hi else c
-    base = _SA_BASE[2] if lo > _SA_CUT[1] * hi else base
-    c = _SA_C[3] if lo > _SA_CUT[2] * hi else c
-    base = _SA_BASE[3] if lo > _SA_CUT[2] * hi else base
-    c = _SA_C[4] if lo > _SA_CUT[3] * hi else c
-    base = _SA_BASE[4] if lo > _SA_CUT[3] * hi else base
-    den = hi + c * lo
-    z = (lo - c * hi) / (den if den > 0.0 else 1.0)
-    y = z * z
-    y2 = y * y
-    y4 = y2 * y2
-    e0 = _ATAN_TAYLOR[1] + _ATAN_TAYLOR[2] * y
-    e1 = _ATAN_TAYLOR[3] + _ATAN_TAYLOR[4] * y
-    e2 = _ATAN_TAYLOR[5] + _ATAN_TAYLOR[6] * y
-    p = (e0 + e1 * y2) + (e2 + _ATAN_TAYLOR[7] * y2) * y4
-    return base + (z + z * (y * p))
-
-
 @njit(cache=True, inline="always", error_model="numpy")
 def small_angle(A, B):
     """(t, sqrt(A) sqrt(B)) with t = min(theta, pi - theta) = 2 atan(sqrt(min(A, B) / max(A, B))).
@@ -925,6 +852,88 @@ def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2, D):
         k, kd, kA, kB = _smooth_pair_oriented(family, q1, q2, r1, r2, B, A, sk1, sk2, D)
         return k, -kd, kA, kB
     return _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2, D)
+
+
+# ----------------------------------------------------------------------------- plain route
+# The plain forms below are valid (nothing over- or underflows) for variances below this
+_PLAIN_MAX = 1e75
+_TWO_OVER_PI = 2.0 / PI
+_INV_TWO_PI = 1.0 / (2.0 * PI)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def smooth_plain(family, q1, q2, r1, r2, A, B):
+    """(k, kd) of the smooth closed forms, branch-free and libm-free so that a loop over pairs
+    vectorizes: the same duals as :func:`smooth_kkd` (module docstring), written as
+
+    * erf: ``k = (2/pi) atan2(2 s, E)``, ``kd = (4/pi) / E``, ``E = sqrt(1 + 2 (q1 + q2) + 4 A B)``
+      (``E^2 = (1 + 2 q1)(1 + 2 q2) - 4 s^2``, one square root for both);
+    * sin, cos: ``exp(-(r1 - r2)^2/2 - min(A, B))`` times ``1 -+ exp(-|B - A|)/...`` with the
+      difference through ``expm1`` (no cancellation at small variance);
+    * gaussian: ``det = 1 + q1 + q2 + A B``; GELU: :func:`_gelu`'s plain form.
+
+    Accurate in absolute terms (a few ulp of ``sqrt(k11 k22)``) for ``q1, q2 < 1e75``; the gaps
+    ``sqrt(k11 k22) -+ k`` formed from it are not accurate relative to themselves when small
+    (:func:`smooth_route_stable` says when that matters).
+    """
+    s = 0.5 * (B - A)
+    if family == FAMILY_ERF:
+        E = math.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * (A * B))
+        return _TWO_OVER_PI * atan2_pos(2.0 * s, E), (2.0 * _TWO_OVER_PI) / E
+    if family == FAMILY_SIN or family == FAMILY_COS:
+        dq = r1 - r2
+        lo = A if A < B else B
+        hi = B if A < B else A
+        e1 = vexp(-0.5 * (dq * dq) - lo)
+        t = vexpm1(lo - hi)                 # exp(-2 |s|) - 1
+        dif = -0.5 * e1 * t
+        dif = dif if B >= A else -dif       # (e^- - e^+) / 2 with e^-+ = exp(-(dq^2)/2 - A, B)
+        tot = e1 + 0.5 * e1 * t             # (e^- + e^+) / 2
+        if family == FAMILY_SIN:
+            return dif, tot
+        return tot, dif
+    if family == FAMILY_GAUSSIAN:
+        det = 1.0 + q1 + q2 + A * B
+        k = 1.0 / math.sqrt(det)
+        return k, s * k / det
+    if family == FAMILY_GELU:
+        iP = 1.0 / ((1.0 + q1) * (1.0 + q2))
+        D2 = 1.0 + q1 + q2 + A * B
+        Dl = math.sqrt(D2)
+        iD = 1.0 / Dl
+        at = atan2_pos(s, Dl)
+        F = 0.25 * s + (s * at + (s * s + q1 * q2 * D2) * (iP * iD)) * _INV_TWO_PI
+        G = 0.25 + at * _INV_TWO_PI + (s * iD) * _INV_TWO_PI * ((2.0 + q1 + q2) * iP + iD * iD)
+        return F, G
+    return math.nan, math.nan
+
+
+# the stable route pays where an error of a few ulp of sqrt(k11 k22) in a gap would be
+# amplified by the rest of the network by more than this factor (relative to the output)
+_GAIN_STABLE = 1.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def smooth_route_stable(family, q1, q2, m, A, B, gain):
+    """Whether the pair needs :func:`smooth_pair` (the stable route) rather than
+    :func:`smooth_plain`.
+
+    ``gain`` bounds how much the rest of the network amplifies an absolute error of the gaps
+    ``kA``, ``kB`` relative to the output kernel, ``sqrt(g1 g2)`` of the per-row suffix products
+    ``g = k11 prod_{later} (w^2 E[phi'^2]) / q_out`` (Price's theorem: ``dk/ds = kd`` and
+    ``|kd| <= sqrt(kd11 kd22)``). The stable route is taken when the gain exceeds 1 and a gap is
+    small (the same thresholds as :func:`_smooth_pair_oriented`), and always outside the plain
+    forms' range. A NaN gain counts as large.
+    """
+    if q1 >= _PLAIN_MAX or q2 >= _PLAIN_MAX:
+        return True
+    if gain <= _GAIN_STABLE * _GAIN_STABLE:       # gain is g1 g2, the square of the bound
+        return False
+    lim = _GAP_QUAD * min(m, 1.0)
+    small = A <= lim or B <= lim
+    if family == FAMILY_GELU:
+        small = small or (A <= _GELU_GRADED * m and m < _BIG)
+    return small
 
 
 @njit(cache=True, error_model="numpy")

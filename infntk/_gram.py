@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._numba_config import engine_lock
+from ._numba_config import blas_one_thread, engine_lock
 from ._validation import check_positive_int
 
 __all__ = ["Kernels", "KernelDiag", "gram", "diag", "row_blocks", "mirror_lower_to_upper",
@@ -326,6 +326,22 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
         rows1 = engine.rows(X1)
         rows2 = rows1 if symmetric else engine.rows(X2)
         plan = engine.prepare(rows1, rows2, symmetric)
+    with blas_one_thread():
+        _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_rows,
+                     progress, resume, label)
+    engine.finish(plan)
+    if symmetric:
+        for k in kinds:
+            mirror_lower_to_upper(outs[k], block_rows)
+    return Kernels(outs["nngp"] if "nngp" in kinds else None,
+                   outs["ntk"] if "ntk" in kinds else None,
+                   plan.error_bound, plan.orders)
+
+
+def _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_rows, progress,
+                 resume, label):
+    """The block loop of :func:`gram` (BLAS products, engine blocks, checks, progress)."""
+    n1, n2 = X1.shape[0], X2.shape[0]
     for r0, r1 in row_blocks(n1, block_rows):
         if resume is not None and resume.done(r0, r1):
             continue
@@ -341,13 +357,6 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
             resume.record(r0, r1)
         if progress is not None:
             progress((r1 - r0) * (r0 + r1 + 1) // 2 if symmetric else (r1 - r0) * n2)
-    engine.finish(plan)
-    if symmetric:
-        for k in kinds:
-            mirror_lower_to_upper(outs[k], block_rows)
-    return Kernels(outs["nngp"] if "nngp" in kinds else None,
-                   outs["ntk"] if "ntk" in kinds else None,
-                   plan.error_bound, plan.orders)
 
 
 def diag(engine, X):

@@ -27,9 +27,10 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .._duals import arccos_pair, diag_diff, diag_dual, kinked_state, smooth_pair
+from .._duals import (arccos_pair, diag_diff, diag_dual, kinked_state, smooth_pair, smooth_plain,
+                      smooth_route_stable)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
-                           FAMILY_GAUSSIAN, FAMILY_SIN)
+                           FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 from ._common import check_rows_finite
 
 __all__ = ["ClosedFormEngine", "NetRecord", "RowRecord", "ColRecord", "row_statistics",
@@ -57,6 +58,7 @@ class RowRecord(NamedTuple):
     q: np.ndarray      # (n1, depth + 1) variances Sigma^l(x, x), l = 1..depth+1
     r: np.ndarray      # sqrt(q)
     sk: np.ndarray     # (n1, depth) sqrt(E[phi(u)^2]) at each activation
+    g: np.ndarray      # (n1, depth) gaps' error gain after each activation (row_statistics)
 
 
 class ColRecord(NamedTuple):
@@ -68,6 +70,7 @@ class ColRecord(NamedTuple):
     rT: np.ndarray
     skT: np.ndarray    # (depth, n2)
     nrm: np.ndarray    # (n2,) sqrt(nsq)
+    gT: np.ndarray     # (depth, n2)
 
 # Rows whose Gram cosine is within this distance of +-1 get their angle from the rows.
 _PARALLEL_TOL = 0.0625
@@ -198,6 +201,11 @@ def row_statistics(net, X, nsq):
     q : (n, depth + 1)   Sigma^l(x, x) for l = 1..depth+1 (column l-1)
     sk : (n, depth)      sqrt(E[phi(u)^2]) at the activation of layer l = 1..depth
     ntk : (n,)           Theta^{depth+1}(x, x)
+    g : (n, depth)       the error gain of the gaps made at activation l: an absolute error e
+                         of kA or kB there moves the output kernel by at most
+                         e sqrt(g1 g2) relative to sqrt(q_out1 q_out2) (to first order),
+                         g = k11_l w2 prod_{l' > l} (E[phi'^2]_{l'} w2) / q_out, made by
+                         :func:`suffix_gain` (see :func:`infntk._duals.smooth_route_stable`)
     """
     family, p0, p1, depth, w2, b2, cK, cb = net
     n = X.shape[0]
@@ -205,6 +213,9 @@ def row_statistics(net, X, nsq):
     q = np.empty((n, depth + 1))
     sk = np.empty((n, depth))
     ntk = np.empty(n)
+    g = np.empty((n, depth))
+    k11s = np.empty(depth)
+    kd11s = np.empty(depth)
     for i in range(n):
         k0 = nsq[i] / d
         qi = w2 * k0 + b2
@@ -212,12 +223,24 @@ def row_statistics(net, X, nsq):
         q[i, 0] = qi
         for l in range(depth):
             k11, kd11 = diag_dual(family, p0, p1, qi)
+            k11s[l] = k11
+            kd11s[l] = kd11
             sk[i, l] = math.sqrt(k11)
             th = cK[l + 1] * k11 + w2 * kd11 * th + cb[l + 1]
             qi = w2 * k11 + b2
             q[i, l + 1] = qi
         ntk[i] = th
-    return q, sk, ntk
+        G = suffix_gain_start(qi, w2)
+        for l in range(depth - 1, -1, -1):
+            g[i, l] = G * k11s[l]
+            G = (G * kd11s[l]) * w2
+    return q, sk, ntk, g
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def suffix_gain_start(q_out, w2):
+    """The gain just before the readout Dense: ``w2 / q_out`` (inf for a zero output row)."""
+    return (1.0 / q_out if q_out > 0.0 else math.inf) * w2
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -247,6 +270,17 @@ def _advance(j, k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, A, B, TH, K):
     B[j] = gap + w2 * kB + 2.0 * b2
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _plain_pass(fam, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl, A, B, TH, K):
+    """One activation layer by :func:`infntk._duals.smooth_plain` for columns ``j < jend``."""
+    for j in range(jend):
+        s2 = s2l[j]
+        k, kd = smooth_plain(fam, qa, q2l[j], ra, r2l[j], A[j], B[j])
+        sk = s1 * s2
+        _advance(j, k, kd, max(sk - k, 0.0), max(sk + k, 0.0), s1, s2, rn1, r2n[j], w2, b2,
+                 cKl, cbl, A, B, TH, K)
+
+
 @njit(cache=True, error_model="numpy")
 def _sqnorm_diff(x, y):
     """|x|^2 - |y|^2 = sum (x_k - y_k)(x_k + y_k), accurate for nearly equal rows; the rows
@@ -273,8 +307,8 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     keeps the state in three work vectors and lets the compiler vectorize the loop.
     """
     family, p0, p1, depth, w2, b2, cK, cb = net
-    X1, nsq1, q1, r1, sk1 = rows
-    X2, nsq2, q2T, r2T, sk2T, nrm2 = cols
+    X1, nsq1, q1, r1, sk1, g1 = rows
+    X2, nsq2, q2T, r2T, sk2T, nrm2, g2T = cols
     i = row0 + ib
     jend = i + 1 if symmetric else X2.shape[0]
     d = X1.shape[1]
@@ -318,6 +352,8 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     # pair starting at |cos| < 15/16 reaches a small gap only where the recursion contracts,
     # or keeps its gap O(1) in the chaotic regime).
     Dq = np.empty(jend if smooth else 0)
+    fix_j = np.empty(jend if smooth else 0, dtype=np.int64)
+    fix_v = np.empty((jend if smooth else 0, 6))
     if smooth:
         for j in range(jend):
             if symmetric and j == i:
@@ -351,18 +387,54 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                 k, kd, kA, kB = arccos_pair(n, _geomean(qa, q2l[j], ra, r2l[j]), A[j], B[j])
                 _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
         else:
+            # the pairs that take the stable route (carried D, or a small gap the rest of the
+            # network would amplify): computed first from the entry state, applied last
+            ga = g1[i, l]
+            g2l = g2T[l]
+            nfix = 0
             for j in range(jend):
                 Dj = Dq[j]
                 carried = Dj == Dj
-                k, kd, kA, kB = smooth_pair(family, qa, q2l[j], ra, r2l[j], A[j], B[j],
-                                            s1, s2l[j], Dj if carried else qa - q2l[j])
-                s2 = s2l[j]
-                if carried:
-                    dk = diag_diff(family, qa, q2l[j], Dj)
-                    Dq[j] = w2 * dk
-                    if exact_d and s1 + s2 > 0.0:    # sqrt(k11) - sqrt(k22) from the pair's D
-                        s2 = s1 - dk / (s1 + s2)
-                _advance(j, k, kd, kA, kB, s1, s2, rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                if carried or smooth_route_stable(family, qa, q2l[j], ra * r2l[j], A[j], B[j],
+                                                  ga * g2l[j]):
+                    k, kd, kA, kB = smooth_pair(family, qa, q2l[j], ra, r2l[j], A[j], B[j],
+                                                s1, s2l[j], Dj if carried else qa - q2l[j])
+                    s2 = s2l[j]
+                    if carried:
+                        dk = diag_diff(family, qa, q2l[j], Dj)
+                        Dq[j] = w2 * dk
+                        if exact_d and s1 + s2 > 0.0:  # sqrt(k11) - sqrt(k22) from the pair's D
+                            s2 = s1 - dk / (s1 + s2)
+                    fix_j[nfix] = j
+                    fix_v[nfix, 0] = k
+                    fix_v[nfix, 1] = kd
+                    fix_v[nfix, 2] = kA
+                    fix_v[nfix, 3] = kB
+                    fix_v[nfix, 4] = s2
+                    fix_v[nfix, 5] = TH[j]
+                    nfix += 1
+            # vectorized: every pair by the plain route (one loop per family, the family a
+            # constant in it, so that no per-pair dispatch is left)
+            if family == FAMILY_ERF:
+                _plain_pass(FAMILY_ERF, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl,
+                            cbl, A, B, TH, K)
+            elif family == FAMILY_GELU:
+                _plain_pass(FAMILY_GELU, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl,
+                            cbl, A, B, TH, K)
+            elif family == FAMILY_SIN:
+                _plain_pass(FAMILY_SIN, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl,
+                            cbl, A, B, TH, K)
+            elif family == FAMILY_COS:
+                _plain_pass(FAMILY_COS, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl,
+                            cbl, A, B, TH, K)
+            else:
+                _plain_pass(FAMILY_GAUSSIAN, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl,
+                            cbl, A, B, TH, K)
+            for c in range(nfix):
+                j = fix_j[c]
+                TH[j] = fix_v[c, 5]
+                _advance(j, fix_v[c, 0], fix_v[c, 1], fix_v[c, 2], fix_v[c, 3], s1, fix_v[c, 4],
+                         rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
     for j in range(jend):
         out_nngp[ib, j] = w2 * K[j] + b2
         out_ntk[ib, j] = TH[j]
@@ -410,16 +482,16 @@ class ClosedFormEngine:
     def rows(self, X):
         """``RowRecord`` of validated rows ``X`` plus the NTK diagonal; overflow raises."""
         nsq = np.einsum("ij,ij->i", X, X)
-        q, sk, ntk = row_statistics(self.net, X, nsq)
+        q, sk, ntk, g = row_statistics(self.net, X, nsq)
         check_rows_finite(q, ntk)
-        return RowRecord(X, nsq, q, np.sqrt(q), sk), ntk
+        return RowRecord(X, nsq, q, np.sqrt(q), sk, g), ntk
 
     def prepare(self, rows1, rows2, symmetric):
         rec1, _ = rows1
         rec2, _ = rows2
         qT = np.ascontiguousarray(rec2.q.T)
         cols = ColRecord(rec2.X, rec2.nsq, qT, np.sqrt(qT), np.ascontiguousarray(rec2.sk.T),
-                         np.sqrt(rec2.nsq))
+                         np.sqrt(rec2.nsq), np.ascontiguousarray(rec2.g.T))
         return _Plan(rec1, cols)
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):

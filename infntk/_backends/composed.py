@@ -35,11 +35,12 @@ import numpy as np
 from numba import njit, prange
 
 from .. import hermite
-from .._duals import arccos_pair, diag_dual, kinked_state, smooth_pair
+from .._duals import (arccos_pair, diag_diff, diag_dual, kinked_state, smooth_pair, smooth_plain,
+                      smooth_route_stable)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 from ._common import check_rows_finite, clipped_correlation
-from .closed import _first_layer_gram, _first_layer_rows, _geomean, _needs_rows
+from .closed import _first_layer_gram, _first_layer_rows, _geomean, _needs_rows, _sqnorm_diff
 from .series import K_MAX, _deriv_at_zero, _LayerData
 
 __all__ = ["ComposedEngine", "Op", "INPUT_DENSE", "DENSE", "ACT", "NORM", "PUSH", "POP",
@@ -98,9 +99,11 @@ def _row_pass(ops, X, d):
     """Per-row arrays every operation needs, and the final diagonal ``(q, th)``."""
     nsq = np.einsum("ij,ij->i", X, X)
     steps = []
+    back = []          # per op, what the backward gain pass needs
     st = None
     stack = []
     for op in ops:
+        back.append(st.q if (st is not None and op.kind == NORM) else None)
         if op.kind == INPUT_DENSE:
             k0 = nsq / d
             st = _RowState(op.w2 * k0 + op.b2, op.cK * k0 + op.cb, np.ones_like(k0))
@@ -114,10 +117,12 @@ def _row_pass(ops, X, d):
         elif op.kind == ACT:
             k11, kd11 = _act_rows(op.family, op.p0, op.p1, st.q)
             steps.append((st.q, np.sqrt(st.q), np.sqrt(k11)))
+            back[-1] = (k11, kd11)
             st = _RowState(k11, st.th, st.kd * kd11)
         elif op.kind == SERIES:
             E, Ed = _series_moments(op.act, st.q)
             steps.append((st.q, np.sqrt(st.q), E, Ed))
+            back[-1] = Ed
             st = _RowState(E, st.th, st.kd * Ed)
         elif op.kind == NORM:
             pos = st.q > 0
@@ -135,14 +140,68 @@ def _row_pass(ops, X, d):
             steps.append((skip.q, st.q, np.sqrt(q)))
             st = _RowState(q, th, np.ones_like(q))
         check_rows_finite(st.q, st.th)
+    gains = _gains(ops, back, st.q)
+    steps = [step + (gains[i],) if op.kind == ACT else step
+             for i, (op, step) in enumerate(zip(ops, steps))]
     return nsq, steps, st.q, st.kd * st.th
+
+
+def _kinked(op):
+    """Whether a closed-form activation has a kink (or a jump) at 0: relu-like with unequal
+    slopes, step-like with unequal levels, and the arc-cosine family."""
+    if op.family == FAMILY_ARCCOS:
+        return True
+    return op.family in (FAMILY_ABRELU, FAMILY_ABSTEP) and op.p0 != op.p1
+
+
+def _gains(ops, back, q_out):
+    """Per ACT op, the per-row error gain of its gaps (as the FC engine's ``row_statistics``):
+    an absolute error ``e`` of ``kA``/``kB`` there moves the output by at most
+    ``e sqrt(g1 g2)`` relative to ``sqrt(q_out1 q_out2)``, to first order. Backwards from the
+    output: Dense multiplies by ``w^2``, an activation by ``E[phi'^2]``, LayerNorm by ``1/q``,
+    a residual block ``skip + a2 inner`` adds the skip's gain to ``a2`` times the inner one's
+    (the geometric mean of two rows' sums bounds the pair's, by Cauchy-Schwarz), and a kinked
+    activation makes it infinite (the stable route for every small gap before it)."""
+    with np.errstate(divide="ignore", invalid="ignore"):    # inf * 0 = NaN counts as large
+        return _gains_backward(ops, back, q_out)
+
+
+def _gains_backward(ops, back, q_out):
+    G = np.where(q_out > 0.0, 1.0 / np.where(q_out > 0.0, q_out, 1.0), np.inf)
+    gains = {}
+    stack = []
+    for i in range(len(ops) - 1, -1, -1):
+        op = ops[i]
+        if op.kind in (INPUT_DENSE, DENSE):
+            G = G * op.w2
+        elif op.kind == ACT:
+            k11, kd11 = back[i]
+            gains[i] = G * k11
+            G = G * kd11
+            if _kinked(op):
+                # a kink maps an absolute error e of a small gap to ~sqrt(e): only gaps that
+                # are accurate relative to themselves may reach it
+                G = np.full_like(G, np.inf)
+        elif op.kind == SERIES:
+            G = G * back[i]
+        elif op.kind == NORM:
+            G = G * np.where(back[i] > 0.0, 1.0 / np.where(back[i] > 0.0, back[i], 1.0), np.inf)
+        elif op.kind == POP:
+            stack.append(G)
+            G = G * op.a2
+        else:  # PUSH: the start of the block, skip path and inner path meet
+            G = G + stack.pop()
+    return gains
 
 
 # ----------------------------------------------------------------------------- pair passes
 @njit(cache=True, parallel=True, error_model="numpy")
 def _input_dense(X1, X2, G, nsq1, nsq2, row0, symmetric, op, S):
-    """First Dense layer for the rows of one block; ``S`` = (A, B, K, TH, KD)."""
-    A, B, K, TH, KD = S
+    """First Dense layer for the rows of one block; ``S`` = (A, B, K, TH, KD, D).
+
+    ``D = q1 - q2`` is carried for the pairs whose angle comes from the rows (nearly parallel,
+    as in the FC engine), NaN (not carried: ``q1 - q2`` of the rows is used) for the others."""
+    A, B, K, TH, KD, D = S
     d = X1.shape[1]
     w2, b2, cK, cb = op.w2, op.b2, op.cK, op.cb
     for ib in prange(G.shape[0]):
@@ -156,16 +215,18 @@ def _input_dense(X1, X2, G, nsq1, nsq2, row0, symmetric, op, S):
             KD[ib, j] = 1.0
         for j in range(jend):
             same = symmetric and j == i
+            D[ib, j] = math.nan
             if same or _needs_rows(G[ib, j], nx2, nsq2[j]):
                 A[ib, j], B[ib, j] = _first_layer_rows(X1[i], X2[j], G[ib, j], nx2, nsq2[j],
                                                        w2, b2, d, same)
+                D[ib, j] = 0.0 if same else w2 * (_sqnorm_diff(X1[i], X2[j]) / d)
         for j in range(jend):
             K[ib, j] = w2 * K[ib, j] + b2
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _dense(row0, symmetric, op, s1, rn1, s2, rn2, S):
-    A, B, K, TH, KD = S
+    A, B, K, TH, KD, D = S
     w2, b2, cK, cb = op.w2, op.b2, op.cK, op.cb
     for ib in prange(K.shape[0]):
         i = row0 + ib
@@ -180,35 +241,89 @@ def _dense(row0, symmetric, op, s1, rn1, s2, rn2, S):
             A[ib, j] = gap + w2 * A[ib, j]
             B[ib, j] = gap + w2 * B[ib, j] + 2.0 * b2
             K[ib, j] = w2 * K[ib, j] + b2
+            D[ib, j] = w2 * D[ib, j]
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _act(row0, symmetric, op, q1, r1, sk1, q2, r2, sk2, S):
-    A, B, K, TH, KD = S
+def _act(row0, symmetric, op, q1, r1, sk1, g1, q2, r2, sk2, g2, S):
+    """One closed-form activation for the pairs of a block. The smooth families take the plain
+    route (:func:`infntk._duals.smooth_plain`, vectorized) except for the pairs that need the
+    stable one (carried ``D``, or :func:`infntk._duals.smooth_route_stable`), exactly as the FC
+    engine does, so that a homogeneous network gives the FC engine's floats."""
+    A, B, K, TH, KD, D = S
     family, p0, p1 = op.family, op.p0, op.p1
+    smooth = not (family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS)
     for ib in prange(K.shape[0]):
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
-        qa, ra, s1 = q1[i], r1[i], sk1[i]
+        qa, ra, s1, ga = q1[i], r1[i], sk1[i], g1[i]
+        if not smooth:
+            for j in range(jend):
+                if family == FAMILY_ABRELU or family == FAMILY_ABSTEP:   # one inlined body
+                    k, kd, kA, kB = kinked_state(family == FAMILY_ABSTEP, p0, p1, A[ib, j],
+                                                 B[ib, j], s1 * sk2[j])
+                else:
+                    k, kd, kA, kB = arccos_pair(int(p0), _geomean(qa, q2[j], ra, r2[j]),
+                                                A[ib, j], B[ib, j])
+                K[ib, j] = k
+                KD[ib, j] = KD[ib, j] * kd
+                A[ib, j] = kA
+                B[ib, j] = kB
+                D[ib, j] = math.nan
+            continue
+        fix_j = np.empty(jend, dtype=np.int64)
+        fix_v = np.empty((jend, 5))
+        nfix = 0
         for j in range(jend):
-            m = _geomean(qa, q2[j], ra, r2[j])
-            if family == FAMILY_ABRELU or family == FAMILY_ABSTEP:   # one inlined body
-                k, kd, kA, kB = kinked_state(family == FAMILY_ABSTEP, p0, p1, A[ib, j],
-                                             B[ib, j], s1 * sk2[j])
-            elif family == FAMILY_ARCCOS:
-                k, kd, kA, kB = arccos_pair(int(p0), m, A[ib, j], B[ib, j])
-            else:
+            Dj = D[ib, j]
+            carried = Dj == Dj
+            if carried or smooth_route_stable(family, qa, q2[j], ra * r2[j], A[ib, j], B[ib, j],
+                                              ga * g2[j]):
                 k, kd, kA, kB = smooth_pair(family, qa, q2[j], ra, r2[j], A[ib, j], B[ib, j],
-                                            s1, sk2[j], qa - q2[j])
-            K[ib, j] = k
-            KD[ib, j] = KD[ib, j] * kd
-            A[ib, j] = kA
-            B[ib, j] = kB
+                                            s1, sk2[j], Dj if carried else qa - q2[j])
+                if carried:
+                    D[ib, j] = diag_diff(family, qa, q2[j], Dj)
+                fix_j[nfix] = j
+                fix_v[nfix, 0] = k
+                fix_v[nfix, 1] = kd
+                fix_v[nfix, 2] = kA
+                fix_v[nfix, 3] = kB
+                fix_v[nfix, 4] = KD[ib, j]
+                nfix += 1
+        Ar, Br, Kr, KDr = A[ib], B[ib], K[ib], KD[ib]
+        if family == FAMILY_ERF:
+            _plain_act(FAMILY_ERF, jend, qa, ra, s1, q2, r2, sk2, Ar, Br, Kr, KDr)
+        elif family == FAMILY_GELU:
+            _plain_act(FAMILY_GELU, jend, qa, ra, s1, q2, r2, sk2, Ar, Br, Kr, KDr)
+        elif family == FAMILY_SIN:
+            _plain_act(FAMILY_SIN, jend, qa, ra, s1, q2, r2, sk2, Ar, Br, Kr, KDr)
+        elif family == FAMILY_COS:
+            _plain_act(FAMILY_COS, jend, qa, ra, s1, q2, r2, sk2, Ar, Br, Kr, KDr)
+        else:
+            _plain_act(FAMILY_GAUSSIAN, jend, qa, ra, s1, q2, r2, sk2, Ar, Br, Kr, KDr)
+        for c in range(nfix):
+            j = fix_j[c]
+            K[ib, j] = fix_v[c, 0]
+            KD[ib, j] = fix_v[c, 4] * fix_v[c, 1]
+            A[ib, j] = fix_v[c, 2]
+            B[ib, j] = fix_v[c, 3]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _plain_act(fam, jend, qa, ra, s1, q2, r2, sk2, A, B, K, KD):
+    """The plain route of one row of a block (``fam`` a constant: the loop vectorizes)."""
+    for j in range(jend):
+        k, kd = smooth_plain(fam, qa, q2[j], ra, r2[j], A[j], B[j])
+        sk = s1 * sk2[j]
+        K[j] = k
+        KD[j] = KD[j] * kd
+        A[j] = max(sk - k, 0.0)
+        B[j] = max(sk + k, 0.0)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _norm(row0, symmetric, r1, r2, S):
-    A, B, K, TH, KD = S
+    A, B, K, TH, KD, D = S
     for ib in prange(K.shape[0]):
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
@@ -221,17 +336,19 @@ def _norm(row0, symmetric, r1, r2, S):
                 TH[ib, j] = th / m
                 A[ib, j] = A[ib, j] / m
                 B[ib, j] = B[ib, j] / m
+                D[ib, j] = 0.0             # both rows have variance 1 after the norm
             else:                      # a zero representation stays zero (docs/composed.md)
                 K[ib, j] = 0.0
                 TH[ib, j] = 0.0
                 A[ib, j] = 0.0
                 B[ib, j] = 0.0
+                D[ib, j] = math.nan
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _pop(row0, symmetric, op, qs1, qb1, rq1, qs2, qb2, rq2, saved, S):
-    A, B, K, TH, KD = S
-    As, Bs, Ks, THs, KDs = saved
+    A, B, K, TH, KD, D = S
+    As, Bs, Ks, THs, KDs, Ds = saved
     a2 = op.a2
     for ib in prange(K.shape[0]):
         i = row0 + ib
@@ -246,12 +363,13 @@ def _pop(row0, symmetric, op, qs1, qb1, rq1, qs2, qb2, rq2, saved, S):
             K[ib, j] = Ks[ib, j] + a2 * K[ib, j]
             TH[ib, j] = KDs[ib, j] * THs[ib, j] + a2 * (KD[ib, j] * TH[ib, j])
             KD[ib, j] = 1.0
+            D[ib, j] = Ds[ib, j] + a2 * D[ib, j]
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _series(row0, symmetric, order, r1, e1, ed1, a1, b1, r2, e2, ed2, a2T, b2T, S, excess):
     """Mehler series of one activation for the pairs of a block (coefficients zero-padded)."""
-    A, B, K, TH, KD = S
+    A, B, K, TH, KD, D = S
     for ib in prange(K.shape[0]):
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
@@ -272,6 +390,7 @@ def _series(row0, symmetric, order, r1, e1, ed1, a1, b1, r2, e2, ed2, a2T, b2T, 
             KD[ib, j] = KD[ib, j] * accd
             A[ib, j] = sk - acc
             B[ib, j] = sk + acc
+            D[ib, j] = math.nan
         excess[ib] = ex
 
 
@@ -504,8 +623,8 @@ class ComposedEngine:
         _, nsq1, st1, _, _ = plan.rows
         _, nsq2, st2, _, _ = plan.cols
         shape = G.shape
-        A, B, TH, KD = (np.zeros(shape) for _ in range(4))
-        S = (A, B, out_nngp, TH, KD)          # K is computed in place in the output
+        A, B, TH, KD, D = (np.zeros(shape) for _ in range(5))
+        S = (A, B, out_nngp, TH, KD, D)       # K is computed in place in the output
         stack = []
         for i, (op, a, b) in enumerate(zip(self.ops, st1, st2)):
             if op.kind == INPUT_DENSE:
@@ -513,7 +632,7 @@ class ComposedEngine:
             elif op.kind == DENSE:
                 _dense(row0, symmetric, op, a[0], a[1], b[0], b[1], S)
             elif op.kind == ACT:
-                _act(row0, symmetric, op, a[0], a[1], a[2], b[0], b[1], b[2], S)
+                _act(row0, symmetric, op, a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], S)
             elif op.kind == SERIES:
                 (a1, b1), (a2T, b2T) = plan.coef1[i], plan.coef2[i]
                 ex = np.zeros(shape[0])
