@@ -145,3 +145,39 @@ def test_row_gains_match_their_definition():
         for l in range(depth):
             expect = k11s[l] * w2 * np.prod([w2 * kd for kd in kd11s[l + 1:]]) / q
             assert abs(g[i, l] - expect) <= GAIN_RTOL * expect
+
+
+# Pairs that the first layer makes nearly parallel through a dominant bias (inputs of norm
+# 1e-2 .. 1e-6, cosines 0.3-0.93: no carried D), followed by a chaotic recursion that
+# amplifies any absolute error of their small gaps: these need the stable route (with the
+# plain route for every pair, four of the six 1e-6 cases reach errors up to 4e-7).
+BIAS_THEN_CHAOS = [("sin", 4.0, 0.5, 0.3), ("cos", 4.0, 0.1, 0.93), ("sin", 2.0, 0.5, 0.3),
+                   ("erf", 3.0, 0.5, 0.9), ("gelu", 2.5, 0.1, 0.93), ("gaussian", 4.0, 0.3, 0.5)]
+
+
+@pytest.mark.parametrize("scale", [1e-2, 1e-6])
+@pytest.mark.parametrize("name,w_std,b_std,c0", BIAS_THEN_CHAOS)
+def test_bias_made_parallel_pairs_in_the_chaotic_regime(name, w_std, b_std, c0, scale):
+    rng = np.random.default_rng(21)
+    d = 8
+    x = rng.normal(size=d)
+    x /= np.linalg.norm(x)
+    y = rng.normal(size=d)
+    y -= (y @ x) * x
+    y /= np.linalg.norm(y)
+    X = np.stack([x, c0 * x + np.sqrt(1 - c0 ** 2) * y, 0.7 * x]) * scale * np.sqrt(d)
+    depth = 12
+    g = _gains(name, X, depth, w_std, b_std)
+    assert np.sqrt(g[0] * g[1]).max() > 1.0          # a case the criterion must catch
+    ref_nngp, ref_ntk = mp_kernels(name, X, depth=depth, w_std=w_std, b_std=b_std, dps=80)
+    fc = infntk.FCNet(name, depth=depth, w_std=w_std, b_std=b_std).kernels(X)
+    assert rel_err_vs_max(fc.nngp, ref_nngp) <= CLOSED_FORM_RTOL
+    assert rel_err_vs_max(fc.ntk, ref_ntk) <= CLOSED_FORM_RTOL
+    layers = [Dense(w_std, b_std), Activation(name)] * depth + [Dense(w_std, b_std)]
+    from infntk import _gram
+    from infntk._backends.composed import ComposedEngine
+    from infntk.network import _compile
+    eng = ComposedEngine(_compile(layers, d, None), d)
+    k3 = _gram.gram(eng, X, X, True)
+    assert rel_err_vs_max(k3.nngp, ref_nngp) <= CLOSED_FORM_RTOL
+    assert rel_err_vs_max(k3.ntk, ref_ntk) <= CLOSED_FORM_RTOL
