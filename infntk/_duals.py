@@ -862,49 +862,70 @@ _INV_TWO_PI = 1.0 / (2.0 * PI)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def smooth_plain(family, q1, q2, r1, r2, A, B):
-    """(k, kd) of the smooth closed forms, branch-free and libm-free so that a loop over pairs
-    vectorizes: the same duals as :func:`smooth_kkd` (module docstring), written as
+def erf_plain(q1, q2, A, B):
+    """(k, kd) of erf: ``(2/pi) atan2(2 s, E)``, ``(4/pi) / E``, ``E = sqrt(1 + 2(q1 + q2) + 4AB)``
+    (``E^2 = (1 + 2 q1)(1 + 2 q2) - 4 s^2``: one square root for both, no cancellation)."""
+    E = math.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * (A * B))
+    return _TWO_OVER_PI * atan2_pos(B - A, E), (2.0 * _TWO_OVER_PI) / E
 
-    * erf: ``k = (2/pi) atan2(2 s, E)``, ``kd = (4/pi) / E``, ``E = sqrt(1 + 2 (q1 + q2) + 4 A B)``
-      (``E^2 = (1 + 2 q1)(1 + 2 q2) - 4 s^2``, one square root for both);
-    * sin, cos: ``exp(-(r1 - r2)^2/2 - min(A, B))`` times ``1 -+ exp(-|B - A|)/...`` with the
-      difference through ``expm1`` (no cancellation at small variance);
-    * gaussian: ``det = 1 + q1 + q2 + A B``; GELU: :func:`_gelu`'s plain form.
+
+@njit(cache=True, inline="always", error_model="numpy")
+def trig_plain(is_sin, r1, r2, A, B):
+    """(k, kd) of sin (``is_sin``) or cos: with ``e^-+ = exp(-(r1 - r2)^2/2 - A, B)``, the
+    difference ``(e^- - e^+)/2`` through ``expm1`` (no cancellation at small variance) and the
+    sum ``(e^- + e^+)/2``; sin has (difference, sum), cos (sum, difference)."""
+    dq = r1 - r2
+    lo = A if A < B else B
+    hi = B if A < B else A
+    e1 = vexp(-0.5 * (dq * dq) - lo)
+    t = vexpm1(lo - hi)                     # exp(-2 |s|) - 1
+    dif = -0.5 * e1 * t
+    dif = dif if B >= A else -dif
+    tot = e1 + 0.5 * e1 * t
+    return (dif if is_sin else tot), (tot if is_sin else dif)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def gaussian_plain(q1, q2, A, B):
+    """(k, kd) of phi = exp(-x^2/2): ``det^(-1/2)``, ``s det^(-3/2)``, ``det = 1 + q1 + q2 + AB``."""
+    det = 1.0 + q1 + q2 + A * B
+    k = 1.0 / math.sqrt(det)
+    return k, 0.5 * (B - A) * k / det
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def gelu_plain(q1, q2, A, B):
+    """(k, kd) of GELU: :func:`_gelu`'s plain form with ``Delta^2 = 1 + q1 + q2 + AB``."""
+    s = 0.5 * (B - A)
+    iP = 1.0 / ((1.0 + q1) * (1.0 + q2))
+    D2 = 1.0 + q1 + q2 + A * B
+    Dl = math.sqrt(D2)
+    iD = 1.0 / Dl
+    at = atan2_pos(s, Dl)
+    F = 0.25 * s + (s * at + (s * s + q1 * q2 * D2) * (iP * iD)) * _INV_TWO_PI
+    G = 0.25 + at * _INV_TWO_PI + (s * iD) * _INV_TWO_PI * ((2.0 + q1 + q2) * iP + iD * iD)
+    return F, G
+
+
+@njit(cache=True, error_model="numpy")
+def smooth_plain(family, q1, q2, r1, r2, A, B):
+    """(k, kd) of the smooth closed forms by the plain route: the same duals as
+    :func:`smooth_kkd` (module docstring), branch-free and libm-free so that a loop over
+    pairs vectorizes (:func:`erf_plain`, :func:`trig_plain`, :func:`gaussian_plain`,
+    :func:`gelu_plain`; the engines call those directly, one loop per family).
 
     Accurate in absolute terms (a few ulp of ``sqrt(k11 k22)``) for ``q1, q2 < 1e75``; the gaps
     ``sqrt(k11 k22) -+ k`` formed from it are not accurate relative to themselves when small
     (:func:`smooth_route_stable` says when that matters).
     """
-    s = 0.5 * (B - A)
     if family == FAMILY_ERF:
-        E = math.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * (A * B))
-        return _TWO_OVER_PI * atan2_pos(2.0 * s, E), (2.0 * _TWO_OVER_PI) / E
+        return erf_plain(q1, q2, A, B)
     if family == FAMILY_SIN or family == FAMILY_COS:
-        dq = r1 - r2
-        lo = A if A < B else B
-        hi = B if A < B else A
-        e1 = vexp(-0.5 * (dq * dq) - lo)
-        t = vexpm1(lo - hi)                 # exp(-2 |s|) - 1
-        dif = -0.5 * e1 * t
-        dif = dif if B >= A else -dif       # (e^- - e^+) / 2 with e^-+ = exp(-(dq^2)/2 - A, B)
-        tot = e1 + 0.5 * e1 * t             # (e^- + e^+) / 2
-        if family == FAMILY_SIN:
-            return dif, tot
-        return tot, dif
+        return trig_plain(family == FAMILY_SIN, r1, r2, A, B)
     if family == FAMILY_GAUSSIAN:
-        det = 1.0 + q1 + q2 + A * B
-        k = 1.0 / math.sqrt(det)
-        return k, s * k / det
+        return gaussian_plain(q1, q2, A, B)
     if family == FAMILY_GELU:
-        iP = 1.0 / ((1.0 + q1) * (1.0 + q2))
-        D2 = 1.0 + q1 + q2 + A * B
-        Dl = math.sqrt(D2)
-        iD = 1.0 / Dl
-        at = atan2_pos(s, Dl)
-        F = 0.25 * s + (s * at + (s * s + q1 * q2 * D2) * (iP * iD)) * _INV_TWO_PI
-        G = 0.25 + at * _INV_TWO_PI + (s * iD) * _INV_TWO_PI * ((2.0 + q1 + q2) * iP + iD * iD)
-        return F, G
+        return gelu_plain(q1, q2, A, B)
     return math.nan, math.nan
 
 

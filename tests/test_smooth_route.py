@@ -15,7 +15,6 @@ from numba import njit
 
 import infntk
 from infntk import activations
-from infntk._backends import closed
 from infntk._duals import smooth_plain
 from infntk.layers import Activation, Dense
 from infntk.network import Network

@@ -27,8 +27,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .._duals import (arccos_pair, diag_diff, diag_dual, kinked_state, smooth_pair, smooth_plain,
-                      smooth_route_stable)
+from .._duals import (arccos_pair, diag_diff, diag_dual, erf_plain, gaussian_plain, gelu_plain,
+                      kinked_state, smooth_pair, smooth_route_stable, trig_plain)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 from ._common import check_rows_finite
@@ -270,15 +270,35 @@ def _advance(j, k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, A, B, TH, K):
     B[j] = gap + w2 * kB + 2.0 * b2
 
 
+@njit(cache=True, error_model="numpy")
+def _plain_pass(family, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl, A, B, TH, K):
+    """One smooth activation layer by the plain route for columns ``j < jend``: one loop per
+    family (each vectorizes; the dual and :func:`_advance` inlined)."""
+    if family == FAMILY_ERF:
+        for j in range(jend):
+            k, kd = erf_plain(qa, q2l[j], A[j], B[j])
+            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+    elif family == FAMILY_GELU:
+        for j in range(jend):
+            k, kd = gelu_plain(qa, q2l[j], A[j], B[j])
+            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+    elif family == FAMILY_GAUSSIAN:
+        for j in range(jend):
+            k, kd = gaussian_plain(qa, q2l[j], A[j], B[j])
+            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+    else:
+        is_sin = family == FAMILY_SIN
+        for j in range(jend):
+            k, kd = trig_plain(is_sin, ra, r2l[j], A[j], B[j])
+            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+
+
 @njit(cache=True, inline="always", error_model="numpy")
-def _plain_pass(fam, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl, A, B, TH, K):
-    """One activation layer by :func:`infntk._duals.smooth_plain` for columns ``j < jend``."""
-    for j in range(jend):
-        s2 = s2l[j]
-        k, kd = smooth_plain(fam, qa, q2l[j], ra, r2l[j], A[j], B[j])
-        sk = s1 * s2
-        _advance(j, k, kd, max(sk - k, 0.0), max(sk + k, 0.0), s1, s2, rn1, r2n[j], w2, b2,
-                 cKl, cbl, A, B, TH, K)
+def _advance_plain(j, k, kd, s1, s2, rn1, rn2, w2, b2, cK, cb, A, B, TH, K):
+    """:func:`_advance` with the gaps by subtraction (the plain route)."""
+    sk = s1 * s2
+    _advance(j, k, kd, max(sk - k, 0.0), max(sk + k, 0.0), s1, s2, rn1, rn2, w2, b2, cK, cb,
+             A, B, TH, K)
 
 
 @njit(cache=True, error_model="numpy")
@@ -413,23 +433,8 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                     fix_v[nfix, 4] = s2
                     fix_v[nfix, 5] = TH[j]
                     nfix += 1
-            # vectorized: every pair by the plain route (one loop per family, the family a
-            # constant in it, so that no per-pair dispatch is left)
-            if family == FAMILY_ERF:
-                _plain_pass(FAMILY_ERF, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl,
-                            cbl, A, B, TH, K)
-            elif family == FAMILY_GELU:
-                _plain_pass(FAMILY_GELU, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl,
-                            cbl, A, B, TH, K)
-            elif family == FAMILY_SIN:
-                _plain_pass(FAMILY_SIN, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl,
-                            cbl, A, B, TH, K)
-            elif family == FAMILY_COS:
-                _plain_pass(FAMILY_COS, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl,
-                            cbl, A, B, TH, K)
-            else:
-                _plain_pass(FAMILY_GAUSSIAN, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl,
-                            cbl, A, B, TH, K)
+            _plain_pass(family, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl,
+                        A, B, TH, K)
             for c in range(nfix):
                 j = fix_j[c]
                 TH[j] = fix_v[c, 5]

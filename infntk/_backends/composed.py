@@ -35,8 +35,8 @@ import numpy as np
 from numba import njit, prange
 
 from .. import hermite
-from .._duals import (arccos_pair, diag_diff, diag_dual, kinked_state, smooth_pair, smooth_plain,
-                      smooth_route_stable)
+from .._duals import (arccos_pair, diag_diff, diag_dual, erf_plain, gaussian_plain, gelu_plain,
+                      kinked_state, smooth_pair, smooth_route_stable, trig_plain)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 from ._common import check_rows_finite, clipped_correlation
@@ -246,79 +246,85 @@ def _dense(row0, symmetric, op, s1, rn1, s2, rn2, S):
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _act(row0, symmetric, op, q1, r1, sk1, g1, q2, r2, sk2, g2, S):
-    """One closed-form activation for the pairs of a block. The smooth families take the plain
-    route (:func:`infntk._duals.smooth_plain`, vectorized) except for the pairs that need the
-    stable one (carried ``D``, or :func:`infntk._duals.smooth_route_stable`), exactly as the FC
-    engine does, so that a homogeneous network gives the FC engine's floats."""
+    """One closed-form activation for the pairs of a block (:func:`_act_row` per row)."""
     A, B, K, TH, KD, D = S
-    family, p0, p1 = op.family, op.p0, op.p1
-    smooth = not (family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS)
-    for ib in prange(K.shape[0]):
+    for ib0 in prange(K.shape[0]):
+        ib = np.int64(ib0)
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
-        qa, ra, s1, ga = q1[i], r1[i], sk1[i], g1[i]
-        if not smooth:
-            for j in range(jend):
-                if family == FAMILY_ABRELU or family == FAMILY_ABSTEP:   # one inlined body
-                    k, kd, kA, kB = kinked_state(family == FAMILY_ABSTEP, p0, p1, A[ib, j],
-                                                 B[ib, j], s1 * sk2[j])
-                else:
-                    k, kd, kA, kB = arccos_pair(int(p0), _geomean(qa, q2[j], ra, r2[j]),
-                                                A[ib, j], B[ib, j])
-                K[ib, j] = k
-                KD[ib, j] = KD[ib, j] * kd
-                A[ib, j] = kA
-                B[ib, j] = kB
-                D[ib, j] = math.nan
-            continue
-        fix_j = np.empty(jend, dtype=np.int64)
-        fix_v = np.empty((jend, 5))
-        nfix = 0
+        _act_row(op.family, op.p0, op.p1, jend, q1[i], r1[i], sk1[i], g1[i], q2, r2, sk2, g2,
+                 A[ib], B[ib], K[ib], KD[ib], D[ib])
+
+
+@njit(cache=True, error_model="numpy")
+def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, K, KD, D):
+    """One row of :func:`_act`. The smooth families take the plain route (vectorized) except
+    for the pairs that need the stable one (carried ``D``, or
+    :func:`infntk._duals.smooth_route_stable`), exactly as the FC engine does, so that a
+    homogeneous network gives the FC engine's floats."""
+    if family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS:
         for j in range(jend):
-            Dj = D[ib, j]
-            carried = Dj == Dj
-            if carried or smooth_route_stable(family, qa, q2[j], ra * r2[j], A[ib, j], B[ib, j],
-                                              ga * g2[j]):
-                k, kd, kA, kB = smooth_pair(family, qa, q2[j], ra, r2[j], A[ib, j], B[ib, j],
-                                            s1, sk2[j], Dj if carried else qa - q2[j])
-                if carried:
-                    D[ib, j] = diag_diff(family, qa, q2[j], Dj)
-                fix_j[nfix] = j
-                fix_v[nfix, 0] = k
-                fix_v[nfix, 1] = kd
-                fix_v[nfix, 2] = kA
-                fix_v[nfix, 3] = kB
-                fix_v[nfix, 4] = KD[ib, j]
-                nfix += 1
-        Ar, Br, Kr, KDr = A[ib], B[ib], K[ib], KD[ib]
-        if family == FAMILY_ERF:
-            _plain_act(FAMILY_ERF, jend, qa, ra, s1, q2, r2, sk2, Ar, Br, Kr, KDr)
-        elif family == FAMILY_GELU:
-            _plain_act(FAMILY_GELU, jend, qa, ra, s1, q2, r2, sk2, Ar, Br, Kr, KDr)
-        elif family == FAMILY_SIN:
-            _plain_act(FAMILY_SIN, jend, qa, ra, s1, q2, r2, sk2, Ar, Br, Kr, KDr)
-        elif family == FAMILY_COS:
-            _plain_act(FAMILY_COS, jend, qa, ra, s1, q2, r2, sk2, Ar, Br, Kr, KDr)
-        else:
-            _plain_act(FAMILY_GAUSSIAN, jend, qa, ra, s1, q2, r2, sk2, Ar, Br, Kr, KDr)
-        for c in range(nfix):
-            j = fix_j[c]
-            K[ib, j] = fix_v[c, 0]
-            KD[ib, j] = fix_v[c, 4] * fix_v[c, 1]
-            A[ib, j] = fix_v[c, 2]
-            B[ib, j] = fix_v[c, 3]
+            if family == FAMILY_ARCCOS:
+                k, kd, kA, kB = arccos_pair(int(p0), _geomean(qa, q2[j], ra, r2[j]), A[j], B[j])
+            else:                                   # one inlined body for both
+                k, kd, kA, kB = kinked_state(family == FAMILY_ABSTEP, p0, p1, A[j], B[j],
+                                             s1 * sk2[j])
+            K[j] = k
+            KD[j] = KD[j] * kd
+            A[j] = kA
+            B[j] = kB
+            D[j] = math.nan
+        return
+    fix_j = np.empty(jend, dtype=np.int64)
+    fix_v = np.empty((jend, 5))
+    nfix = 0
+    for j in range(jend):
+        Dj = D[j]
+        carried = Dj == Dj
+        if carried or smooth_route_stable(family, qa, q2[j], ra * r2[j], A[j], B[j],
+                                          ga * g2[j]):
+            k, kd, kA, kB = smooth_pair(family, qa, q2[j], ra, r2[j], A[j], B[j], s1, sk2[j],
+                                        Dj if carried else qa - q2[j])
+            if carried:
+                D[j] = diag_diff(family, qa, q2[j], Dj)
+            fix_j[nfix] = j
+            fix_v[nfix, 0] = k
+            fix_v[nfix, 1] = kd
+            fix_v[nfix, 2] = kA
+            fix_v[nfix, 3] = kB
+            fix_v[nfix, 4] = KD[j]
+            nfix += 1
+    if family == FAMILY_ERF:
+        for j in range(jend):
+            k, kd = erf_plain(qa, q2[j], A[j], B[j])
+            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+    elif family == FAMILY_GELU:
+        for j in range(jend):
+            k, kd = gelu_plain(qa, q2[j], A[j], B[j])
+            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+    elif family == FAMILY_GAUSSIAN:
+        for j in range(jend):
+            k, kd = gaussian_plain(qa, q2[j], A[j], B[j])
+            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+    else:
+        is_sin = family == FAMILY_SIN
+        for j in range(jend):
+            k, kd = trig_plain(is_sin, ra, r2[j], A[j], B[j])
+            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+    for c in range(nfix):
+        j = fix_j[c]
+        K[j] = fix_v[c, 0]
+        KD[j] = fix_v[c, 4] * fix_v[c, 1]
+        A[j] = fix_v[c, 2]
+        B[j] = fix_v[c, 3]
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _plain_act(fam, jend, qa, ra, s1, q2, r2, sk2, A, B, K, KD):
-    """The plain route of one row of a block (``fam`` a constant: the loop vectorizes)."""
-    for j in range(jend):
-        k, kd = smooth_plain(fam, qa, q2[j], ra, r2[j], A[j], B[j])
-        sk = s1 * sk2[j]
-        K[j] = k
-        KD[j] = KD[j] * kd
-        A[j] = max(sk - k, 0.0)
-        B[j] = max(sk + k, 0.0)
+def _store_plain(j, k, kd, sk, A, B, K, KD):
+    K[j] = k
+    KD[j] = KD[j] * kd
+    A[j] = max(sk - k, 0.0)
+    B[j] = max(sk + k, 0.0)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
