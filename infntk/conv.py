@@ -39,6 +39,7 @@ __all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "conv_kernels", "conv_
 
 PADDINGS = ("same", "valid", "circular")
 _PAD_CODE = {"same": 0, "valid": 1, "circular": 2}
+_PLANE_BATCH = 8      # pairs computed together by the plane engine (the innermost index)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -288,6 +289,7 @@ def _compile(layers, H, W):
                                  f"the {h} x {w} input it receives.")
             iop[0] = _ce.OP_CONV_F if mode == "full" else _ce.OP_CONV_D
             iop[1], iop[7], iop[8] = q, ho, wo
+            iop[2] = _PAD_CODE[layer.padding]
             fop[0], fop[1] = layer.w_std ** 2, (layer.b_std or 0.0) ** 2
             rmap, _ = _pad_map(h, q, layer.padding)
             cmap, _ = _pad_map(w, q, layer.padding)
@@ -388,9 +390,16 @@ def _compile(layers, H, W):
         rmap, cmap = tabs
         pmap[k, 0, :rmap.shape[0]] = rmap
         pmap[k, 1, :cmap.shape[0]] = cmap
+    # the plane engine (infntk._backends.conv.drive_planes): Conv and activations up to GAP
+    codes = [row[0] for row in rows_i]
+    kgap = codes.index(_ce.OP_GAP) if _ce.OP_GAP in codes else -1
+    pads = {row[2] for row in rows_i[:kgap] if row[0] == _ce.OP_CONV_F}
+    planes = kgap > 0 and all(c in (_ce.OP_CONV_F, _ce.OP_ACT_F) for c in codes[:kgap]) and (
+        pads == {_PAD_CODE["circular"]} or _PAD_CODE["circular"] not in pads)
     return {"iop": np.array(rows_i, dtype=np.int64), "fop": np.array(rows_f, dtype=np.float64),
             "pmap": pmap, "nstat": max(nstat, 1), "nfull": nfull, "nblock": nblock,
-            "regime": regime}
+            "regime": regime, "planes": planes, "kgap": kgap,
+            "circ": pads == {_PAD_CODE["circular"]}, "nplane": (H + pmax) * (W + pmax)}
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -434,6 +443,11 @@ def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
     nch = max(1, min(npairs, numba.get_num_threads()))
 
     def chunk(c):
+        if prog["planes"]:
+            _ce.drive_planes(mode, A, B, prog["iop"], prog["fop"], prog["kgap"], prog["circ"],
+                             _PLANE_BATCH, prog["nplane"], c, nch, Q1, R1, SK1, Q2, R2, SK2,
+                             out_nngp, out_ntk)
+            return
         _ce.drive(mode, A, B, prog["iop"], prog["fop"], prog["pmap"], prog["nfull"],
                   prog["nblock"], c, nch, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk)
 
