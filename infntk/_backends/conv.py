@@ -843,6 +843,50 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, tp
 
 
 @njit(cache=True, error_model="numpy")
+def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, b2, QA, RA, SKA,
+              ao, as_, QB, RB, SKB, bo, bs, brow, bmod):
+    """A 3 x 3 Conv with its activation (``fam < 0``: none), row by row so that the row sums
+    stay in L1: ``U = S[r] + S[r + 1] + S[r + 2]`` (rows of ``wp nb`` entries), then for each
+    entry ``s = c (U[t] + U[t + nb] + U[t + 2 nb]) + b2``, ``t' = c (UT ...) + s`` and the
+    activation, written to ``D[do + r ds + t]`` (variances as in :func:`_pl_act`)."""
+    st = np.uint64(wp * nb)
+    nb_ = np.uint64(nb)
+    n_ = np.uint64(n)
+    for r in range(ndo):
+        b0 = np.uint64(r) * st
+        for t in range(st):
+            U[t] = S[b0 + t] + S[b0 + st + t] + S[b0 + st + st + t]
+            UT[t] = T[b0 + t] + T[b0 + st + t] + T[b0 + st + st + t]
+        rb = brow + r
+        if bmod > 0 and rb >= bmod:
+            rb -= bmod
+        do_ = np.uint64(do + r * ds)
+        ao_ = np.uint64(ao + r * as_)
+        bo_ = np.uint64(bo + rb * bs)
+        if fam < 0:
+            for t in range(n_):
+                s = c * (U[t] + U[nb_ + t] + U[nb_ + nb_ + t]) + b2
+                D[do_ + t] = s
+                DT[do_ + t] = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + s
+        elif fast:
+            for t in range(n_):
+                s = c * (U[t] + U[nb_ + t] + U[nb_ + nb_ + t]) + b2
+                tt = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + s
+                k, kd = _abrelu_fast(p0, p1, RA[ao_ + t] * RB[bo_ + t], QA[ao_ + t] * QB[bo_ + t],
+                                     s)
+                D[do_ + t] = k
+                DT[do_ + t] = tt * kd
+        else:
+            for t in range(n_):
+                s = c * (U[t] + U[nb_ + t] + U[nb_ + nb_ + t]) + b2
+                tt = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + s
+                k, kd = _dual_other(fam, p0, p1, QA[ao_ + t], QB[bo_ + t], RA[ao_ + t],
+                                    RB[bo_ + t], SKA[ao_ + t], SKB[bo_ + t], s)
+                D[do_ + t] = k
+                DT[do_ + t] = tt * kd
+
+
+@njit(cache=True, error_model="numpy")
 def _pl_record(fam, p0, p1, V, vo, c, b2, n, nb, w, QA, RA, SKA, ao, QB, RB, SKB, bo):
     """Self pass, plane (0, 0), one row: the variances ``s = c V[vo + t] + b2`` of ``n = w nb``
     entries into the batch statistics (``QB``: rows of ``2 w`` positions, written twice)."""
@@ -986,10 +1030,25 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             ohp = ndo + otot
             if bkey[1 - cur] != (ohp * 4096 + owp) * 4096 + olo:
                 bkey[1 - cur] = -1
-            _pl_taps(S, T, U, UT, V, VT, q, wp, ndo, nb)
             c = fop[k, 0] / (q * q)
             b2 = fop[k, 1]
             n = neo * nb
+            bcol = (2 * off + (e if circ else j0 + e)) * nb
+            if q == 3 and not record:
+                _pl_conv3(fam, p0, p1, fastf[k] if fam >= 0 else False, S, T, wp, ndo, n, nb,
+                          U, UT, S2, T2, (olo * owp + olo) * nb, owp * nb, c, b2, QA, RA, SKA,
+                          (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB, bcol, 2 * wo * nb,
+                          i0 + d, ho if circ else 0)
+                S, S2 = S2, S
+                T, T2 = T2, T
+                cur = 1 - cur
+                nd = ndo
+                ne = neo
+                hp = ohp
+                wp = owp
+                lo = olo
+                continue
+            _pl_taps(S, T, U, UT, V, VT, q, wp, ndo, nb)
             if record and fam >= 0:
                 for r in range(ndo):
                     _pl_record(fam, p0, p1, V, r * wp * nb, c, b2, n, nb, wo, QA, RA, SKA,
