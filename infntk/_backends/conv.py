@@ -223,16 +223,18 @@ def _in_range(q, off, n):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _flat_act(p0, p1, V, VT, vb, QA, RA, QB, RB, qb, D, DT, db, n, c, b2):
-    """ReLU family on one flat stretch: ``s = c V[vb + t] + b2``, ``t' = c VT[.] + s``,
+def _flat_act(p0, p1, V, VT, vb, QA, RA, QB, RB, qb, D, DT, db, n, c, b2, cv, tb):
+    """ReLU family on one flat stretch: ``s = c V[vb + t] + b2``, ``t' = c VT[.] + (cv V[.] +
+    tb)`` (``cv = c, tb = b2`` in the NTK parameterization: the new term is ``s``),
     ``D[db + t] = k``, ``DT[db + t] = t' kd``, variances ``QA[t] QB[qb + t]``."""
     n_ = np.uint64(n)
     vb_ = np.uint64(vb)
     qb_ = np.uint64(qb)
     db_ = np.uint64(db)
     for t in range(n_):
-        s = c * V[vb_ + t] + b2
-        tt = c * VT[vb_ + t] + s
+        v = V[vb_ + t]
+        s = c * v + b2
+        tt = c * VT[vb_ + t] + (cv * v + tb)
         k, kd = _abrelu_fast(p0, p1, RA[t] * RB[qb_ + t], QA[t] * QB[qb_ + t], s)
         D[db_ + t] = k
         DT[db_ + t] = tt * kd
@@ -240,7 +242,7 @@ def _flat_act(p0, p1, V, VT, vb, QA, RA, QB, RB, qb, D, DT, db, n, c, b2):
 
 @njit(cache=True, error_model="numpy")
 def _conv_full(Sin, Tin, Sout, Tout, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho, wo, q, c, b2,
-               ohp, owp, olo, fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off):
+               cv, tb, ohp, owp, olo, fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off):
     """One Conv layer, padded input ``(ihp, ihp, iwp, iwp)`` -> the interior of the output
     layout ``(ohp, ohp, owp, owp)`` at offset ``olo``, activation ``fam`` fused (``-1``: none).
 
@@ -318,7 +320,7 @@ def _conv_full(Sin, Tin, Sout, Tout, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho,
                 db = ((i + olo) * ohp + ip + olo) * oB + olo * owp + olo
                 if flat:
                     _flat_act(p0, p1, V, VT, (ip - c0) * B, QA, RA, QB, RB, ip * L, Sout,
-                              Tout, db, L, c, b2)
+                              Tout, db, L, c, b2, cv, tb)
                     for jj in range(wo - 1):
                         for t in range(db + jj * owp + wo, db + (jj + 1) * owp):
                             Sout[t] = 0.0
@@ -329,9 +331,9 @@ def _conv_full(Sin, Tin, Sout, Tout, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho,
                         o = np.uint64(vb + jj * iwp)
                         p = np.uint64(db + jj * owp)
                         for t in range(np.uint64(wo)):
-                            sv = c * V[o + t] + b2
-                            Sout[p + t] = sv
-                            Tout[p + t] = c * VT[o + t] + sv
+                            v = V[o + t]
+                            Sout[p + t] = c * v + b2
+                            Tout[p + t] = c * VT[o + t] + (cv * v + tb)
         if fam >= 0 and not flat:
             _act_rows(fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off, Sout, Tout, i, ho, wo, ohp,
                       owp, olo)
@@ -419,7 +421,8 @@ def _act_diag(family, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, n):
 
 
 @njit(cache=True, error_model="numpy")
-def _conv_diag(D, TD, D2, TD2, tD, tTD, uD, uTD, rmap, cmap, h, w, ho, wo, hp, wp, q, c, b2):
+def _conv_diag(D, TD, D2, TD2, tD, tTD, uD, uTD, rmap, cmap, h, w, ho, wo, hp, wp, q, c, b2, cv,
+               tb):
     """Diagonal state: ``D2[i, j] = c sum_{a, b} D[rmap[i + a], cmap[j + b]] + b2`` (zero
     where a map is ``-1``) from a padded copy, shifts by ``a wp`` then by ``b``."""
     for ii in range(hp):
@@ -459,9 +462,9 @@ def _conv_diag(D, TD, D2, TD2, tD, tTD, uD, uTD, rmap, cmap, h, w, ho, wo, hp, w
         xD = tD[i * wp:i * wp + wo]
         xT = tTD[i * wp:i * wp + wo]
         for j in range(wo):
-            s = c * xD[j] + b2
-            dD[j] = s
-            dT[j] = c * xT[j] + s
+            v = xD[j]
+            dD[j] = c * v + b2
+            dT[j] = c * xT[j] + (cv * v + tb)
 
 
 @njit(cache=True, error_model="numpy")
@@ -503,6 +506,17 @@ def _input_full(x, y, S, T, yT, hp, wp, lo):
                 for jp in range(W_):
                     S[base + jp] = S[base + jp] / C
                     T[base + jp] = 0.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _dense(w2, b2, cv, tb, s, t):
+    """A Dense layer on the scalar state: ``s' = w2 s + b2``; NTK parameterization (``cv < 0``)
+    ``t' = w2 t + s'``, standard ``t' = (cv s + w2 t) + tb`` (fan-in ``cv``, ``tb`` 1 with
+    biases, else 0; docs/conventions.md)."""
+    s2 = w2 * s + b2
+    if cv < 0.0:
+        return s2, w2 * t + s2
+    return s2, (cv * s + w2 * t) + tb
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -559,9 +573,11 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
                 bst[cur] = -1
             _prepare(S2, T2, bst, 1 - cur, iop[k, O_LID], ohp * ohp * owp * owp)
             ffam = -1 if selfrun else fam
-            _conv_full(S, T, S2, T2, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho, wo, qf,
-                       w2 / (qf * qf), b2, ohp, owp, olo, ffam, p0, p1, q1, r1, sk1, q2, r2,
-                       sk2, off)
+            c = w2 / (qf * qf)
+            cv = c if fop[k, 4] < 0 else fop[k, 4]
+            tb = b2 if fop[k, 4] < 0 else fop[k, 5]
+            _conv_full(S, T, S2, T2, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho, wo, qf, c, b2,
+                       cv, tb, ohp, owp, olo, ffam, p0, p1, q1, r1, sk1, q2, r2, sk2, off)
             S, S2 = S2, S
             T, T2 = T2, T
             cur = 1 - cur
@@ -580,8 +596,10 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
         elif code == OP_CONV_D:
             qf = iop[k, 1]
             c = w2 / (qf * qf)
+            cv = c if fop[k, 4] < 0 else fop[k, 4]
+            tb = b2 if fop[k, 4] < 0 else fop[k, 5]
             _conv_diag(S, T, S2, T2, U, UT, V, VT, pmap[k, 0], pmap[k, 1], h, w, ho, wo,
-                       iop[k, 9], iop[k, 10], qf, c, b2)
+                       iop[k, 9], iop[k, 10], qf, c, b2, cv, tb)
             S, S2 = S2, S
             T, T2 = T2, T
             bst[1 - cur] = -1
@@ -647,8 +665,7 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
             s_sc = accs / n
             t_sc = acct / n
         elif code == OP_DENSE:
-            s_sc = w2 * s_sc + b2
-            t_sc = w2 * t_sc + s_sc
+            s_sc, t_sc = _dense(w2, b2, fop[k, 4], fop[k, 5], s_sc, t_sc)
         elif code == OP_ACT_S:
             if selfrun:
                 dg[0] = s_sc
@@ -804,10 +821,10 @@ def _pl_taps(Sin, Tin, U, UT, V, VT, q, wp, ndo, nb):
 
 
 @njit(cache=True, error_model="numpy")
-def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, tp, QA, RA, SKA,
-            ao, as_, QB, RB, SKB, bo, bs, brow, bmod):
-    """``nrows`` rows of ``n`` entries: ``s = c V[vo + r vs + t] + b2``, ``t' = c VT[.] + tp
-    s``, ``D[do + r ds + t] = k(s)``, ``DT = t' kd``, variances ``QA[ao + r as_ + t]`` and
+def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv, tb, QA, RA,
+            SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod):
+    """``nrows`` rows of ``n`` entries: ``s = c V[vo + r vs + t] + b2``, ``t' = c VT[.] + (cv
+    V[.] + tb)``, ``D[do + r ds + t] = k(s)``, ``DT = t' kd``, variances ``QA[ao + r as_ + t]`` and
     ``QB[bo + rb bs + t]``, ``rb = brow + r`` (wrapped at ``bmod`` if ``bmod > 0``).
     ``fam < 0``: no activation, ``D = s``, ``DT = c VT + s``."""
     n_ = np.uint64(n)
@@ -821,21 +838,23 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, tp
         bo_ = np.uint64(bo + rb * bs)
         if fam < 0:
             for t in range(n_):
-                s = c * V[vo_ + t] + b2
-                D[do_ + t] = s
-                DT[do_ + t] = c * VT[vo_ + t] + s
+                v = V[vo_ + t]
+                D[do_ + t] = c * v + b2
+                DT[do_ + t] = c * VT[vo_ + t] + (cv * v + tb)
         elif fast:
             for t in range(n_):
-                s = c * V[vo_ + t] + b2
-                tt = c * VT[vo_ + t] + tp * s
+                v = V[vo_ + t]
+                s = c * v + b2
+                tt = c * VT[vo_ + t] + (cv * v + tb)
                 k, kd = _abrelu_fast(p0, p1, RA[ao_ + t] * RB[bo_ + t], QA[ao_ + t] * QB[bo_ + t],
                                      s)
                 D[do_ + t] = k
                 DT[do_ + t] = tt * kd
         else:
             for t in range(n_):
-                s = c * V[vo_ + t] + b2
-                tt = c * VT[vo_ + t] + tp * s
+                v = V[vo_ + t]
+                s = c * v + b2
+                tt = c * VT[vo_ + t] + (cv * v + tb)
                 k, kd = _dual_other(fam, p0, p1, QA[ao_ + t], QB[bo_ + t], RA[ao_ + t],
                                     RB[bo_ + t], SKA[ao_ + t], SKB[bo_ + t], s)
                 D[do_ + t] = k
@@ -843,11 +862,12 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, tp
 
 
 @njit(cache=True, error_model="numpy")
-def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, b2, QA, RA, SKA,
-              ao, as_, QB, RB, SKB, bo, bs, brow, bmod):
+def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, b2, cv, tb, QA,
+              RA, SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod):
     """A 3 x 3 Conv with its activation (``fam < 0``: none), row by row so that the row sums
     stay in L1: ``U = S[r] + S[r + 1] + S[r + 2]`` (rows of ``wp nb`` entries), then for each
-    entry ``s = c (U[t] + U[t + nb] + U[t + 2 nb]) + b2``, ``t' = c (UT ...) + s`` and the
+    entry ``s = c v + b2`` (``v = U[t] + U[t + nb] + U[t + 2 nb]``), ``t' = c (UT ...) + (cv v
+    + tb)`` and the
     activation, written to ``D[do + r ds + t]`` (variances as in :func:`_pl_act`)."""
     st = np.uint64(wp * nb)
     nb_ = np.uint64(nb)
@@ -865,21 +885,23 @@ def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, 
         bo_ = np.uint64(bo + rb * bs)
         if fam < 0:
             for t in range(n_):
-                s = c * (U[t] + U[nb_ + t] + U[nb_ + nb_ + t]) + b2
-                D[do_ + t] = s
-                DT[do_ + t] = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + s
+                v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
+                D[do_ + t] = c * v + b2
+                DT[do_ + t] = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
         elif fast:
             for t in range(n_):
-                s = c * (U[t] + U[nb_ + t] + U[nb_ + nb_ + t]) + b2
-                tt = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + s
+                v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
+                s = c * v + b2
+                tt = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
                 k, kd = _abrelu_fast(p0, p1, RA[ao_ + t] * RB[bo_ + t], QA[ao_ + t] * QB[bo_ + t],
                                      s)
                 D[do_ + t] = k
                 DT[do_ + t] = tt * kd
         else:
             for t in range(n_):
-                s = c * (U[t] + U[nb_ + t] + U[nb_ + nb_ + t]) + b2
-                tt = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + s
+                v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
+                s = c * v + b2
+                tt = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
                 k, kd = _dual_other(fam, p0, p1, QA[ao_ + t], QB[bo_ + t], RA[ao_ + t],
                                     RB[bo_ + t], SKA[ao_ + t], SKB[bo_ + t], s)
                 D[do_ + t] = k
@@ -955,8 +977,7 @@ def _tail(iop, fop, k0, s_sc, t_sc, selfrun, q1, r1, sk1, q2, r2, sk2, dg):
         code = iop[k, 0]
         off = iop[k, 4]
         if code == OP_DENSE:
-            s_sc = fop[k, 0] * s_sc + fop[k, 1]
-            t_sc = fop[k, 0] * t_sc + s_sc
+            s_sc, t_sc = _dense(fop[k, 0], fop[k, 1], fop[k, 4], fop[k, 5], s_sc, t_sc)
         elif code == OP_ACT_S:
             fam = iop[k, 3]
             if selfrun:
@@ -1032,13 +1053,17 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                 bkey[1 - cur] = -1
             c = fop[k, 0] / (q * q)
             b2 = fop[k, 1]
+            cv = c if fop[k, 4] < 0 else fop[k, 4]
+            tb = b2 if fop[k, 4] < 0 else fop[k, 5]
             n = neo * nb
             bcol = (2 * off + (e if circ else j0 + e)) * nb
+            bmod = ho if circ else 0
+            fast = fastf[k] if fam >= 0 else False
             if q == 3 and not record:
-                _pl_conv3(fam, p0, p1, fastf[k] if fam >= 0 else False, S, T, wp, ndo, n, nb,
-                          U, UT, S2, T2, (olo * owp + olo) * nb, owp * nb, c, b2, QA, RA, SKA,
+                _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, S2, T2,
+                          (olo * owp + olo) * nb, owp * nb, c, b2, cv, tb, QA, RA, SKA,
                           (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB, bcol, 2 * wo * nb,
-                          i0 + d, ho if circ else 0)
+                          i0 + d, bmod)
                 S, S2 = S2, S
                 T, T2 = T2, T
                 cur = 1 - cur
@@ -1054,11 +1079,10 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                     _pl_record(fam, p0, p1, V, r * wp * nb, c, b2, n, nb, wo, QA, RA, SKA,
                                (off + r * wo) * nb, QB, RB, SKB, (2 * off + r * 2 * wo) * nb)
                 fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, ho * wo, nb)
-            fast = fastf[k] if fam >= 0 else False
+                fast = fastf[k]
             _pl_act(fam, p0, p1, fast, V, VT, 0, wp * nb, S2, T2, (olo * owp + olo) * nb,
-                    owp * nb, ndo, n, c, b2, 1.0, QA, RA, SKA, (off + i0 * wo + j0) * nb, wo * nb,
-                    QB, RB, SKB, (2 * off + (e if circ else j0 + e)) * nb, 2 * wo * nb, i0 + d,
-                    ho if circ else 0)
+                    owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA, (off + i0 * wo + j0) * nb, wo * nb,
+                    QB, RB, SKB, bcol, 2 * wo * nb, i0 + d, bmod)
             S, S2 = S2, S
             T, T2 = T2, T
             cur = 1 - cur
@@ -1076,10 +1100,11 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                                (2 * off + r * 2 * wo) * nb)
                 fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, iop[k, 5] * wo, nb)
             o = (lo * wp + lo) * nb
+            bcol = (2 * off + (e if circ else j0 + e)) * nb
+            bmod = iop[k, 5] if circ else 0
             _pl_act(fam, p0, p1, fastf[k], S, T, o, wp * nb, S, T, o, wp * nb, nd, ne * nb, 1.0,
-                    0.0, 0.0, QA, RA, SKA, (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB,
-                    (2 * off + (e if circ else j0 + e)) * nb, 2 * wo * nb, i0 + d,
-                    iop[k, 5] if circ else 0)
+                    0.0, 0.0, 0.0, QA, RA, SKA, (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB,
+                    bcol, 2 * wo * nb, i0 + d, bmod)
     # the state after the last op: interior of the layout (lo, wp)
     n = np.uint64(ne * nb)
     for r in range(nd):
