@@ -2,8 +2,8 @@
 
 References that the code under test did not produce:
 
-* ``tests/data/nt_conv_references.npz``: neural-tangents 0.6.5 ``stax`` kernels of 16
-  architectures (``scripts/make_nt_references.py``);
+* ``tests/data/nt_conv_references.npz``: neural-tangents 0.6.5 ``stax`` kernels of 21
+  architectures, 5 of them in the standard parameterization (``scripts/make_nt_references.py``);
 * ``tests/conv_mp_reference.py``: a 30-digit mpmath evaluation carrying the full spatial
   covariance, on 3 x 3 and 4 x 4 images;
 * ``infntk.FCNet`` for 1 x 1 images; symmetry, PSD and the translation laws of circular padding.
@@ -337,3 +337,41 @@ def test_circular_filter_larger_than_the_image_against_mpmath():
     nngp, ntk = conv_kernels(build(desc), X)
     assert rel_err_vs_max(nngp, ref_n) <= CLOSED_FORM_RTOL
     assert rel_err_vs_max(ntk, ref_t) <= CLOSED_FORM_RTOL
+
+
+def test_standard_parameterization_needs_the_width():
+    std = [Conv(3, "same", 1.5, 0.1, "standard"), Activation("relu"),
+           Conv(3, "same", 1.5, 0.1, "standard"), Activation("relu"), GlobalAvgPool(),
+           Dense(1.5, 0.1, "standard")]
+    with pytest.raises(ValueError, match="width"):
+        conv_kernels(std, IMG)
+    with pytest.raises(ValueError, match="width"):
+        infntk.Network(std)
+    with pytest.raises(ValueError, match="parameterization"):
+        Conv(3, parameterization="mup")
+    with pytest.raises(ValueError, match="width"):
+        conv_kernels(std, IMG, width=0)
+    # only the first Conv standard: its fan-in is the images' channels, no width needed
+    first = [Conv(3, "same", 1.5, 0.1, "standard"), Activation("relu"), Flatten(), Dense()]
+    conv_kernels(first, IMG)
+    X = np.random.default_rng(21).standard_normal((3, 4, 4, 2))
+    net = infntk.Network(std, width=6)
+    k = net.kernels(X)
+    nngp, ntk = conv_kernels(std, X, width=6)
+    assert np.array_equal(k.nngp, nngp) and np.array_equal(k.ntk, ntk)
+    assert np.array_equal(net.diag(X).ntk, np.diag(ntk))
+
+
+def test_standard_parameterization_keeps_the_nngp():
+    """The standard parameterization changes the NTK only (docs/conventions.md)."""
+    X = np.random.default_rng(22).standard_normal((4, 5, 5, 1))
+    for readout in (Flatten(), GlobalAvgPool()):
+        ntk_l = [Conv(3, "same", 1.5, 0.1), Activation("erf"), Conv(3, "same", 1.5, 0.1),
+                 Activation("relu"), readout, Dense(1.5, 0.1)]
+        std_l = [Conv(3, "same", 1.5, 0.1, "standard"), Activation("erf"),
+                 Conv(3, "same", 1.5, 0.1, "standard"), Activation("relu"), readout,
+                 Dense(1.5, 0.1, "standard")]
+        a = conv_kernels(ntk_l, X)
+        b = conv_kernels(std_l, X, width=8)
+        assert np.array_equal(a[0], b[0])
+        assert rel_err_vs_max(a[1], b[1]) > 0.1
