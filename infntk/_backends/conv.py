@@ -41,6 +41,11 @@ Compilation: one driver (:func:`drive`: self statistics, symmetric or cross Gram
 kernel: the caller runs one chunk of pairs per thread, the driver releases the GIL), one pair
 runner and a handful of small loops, each compiled once (no signature depends on the layer
 list).
+
+Networks whose full-state part is Conv and activation layers up to GlobalAvgPool run the plane
+engine instead (:func:`drive_planes`, below): every Conv keeps the offsets ``(i' - i, j' -
+j)``, so the planes of fixed offsets are independent; each runs through all layers in cache,
+for a batch of pairs with the pair index innermost (docs/conv.md, "Plane engine").
 """
 from __future__ import annotations
 
