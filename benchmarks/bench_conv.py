@@ -7,6 +7,12 @@ Run with infntk's environment::
     PYTHONPATH=. python benchmarks/bench_conv.py --nt-python /path/to/nt-venv/bin/python
     INFNTK_NT_PYTHON=/path/to/nt-venv/bin/python PYTHONPATH=. python benchmarks/bench_conv.py
     /path/to/nt-venv/bin/python benchmarks/bench_conv.py --nt  # neural-tangents alone, as JSON
+    PYTHONPATH=. python benchmarks/bench_conv.py --baseline-tree /path/to/other/checkout
+
+With ``--baseline-tree DIR`` (another checkout of infntk, e.g. made by ``git worktree add``),
+each case is also timed with that checkout's engine in a subprocess right after this one's
+(alternating, so both see the same load), and the speed-up column compares the process CPU
+times per pair.
 
 Baseline measured in the same process: a plain NumPy prototype of the same recursion
 (:func:`numpy_pair`: the whole ``(h, w, h, w)`` covariance of one pair as one array, the
@@ -157,9 +163,15 @@ def main():
     ap.add_argument("--nt-python", default=os.environ.get("INFNTK_NT_PYTHON"),
                     help="python of a neural-tangents venv (default: $INFNTK_NT_PYTHON)")
     ap.add_argument("--quick", action="store_true", help="8x8 cases and 28x28 depth 5 only")
+    ap.add_argument("--baseline-tree", help="another checkout of infntk to time in the same run")
+    ap.add_argument("--one", help=argparse.SUPPRESS)      # "size,depth,readout": JSON of one case
     args = ap.parse_args()
     if args.nt:
         print(json.dumps(time_nt()))
+        return
+    if args.one:
+        size, depth, readout = args.one.split(",")
+        print(json.dumps(time_infntk(int(size), int(depth), readout)))
         return
     import numba
     from infntk.conv import conv_kernels
@@ -172,13 +184,26 @@ def main():
             print("neural-tangents run failed:", res.stderr[-500:], file=sys.stderr)
     print(f"numba threads: {numba.get_num_threads()}, load average {os.getloadavg()[0]:.1f}   "
           "(per pair = wall time / pairs computed; cpu = infntk's process CPU time per pair)")
+    base_hdr = f" {'base cpu':>10} {'speed-up':>8}" if args.baseline_tree else ""
     print(f"{'image':>6} {'depth':>5} {'readout':>8} {'infntk':>11} {'cpu':>10} {'NumPy':>11} "
-          f"{'x faster':>9} {'neural-tangents':>16} {'x faster':>9} {'check':>8}")
+          f"{'x faster':>9} {'neural-tangents':>16} {'x faster':>9} {'check':>8}{base_hdr}")
     cases = [c for c in CASES if not (args.quick and c == (28, 10))]
     for size, depth in cases:
         for readout in ("flatten", "gap"):
             key = f"{size},{depth},{readout}"
             t, tc = time_infntk(size, depth, readout)
+            base = ""
+            if args.baseline_tree:
+                env = dict(os.environ, PYTHONPATH=os.path.abspath(args.baseline_tree))
+                res = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", key],
+                                     env=env, capture_output=True, text=True)
+                lines = [ln for ln in res.stdout.splitlines() if ln.startswith("[")]
+                if lines:
+                    _, bc = json.loads(lines[-1])
+                    base = f" {bc * 1e3:8.3f}ms {bc / tc:8.2f}"
+                else:
+                    base = f" {'failed':>10} {'-':>8}"
+                    print("baseline run failed:", res.stderr[-500:], file=sys.stderr)
             npairs = 1 if (size == 28 and readout == "gap") else 6
             tb, X2, kb = time_numpy(size, depth, readout, npairs)
             nngp, ntk = conv_kernels(infntk_layers(depth, readout), X2)
@@ -190,7 +215,7 @@ def main():
                 b2, r2 = f"{'-':>16}", f"{'-':>9}"
             print(f"{size:>4}^2 {depth:>5} {readout:>8} {t * 1e3:9.3f}ms {tc * 1e3:8.3f}ms "
                   f"{tb * 1e3:9.3f}ms "
-                  f"{tb / t:9.1f} {b2} {r2} {err:8.1e}", flush=True)
+                  f"{tb / t:9.1f} {b2} {r2} {err:8.1e}{base}", flush=True)
     if nt is None:
         print("neural-tangents: rerun with --nt-python /path/to/nt-venv/bin/python for its column")
 

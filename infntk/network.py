@@ -72,7 +72,11 @@ class Network:
         if self._conv:                      # images (n, H, W, C): the convolutional engine
             from . import conv
             conv.kernel_regime(layers)      # validates the layer list
-            self.layers, self.width, self.tol = layers, None, check_tol(tol)
+            self.width = None if width is None else check_positive_int(width, "width")
+            if conv.needs_width(layers) and self.width is None:
+                raise ValueError('width is required: a layer after the first Conv uses '
+                                 'parameterization="standard" (the hidden width).')
+            self.layers, self.tol = layers, check_tol(tol)
             self._homogeneous = None
             return
         for i, layer in enumerate(layers):
@@ -134,7 +138,7 @@ class Network:
         """
         if self._conv:
             from . import conv
-            nngp, ntk = conv.conv_kernels(self.layers, X1, X2)
+            nngp, ntk = conv.conv_kernels(self.layers, X1, X2, width=self.width)
             if out_nngp is None and out_ntk is None:
                 return _gram.Kernels(nngp, ntk)
             return _copy_into(nngp, ntk, out_nngp, out_ntk)
@@ -160,7 +164,7 @@ class Network:
         """
         if self._conv:
             from . import conv
-            return _gram.KernelDiag(*conv.conv_diag(self.layers, X))
+            return _gram.KernelDiag(*conv.conv_diag(self.layers, X, width=self.width))
         X = check_matrix(X, "X")
         return _gram.diag(self._engine(X.shape[1]), X)
 

@@ -15,16 +15,18 @@ For every architecture ``a`` (index in ``names``):
 * ``nngp_cross_a``/``ntk_cross_a``: the cross Gram, ``X1`` vs ``X2`` (square inputs only;
   for ``Y1`` it is ``Y1[:2]`` vs ``Y1[1:]``).
 
-``layers`` is a JSON list (one entry per architecture) of ``{"name", "inputs", "layers"}``,
-each layer a dict: ``{"layer": "conv", "filter", "padding", "w_std", "b_std"}``,
-``{"layer": "activation", "name", "params"}``, ``{"layer": "avgpool", "window"}``,
-``{"layer": "flatten"}``, ``{"layer": "gap"}``, ``{"layer": "dense", "w_std", "b_std"}``.
+``layers`` is a JSON list (one entry per architecture) of ``{"name", "inputs", "layers",
+"width"}``, each layer a dict: ``{"layer": "conv", "filter", "padding", "w_std", "b_std",
+"parameterization"}``, ``{"layer": "activation", "name", "params"}``, ``{"layer": "avgpool",
+"window"}``, ``{"layer": "flatten"}``, ``{"layer": "gap"}``, ``{"layer": "dense", "w_std",
+"b_std", "parameterization"}``; ``width`` (``None`` for 1) is the channels of every Conv and
+the units of every Dense, which the standard parameterization's NTK depends on.
 
-neural-tangents layers used: ``stax.Conv(1, (q, q), padding=P, W_std, b_std)`` (NTK
-parameterization, fan-in q^2 C, shared bias), ``stax.AvgPool((w, w), strides=(w, w),
-padding="VALID")``, ``stax.Flatten()``, ``stax.GlobalAvgPool()``, ``stax.Dense(1, W_std,
-b_std)`` and the activations ``Relu, LeakyRelu(alpha), Abs, Erf, Gelu(approximate=False),
-Sin, Sign``.
+neural-tangents layers used: ``stax.Conv(width, (q, q), padding=P, W_std, b_std,
+parameterization)`` (fan-in q^2 C, shared bias), ``stax.AvgPool((w, w), strides=(w, w),
+padding="VALID")``, ``stax.Flatten()``, ``stax.GlobalAvgPool()``, ``stax.Dense(width, W_std,
+b_std, parameterization)`` and the activations ``Relu, LeakyRelu(alpha), Abs, Erf,
+Gelu(approximate=False), Sin, Sign``.
 """
 from __future__ import annotations
 
@@ -42,16 +44,17 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests
 S2 = math.sqrt(2.0)
 
 
-def conv(q, padding, w, b):
-    return {"layer": "conv", "filter": q, "padding": padding, "w_std": w, "b_std": b}
+def conv(q, padding, w, b, parameterization="ntk"):
+    return {"layer": "conv", "filter": q, "padding": padding, "w_std": w, "b_std": b,
+            "parameterization": parameterization}
 
 
 def act(name, **params):
     return {"layer": "activation", "name": name, "params": params}
 
 
-def dense(w, b):
-    return {"layer": "dense", "w_std": w, "b_std": b}
+def dense(w, b, parameterization="ntk"):
+    return {"layer": "dense", "w_std": w, "b_std": b, "parameterization": parameterization}
 
 
 FLAT = {"layer": "flatten"}
@@ -99,21 +102,41 @@ ARCHS = [
                                     conv(3, "circular", 1.5, 0.0), act("relu"), GAP,
                                     dense(1.5, 0.0)]),
 ]
+STD = "standard"
+# the standard parameterization (architecture, inputs, layers, hidden width)
+ARCHS_STANDARD = [
+    ("standard_relu_same_gap", "X", [conv(3, "same", 1.5, 0.1, STD), act("relu")] * 3
+     + [GAP, dense(1.5, 0.1, STD)], 7),
+    ("standard_flatten_head_no_bias", "X", [conv(3, "valid", 1.3, 0.2, STD), act("erf"),
+                                            conv(2, "circular", 1.2, None, STD), act("relu"),
+                                            FLAT, dense(1.5, 0.1, STD), act("relu"),
+                                            dense(1.0, None, STD)], 5),
+    ("standard_mixed_avgpool", "Y", [conv(3, "same", 1.5, 0.1, STD), act("relu"), pool(2),
+                                     conv(3, "same", 1.5, 0.1), act("gelu"), GAP,
+                                     dense(1.5, 0.1, STD)], 3),
+    ("standard_first_conv_only", "X", [conv(3, "circular", S2, 0.0, STD), act("relu"),
+                                       conv(3, "circular", S2, 0.0), act("relu"), GAP,
+                                       dense(S2, 0.0)], None),
+    ("standard_deep_gap_no_bias", "X", [conv(3, "same", S2, None, STD), act("relu")] * 5
+     + [GAP, dense(S2, None, STD)], 4),
+]
 
 
-def to_stax(layers):
+def to_stax(layers, width=None):
     from neural_tangents import stax
     acts = {"relu": lambda p: stax.Relu(), "erf": lambda p: stax.Erf(),
             "leaky_relu": lambda p: stax.LeakyRelu(p["alpha"]), "abs": lambda p: stax.Abs(),
             "gelu": lambda p: stax.Gelu(approximate=False), "sin": lambda p: stax.Sin(),
             "sign": lambda p: stax.Sign()}
     out = []
+    n = 1 if width is None else width
     for L in layers:
         kind = L["layer"]
         if kind == "conv":
             q = L["filter"]
-            out.append(stax.Conv(1, (q, q), padding=L["padding"].upper(), W_std=L["w_std"],
-                                 b_std=L["b_std"]))
+            out.append(stax.Conv(n, (q, q), padding=L["padding"].upper(), W_std=L["w_std"],
+                                 b_std=L["b_std"],
+                                 parameterization=L.get("parameterization", "ntk")))
         elif kind == "activation":
             out.append(acts[L["name"]](L["params"]))
         elif kind == "avgpool":
@@ -124,7 +147,8 @@ def to_stax(layers):
         elif kind == "gap":
             out.append(stax.GlobalAvgPool())
         elif kind == "dense":
-            out.append(stax.Dense(1, W_std=L["w_std"], b_std=L["b_std"]))
+            out.append(stax.Dense(n, W_std=L["w_std"], b_std=L["b_std"],
+                                  parameterization=L.get("parameterization", "ntk")))
         else:
             raise ValueError(kind)
     return stax.serial(*out)
@@ -145,8 +169,9 @@ def main():
     data = {"X1": X1, "X2": X2, "Y1": Y1}
     meta = []
     t0 = time.time()
-    for a, (name, inputs, layers) in enumerate(ARCHS):
-        _, _, kernel_fn = to_stax(layers)
+    archs = [a + (None,) for a in ARCHS] + ARCHS_STANDARD
+    for a, (name, inputs, layers, width) in enumerate(archs):
+        _, _, kernel_fn = to_stax(layers, width)
         if inputs == "X":
             A, B, C = X1, X1, X2
         else:
@@ -160,7 +185,7 @@ def main():
         for arr in (k.nngp, k.ntk, kx.nngp, kx.ntk):
             if arr.dtype != jnp.float64:
                 raise RuntimeError(f"{name}: neural-tangents returned {arr.dtype}, not float64")
-        meta.append({"name": name, "inputs": inputs, "layers": layers})
+        meta.append({"name": name, "inputs": inputs, "layers": layers, "width": width})
         print(f"{name:32s} max|ntk| = {np.abs(data[f'ntk_{a}']).max():.4g}")
     data["layers"] = np.array(json.dumps(meta))
     import neural_tangents
@@ -172,7 +197,7 @@ def main():
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, OUT)
-    print(f"wrote {os.path.normpath(OUT)} ({len(ARCHS)} architectures, {time.time() - t0:.1f} s)")
+    print(f"wrote {os.path.normpath(OUT)} ({len(archs)} architectures, {time.time() - t0:.1f} s)")
 
 
 if __name__ == "__main__":

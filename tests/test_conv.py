@@ -2,8 +2,8 @@
 
 References that the code under test did not produce:
 
-* ``tests/data/nt_conv_references.npz``: neural-tangents 0.6.5 ``stax`` kernels of 16
-  architectures (``scripts/make_nt_references.py``);
+* ``tests/data/nt_conv_references.npz``: neural-tangents 0.6.5 ``stax`` kernels of 21
+  architectures, 5 of them in the standard parameterization (``scripts/make_nt_references.py``);
 * ``tests/conv_mp_reference.py``: a 30-digit mpmath evaluation carrying the full spatial
   covariance, on 3 x 3 and 4 x 4 images;
 * ``infntk.FCNet`` for 1 x 1 images; symmetry, PSD and the translation laws of circular padding.
@@ -50,7 +50,8 @@ def build(desc):
     for L in desc:
         k = L["layer"]
         if k == "conv":
-            out.append(Conv(L["filter"], L["padding"], L["w_std"], L["b_std"]))
+            out.append(Conv(L["filter"], L["padding"], L["w_std"], L["b_std"],
+                            L.get("parameterization", "ntk")))
         elif k == "activation":
             out.append(_act(L["name"], L.get("params", {})))
         elif k == "avgpool":
@@ -60,22 +61,23 @@ def build(desc):
         elif k == "gap":
             out.append(GlobalAvgPool())
         elif k == "dense":
-            out.append(Dense(L["w_std"], L["b_std"]))
+            out.append(Dense(L["w_std"], L["b_std"], L.get("parameterization", "ntk")))
         else:
             raise ValueError(k)
     return out
 
 
-def conv(q, padding, w, b):
-    return {"layer": "conv", "filter": q, "padding": padding, "w_std": w, "b_std": b}
+def conv(q, padding, w, b, parameterization="ntk"):
+    return {"layer": "conv", "filter": q, "padding": padding, "w_std": w, "b_std": b,
+            "parameterization": parameterization}
 
 
 def act(name, **params):
     return {"layer": "activation", "name": name, "params": params}
 
 
-def dense(w, b):
-    return {"layer": "dense", "w_std": w, "b_std": b}
+def dense(w, b, parameterization="ntk"):
+    return {"layer": "dense", "w_std": w, "b_std": b, "parameterization": parameterization}
 
 
 FLAT, GAP = {"layer": "flatten"}, {"layer": "gap"}
@@ -98,13 +100,14 @@ def test_against_neural_tangents(a):
         A, B, C = _D["X1"], _D["X1"], _D["X2"]
     else:
         A, B, C = _D["Y1"], _D["Y1"][:2], _D["Y1"][1:]
-    nngp, ntk = conv_kernels(layers, A)
+    width = m.get("width")
+    nngp, ntk = conv_kernels(layers, A, width=width)
     off = ~np.eye(A.shape[0], dtype=bool)
     for got, ref in ((nngp, _D[f"nngp_{a}"]), (ntk, _D[f"ntk_{a}"])):
         scale = np.abs(ref).max()
         assert np.abs(got - ref)[off].max() <= NT_RTOL * scale
         assert np.abs(np.diag(got) - np.diag(ref)).max() <= NT_DIAG_RTOL * scale
-    nngp, ntk = conv_kernels(layers, B, C)
+    nngp, ntk = conv_kernels(layers, B, C, width=width)
     assert rel_err_vs_max(nngp, _D[f"nngp_cross_{a}"]) <= NT_RTOL
     assert rel_err_vs_max(ntk, _D[f"ntk_cross_{a}"]) <= NT_RTOL
 
@@ -125,20 +128,38 @@ MP_CASES = [
                                            conv(3, "same", 1.0, 0.3), act("sign"), FLAT,
                                            dense(1.0, 0.1)]),
 ]
+STD = "standard"
+# the standard parameterization (width: the hidden channels); its NTK is checked on the
+# plane engine (GAP), the diagonal one (Flatten) and the full-state one (AvgPool)
+MP_CASES_STANDARD = [
+    ("standard_relu_same_gap", (4, 4, 2), [conv(3, "same", 1.5, 0.1, STD), act("relu"),
+                                           conv(3, "same", 1.5, 0.1, STD), act("relu"), GAP,
+                                           dense(1.5, 0.1, STD)], 6),
+    ("standard_erf_flatten_no_bias", (4, 4, 1), [conv(3, "same", 1.3, None, STD), act("erf"),
+                                                 conv(2, "valid", 1.5, 0.2, STD), act("relu"),
+                                                 FLAT, dense(1.2, None, STD), act("relu"),
+                                                 dense(1.0, 0.1, STD)], 3),
+    ("standard_pool_gap", (4, 4, 1), [conv(3, "circular", 1.5, 0.1, STD), act("relu"),
+                                      {"layer": "avgpool", "window": 2},
+                                      conv(1, "same", 1.5, 0.1), act("erf"), GAP,
+                                      dense(1.5, 0.1, STD)], 5),
+]
 
 
-@pytest.mark.parametrize("name,shape,desc", MP_CASES, ids=[c[0] for c in MP_CASES])
-def test_against_mpmath(name, shape, desc):
+@pytest.mark.parametrize("name,shape,desc,width",
+                         [c + (None,) for c in MP_CASES] + MP_CASES_STANDARD,
+                         ids=[c[0] for c in MP_CASES + MP_CASES_STANDARD])
+def test_against_mpmath(name, shape, desc, width):
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     X = rng.standard_normal((3,) + shape)
     X[2] = X[0] * 0.999 + 0.001 * X[1]         # a nearly identical pair
-    ref_n, ref_t = mp_conv_kernels(desc, X, dps=30)
-    nngp, ntk = conv_kernels(build(desc), X)
+    ref_n, ref_t = mp_conv_kernels(desc, X, dps=30, width=width)
+    nngp, ntk = conv_kernels(build(desc), X, width=width)
     assert rel_err_vs_max(nngp, ref_n) <= CLOSED_FORM_RTOL
     assert rel_err_vs_max(ntk, ref_t) <= CLOSED_FORM_RTOL
     Y = rng.standard_normal((2,) + shape)
-    ref_n, ref_t = mp_conv_kernels(desc, X[:2], Y, dps=30)
-    nngp, ntk = conv_kernels(build(desc), X[:2], Y)
+    ref_n, ref_t = mp_conv_kernels(desc, X[:2], Y, dps=30, width=width)
+    nngp, ntk = conv_kernels(build(desc), X[:2], Y, width=width)
     assert rel_err_vs_max(nngp, ref_n) <= CLOSED_FORM_RTOL
     assert rel_err_vs_max(ntk, ref_t) <= CLOSED_FORM_RTOL
 
@@ -316,3 +337,41 @@ def test_circular_filter_larger_than_the_image_against_mpmath():
     nngp, ntk = conv_kernels(build(desc), X)
     assert rel_err_vs_max(nngp, ref_n) <= CLOSED_FORM_RTOL
     assert rel_err_vs_max(ntk, ref_t) <= CLOSED_FORM_RTOL
+
+
+def test_standard_parameterization_needs_the_width():
+    std = [Conv(3, "same", 1.5, 0.1, "standard"), Activation("relu"),
+           Conv(3, "same", 1.5, 0.1, "standard"), Activation("relu"), GlobalAvgPool(),
+           Dense(1.5, 0.1, "standard")]
+    with pytest.raises(ValueError, match="width"):
+        conv_kernels(std, IMG)
+    with pytest.raises(ValueError, match="width"):
+        infntk.Network(std)
+    with pytest.raises(ValueError, match="parameterization"):
+        Conv(3, parameterization="mup")
+    with pytest.raises(ValueError, match="width"):
+        conv_kernels(std, IMG, width=0)
+    # only the first Conv standard: its fan-in is the images' channels, no width needed
+    first = [Conv(3, "same", 1.5, 0.1, "standard"), Activation("relu"), Flatten(), Dense()]
+    conv_kernels(first, IMG)
+    X = np.random.default_rng(21).standard_normal((3, 4, 4, 2))
+    net = infntk.Network(std, width=6)
+    k = net.kernels(X)
+    nngp, ntk = conv_kernels(std, X, width=6)
+    assert np.array_equal(k.nngp, nngp) and np.array_equal(k.ntk, ntk)
+    assert np.array_equal(net.diag(X).ntk, np.diag(ntk))
+
+
+def test_standard_parameterization_keeps_the_nngp():
+    """The standard parameterization changes the NTK only (docs/conventions.md)."""
+    X = np.random.default_rng(22).standard_normal((4, 5, 5, 1))
+    for readout in (Flatten(), GlobalAvgPool()):
+        ntk_l = [Conv(3, "same", 1.5, 0.1), Activation("erf"), Conv(3, "same", 1.5, 0.1),
+                 Activation("relu"), readout, Dense(1.5, 0.1)]
+        std_l = [Conv(3, "same", 1.5, 0.1, "standard"), Activation("erf"),
+                 Conv(3, "same", 1.5, 0.1, "standard"), Activation("relu"), readout,
+                 Dense(1.5, 0.1, "standard")]
+        a = conv_kernels(ntk_l, X)
+        b = conv_kernels(std_l, X, width=8)
+        assert np.array_equal(a[0], b[0])
+        assert rel_err_vs_max(a[1], b[1]) > 0.1

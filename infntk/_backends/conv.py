@@ -41,6 +41,11 @@ Compilation: one driver (:func:`drive`: self statistics, symmetric or cross Gram
 kernel: the caller runs one chunk of pairs per thread, the driver releases the GIL), one pair
 runner and a handful of small loops, each compiled once (no signature depends on the layer
 list).
+
+Networks whose full-state part is Conv and activation layers up to GlobalAvgPool run the plane
+engine instead (:func:`drive_planes`, below): every Conv keeps the offsets ``(i' - i, j' -
+j)``, so the planes of fixed offsets are independent; each runs through all layers in cache,
+for a batch of pairs with the pair index innermost (docs/conv.md, "Plane engine").
 """
 from __future__ import annotations
 
@@ -223,16 +228,18 @@ def _in_range(q, off, n):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _flat_act(p0, p1, V, VT, vb, QA, RA, QB, RB, qb, D, DT, db, n, c, b2):
-    """ReLU family on one flat stretch: ``s = c V[vb + t] + b2``, ``t' = c VT[.] + s``,
+def _flat_act(p0, p1, V, VT, vb, QA, RA, QB, RB, qb, D, DT, db, n, c, b2, cv, tb):
+    """ReLU family on one flat stretch: ``s = c V[vb + t] + b2``, ``t' = c VT[.] + (cv V[.] +
+    tb)`` (``cv = c, tb = b2`` in the NTK parameterization: the new term is ``s``),
     ``D[db + t] = k``, ``DT[db + t] = t' kd``, variances ``QA[t] QB[qb + t]``."""
     n_ = np.uint64(n)
     vb_ = np.uint64(vb)
     qb_ = np.uint64(qb)
     db_ = np.uint64(db)
     for t in range(n_):
-        s = c * V[vb_ + t] + b2
-        tt = c * VT[vb_ + t] + s
+        v = V[vb_ + t]
+        s = c * v + b2
+        tt = c * VT[vb_ + t] + (cv * v + tb)
         k, kd = _abrelu_fast(p0, p1, RA[t] * RB[qb_ + t], QA[t] * QB[qb_ + t], s)
         D[db_ + t] = k
         DT[db_ + t] = tt * kd
@@ -240,7 +247,7 @@ def _flat_act(p0, p1, V, VT, vb, QA, RA, QB, RB, qb, D, DT, db, n, c, b2):
 
 @njit(cache=True, error_model="numpy")
 def _conv_full(Sin, Tin, Sout, Tout, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho, wo, q, c, b2,
-               ohp, owp, olo, fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off):
+               cv, tb, ohp, owp, olo, fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off):
     """One Conv layer, padded input ``(ihp, ihp, iwp, iwp)`` -> the interior of the output
     layout ``(ohp, ohp, owp, owp)`` at offset ``olo``, activation ``fam`` fused (``-1``: none).
 
@@ -318,7 +325,7 @@ def _conv_full(Sin, Tin, Sout, Tout, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho,
                 db = ((i + olo) * ohp + ip + olo) * oB + olo * owp + olo
                 if flat:
                     _flat_act(p0, p1, V, VT, (ip - c0) * B, QA, RA, QB, RB, ip * L, Sout,
-                              Tout, db, L, c, b2)
+                              Tout, db, L, c, b2, cv, tb)
                     for jj in range(wo - 1):
                         for t in range(db + jj * owp + wo, db + (jj + 1) * owp):
                             Sout[t] = 0.0
@@ -329,9 +336,9 @@ def _conv_full(Sin, Tin, Sout, Tout, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho,
                         o = np.uint64(vb + jj * iwp)
                         p = np.uint64(db + jj * owp)
                         for t in range(np.uint64(wo)):
-                            sv = c * V[o + t] + b2
-                            Sout[p + t] = sv
-                            Tout[p + t] = c * VT[o + t] + sv
+                            v = V[o + t]
+                            Sout[p + t] = c * v + b2
+                            Tout[p + t] = c * VT[o + t] + (cv * v + tb)
         if fam >= 0 and not flat:
             _act_rows(fam, p0, p1, q1, r1, sk1, q2, r2, sk2, off, Sout, Tout, i, ho, wo, ohp,
                       owp, olo)
@@ -419,7 +426,8 @@ def _act_diag(family, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, n):
 
 
 @njit(cache=True, error_model="numpy")
-def _conv_diag(D, TD, D2, TD2, tD, tTD, uD, uTD, rmap, cmap, h, w, ho, wo, hp, wp, q, c, b2):
+def _conv_diag(D, TD, D2, TD2, tD, tTD, uD, uTD, rmap, cmap, h, w, ho, wo, hp, wp, q, c, b2, cv,
+               tb):
     """Diagonal state: ``D2[i, j] = c sum_{a, b} D[rmap[i + a], cmap[j + b]] + b2`` (zero
     where a map is ``-1``) from a padded copy, shifts by ``a wp`` then by ``b``."""
     for ii in range(hp):
@@ -459,9 +467,9 @@ def _conv_diag(D, TD, D2, TD2, tD, tTD, uD, uTD, rmap, cmap, h, w, ho, wo, hp, w
         xD = tD[i * wp:i * wp + wo]
         xT = tTD[i * wp:i * wp + wo]
         for j in range(wo):
-            s = c * xD[j] + b2
-            dD[j] = s
-            dT[j] = c * xT[j] + s
+            v = xD[j]
+            dD[j] = c * v + b2
+            dT[j] = c * xT[j] + (cv * v + tb)
 
 
 @njit(cache=True, error_model="numpy")
@@ -503,6 +511,17 @@ def _input_full(x, y, S, T, yT, hp, wp, lo):
                 for jp in range(W_):
                     S[base + jp] = S[base + jp] / C
                     T[base + jp] = 0.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _dense(w2, b2, cv, tb, s, t):
+    """A Dense layer on the scalar state: ``s' = w2 s + b2``; NTK parameterization (``cv < 0``)
+    ``t' = w2 t + s'``, standard ``t' = (cv s + w2 t) + tb`` (fan-in ``cv``, ``tb`` 1 with
+    biases, else 0; docs/conventions.md)."""
+    s2 = w2 * s + b2
+    if cv < 0.0:
+        return s2, w2 * t + s2
+    return s2, (cv * s + w2 * t) + tb
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -559,9 +578,11 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
                 bst[cur] = -1
             _prepare(S2, T2, bst, 1 - cur, iop[k, O_LID], ohp * ohp * owp * owp)
             ffam = -1 if selfrun else fam
-            _conv_full(S, T, S2, T2, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho, wo, qf,
-                       w2 / (qf * qf), b2, ohp, owp, olo, ffam, p0, p1, q1, r1, sk1, q2, r2,
-                       sk2, off)
+            c = w2 / (qf * qf)
+            cv = c if fop[k, 4] < 0 else fop[k, 4]
+            tb = b2 if fop[k, 4] < 0 else fop[k, 5]
+            _conv_full(S, T, S2, T2, U, UT, V, VT, QA, RA, QB, RB, ihp, iwp, ho, wo, qf, c, b2,
+                       cv, tb, ohp, owp, olo, ffam, p0, p1, q1, r1, sk1, q2, r2, sk2, off)
             S, S2 = S2, S
             T, T2 = T2, T
             cur = 1 - cur
@@ -580,8 +601,10 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
         elif code == OP_CONV_D:
             qf = iop[k, 1]
             c = w2 / (qf * qf)
+            cv = c if fop[k, 4] < 0 else fop[k, 4]
+            tb = b2 if fop[k, 4] < 0 else fop[k, 5]
             _conv_diag(S, T, S2, T2, U, UT, V, VT, pmap[k, 0], pmap[k, 1], h, w, ho, wo,
-                       iop[k, 9], iop[k, 10], qf, c, b2)
+                       iop[k, 9], iop[k, 10], qf, c, b2, cv, tb)
             S, S2 = S2, S
             T, T2 = T2, T
             bst[1 - cur] = -1
@@ -647,8 +670,7 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
             s_sc = accs / n
             t_sc = acct / n
         elif code == OP_DENSE:
-            s_sc = w2 * s_sc + b2
-            t_sc = w2 * t_sc + s_sc
+            s_sc, t_sc = _dense(w2, b2, fop[k, 4], fop[k, 5], s_sc, t_sc)
         elif code == OP_ACT_S:
             if selfrun:
                 dg[0] = s_sc
@@ -722,3 +744,523 @@ def drive(mode, X1, X2, iop, fop, pmap, nfull, nblock, chunk, nchunks, Q1, R1, S
             if mode == 1:
                 out_nngp[j, i] = a
                 out_ntk[j, i] = b
+
+
+# ----------------------------------------------------------------------------- plane engine
+# A Conv maps the entry (i, i', j, j') of the state to a sum over (i + a, i' + a, j + b, j' + b):
+# the offsets d = i' - i and e = j' - j are preserved, and so by the activations. A network
+# whose full-state part is Conv and activation layers up to GlobalAvgPool therefore splits
+# into independent planes P_{d,e}[i, j] = S[i, i + d, j, j + e] (offsets modulo the size for
+# circular padding), each run through every layer while it sits in L1, and the GAP is the sum
+# over the planes. Several pairs are computed at once with the pair index innermost: every
+# loop is a flat stretch of (columns x pairs) entries, whatever the image size.
+
+
+@njit(cache=True, error_model="numpy")
+def _pl_border(S, T, nb, hp, wp, lo_r, lo_c, nr, nc, wrap):
+    """Border of a padded ``(hp, wp, nb)`` plane around the interior ``nr x nc`` at ``(lo_r,
+    lo_c)``: zero (contiguous stretches), or wrapped from the interior (circular padding)."""
+    if not wrap:
+        a = np.uint64(lo_r * wp * nb)
+        for t in range(a):
+            S[t] = 0.0
+            T[t] = 0.0
+        for r in range(lo_r, lo_r + nr + 1):
+            a = np.uint64((r * wp - (wp - lo_c - nc)) * nb) if r > lo_r else np.uint64(0)
+            a = max(a, np.uint64(lo_r * wp * nb))
+            z = np.uint64((r * wp + lo_c) * nb) if r < lo_r + nr else np.uint64((r * wp) * nb)
+            for t in range(a, z):
+                S[t] = 0.0
+                T[t] = 0.0
+        for t in range(np.uint64((lo_r + nr) * wp * nb), np.uint64(hp * wp * nb)):
+            S[t] = 0.0
+            T[t] = 0.0
+        return
+    nb_ = np.uint64(nb)
+    for rr in range(hp):
+        inr = lo_r <= rr < lo_r + nr
+        sr = (rr - lo_r) % nr + lo_r
+        for cc in range(wp):
+            if inr and lo_c <= cc < lo_c + nc:
+                continue
+            o = np.uint64((rr * wp + cc) * nb)
+            sc = (cc - lo_c) % nc + lo_c
+            s = np.uint64((sr * wp + sc) * nb)
+            for b in range(nb_):
+                S[o + b] = S[s + b]
+                T[o + b] = T[s + b]
+
+
+@njit(cache=True, error_model="numpy")
+def _pl_taps(Sin, Tin, U, UT, V, VT, q, wp, ndo, nb):
+    """Box sums of a padded plane: ``U[r] = sum_a Sin[r + a]`` (rows of ``wp nb`` entries),
+    ``V[t] = sum_b U[t + b nb]``; entry ``(r, c, pair)`` of ``V`` is at ``(r wp + c) nb + pair``."""
+    st = np.uint64(wp * nb)
+    n = np.uint64(ndo * wp * nb)
+    n2 = np.uint64(ndo * wp * nb - (q - 1) * nb)
+    nb_ = np.uint64(nb)
+    if q == 3:
+        for t in range(n):
+            U[t] = Sin[t] + Sin[st + t] + Sin[st + st + t]
+            UT[t] = Tin[t] + Tin[st + t] + Tin[st + st + t]
+        for t in range(n2):
+            V[t] = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
+            VT[t] = UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]
+        return
+    for t in range(n):
+        U[t] = Sin[t]
+        UT[t] = Tin[t]
+    for a in range(1, q):
+        sa = np.uint64(a) * st
+        for t in range(n):
+            U[t] += Sin[sa + t]
+            UT[t] += Tin[sa + t]
+    for t in range(n2):
+        V[t] = U[t]
+        VT[t] = UT[t]
+    for b in range(1, q):
+        sb = np.uint64(b) * nb_
+        for t in range(n2):
+            V[t] += U[sb + t]
+            VT[t] += UT[sb + t]
+
+
+@njit(cache=True, error_model="numpy")
+def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv, tb, QA, RA,
+            SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod):
+    """``nrows`` rows of ``n`` entries: ``s = c V[vo + r vs + t] + b2``, ``t' = c VT[.] + (cv
+    V[.] + tb)``, ``D[do + r ds + t] = k(s)``, ``DT = t' kd``, variances ``QA[ao + r as_ + t]`` and
+    ``QB[bo + rb bs + t]``, ``rb = brow + r`` (wrapped at ``bmod`` if ``bmod > 0``).
+    ``fam < 0``: no activation, ``D = s``, ``DT = c VT + s``."""
+    n_ = np.uint64(n)
+    for r in range(nrows):
+        rb = brow + r
+        if bmod > 0 and rb >= bmod:
+            rb -= bmod
+        vo_ = np.uint64(vo + r * vs)
+        do_ = np.uint64(do + r * ds)
+        ao_ = np.uint64(ao + r * as_)
+        bo_ = np.uint64(bo + rb * bs)
+        if fam < 0:
+            for t in range(n_):
+                v = V[vo_ + t]
+                D[do_ + t] = c * v + b2
+                DT[do_ + t] = c * VT[vo_ + t] + (cv * v + tb)
+        elif fast:
+            for t in range(n_):
+                v = V[vo_ + t]
+                s = c * v + b2
+                tt = c * VT[vo_ + t] + (cv * v + tb)
+                k, kd = _abrelu_fast(p0, p1, RA[ao_ + t] * RB[bo_ + t], QA[ao_ + t] * QB[bo_ + t],
+                                     s)
+                D[do_ + t] = k
+                DT[do_ + t] = tt * kd
+        else:
+            for t in range(n_):
+                v = V[vo_ + t]
+                s = c * v + b2
+                tt = c * VT[vo_ + t] + (cv * v + tb)
+                k, kd = _dual_other(fam, p0, p1, QA[ao_ + t], QB[bo_ + t], RA[ao_ + t],
+                                    RB[bo_ + t], SKA[ao_ + t], SKB[bo_ + t], s)
+                D[do_ + t] = k
+                DT[do_ + t] = tt * kd
+
+
+@njit(cache=True, error_model="numpy")
+def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, b2, cv, tb, QA,
+              RA, SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod):
+    """A 3 x 3 Conv with its activation (``fam < 0``: none), row by row so that the row sums
+    stay in L1: ``U = S[r] + S[r + 1] + S[r + 2]`` (rows of ``wp nb`` entries), then for each
+    entry ``s = c v + b2`` (``v = U[t] + U[t + nb] + U[t + 2 nb]``), ``t' = c (UT ...) + (cv v
+    + tb)`` and the
+    activation, written to ``D[do + r ds + t]`` (variances as in :func:`_pl_act`)."""
+    st = np.uint64(wp * nb)
+    nb_ = np.uint64(nb)
+    n_ = np.uint64(n)
+    for r in range(ndo):
+        b0 = np.uint64(r) * st
+        for t in range(st):
+            U[t] = S[b0 + t] + S[b0 + st + t] + S[b0 + st + st + t]
+            UT[t] = T[b0 + t] + T[b0 + st + t] + T[b0 + st + st + t]
+        rb = brow + r
+        if bmod > 0 and rb >= bmod:
+            rb -= bmod
+        do_ = np.uint64(do + r * ds)
+        ao_ = np.uint64(ao + r * as_)
+        bo_ = np.uint64(bo + rb * bs)
+        if fam < 0:
+            for t in range(n_):
+                v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
+                D[do_ + t] = c * v + b2
+                DT[do_ + t] = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
+        elif fast:
+            for t in range(n_):
+                v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
+                s = c * v + b2
+                tt = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
+                k, kd = _abrelu_fast(p0, p1, RA[ao_ + t] * RB[bo_ + t], QA[ao_ + t] * QB[bo_ + t],
+                                     s)
+                D[do_ + t] = k
+                DT[do_ + t] = tt * kd
+        else:
+            for t in range(n_):
+                v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
+                s = c * v + b2
+                tt = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
+                k, kd = _dual_other(fam, p0, p1, QA[ao_ + t], QB[bo_ + t], RA[ao_ + t],
+                                    RB[bo_ + t], SKA[ao_ + t], SKB[bo_ + t], s)
+                D[do_ + t] = k
+                DT[do_ + t] = tt * kd
+
+
+@njit(cache=True, error_model="numpy")
+def _pl_record(fam, p0, p1, V, vo, c, b2, n, nb, w, QA, RA, SKA, ao, QB, RB, SKB, bo):
+    """Self pass, plane (0, 0), one row: the variances ``s = c V[vo + t] + b2`` of ``n = w nb``
+    entries into the batch statistics (``QB``: rows of ``2 w`` positions, written twice)."""
+    for t in range(n):
+        s = c * V[vo + t] + b2
+        r = math.sqrt(s)
+        k11, _ = diag_dual(fam, p0, p1, s)
+        sk = math.sqrt(k11)
+        QA[ao + t] = s
+        RA[ao + t] = r
+        SKA[ao + t] = sk
+        for u in (0, w * nb):
+            QB[bo + u + t] = s
+            RB[bo + u + t] = r
+            SKB[bo + u + t] = sk
+
+
+@njit(cache=True, error_model="numpy")
+def _pl_fast(fam, QA, QB, ao, bo, n, nb):
+    """The ReLU family's fast form applies to a layer: its ``n`` positions' variances (``nb``
+    pairs each, ``QB`` in rows of doubled width: ``2 n nb`` entries) within the range."""
+    if fam != FAMILY_ABRELU:
+        return False
+    for t in range(n * nb):
+        if not (QA[ao + t] > _Q_LO and QA[ao + t] < _Q_HI):
+            return False
+    for t in range(2 * n * nb):
+        if not (QB[bo + t] > _Q_LO and QB[bo + t] < _Q_HI):
+            return False
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def _pl_input(XB, YB, C, W, nb, d, e, H, circ, S, T, wp, lo, i0, j0, nd, ne, bkey, key):
+    """Input plane ``<x_{i j}, y_{i + d, j + e}> / C`` of each pair of the batch into the
+    interior of the ``(., wp, nb)`` layout of buffer 0 (rows ``i0 ..``, columns ``j0 ..``), from
+    the batch's images ``XB[((i C + ch) W + j) nb + pair]``, ``YB`` the same with rows of ``2 W``
+    positions (wrapped)."""
+    if bkey[0] != key:
+        bkey[0] = -1
+    n = np.uint64(ne * nb)
+    for r in range(nd):
+        i = i0 + r
+        ii = i + d
+        if circ and ii >= H:
+            ii -= H
+        o = np.uint64(((r + lo) * wp + lo) * nb)
+        for ch in range(C):
+            xo = np.uint64(((i * C + ch) * W + j0) * nb)
+            yo = np.uint64(((ii * C + ch) * 2 * W + j0 + e) * nb)
+            if ch == 0:
+                for t in range(n):
+                    S[o + t] = XB[xo + t] * YB[yo + t]
+            else:
+                for t in range(n):
+                    S[o + t] += XB[xo + t] * YB[yo + t]
+        for t in range(n):
+            S[o + t] = S[o + t] / C
+            T[o + t] = 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def _tail(iop, fop, k0, s_sc, t_sc, selfrun, q1, r1, sk1, q2, r2, sk2, dg):
+    """The scalar ops ``k0 ..`` after the readout (Dense, activations) of one pair."""
+    for k in range(k0, iop.shape[0]):
+        code = iop[k, 0]
+        off = iop[k, 4]
+        if code == OP_DENSE:
+            s_sc, t_sc = _dense(fop[k, 0], fop[k, 1], fop[k, 4], fop[k, 5], s_sc, t_sc)
+        elif code == OP_ACT_S:
+            fam = iop[k, 3]
+            if selfrun:
+                dg[0] = s_sc
+                _record_self(fam, fop[k, 2], fop[k, 3], dg, 1, q1, r1, sk1, off)
+            kk, kd = _dual_other(fam, fop[k, 2], fop[k, 3], q1[off], q2[off], r1[off], r2[off],
+                                 sk1[off], sk2[off], s_sc)
+            s_sc = kk
+            t_sc = t_sc * kd
+    return s_sc, t_sc
+
+
+@njit(cache=True, error_model="numpy")
+def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, SKA, QB, RB,
+              SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct):
+    """Run the plane ``(d, e)`` of a batch of ``nb`` pairs through the ops ``0 .. kgap - 1``
+    (Conv with or without a fused activation, activations) and add its columns to ``accv,
+    acct`` (``(column, pair)``). ``record``: the self pass (plane (0, 0) of pairs ``(x, x)``):
+    the variances of every activation are written into the batch statistics on the way and
+    ``fastf`` is set. Buffers ``S0, T0`` / ``S1, T1`` alternate; ``bkey[b]`` is the layout
+    whose zero border buffer ``b`` holds (-1: none), so a border is cleared only when a
+    buffer changes layout."""
+    h = iop[0, 5]
+    w = iop[0, 6]
+    i0 = 0 if circ else max(0, -d)
+    j0 = 0 if circ else max(0, -e)
+    nd = h if circ else h - abs(d)
+    ne = w if circ else w - abs(e)
+    q = iop[0, 1]
+    lo = 0 if iop[0, 2] == 1 else (q - 1) // 2
+    tot = 0 if iop[0, 2] == 1 else q - 1
+    wp = ne + tot
+    hp = nd + tot
+    _pl_input(XB, YB, C, w, nb, d, e, h, circ, S0, T0, wp, lo, i0, j0, nd, ne, bkey,
+              (hp * 4096 + wp) * 4096 + lo)
+    S = S0
+    T = T0
+    S2 = S1
+    T2 = T1
+    cur = 0
+    for k in range(kgap):
+        code = iop[k, 0]
+        fam = iop[k, 3]
+        off = iop[k, 4]
+        p0 = fop[k, 2]
+        p1 = fop[k, 3]
+        if code == OP_CONV_F:
+            q = iop[k, 1]
+            pad = iop[k, 2]
+            if pad == 2:
+                _pl_border(S, T, nb, hp, wp, lo, lo, nd, ne, True)
+                bkey[cur] = -1
+            elif pad == 0:
+                key = (hp * 4096 + wp) * 4096 + lo
+                if bkey[cur] != key:
+                    _pl_border(S, T, nb, hp, wp, lo, lo, nd, ne, False)
+                    bkey[cur] = key
+            ho = iop[k, 7]
+            wo = iop[k, 8]
+            ndo = ho if circ else ho - abs(d)
+            neo = wo if circ else wo - abs(e)
+            olo = 0             # the layout of the output: padded for the next Conv
+            otot = 0
+            for k2 in range(k + 1, kgap):
+                if iop[k2, 0] == OP_CONV_F:
+                    if iop[k2, 2] != 1:
+                        olo = (iop[k2, 1] - 1) // 2
+                        otot = iop[k2, 1] - 1
+                    break
+            owp = neo + otot
+            ohp = ndo + otot
+            if bkey[1 - cur] != (ohp * 4096 + owp) * 4096 + olo:
+                bkey[1 - cur] = -1
+            c = fop[k, 0] / (q * q)
+            b2 = fop[k, 1]
+            cv = c if fop[k, 4] < 0 else fop[k, 4]
+            tb = b2 if fop[k, 4] < 0 else fop[k, 5]
+            n = neo * nb
+            bcol = (2 * off + (e if circ else j0 + e)) * nb
+            bmod = ho if circ else 0
+            fast = fastf[k] if fam >= 0 else False
+            if q == 3 and not record:
+                _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, S2, T2,
+                          (olo * owp + olo) * nb, owp * nb, c, b2, cv, tb, QA, RA, SKA,
+                          (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB, bcol, 2 * wo * nb,
+                          i0 + d, bmod)
+                S, S2 = S2, S
+                T, T2 = T2, T
+                cur = 1 - cur
+                nd = ndo
+                ne = neo
+                hp = ohp
+                wp = owp
+                lo = olo
+                continue
+            _pl_taps(S, T, U, UT, V, VT, q, wp, ndo, nb)
+            if record and fam >= 0:
+                for r in range(ndo):
+                    _pl_record(fam, p0, p1, V, r * wp * nb, c, b2, n, nb, wo, QA, RA, SKA,
+                               (off + r * wo) * nb, QB, RB, SKB, (2 * off + r * 2 * wo) * nb)
+                fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, ho * wo, nb)
+                fast = fastf[k]
+            _pl_act(fam, p0, p1, fast, V, VT, 0, wp * nb, S2, T2, (olo * owp + olo) * nb,
+                    owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA, (off + i0 * wo + j0) * nb, wo * nb,
+                    QB, RB, SKB, bcol, 2 * wo * nb, i0 + d, bmod)
+            S, S2 = S2, S
+            T, T2 = T2, T
+            cur = 1 - cur
+            nd = ndo
+            ne = neo
+            hp = ohp
+            wp = owp
+            lo = olo
+        elif code == OP_ACT_F:
+            wo = iop[k, 6]
+            if record:
+                for r in range(nd):
+                    _pl_record(fam, p0, p1, S, ((r + lo) * wp + lo) * nb, 1.0, 0.0, ne * nb,
+                               nb, wo, QA, RA, SKA, (off + r * wo) * nb, QB, RB, SKB,
+                               (2 * off + r * 2 * wo) * nb)
+                fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, iop[k, 5] * wo, nb)
+            o = (lo * wp + lo) * nb
+            bcol = (2 * off + (e if circ else j0 + e)) * nb
+            bmod = iop[k, 5] if circ else 0
+            _pl_act(fam, p0, p1, fastf[k], S, T, o, wp * nb, S, T, o, wp * nb, nd, ne * nb, 1.0,
+                    0.0, 0.0, 0.0, QA, RA, SKA, (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB,
+                    bcol, 2 * wo * nb, i0 + d, bmod)
+    # the state after the last op: interior of the layout (lo, wp)
+    n = np.uint64(ne * nb)
+    for r in range(nd):
+        o = np.uint64(((r + lo) * wp + lo) * nb)
+        for t in range(n):
+            accv[t] += S[o + t]
+            acct[t] += T[o + t]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchunks, Q1, R1,
+                 SK1, Q2, R2, SK2, out_nngp, out_ntk):
+    """:func:`drive` for networks whose full-state part is Conv and activation layers up to
+    GlobalAvgPool (``iop[kgap]``): batches of up to ``nbmax`` pairs, plane by plane
+    (``nplane``: entries of the largest padded plane). Mode 0 computes the self statistics
+    (plane (0, 0) of the pairs ``(x, x)``) and then ``k(x, x)``."""
+    n1 = X1.shape[0]
+    n2 = X2.shape[0]
+    H = X1.shape[1]
+    W = X1.shape[2]
+    C = X1.shape[3]
+    if mode == 0:
+        npairs = n1
+    elif mode == 1:
+        npairs = n1 * (n1 - 1) // 2
+    else:
+        npairs = n1 * n2
+    if npairs <= chunk:
+        return
+    nst = Q1.shape[1]
+    hL = iop[kgap, 5]
+    wL = iop[kgap, 6]
+    S0 = np.zeros(nplane * nbmax)
+    T0 = np.zeros(nplane * nbmax)
+    S1 = np.zeros(nplane * nbmax)
+    T1 = np.zeros(nplane * nbmax)
+    U = np.zeros(nplane * nbmax)
+    UT = np.zeros(nplane * nbmax)
+    V = np.zeros(nplane * nbmax)
+    VT = np.zeros(nplane * nbmax)
+    QA = np.ones(nst * nbmax)
+    RA = np.ones(nst * nbmax)
+    SKA = np.ones(nst * nbmax)
+    QB = np.ones(2 * nst * nbmax)
+    RB = np.ones(2 * nst * nbmax)
+    SKB = np.ones(2 * nst * nbmax)
+    XB = np.zeros(H * W * C * nbmax)
+    YB = np.zeros(2 * H * W * C * nbmax)
+    fastf = np.zeros(kgap, dtype=np.bool_)
+    accv = np.zeros(W * nbmax)
+    acct = np.zeros(W * nbmax)
+    bkey = np.full(2, -1, dtype=np.int64)
+    ia = np.zeros(nbmax, dtype=np.int64)
+    ja = np.zeros(nbmax, dtype=np.int64)
+    dg = np.empty(1)
+    mine = (npairs - chunk + nchunks - 1) // nchunks
+    for g0 in range(0, mine, nbmax):
+        nb = min(nbmax, mine - g0)
+        for b in range(nb):
+            t = chunk + (g0 + b) * nchunks
+            if mode == 0:
+                i = t
+                j = t
+            elif mode == 1:
+                i = int((2 * n1 - 1 - math.sqrt((2 * n1 - 1) ** 2 - 8 * t)) // 2)
+                while i > 0 and t < i * (2 * n1 - i - 1) // 2:
+                    i -= 1
+                while t >= (i + 1) * (2 * n1 - i - 2) // 2:
+                    i += 1
+                j = t - i * (2 * n1 - i - 1) // 2 + i + 1
+            else:
+                i = t // n2
+                j = t - i * n2
+            ia[b] = i
+            ja[b] = j
+        # the batch's images, pair index innermost (y in rows of 2 W positions)
+        for b in range(nb):
+            x = X1[ia[b]]
+            y = X2[ja[b]]
+            for i in range(H):
+                for ch in range(C):
+                    for j in range(W):
+                        XB[((i * C + ch) * W + j) * nb + b] = x[i, j, ch]
+                    for j in range(2 * W):
+                        YB[((i * C + ch) * 2 * W + j) * nb + b] = y[i, j % W, ch]
+        for t in range(W * nb):
+            accv[t] = 0.0
+            acct[t] = 0.0
+        bkey[0] = -1                # nb changed the layouts' strides
+        bkey[1] = -1
+        if mode == 0:
+            _pl_plane(XB, YB, C, nb, 0, 0, circ, iop, fop, kgap, True, fastf, QA, RA, SKA, QB,
+                      RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
+            for t in range(W * nb):
+                accv[t] = 0.0
+                acct[t] = 0.0
+            for b in range(nb):
+                for u in range(nst):
+                    Q1[ia[b], u] = QA[u * nb + b]
+                    R1[ia[b], u] = RA[u * nb + b]
+                    SK1[ia[b], u] = SKA[u * nb + b]
+        else:
+            for b in range(nb):
+                for u in range(nst):
+                    QA[u * nb + b] = Q1[ia[b], u]
+                    RA[u * nb + b] = R1[ia[b], u]
+                    SKA[u * nb + b] = SK1[ia[b], u]
+            for k in range(kgap):
+                fam = iop[k, 3]
+                if fam < 0:
+                    continue
+                off = iop[k, 4]
+                hh = iop[k, 7]
+                ww = iop[k, 8]
+                for i in range(hh):
+                    for jj in range(2 * ww):
+                        u = off + i * ww + jj % ww
+                        o = (2 * off + i * 2 * ww + jj) * nb
+                        for b in range(nb):
+                            QB[o + b] = Q2[ja[b], u]
+                            RB[o + b] = R2[ja[b], u]
+                            SKB[o + b] = SK2[ja[b], u]
+                fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, hh * ww, nb)
+        if circ:
+            for d in range(hL):
+                for e in range(wL):
+                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, False, fastf, QA, RA,
+                              SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
+        else:
+            for d in range(1 - hL, hL):
+                for e in range(1 - wL, wL):
+                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, False, fastf, QA, RA,
+                              SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
+        for b in range(nb):
+            s_sc = 0.0
+            t_sc = 0.0
+            for cc in range(W):
+                s_sc += accv[cc * nb + b]
+                t_sc += acct[cc * nb + b]
+            s_sc = s_sc / (hL * hL * wL * wL)
+            t_sc = t_sc / (hL * hL * wL * wL)
+            i = ia[b]
+            j = ja[b]
+            a, bb = _tail(iop, fop, kgap + 1, s_sc, t_sc, mode == 0, Q1[i], R1[i], SK1[i],
+                          Q2[j], R2[j], SK2[j], dg)
+            if mode == 0:
+                out_nngp[i, 0] = a
+                out_ntk[i, 0] = bb
+            else:
+                out_nngp[i, j] = a
+                out_ntk[i, j] = bb
+                if mode == 1:
+                    out_nngp[j, i] = a
+                    out_ntk[j, i] = bb

@@ -60,7 +60,10 @@ class _State:
         return [(i, j, k, l) for i in range(self.h) for j in range(self.w)
                 for k in range(self.h) for l in range(self.w)]
 
-    def conv(self, q, padding, w_std, b_std):
+    def conv(self, q, padding, w_std, b_std, fan_in=None):
+        """``fan_in``: the standard parameterization (neural-tangents' ``stax.Conv``): the NTK
+        is ``fan_in mean_taps(K) + w^2 mean_taps(Theta)`` (+1 with biases), ``fan_in = q^2
+        C_in``; ``None``: the NTK parameterization, ``w^2 mean_taps(Theta) + Sigma'``."""
         ho, ti = _taps(self.h, q, padding)
         wo, tj = _taps(self.w, q, padding)
         c = mp.mpf(w_std) ** 2 / (q * q)
@@ -82,7 +85,11 @@ class _State:
                                     acc_t += T[p]
                             s = c * acc_s + b2
                             nS[(i, j, k, l)] = s
-                            nT[(i, j, k, l)] = c * acc_t + s
+                            if fan_in is None:
+                                nT[(i, j, k, l)] = c * acc_t + s
+                            else:
+                                nT[(i, j, k, l)] = (mp.mpf(fan_in) * acc_s / (q * q) + c * acc_t
+                                                    + (0 if b_std is None else 1))
             self.S[key], self.T[key] = nS, nT
         self.h, self.w = ho, wo
 
@@ -127,21 +134,27 @@ class _State:
         return out
 
 
-def _pair(x, y, same, layers, dps):
+def _pair(x, y, same, layers, dps, width):
     with mp.workdps(dps):
         st = _State(x, y, same)
         sc = None
+        chans = x.shape[2]          # channels of the representation (width after a Conv)
         for L in layers:
             kind = L["layer"]
+            std = L.get("parameterization", "ntk") == "standard"
             if sc is None:
                 if kind == "conv":
-                    st.conv(L["filter"], L["padding"], L["w_std"], L["b_std"])
+                    st.conv(L["filter"], L["padding"], L["w_std"], L["b_std"],
+                            L["filter"] ** 2 * chans if std else None)
+                    chans = width
                 elif kind == "activation":
                     st.act(L["name"], L.get("params", {}), dps)
                 elif kind == "avgpool":
                     st.pool(L["window"])
                 elif kind in ("flatten", "gap"):
                     sc = st.readout(kind)
+                    if chans is not None:
+                        chans = chans * st.h * st.w if kind == "flatten" else chans
                 else:
                     raise ValueError(f"{kind} before the readout")
             elif kind == "dense":
@@ -149,7 +162,12 @@ def _pair(x, y, same, layers, dps):
                 b2 = mp.mpf(0 if L["b_std"] is None else L["b_std"]) ** 2
                 for key in sc:
                     s = w2 * sc[key][0] + b2
-                    sc[key] = [s, w2 * sc[key][1] + s]
+                    if std:
+                        sc[key] = [s, mp.mpf(chans) * sc[key][0] + w2 * sc[key][1]
+                                   + (0 if L["b_std"] is None else 1)]
+                    else:
+                        sc[key] = [s, w2 * sc[key][1] + s]
+                chans = width
             elif kind == "activation":
                 q1, q2 = sc["xx"][0], sc["yy"][0]
                 for key, (a, b, sm) in {"xx": (q1, q1, True), "yy": (q2, q2, True),
@@ -162,8 +180,9 @@ def _pair(x, y, same, layers, dps):
         return sc["xy"]
 
 
-def mp_conv_kernels(layers, X1, X2=None, dps=30):
-    """(nngp, ntk) float64 Gram matrices of the layer dicts ``layers`` at ``dps`` digits."""
+def mp_conv_kernels(layers, X1, X2=None, dps=30, width=None):
+    """(nngp, ntk) float64 Gram matrices of the layer dicts ``layers`` at ``dps`` digits
+    (``width``: the hidden channels, for layers with ``"parameterization": "standard"``)."""
     X1 = np.asarray(X1, dtype=np.float64)
     same_set = X2 is None
     X2 = X1 if same_set else np.asarray(X2, dtype=np.float64)
@@ -175,6 +194,6 @@ def mp_conv_kernels(layers, X1, X2=None, dps=30):
             if same_set and j < i:
                 nngp[i, j], ntk[i, j] = nngp[j, i], ntk[j, i]
                 continue
-            s, t = _pair(X1[i], X2[j], same_set and i == j, layers, dps)
+            s, t = _pair(X1[i], X2[j], same_set and i == j, layers, dps, width)
             nngp[i, j], ntk[i, j] = float(s), float(t)
     return nngp, ntk
