@@ -1,11 +1,44 @@
 """What every engine shares: the overflow check of the per-row recursion, the clipped
-correlation of a pair."""
+correlation of a pair, the smooth closed forms' stable-route pairs of one row."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
 
-__all__ = ["check_rows_finite", "clipped_correlation"]
+from .._duals import diag_diff, smooth_pair, smooth_route_stable
+
+__all__ = ["check_rows_finite", "clipped_correlation", "stable_pairs"]
+
+
+@njit(cache=True, error_model="numpy")
+def stable_pairs(family, jend, qa, ra, s1, ga, q2, r2, s2, g2, A, B, D, fix_j, fix_v):
+    """The pairs ``j < jend`` of one row that take the stable route, and their duals.
+
+    A pair does when it carries ``D`` (not NaN) or when
+    :func:`infntk._duals.smooth_route_stable` says so from its gain ``ga * g2[j]``. For the
+    ``c``-th of them: ``fix_j[c] = j`` and ``fix_v[c, :5] = (k, kd, kA, kB, dk)`` from
+    :func:`infntk._duals.smooth_pair` (``dk = k11 - k22`` by ``diag_diff`` for a carried pair,
+    NaN otherwise); returns their number. The state (``A``, ``B``, ``D``) is not modified: the
+    engines run their plain pass over every pair next, then overwrite these.
+    """
+    nfix = 0
+    for j in range(jend):
+        Dj = D[j]
+        carried = Dj == Dj
+        if carried or smooth_route_stable(family, qa, q2[j], ra * r2[j], A[j], B[j],
+                                          ga * g2[j]):
+            k, kd, kA, kB = smooth_pair(family, qa, q2[j], ra, r2[j], A[j], B[j], s1, s2[j],
+                                        Dj if carried else qa - q2[j])
+            fix_j[nfix] = j
+            fix_v[nfix, 0] = k
+            fix_v[nfix, 1] = kd
+            fix_v[nfix, 2] = kA
+            fix_v[nfix, 3] = kB
+            fix_v[nfix, 4] = diag_diff(family, qa, q2[j], Dj) if carried else math.nan
+            nfix += 1
+    return nfix
 
 
 @njit(cache=True, inline="always", error_model="numpy")

@@ -27,11 +27,11 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .._duals import (arccos_pair, diag_diff, diag_dual, erf_plain, gaussian_plain, gelu_plain,
-                      kinked_state, smooth_pair, smooth_route_stable, trig_plain)
+from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gelu_plain, kinked_state,
+                      trig_plain)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
-from ._common import check_rows_finite
+from ._common import check_rows_finite, stable_pairs
 
 __all__ = ["ClosedFormEngine", "NetRecord", "RowRecord", "ColRecord", "row_statistics",
            "gram_block"]
@@ -409,30 +409,18 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
         else:
             # the pairs that take the stable route (carried D, or a small gap the rest of the
             # network would amplify): computed first from the entry state, applied last
-            ga = g1[i, l]
-            g2l = g2T[l]
-            nfix = 0
-            for j in range(jend):
-                Dj = Dq[j]
-                carried = Dj == Dj
-                if carried or smooth_route_stable(family, qa, q2l[j], ra * r2l[j], A[j], B[j],
-                                                  ga * g2l[j]):
-                    k, kd, kA, kB = smooth_pair(family, qa, q2l[j], ra, r2l[j], A[j], B[j],
-                                                s1, s2l[j], Dj if carried else qa - q2l[j])
-                    s2 = s2l[j]
-                    if carried:
-                        dk = diag_diff(family, qa, q2l[j], Dj)
-                        Dq[j] = w2 * dk
-                        if exact_d and s1 + s2 > 0.0:  # sqrt(k11) - sqrt(k22) from the pair's D
-                            s2 = s1 - dk / (s1 + s2)
-                    fix_j[nfix] = j
-                    fix_v[nfix, 0] = k
-                    fix_v[nfix, 1] = kd
-                    fix_v[nfix, 2] = kA
-                    fix_v[nfix, 3] = kB
-                    fix_v[nfix, 4] = s2
-                    fix_v[nfix, 5] = TH[j]
-                    nfix += 1
+            nfix = stable_pairs(family, jend, qa, ra, s1, g1[i, l], q2l, r2l, s2l, g2T[l], A, B,
+                                Dq, fix_j, fix_v)
+            for c in range(nfix):
+                j = fix_j[c]
+                fix_v[c, 5] = TH[j]
+                s2 = s2l[j]
+                dk = fix_v[c, 4]
+                if dk == dk:                      # carried: D' = w2 (k11 - k22)
+                    Dq[j] = w2 * dk
+                    if exact_d and s1 + s2 > 0.0:  # sqrt(k11) - sqrt(k22) from the pair's D
+                        s2 = s1 - dk / (s1 + s2)
+                fix_v[c, 4] = s2
             _plain_pass(family, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl,
                         A, B, TH, K)
             for c in range(nfix):

@@ -35,11 +35,11 @@ import numpy as np
 from numba import njit, prange
 
 from .. import hermite
-from .._duals import (arccos_pair, diag_diff, diag_dual, erf_plain, gaussian_plain, gelu_plain,
-                      kinked_state, smooth_pair, smooth_route_stable, trig_plain)
+from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gelu_plain,
+                      kinked_state, trig_plain)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
-from ._common import check_rows_finite, clipped_correlation
+from ._common import check_rows_finite, clipped_correlation, stable_pairs
 from .closed import _first_layer_gram, _first_layer_rows, _geomean, _needs_rows, _sqnorm_diff
 from .series import K_MAX, _deriv_at_zero, _LayerData
 
@@ -276,24 +276,13 @@ def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, K, KD,
             D[j] = math.nan
         return
     fix_j = np.empty(jend, dtype=np.int64)
-    fix_v = np.empty((jend, 5))
-    nfix = 0
-    for j in range(jend):
-        Dj = D[j]
-        carried = Dj == Dj
-        if carried or smooth_route_stable(family, qa, q2[j], ra * r2[j], A[j], B[j],
-                                          ga * g2[j]):
-            k, kd, kA, kB = smooth_pair(family, qa, q2[j], ra, r2[j], A[j], B[j], s1, sk2[j],
-                                        Dj if carried else qa - q2[j])
-            if carried:
-                D[j] = diag_diff(family, qa, q2[j], Dj)
-            fix_j[nfix] = j
-            fix_v[nfix, 0] = k
-            fix_v[nfix, 1] = kd
-            fix_v[nfix, 2] = kA
-            fix_v[nfix, 3] = kB
-            fix_v[nfix, 4] = KD[j]
-            nfix += 1
+    fix_v = np.empty((jend, 6))
+    nfix = stable_pairs(family, jend, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, D, fix_j, fix_v)
+    for c in range(nfix):
+        j = fix_j[c]
+        fix_v[c, 5] = KD[j]
+        if fix_v[c, 4] == fix_v[c, 4]:            # carried: D' = k11 - k22
+            D[j] = fix_v[c, 4]
     if family == FAMILY_ERF:
         for j in range(jend):
             k, kd = erf_plain(qa, q2[j], A[j], B[j])
@@ -314,7 +303,7 @@ def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, K, KD,
     for c in range(nfix):
         j = fix_j[c]
         K[j] = fix_v[c, 0]
-        KD[j] = fix_v[c, 4] * fix_v[c, 1]
+        KD[j] = fix_v[c, 5] * fix_v[c, 1]
         A[j] = fix_v[c, 2]
         B[j] = fix_v[c, 3]
 

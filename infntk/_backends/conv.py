@@ -682,6 +682,23 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
     return s_sc, t_sc
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _pair_of(t, mode, n1, n2):
+    """Pair ``t`` of a driver's list: (t, t) for the self runs (mode 0), row-major over the
+    strict upper triangle ``i < j`` (mode 1), row-major over ``n1 x n2`` (mode 2)."""
+    if mode == 0:
+        return t, t
+    if mode == 1:
+        i = int((2 * n1 - 1 - math.sqrt((2 * n1 - 1) ** 2 - 8 * t)) // 2)
+        while i > 0 and t < i * (2 * n1 - i - 1) // 2:
+            i -= 1
+        while t >= (i + 1) * (2 * n1 - i - 2) // 2:
+            i += 1
+        return i, t - i * (2 * n1 - i - 1) // 2 + i + 1
+    i = t // n2
+    return i, t - i * n2
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def drive(mode, X1, X2, iop, fop, pmap, nfull, nblock, chunk, nchunks, Q1, R1, SK1, Q2, R2,
           SK2, out_nngp, out_ntk):
@@ -718,20 +735,7 @@ def drive(mode, X1, X2, iop, fop, pmap, nfull, nblock, chunk, nchunks, Q1, R1, S
     yT = np.empty(X2.shape[1] * X2.shape[2] * X2.shape[3])
     bst = np.full(2, -1, dtype=np.int64)
     for t in range(chunk, npairs, nchunks):
-        if mode == 0:
-            i = t
-            j = t
-        elif mode == 1:
-            # t -> (i, j), i < j, row-major over the strict upper triangle
-            i = int((2 * n1 - 1 - math.sqrt((2 * n1 - 1) ** 2 - 8 * t)) // 2)
-            while i > 0 and t < i * (2 * n1 - i - 1) // 2:
-                i -= 1
-            while t >= (i + 1) * (2 * n1 - i - 2) // 2:
-                i += 1
-            j = t - i * (2 * n1 - i - 1) // 2 + i + 1
-        else:
-            i = t // n2
-            j = t - i * n2
+        i, j = _pair_of(t, mode, n1, n2)
         a, b = run_pair(X1[i], X2[j], iop, fop, pmap, Q1[i], R1[i], SK1[i], Q2[j], R2[j],
                         SK2[j], selfrun, S, T, S2, T2, U, UT, V, VT, QA, RA, QB, RB, dg, yT,
                         bst)
@@ -1170,19 +1174,7 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
         nb = min(nbmax, mine - g0)
         for b in range(nb):
             t = chunk + (g0 + b) * nchunks
-            if mode == 0:
-                i = t
-                j = t
-            elif mode == 1:
-                i = int((2 * n1 - 1 - math.sqrt((2 * n1 - 1) ** 2 - 8 * t)) // 2)
-                while i > 0 and t < i * (2 * n1 - i - 1) // 2:
-                    i -= 1
-                while t >= (i + 1) * (2 * n1 - i - 2) // 2:
-                    i += 1
-                j = t - i * (2 * n1 - i - 1) // 2 + i + 1
-            else:
-                i = t // n2
-                j = t - i * n2
+            i, j = _pair_of(t, mode, n1, n2)
             ia[b] = i
             ja[b] = j
         # the batch's images, pair index innermost (y in rows of 2 W positions)
