@@ -683,6 +683,16 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _pair_count(mode, n1, n2):
+    """Length of a driver's pair list (see :func:`_pair_of`)."""
+    if mode == 0:
+        return n1
+    if mode == 1:
+        return n1 * (n1 - 1) // 2
+    return n1 * n2
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _pair_of(t, mode, n1, n2):
     """Pair ``t`` of a driver's list: (t, t) for the self runs (mode 0), row-major over the
     strict upper triangle ``i < j`` (mode 1), row-major over ``n1 x n2`` (mode 2)."""
@@ -710,12 +720,7 @@ def drive(mode, X1, X2, iop, fop, pmap, nfull, nblock, chunk, nchunks, Q1, R1, S
     the pair runner took more compile time than all the rest of the engine)."""
     n1 = X1.shape[0]
     n2 = X2.shape[0]
-    if mode == 0:
-        npairs = n1
-    elif mode == 1:
-        npairs = n1 * (n1 - 1) // 2
-    else:
-        npairs = n1 * n2
+    npairs = _pair_count(mode, n1, n2)
     if npairs <= chunk:
         return
     selfrun = mode == 0
@@ -1135,12 +1140,7 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     H = X1.shape[1]
     W = X1.shape[2]
     C = X1.shape[3]
-    if mode == 0:
-        npairs = n1
-    elif mode == 1:
-        npairs = n1 * (n1 - 1) // 2
-    else:
-        npairs = n1 * n2
+    npairs = _pair_count(mode, n1, n2)
     if npairs <= chunk:
         return
     nst = Q1.shape[1]
