@@ -935,6 +935,16 @@ _GAIN_STABLE = 1.0
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def row_may_need_stable(qa, q2max, ga, g2max):
+    """Whether any pair of a row with the columns summarized by ``q2max = max q2`` and
+    ``g2max = max g2`` can satisfy :func:`smooth_route_stable` (otherwise only the pairs that
+    carry ``D`` take the stable route). NaN counts as large."""
+    if qa >= _PLAIN_MAX or q2max >= _PLAIN_MAX:
+        return True
+    return not (ga * g2max <= _GAIN_STABLE * _GAIN_STABLE)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def smooth_route_stable(family, q1, q2, m, A, B, gain):
     """Whether the pair needs :func:`smooth_pair` (the stable route) rather than
     :func:`smooth_plain`.

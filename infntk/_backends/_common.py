@@ -9,22 +9,37 @@ from numba import njit
 
 from .._duals import diag_diff, smooth_pair, smooth_route_stable
 
-__all__ = ["check_rows_finite", "clipped_correlation", "stable_pairs"]
+__all__ = ["check_rows_finite", "clipped_correlation", "stable_pairs", "max_or_nan"]
 
 
 @njit(cache=True, error_model="numpy")
-def stable_pairs(family, jend, qa, ra, s1, ga, q2, r2, s2, g2, A, B, D, fix_j, fix_v):
-    """The pairs ``j < jend`` of one row that take the stable route, and their duals.
+def max_or_nan(a):
+    """The largest entry of ``a`` (NaN if any entry is NaN, 0 for an empty array)."""
+    m = 0.0 if a.shape[0] == 0 else a[0]
+    for v in a:
+        if v != v:
+            return v
+        m = max(m, v)
+    return m
 
-    A pair does when it carries ``D`` (not NaN) or when
-    :func:`infntk._duals.smooth_route_stable` says so from its gain ``ga * g2[j]``. For the
-    ``c``-th of them: ``fix_j[c] = j`` and ``fix_v[c, :5] = (k, kd, kA, kB, dk)`` from
+
+@njit(cache=True, error_model="numpy")
+def stable_pairs(family, qa, ra, s1, ga, q2, r2, s2, g2, A, B, D, cand, ncand, fix_j, fix_v):
+    """The pairs ``j = cand[c]``, ``c < ncand``, of one row that take the stable route, and
+    their duals.
+
+    A candidate does when it carries ``D`` (not NaN) or when
+    :func:`infntk._duals.smooth_route_stable` says so from its gain ``ga * g2[j]`` (the caller
+    passes every column as a candidate, or only the carried ones where
+    :func:`infntk._duals.row_may_need_stable` rules the rest out). For the ``c``-th of them:
+    ``fix_j[c] = j`` and ``fix_v[c, :5] = (k, kd, kA, kB, dk)`` from
     :func:`infntk._duals.smooth_pair` (``dk = k11 - k22`` by ``diag_diff`` for a carried pair,
     NaN otherwise); returns their number. The state (``A``, ``B``, ``D``) is not modified: the
     engines run their plain pass over every pair next, then overwrite these.
     """
     nfix = 0
-    for j in range(jend):
+    for c in range(ncand):
+        j = cand[c]
         Dj = D[j]
         carried = Dj == Dj
         if carried or smooth_route_stable(family, qa, q2[j], ra * r2[j], A[j], B[j],

@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gelu_plain, kinked_state,
-                      trig_plain)
+                      row_may_need_stable, trig_plain)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 from ._common import check_rows_finite, stable_pairs
@@ -71,6 +71,8 @@ class ColRecord(NamedTuple):
     skT: np.ndarray    # (depth, n2)
     nrm: np.ndarray    # (n2,) sqrt(nsq)
     gT: np.ndarray     # (depth, n2)
+    qmax: np.ndarray   # (depth + 1,) max over the columns of qT[l]
+    gmax: np.ndarray   # (depth,) max over the columns of gT[l] (NaN if any is NaN)
 
 # Rows whose Gram cosine is within this distance of +-1 get their angle from the rows.
 _PARALLEL_TOL = 0.0625
@@ -328,7 +330,7 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     """
     family, p0, p1, depth, w2, b2, cK, cb = net
     X1, nsq1, q1, r1, sk1, g1 = rows
-    X2, nsq2, q2T, r2T, sk2T, nrm2, g2T = cols
+    X2, nsq2, q2T, r2T, sk2T, nrm2, g2T, q2max, g2max = cols
     i = row0 + ib
     jend = i + 1 if symmetric else X2.shape[0]
     d = X1.shape[1]
@@ -374,6 +376,9 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     Dq = np.empty(jend if smooth else 0)
     fix_j = np.empty(jend if smooth else 0, dtype=np.int64)
     fix_v = np.empty((jend if smooth else 0, 6))
+    allj = np.arange(jend if smooth else 0)
+    carried = np.empty(jend if smooth else 0, dtype=np.int64)
+    ncarried = 0
     if smooth:
         for j in range(jend):
             if symmetric and j == i:
@@ -382,6 +387,9 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                 Dq[j] = w2 * (_sqnorm_diff(x, X2[j]) / d)
             else:
                 Dq[j] = math.nan
+            if Dq[j] == Dq[j]:
+                carried[ncarried] = j
+                ncarried += 1
     # sin, cos, gaussian also take the bias gap's sqrt(k11) - sqrt(k22) from it
     exact_d = family == FAMILY_SIN or family == FAMILY_COS or family == FAMILY_GAUSSIAN
     for l in range(depth):
@@ -409,8 +417,13 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
         else:
             # the pairs that take the stable route (carried D, or a small gap the rest of the
             # network would amplify): computed first from the entry state, applied last
-            nfix = stable_pairs(family, jend, qa, ra, s1, g1[i, l], q2l, r2l, s2l, g2T[l], A, B,
-                                Dq, fix_j, fix_v)
+            ga = g1[i, l]
+            if row_may_need_stable(qa, q2max[l], ga, g2max[l]):
+                nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
+                                    allj, jend, fix_j, fix_v)
+            else:                                # only the pairs that carry D
+                nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
+                                    carried, ncarried, fix_j, fix_v)
             for c in range(nfix):
                 j = fix_j[c]
                 fix_v[c, 5] = TH[j]
@@ -452,6 +465,14 @@ def gram_block(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
 
 
 # ----------------------------------------------------------------------------- the engine
+def _column_max(M):
+    """Per row of ``M`` (layer-major), the largest entry; NaN if any entry is NaN (a NaN gain
+    counts as large); 0 for no columns."""
+    if M.shape[1] == 0:
+        return np.zeros(M.shape[0])
+    return np.max(M, axis=1)
+
+
 class _Plan(NamedTuple):
     rows: RowRecord
     cols: ColRecord
@@ -483,8 +504,9 @@ class ClosedFormEngine:
         rec1, _ = rows1
         rec2, _ = rows2
         qT = np.ascontiguousarray(rec2.q.T)
+        gT = np.ascontiguousarray(rec2.g.T)
         cols = ColRecord(rec2.X, rec2.nsq, qT, np.sqrt(qT), np.ascontiguousarray(rec2.sk.T),
-                         np.sqrt(rec2.nsq), np.ascontiguousarray(rec2.g.T))
+                         np.sqrt(rec2.nsq), gT, _column_max(qT), _column_max(gT))
         return _Plan(rec1, cols)
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):

@@ -36,10 +36,10 @@ from numba import njit, prange
 
 from .. import hermite
 from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gelu_plain,
-                      kinked_state, trig_plain)
+                      kinked_state, row_may_need_stable, trig_plain)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
-from ._common import check_rows_finite, clipped_correlation, stable_pairs
+from ._common import check_rows_finite, clipped_correlation, max_or_nan, stable_pairs
 from .closed import _first_layer_gram, _first_layer_rows, _geomean, _needs_rows, _sqnorm_diff
 from .series import K_MAX, _deriv_at_zero, _LayerData
 
@@ -248,16 +248,19 @@ def _dense(row0, symmetric, op, s1, rn1, s2, rn2, S):
 def _act(row0, symmetric, op, q1, r1, sk1, g1, q2, r2, sk2, g2, S):
     """One closed-form activation for the pairs of a block (:func:`_act_row` per row)."""
     A, B, K, TH, KD, D = S
+    q2max = max_or_nan(q2)
+    g2max = max_or_nan(g2)
     for ib0 in prange(K.shape[0]):
         ib = np.int64(ib0)
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
         _act_row(op.family, op.p0, op.p1, jend, q1[i], r1[i], sk1[i], g1[i], q2, r2, sk2, g2,
-                 A[ib], B[ib], K[ib], KD[ib], D[ib])
+                 q2max, g2max, A[ib], B[ib], K[ib], KD[ib], D[ib])
 
 
 @njit(cache=True, error_model="numpy")
-def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, K, KD, D):
+def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, q2max, g2max, A, B, K, KD,
+             D):
     """One row of :func:`_act`. The smooth families take the plain route (vectorized) except
     for the pairs that need the stable one (carried ``D``, or
     :func:`infntk._duals.smooth_route_stable`), exactly as the FC engine does, so that a
@@ -277,7 +280,19 @@ def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, K, KD,
         return
     fix_j = np.empty(jend, dtype=np.int64)
     fix_v = np.empty((jend, 6))
-    nfix = stable_pairs(family, jend, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, D, fix_j, fix_v)
+    cand = np.empty(jend, dtype=np.int64)
+    ncand = 0
+    if row_may_need_stable(qa, q2max, ga, g2max):
+        for j in range(jend):
+            cand[j] = j
+        ncand = jend
+    else:                                        # only the pairs that carry D
+        for j in range(jend):
+            if D[j] == D[j]:
+                cand[ncand] = j
+                ncand += 1
+    nfix = stable_pairs(family, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, D, cand, ncand, fix_j,
+                        fix_v)
     for c in range(nfix):
         j = fix_j[c]
         fix_v[c, 5] = KD[j]
@@ -331,7 +346,7 @@ def _norm(row0, symmetric, r1, r2, S):
                 TH[ib, j] = th / m
                 A[ib, j] = A[ib, j] / m
                 B[ib, j] = B[ib, j] / m
-                D[ib, j] = 0.0             # both rows have variance 1 after the norm
+                D[ib, j] = 0.0 * D[ib, j]  # variance 1 for both rows: 0 where carried
             else:                      # a zero representation stays zero (docs/composed.md)
                 K[ib, j] = 0.0
                 TH[ib, j] = 0.0
