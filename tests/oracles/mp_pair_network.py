@@ -27,7 +27,7 @@ from mpmath.calculus.quadrature import GaussLegendre
 __all__ = ["HALF", "mp_expect", "mp_pair_kernels"]
 
 HALF = 10          # [-10, 10] standard deviations: Gaussian mass outside 1.5e-23
-AGREE = 1e-20
+AGREE = 1e-17
 _CACHE = {}
 
 
