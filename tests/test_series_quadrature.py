@@ -58,14 +58,13 @@ _ERF = (special.erf, lambda x: 2 / np.sqrt(np.pi) * np.exp(-x * x), _erf_duals)
 _SIN = (np.sin, np.cos, _sin_duals)
 
 
-@pytest.mark.parametrize("case", [_ERF, _SIN], ids=["erf", "sin"])
-@pytest.mark.parametrize("kinks", [(), (0.0,)], ids=["smooth", "cut-at-0"])
+@pytest.mark.parametrize("case,kinks", [(_ERF, (0.0,)), (_SIN, ())], ids=["erf", "sin"])
 def test_rule_within_its_allowance(case, kinks):
     """``|rule - exact| <= 2 |fine - coarse| + 128 eps sqrt(E E)`` (what the engine certifies),
     and the rule is accurate to a few eps, at q1, q2 in 1e-3..300, rho in [-1, 1]."""
     f, df, duals = case
-    qs = [1e-3, 0.3, 3.0, 30.0, 100.0, 300.0]
-    rhos = [-1.0, -0.9999, -0.3, 0.0, 0.5, 0.99, 0.9999, 1 - 1e-9, 1.0]
+    qs = [1e-3, 0.3, 10.0, 100.0, 300.0]
+    rhos = [-1.0, -0.9999, 0.0, 0.9, 0.99, 0.9999, 1 - 1e-9, 1.0]
     grid = [(a, b, r) for a in qs for b in qs for r in rhos
             if f is not np.sin or a + b <= 60]       # sin's kernel is e^-(q1+q2)/2 small
     q1, q2, rho = (np.array(v) for v in zip(*grid))
