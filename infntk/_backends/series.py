@@ -1067,7 +1067,7 @@ class SeriesEngine:
                if L and self.quadrature_ok else math.inf)
         net = SeriesNet(L, Ks_arr, setup.w2, setup.b2, float(d), setup.cK, setup.cb, GRID,
                         float(thr))
-        cause = _cause(act, q, rmax, Ks)
+        cause = _cause(act, q, rmax, Ks, L > 0 and self.quadrature_ok)
         return _Plan(net, rows, cols, bnd, 64.0 * (d + Kmax + 2) * _EPS, extra, target,
                      tuple(int(k) for k in Ks), cause, store1, store2, act)
 
@@ -1130,7 +1130,8 @@ class SeriesEngine:
                 f"FCNet({self.activation.name!r}): tol={self.tol:g} (relative to the kernel "
                 f"scale {scale:.3g}) was not reached; the certified error bound is "
                 f"{plan.error_bound:.3g} (Kernels.error_bound), with truncation orders "
-                f"{plan.orders} (cap {K_MAX}). Cause: {plan.cause}.",
+                f"{plan.orders} (cap {K_MAX}). Cause: "
+                f"{_QUAD_CAUSE if plan.quad_pairs else plan.cause}.",
                 RuntimeWarning, stacklevel=4)
 
     def diag(self, rows):
@@ -1140,8 +1141,18 @@ class SeriesEngine:
         return q[-1].copy(), th[-1].copy()
 
 
-def _cause(act, q, rmax, Ks):
-    """Why the series may not reach the tolerance, in words (for the warning)."""
+#: the warning's cause when pairs went to the direct quadrature and tol is still not met
+_QUAD_CAUSE = ("the pairs the Hermite series could not certify (large variance, correlation "
+               "near 1) were computed by the direct 2-D quadrature, whose rounding allowance "
+               "(~128 eps of the scale per layer) is above the requested tol; raise tol")
+
+
+def _cause(act, q, rmax, Ks, quadrature=False):
+    """Why the series may not reach the tolerance, in words (for the warning).
+
+    ``quadrature``: whether the engine may send pairs to the direct quadrature (else large
+    variance is named as the cause, with the reason the quadrature is not used).
+    """
     parts = []
     if act.kinks:
         parts.append(f"phi or phi' has kinks at {tuple(act.kinks)}, so the Hermite tails decay "
@@ -1152,8 +1163,10 @@ def _cause(act, q, rmax, Ks):
         corr = (f", for pairs correlated up to ~{2 * close - 1:.3g}, whose rho^k damp them "
                 "slowly" if close > 0.95 else "")
         parts.append(f"large pre-activation variance (up to {qmax:.3g}; the tails of a smooth "
-                     f"phi(sqrt(q) z) decay like exp(-c sqrt(k / q)){corr}); rescale the "
-                     "inputs or lower w_std/b_std to reach tol")
+                     f"phi(sqrt(q) z) decay like exp(-c sqrt(k / q)){corr}); "
+                     + ("" if quadrature else "phi' is not continuous, so the direct 2-D "
+                        "quadrature (which needs Price's theorem for phi') is not used; ")
+                     + "rescale the inputs or lower w_std/b_std to reach tol")
     if close > 0.999:
         parts.append(f"nearly identical rows (correlation up to ~{2 * close - 1:.12g}, where "
                      "the Mehler tail is not damped)")
