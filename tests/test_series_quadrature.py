@@ -144,3 +144,16 @@ def test_jumping_derivative_keeps_the_series():
     err, scale = _judge(k, rn, rt)
     assert err <= k.error_bound
     assert k.error_bound > 1e-10 * scale
+
+
+def test_huge_variance_stays_on_the_series():
+    """Beyond variance 1e6 (standard deviation 1e3) the quadrature's panels would grow without
+    bound, so such pairs stay on the series: the call returns promptly, warns, and the bound
+    still holds (erf callable at q = 1e8 against its 30-digit closed form)."""
+    f, df = _ERF[:2]
+    X = _pair(1e8, 0.9999)
+    with pytest.warns(RuntimeWarning, match="not reached"):
+        k = infntk.FCNet(f, deriv=df, depth=1).kernels(X)
+    rn, rt = mp_kernels("erf", X, None, 1, 1.0, None, dps=30)
+    err, _ = _judge(k, rn, rt)
+    assert err <= k.error_bound

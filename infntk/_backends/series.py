@@ -57,6 +57,9 @@ _QUAD_SAFETY = 2.0
 #: a pair goes to the direct quadrature only if its Mehler bound exceeds this many eps of the
 #: scale (below, the quadrature's own rounding allowance would not be smaller)
 _QUAD_FLOOR = 1024.0
+#: largest standard deviation (every layer) of a pair sent to the direct quadrature: its panels
+#: grow like log2(r), so the work per pair stays below ~1e6 evaluations (variances <= 1e6)
+_QUAD_RMAX = 1e3
 
 
 # ----------------------------------------------------------------------------- compiled pairs
@@ -120,6 +123,18 @@ def _level(r, grid):
     while m < n - 1 and grid[m] < r:
         m += 1
     return m
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _quadrature_eligible(rq1, rq2, i, j, depth):
+    """Whether the pair ``(i, j)`` may go to the direct quadrature: no degenerate row at layer 0
+    and standard deviations ``<= _QUAD_RMAX`` at every layer (bounded work per pair)."""
+    if not rq1[0, i] * rq2[0, j] > 0.0:
+        return False
+    for l in range(depth):
+        if rq1[l, i] > _QUAD_RMAX or rq2[l, j] > _QUAD_RMAX:
+            return False
+    return True
 
 
 @njit(cache=True, error_model="numpy")
@@ -248,7 +263,7 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
             out_nngp[ib, j0 + jj] = S[jj]
             out_ntk[ib, j0 + jj] = TH[jj]
             e = max(eS[jj], eT[jj])
-            if e > thr and jj != dg and rq1[0, i] * rq2[0, j0 + jj] > 0.0:
+            if e > thr and jj != dg and _quadrature_eligible(rq1, rq2, i, j0 + jj, depth):
                 flags[ib, j0 + jj] = 1
             else:
                 worst = max(worst, e)
