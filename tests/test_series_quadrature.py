@@ -116,6 +116,15 @@ _TANH_REFS = [
     ("tanh", 100.0, 0.9999, 1, 1.0, None,
      ["0.9200078945929387690427", "6.188375629367043983043", "0.9205368634305166741274",
       "6.231215638242100281093", "0.9205368634305166685233", "6.231215638242099896683"]),
+    ("tanh", 30.0, 0.99, 1, 1.0, None,
+     ["0.8300236103320639989098", "3.209644288713600801059", "0.8562686051161012246107",
+      "3.754222124997330539876", "0.8562686051161012309545", "3.754222124997330678971"]),
+    ("tanh", 100.0, 0.99, 1, 1.0, None,
+     ["0.8793775930075261406143", "4.227833536638808786791", "0.9205368634305166741274",
+      "6.231215638242100281093", "0.9205368634305166767906", "6.231215638242100463776"]),
+    ("tanh", 30.0, 0.9999, 2, 1.0, 0.1,
+     ["0.378192917810643214502", "2.219951612835890538462", "0.37833479158280742109",
+      "2.224079866402764366134", "0.378334791582807422015", "2.224079866402764411468"]),
 ]
 
 
@@ -157,3 +166,25 @@ def test_huge_variance_stays_on_the_series():
     rn, rt = mp_kernels("erf", X, None, 1, 1.0, None, dps=30)
     err, _ = _judge(k, rn, rt)
     assert err <= k.error_bound
+
+
+def test_cross_kernel_with_close_pairs_any_block_rows():
+    """A cross kernel whose close pairs (large variance) go to the quadrature: bound honest and
+    met, and the result does not depend on the row blocks beyond the BLAS rounding of X1 X2^T."""
+    f, df = _ERF[:2]
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((5, 3)) * 6
+    B = np.vstack([A[:3] * (1 + 1e-5) + 1e-4, rng.standard_normal((3, 3)) * 4, A[4:5]])
+    net = infntk.FCNet(f, deriv=df, depth=2, b_std=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        k = net.kernels(A, B, block_rows=2)
+        k0 = net.kernels(A, B)
+    rn, rt = mp_kernels("erf", A, B, 2, 1.0, 0.3, dps=30)
+    dn, dt = mp_kernels("erf", np.vstack([A, B]), None, 2, 1.0, 0.3, dps=30)
+    scale = max(np.abs(np.diag(dn)).max(), np.abs(np.diag(dt)).max())
+    err = max(np.abs(k.nngp - rn).max(), np.abs(k.ntk - rt).max())
+    assert err <= k.error_bound <= 1e-10 * scale
+    blas = tolerance(1e-14, "row-block shape changes the BLAS rounding of X1 X2^T")
+    assert np.abs(k0.nngp - k.nngp).max() <= blas * scale
+    assert np.abs(k0.ntk - k.ntk).max() <= blas * scale
