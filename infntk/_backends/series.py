@@ -11,6 +11,12 @@ Per layer, ``K_l = sum_k a_k(q_l(x)) a_k(q_l(y)) rho_l^k`` and
 degenerate rows and the symmetric diagonal, the derivation of the bound and the choice of the
 orders are in docs/series_engine.md.
 
+Pairs whose Mehler series cannot meet the target within the order cap (large variance and
+correlation near 1) are marked by the pair loop and recomputed, layer by layer with the same
+error propagation, by the direct 2-D quadrature :func:`infntk.quadrature.pair_expectations`
+(:func:`_quadrature_pairs`; docs/series_engine.md, "Direct quadrature"), when ``phi'`` is
+continuous.
+
 Memory: ``O(n L)`` per-row records; the coefficients are made per block by fixed chunks of
 ``_COEF_CHUNK`` rows (:class:`_CoefStore`), kept only while a side fits the budget, so the
 working memory is bounded by the block (docs/series_engine.md, "Memory").
