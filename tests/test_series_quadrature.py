@@ -111,7 +111,10 @@ def test_erf_callable_reaches_tol_at_large_variance(q, rho, depth, b):
 
 # (name, q, rho, depth, w_std, b_std, [k12, t12, k11, t11, k22, t22]) made by
 # tests/oracles/mp_pair_network.mp_pair_kernels(f, df, *_pair(q, rho), depth, w_std, b_std)
-# at 25 digits (nested Gauss-Legendre, 12 and 24 nodes per piece agreeing to 1e-17)
+# at 25 digits (nested Gauss-Legendre, 12 and 24 nodes per piece agreeing to 1e-17; made
+# before the inner pieces got unit steps near w = 0, which a case at rho = 0.9 needed: at
+# these correlations sigma <= 1.4 and the mean +- j sigma cuts resolved them, as the
+# agreement check confirmed for each)
 _TANH_REFS = [
     ("tanh", 100.0, 0.9999, 1, 1.0, None,
      ["0.9200078945929387690427", "6.188375629367043983043", "0.9205368634305166741274",
@@ -131,6 +134,9 @@ _TANH_REFS = [
     ("softplus", 30.0, 0.9999, 1, 1.0, None,
      ["15.16116197539471632731", "28.08167311598892226002", "15.16245420920232993589",
       "28.0853271440249305761", "15.16245420920233088744", "28.08532714402493241125"]),
+    ("tanh", 10.0, 0.9999, 1, 1.0, None,
+     ["0.7571007690625008456718", "2.411368919099696181154", "0.7572662769213183791936",
+      "2.412990484618405057803", "0.7572662769213183781106", "2.412990484618405048504"]),
 ]
 
 

@@ -10,8 +10,9 @@ digits, written apart from the package's rules:
   ``z1 = +-i pi / (2 a)``), the whole rule taken with ``NODES`` points per piece;
 * inner variable ``w`` = ``v`` itself (not ``z2``): ``E[f(v) | z1]`` is the integral of
   ``f(w)`` against the normal density of mean ``b rho z1`` and deviation ``sig = b sqrt(1 -
-  rho^2)``, taken over ``mean +- HALF sig`` with pieces cut at ``w = 0`` and graded towards it
-  down to ``1/4`` (the poles of tanh at ``w = +-i pi/2``), and at ``mean +- j sig``;
+  rho^2)``, taken over ``mean +- HALF sig`` with pieces cut at ``w = 0``, graded towards it
+  down to ``1/4`` (the poles of tanh at ``w = +-i pi/2``) and at unit steps to ``|w| = 8``,
+  and at ``mean +- j sig``;
 * ``|rho| = 1``: the 1-D integral ``E[f(a z) f(+-b z)]`` on the outer rule.
 
 Each value is accepted only if the same integral with half as many nodes per piece (12 and
@@ -53,7 +54,7 @@ def _pieces(h, cuts, n, dps):
 
 
 def _graded(lo_scale, centre, lo, hi):
-    """Cuts at centre, centre +- lo_scale 2^j up to 1, then unit steps, inside [lo, hi]."""
+    """Cuts at centre, centre +- lo_scale 2^j up to 1, then unit steps to +-8, inside [lo, hi]."""
     cuts = {lo, hi}
     if lo < centre < hi:
         cuts.add(centre)
@@ -63,6 +64,10 @@ def _graded(lo_scale, centre, lo, hi):
             if lo < c < hi:
                 cuts.add(c)
         x *= 2
+    for k in range(1, 9):
+        for c in (centre - k, centre + k):
+            if lo < c < hi:
+                cuts.add(c)
     return cuts
 
 
