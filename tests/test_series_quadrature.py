@@ -200,3 +200,20 @@ def test_cross_kernel_with_close_pairs_any_block_rows():
     blas = tolerance(1e-14, "row-block shape changes the BLAS rounding of X1 X2^T")
     assert np.abs(k0.nngp - k.nngp).max() <= blas * scale
     assert np.abs(k0.ntk - k.ntk).max() <= blas * scale
+
+
+def test_crowded_rows_keep_the_series():
+    """Uncentred inputs of large norm: every pair is close, too many for the quadrature. Rows
+    with more than 8 such partners keep the series (fast, honest bound) and the warning says to
+    centre the inputs; rows with few partners still get the quadrature."""
+    f, df = _ERF[:2]
+    rng = np.random.default_rng(0)
+    X = 8.0 + rng.standard_normal((14, 5))          # q_0 ~ 65, correlations ~0.97-0.997
+    with pytest.warns(RuntimeWarning, match="centring the inputs"):
+        k = infntk.FCNet(f, deriv=df, depth=1).kernels(X)
+    rn, rt = mp_kernels("erf", X, None, 1, 1.0, None, dps=30)
+    err, scale = _judge(k, rn, rt)
+    assert err <= k.error_bound
+    # the first rows of the triangle (<= 8 partners each) went to the quadrature
+    first = max(np.abs(k.nngp[:9, :9] - rn[:9, :9]).max(), np.abs(k.ntk[:9, :9] - rt[:9, :9]).max())
+    assert first <= 1e-10 * scale

@@ -66,6 +66,10 @@ _QUAD_FLOOR = 1024.0
 #: largest standard deviation (every layer) of a pair sent to the direct quadrature: its panels
 #: grow like log2(r), so the work per pair stays below ~1e6 evaluations (variances <= 1e6)
 _QUAD_RMAX = 1e3
+#: a row with more than this many pairs for the direct quadrature keeps the series for all of
+#: them (the quadrature costs ~25 ms per pair and layer; meant for isolated close pairs, not
+#: for inputs whose every pair is close, such as uncentred features of large norm)
+_QUAD_ROW_PAIRS = 8
 
 
 # ----------------------------------------------------------------------------- compiled pairs
@@ -145,14 +149,15 @@ def _quadrature_eligible(rq1, rq2, i, j, depth):
 
 @njit(cache=True, error_model="numpy")
 def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb,
-                flags):
+                flags, errq):
     """One output row, by chunks of ``_CHUNK`` columns (the work vectors stay in L1).
 
     Next to the kernels it propagates, per pair, the bounds ``eS``, ``eT`` on the errors of
     the carried ``S_l`` and ``Theta_l`` (docs/series_engine.md, "Certified bound") and
     records their largest value in ``errb[ib]``. A pair whose bound exceeds ``net.thr``
     (its Mehler series has not converged, docs/series_engine.md, "Direct quadrature") is
-    marked in ``flags[ib, j]`` instead and left out of ``errb`` (the caller recomputes it).
+    marked in ``flags[ib, j]`` instead and left out of ``errb`` (the caller recomputes it);
+    the largest such bound of the row goes to ``errq[ib]`` (used if the row stays on the series).
     """
     depth, Ks, w2, b2, d, cK, cb, grid, thr = net
     nsq1, rq1, a1, b1, E1, Ed1, g1, roff = rows
@@ -170,6 +175,7 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
     eT = np.empty(_CHUNK)
     ex = 0.0
     worst = 0.0
+    worstq = 0.0
     for j0 in range(c0, jend, _CHUNK):
         nj = min(_CHUNK, jend - j0)
         jc = j0 - c0
@@ -271,15 +277,17 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
             e = max(eS[jj], eT[jj])
             if e > thr and jj != dg and _quadrature_eligible(rq1, rq2, i, j0 + jj, depth):
                 flags[ib, j0 + jj] = 1
+                worstq = max(worstq, e)
             else:
                 worst = max(worst, e)
     excess[ib] = max(excess[ib], ex)
     errb[ib] = max(errb[ib], worst)
+    errq[ib] = max(errq[ib], worstq)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb,
-                 flags):
+                 flags, errq):
     """Fill the rows ``ib`` of one block of the NNGP and NTK Gram matrices.
 
     ``net``: :class:`SeriesNet`, ``rows``: :class:`SeriesRows`, ``cols``: :class:`SeriesCols`,
@@ -294,18 +302,19 @@ def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, ex
     is computed). ``excess[ib]``, ``errb[ib]`` are raised (not overwritten) to the largest
     ``|rho| - 1`` clipped and the largest certified error bound of the row's entries (both
     kernels) in this call, leaving out the pairs whose bound exceeds ``net.thr``: those are
-    marked in ``flags[ib, j]`` (``int8``, raised to 1, never cleared) for the caller.
+    marked in ``flags[ib, j]`` (``int8``, raised to 1, never cleared) for the caller, and the
+    largest of their bounds per row in ``errq[ib]`` (raised).
     Rows are taken in pairs ``(t, nb-1-t)`` to balance the triangle between threads.
     """
     nb = G.shape[0]
     for t0 in prange((nb + 1) // 2):
         t = np.int64(t0)      # prange indices are uint64: one signature of the row kernel
         _series_row(t, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess,
-                    errb, flags)
+                    errb, flags, errq)
         u = nb - 1 - t
         if u != t:
             _series_row(u, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
-                        excess, errb, flags)
+                        excess, errb, flags, errq)
 
 
 # ----------------------------------------------------------------------------- admissible phi
@@ -962,6 +971,7 @@ class _Plan:
         self.net, self.rows, self.cols, self.bnd = net, rows, cols, bnd
         self.act = act
         self.quad_pairs = 0           # pairs computed by the direct quadrature
+        self.crowded_rows = 0         # rows left on the series (too many such pairs)
         self._e2 = {}                 # (layer, side, row) -> 1.25 E[phi2^2]
         self.store1, self.store2 = store1, store2     # the same object when symmetric
         self.budget_set = False
@@ -1112,6 +1122,7 @@ class SeriesEngine:
         ex = np.zeros(nb)
         eb = np.zeros(nb)
         flags = np.zeros((nb, ncols), dtype=np.int8)
+        eq_rows = np.zeros(nb)
         if plan.net.depth == 0:
             a1, b1, g1 = plan.rows.a, plan.rows.b, plan.rows.g
         else:
@@ -1127,9 +1138,17 @@ class SeriesEngine:
             cols = plan.cols._replace(aT=aT, bT=bT, g=g2, start=c0,
                                       stop=min(stop, c0 + _COEF_CHUNK))
             series_block(plan.net, rows, cols, plan.bnd, G, row0, symmetric, out_nngp,
-                         out_ntk, ex, eb, flags)
+                         out_ntk, ex, eb, flags, eq_rows)
         plan.excess = max(plan.excess, float(ex.max()))
         plan.pairs = max(plan.pairs, float(eb.max()))
+        count = flags.sum(axis=1, dtype=np.int64)
+        crowded = count > _QUAD_ROW_PAIRS
+        if crowded.any():
+            # rows with many such partners (e.g. uncentred inputs of large norm: every pair
+            # correlated) stay on the series with its bound: the quadrature is for few pairs
+            flags[crowded] = 0
+            plan.pairs = max(plan.pairs, float(eq_rows[crowded].max()))
+            plan.crowded_rows += int(crowded.sum())
         ib, jc = np.nonzero(flags)
         if ib.size:
             # pairs the Mehler series cannot certify: direct 2-D quadrature, layer by layer
@@ -1147,12 +1166,13 @@ class SeriesEngine:
                 f"{plan.allowed:.3g}); this is a bug, please report it.")
         if plan.error_bound > plan.target:
             scale = plan.target / self.tol
+            cause = (_crowded_cause(plan) if plan.crowded_rows else
+                     _QUAD_CAUSE if plan.quad_pairs else plan.cause)
             warnings.warn(
                 f"FCNet({self.activation.name!r}): tol={self.tol:g} (relative to the kernel "
                 f"scale {scale:.3g}) was not reached; the certified error bound is "
                 f"{plan.error_bound:.3g} (Kernels.error_bound), with truncation orders "
-                f"{plan.orders} (cap {K_MAX}). Cause: "
-                f"{_QUAD_CAUSE if plan.quad_pairs else plan.cause}.",
+                f"{plan.orders} (cap {K_MAX}). Cause: {cause}.",
                 RuntimeWarning, stacklevel=4)
 
     def diag(self, rows):
@@ -1166,6 +1186,15 @@ class SeriesEngine:
 _QUAD_CAUSE = ("the pairs the Hermite series could not certify (large variance, correlation "
                "near 1) were computed by the direct 2-D quadrature, whose rounding allowance "
                "(~128 eps of the scale per layer) is above the requested tol; raise tol")
+
+
+def _crowded_cause(plan):
+    """The warning's cause when rows had too many pairs for the direct quadrature."""
+    return (f"{plan.crowded_rows} rows each had more than {_QUAD_ROW_PAIRS} partners of large "
+            "variance and correlation near 1, where the Hermite series cannot converge (too "
+            "many for the direct 2-D quadrature, ~25 ms per pair and layer); those pairs keep "
+            f"the series ({plan.cause}); centring the inputs (subtracting their mean) usually "
+            "removes such correlations")
 
 
 def _cause(act, q, rmax, Ks, quadrature=False):
