@@ -114,7 +114,7 @@ def test_erf_callable_reaches_tol_at_large_variance(q, rho, depth, b):
 # at 25 digits (nested Gauss-Legendre, 12 and 24 nodes per piece agreeing to 1e-17; made
 # before the inner pieces got unit steps near w = 0, which a case at rho = 0.9 needed: at
 # these correlations sigma <= 1.4 and the mean +- j sigma cuts resolved them, as the
-# agreement check confirmed for each)
+# agreement check confirmed for each; the last two were made with the unit steps)
 _TANH_REFS = [
     ("tanh", 100.0, 0.9999, 1, 1.0, None,
      ["0.9200078945929387690427", "6.188375629367043983043", "0.9205368634305166741274",
@@ -137,6 +137,12 @@ _TANH_REFS = [
     ("tanh", 10.0, 0.9999, 1, 1.0, None,
      ["0.7571007690625008456718", "2.411368919099696181154", "0.7572662769213183791936",
       "2.412990484618405057803", "0.7572662769213183781106", "2.412990484618405048504"]),
+    ("tanh", 100.0, 0.9, 1, 1.0, None,
+     ["0.7023812851582134459922", "1.963766273281634524836", "0.9205368634305166741274",
+      "6.231215638242100281093", "0.9205368634305166757027", "6.231215638242100389153"]),
+    ("tanh", 10.0, 0.99, 1, 1.0, None,
+     ["0.7413001275533325162564", "2.268256867958036970164", "0.7572662769213183791936",
+      "2.412990484618405057803", "0.7572662769213183715565", "2.412990484618404992225"]),
 ]
 
 
