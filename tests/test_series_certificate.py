@@ -6,7 +6,9 @@ variance), sin, gelu -- and kinked ones (abs, relu), on rows whose first-layer v
 drawn log-uniformly in ``[1e-3, 1e2]``, including nearly identical rows (correlation up to
 ``1 - 1e-6``, where the Mehler tail at large variance is not damped and the bound must still
 hold). Property: ``max |K - reference| <= error_bound`` always; where the requested ``tol`` is
-reported as met, the reference agrees with it.
+reported as met, the reference agrees with it; for the smooth callables the tol is always met
+(pairs whose Mehler series cannot converge go to the direct 2-D quadrature,
+docs/series_engine.md, "Direct quadrature").
 """
 
 import numpy as np
@@ -52,7 +54,7 @@ def _rows(draw):
     logq = np.array([draw(st.floats(-3.0, 2.0)) for _ in range(n)])
     X = dirs * np.sqrt(d * 10.0 ** logq)[:, None]     # q_0 = |x|^2 / d at w_std = 1
     if draw(st.booleans()):
-        eps = draw(st.sampled_from([1e-6, 1e-3, 1e-1]))
+        eps = draw(st.sampled_from([1e-9, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1]))
         X[-1] = X[0] * (1 + eps) + eps * np.sqrt(10.0 ** logq[0])
     return X
 
@@ -66,6 +68,8 @@ def test_certificate_holds_at_variances_up_to_1e2(X, case, depth, w, b, tol):
     assert err <= k.error_bound, (err, k.error_bound, k.orders)
     if k.error_bound <= tol * scale * (1 - SCALE_RTOL):
         assert err <= tol * scale
+    if case[0] in SMOOTH:
+        assert k.error_bound <= tol * scale * (1 + SCALE_RTOL), (k.error_bound, k.orders)
 
 
 def _pair(q, rho):
@@ -73,13 +77,14 @@ def _pair(q, rho):
     return np.array([[s, 0.0]]), np.array([[s * rho, s * np.sqrt(1 - rho * rho)]])
 
 
-@pytest.mark.parametrize("q", [1e-3, 1.0, 10.0, 100.0])
-@pytest.mark.parametrize("rho", [0.5, 0.9])
+@pytest.mark.parametrize("q", [1e-3, 1.0, 10.0, 30.0, 100.0])
+@pytest.mark.parametrize("rho", [0.5, 0.9, 0.99, 0.9999])
 def test_bound_is_tight_for_a_steep_sigmoid(q, rho):
     """erf at variance q: the bound is within 1e3 of the true error or at the 1e-13 floor.
 
     (Before the graded rounding terms: 2.6e3 times the error and 6e-13 of the scale at
-    q = 100, rho = 0.9.)
+    q = 100, rho = 0.9. Before the direct quadrature, at q >= 30 and rho >= 0.99 the series had
+    not converged at the order cap: error 2.4e-6 .. 3.7e-2, bound 1-3x the error.)
     """
     f, df = special.erf, lambda x: 2 / np.sqrt(np.pi) * np.exp(-x * x)
     X1, X2 = _pair(q, rho)

@@ -11,6 +11,12 @@ Per layer, ``K_l = sum_k a_k(q_l(x)) a_k(q_l(y)) rho_l^k`` and
 degenerate rows and the symmetric diagonal, the derivation of the bound and the choice of the
 orders are in docs/series_engine.md.
 
+Pairs whose Mehler series cannot meet the target within the order cap (large variance and
+correlation near 1) are marked by the pair loop and recomputed, layer by layer with the same
+error propagation, by the direct 2-D quadrature :func:`infntk.quadrature.pair_expectations`
+(:func:`_quadrature_pairs`; docs/series_engine.md, "Direct quadrature"), when ``phi'`` is
+continuous.
+
 Memory: ``O(n L)`` per-row records; the coefficients are made per block by fixed chunks of
 ``_COEF_CHUNK`` rows (:class:`_CoefStore`), kept only while a side fits the budget, so the
 working memory is bounded by the block (docs/series_engine.md, "Memory").
@@ -29,6 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import hermite
+from ..quadrature import pair_expectations
 from ._common import check_rows_finite, clipped_correlation
 
 __all__ = ["SeriesEngine", "SeriesNet", "SeriesRows", "SeriesCols", "series_block", "K_MAX"]
@@ -47,6 +54,22 @@ _COEF_CHUNK = 512
 _COEF_BUDGET = 64 * 2 ** 20
 #: entries of one block of the extra Gram pass in :func:`_partners`
 _PARTNER_FLOATS = 2 ** 19
+#: rounding allowance of the direct 2-D quadrature, in eps times sqrt(E_x E_y) (contiguous
+#: pairwise sums of ~600 terms on each axis, the nodes' weights, phi's own rounding; measured
+#: <= 20 eps against closed forms and mpmath, tests/test_series_quadrature.py)
+_QUAD_ERR = 128.0
+#: safety factor on the estimate |fine - coarse| of the direct quadrature's error
+_QUAD_SAFETY = 2.0
+#: a pair goes to the direct quadrature only if its Mehler bound exceeds this many eps of the
+#: scale (below, the quadrature's own rounding allowance would not be smaller)
+_QUAD_FLOOR = 1024.0
+#: largest standard deviation (every layer) of a pair sent to the direct quadrature: its panels
+#: grow like log2(r), so the work per pair stays below ~1e6 evaluations (variances <= 1e6)
+_QUAD_RMAX = 1e3
+#: a row with more than this many pairs for the direct quadrature keeps the series for all of
+#: them (the quadrature costs ~25 ms per pair and layer; meant for isolated close pairs, not
+#: for inputs whose every pair is close, such as uncentred features of large norm)
+_QUAD_ROW_PAIRS = 8
 
 
 # ----------------------------------------------------------------------------- compiled pairs
@@ -112,15 +135,31 @@ def _level(r, grid):
     return m
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _quadrature_eligible(rq1, rq2, i, j, depth):
+    """Whether the pair ``(i, j)`` may go to the direct quadrature: no degenerate row at layer 0
+    and standard deviations ``<= _QUAD_RMAX`` at every layer (bounded work per pair)."""
+    if not rq1[0, i] * rq2[0, j] > 0.0:
+        return False
+    for l in range(depth):
+        if rq1[l, i] > _QUAD_RMAX or rq2[l, j] > _QUAD_RMAX:
+            return False
+    return True
+
+
 @njit(cache=True, error_model="numpy")
-def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb):
+def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb,
+                flags, errq):
     """One output row, by chunks of ``_CHUNK`` columns (the work vectors stay in L1).
 
     Next to the kernels it propagates, per pair, the bounds ``eS``, ``eT`` on the errors of
     the carried ``S_l`` and ``Theta_l`` (docs/series_engine.md, "Certified bound") and
-    records their largest value in ``errb[ib]``.
+    records their largest value in ``errb[ib]``. A pair whose bound exceeds ``net.thr``
+    (its Mehler series has not converged, docs/series_engine.md, "Direct quadrature") is
+    marked in ``flags[ib, j]`` instead and left out of ``errb`` (the caller recomputes it);
+    the largest such bound of the row goes to ``errq[ib]`` (used if the row stays on the series).
     """
-    depth, Ks, w2, b2, d, cK, cb, grid = net
+    depth, Ks, w2, b2, d, cK, cb, grid, thr = net
     nsq1, rq1, a1, b1, E1, Ed1, g1, roff = rows
     rq2, a2T, b2T, g2, c0, c1 = cols
     sE1, sEd1, stT1, stD1, sS11, th01, sE2, sEd2, stT2, stD2, sS12, th02, first, rnd = bnd
@@ -136,6 +175,7 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
     eT = np.empty(_CHUNK)
     ex = 0.0
     worst = 0.0
+    worstq = 0.0
     for j0 in range(c0, jend, _CHUNK):
         nj = min(_CHUNK, jend - j0)
         jc = j0 - c0
@@ -230,16 +270,24 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
                 TH[jj] = thn
                 S[jj] = w2 * acc[jj] + b2
                 eS[jj] = w2 * eK + 4.0 * _EPS * abs(S[jj])
+        dg = i - j0 if symmetric else -1
         for jj in range(nj):
             out_nngp[ib, j0 + jj] = S[jj]
             out_ntk[ib, j0 + jj] = TH[jj]
-            worst = max(worst, eS[jj], eT[jj])
+            e = max(eS[jj], eT[jj])
+            if e > thr and jj != dg and _quadrature_eligible(rq1, rq2, i, j0 + jj, depth):
+                flags[ib, j0 + jj] = 1
+                worstq = max(worstq, e)
+            else:
+                worst = max(worst, e)
     excess[ib] = max(excess[ib], ex)
     errb[ib] = max(errb[ib], worst)
+    errq[ib] = max(errq[ib], worstq)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb):
+def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb,
+                 flags, errq):
     """Fill the rows ``ib`` of one block of the NNGP and NTK Gram matrices.
 
     ``net``: :class:`SeriesNet`, ``rows``: :class:`SeriesRows`, ``cols``: :class:`SeriesCols`,
@@ -253,18 +301,20 @@ def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, ex
     columns). ``E1, Ed1``: exact diagonal values used when ``symmetric`` (then only ``j <= i``
     is computed). ``excess[ib]``, ``errb[ib]`` are raised (not overwritten) to the largest
     ``|rho| - 1`` clipped and the largest certified error bound of the row's entries (both
-    kernels) in this call.
+    kernels) in this call, leaving out the pairs whose bound exceeds ``net.thr``: those are
+    marked in ``flags[ib, j]`` (``int8``, raised to 1, never cleared) for the caller, and the
+    largest of their bounds per row in ``errq[ib]`` (raised).
     Rows are taken in pairs ``(t, nb-1-t)`` to balance the triangle between threads.
     """
     nb = G.shape[0]
     for t0 in prange((nb + 1) // 2):
         t = np.int64(t0)      # prange indices are uint64: one signature of the row kernel
         _series_row(t, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess,
-                    errb)
+                    errb, flags, errq)
         u = nb - 1 - t
         if u != t:
             _series_row(u, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
-                        excess, errb)
+                        excess, errb, flags, errq)
 
 
 # ----------------------------------------------------------------------------- admissible phi
@@ -667,6 +717,83 @@ def _power_np(a, n):
         return np.where(a >= 1.0, 1.0, np.exp(n * np.log(np.maximum(a, 0.0))))
 
 
+# ----------------------------------------------------------------------------- direct quadrature
+def derivative_is_continuous(act):
+    """Whether ``phi'`` is continuous on ``|x| <= 1e4`` (:func:`check_continuous` on it).
+
+    The direct quadrature bounds the change of ``E[phi'(u) phi'(v)]`` with the covariance by
+    Price's theorem applied to ``phi'``, which needs a continuous ``phi'`` (docs/series_engine.md,
+    "Direct quadrature"); for a jumping ``phi'`` (relu-like, abs, elu with ``alpha != 1``) the
+    engine keeps the Mehler series and its (then loose) bound.
+    """
+    dact = dataclasses.replace(act, fn=act.deriv, name=f"{act.name}'")
+    try:
+        check_continuous(dact)
+    except ValueError:
+        return False
+    return True
+
+
+def _second_derivative_moment(act, r):
+    """``1.25 E[phi2(r z)^2]`` for each standard deviation ``r (m,)``, ``phi2`` the second
+    derivative of ``phi`` (1.25: a margin).
+
+    ``phi2`` by central differences of ``phi'`` (step ``2^-17 max(1, |x|)``: truncation
+    ``~h^2 |phi^(4)| / 6`` and rounding ``~eps |phi'| / h``, both ``~1e-10`` relative, far inside
+    the margin), on the composite rule of :mod:`infntk.hermite` (kinks are breakpoints).
+    """
+    out = np.empty(r.size)
+    for t, rt in enumerate(r):
+        if rt <= 0.0:
+            out[t] = 0.0
+            continue
+        z, sw = hermite._composite_rule(0, float(rt), act.kinks)
+        x = rt * z
+        h = 2.0 ** -17 * np.maximum(1.0, np.abs(x))
+        d2 = (np.asarray(act.deriv(x + h), float) - np.asarray(act.deriv(x - h), float)) / (2 * h)
+        out[t] = 1.25 * float(np.sum((sw * d2) ** 2))
+    return out
+
+
+def _quadrature_pairs(act, net, plan, G, row0, ib, jc):
+    """Kernels and bounds of the pairs ``(row0 + ib, jc)`` by direct 2-D quadrature per layer.
+
+    The same recursion and error propagation as the pair loop (docs/series_engine.md,
+    "Certified bound"), with ``K_l, kd_l`` from :func:`infntk.quadrature.pair_expectations`
+    instead of the Mehler series: per layer, ``eK = sqrt(E'E') eS + e_Q`` and ``ekd =
+    sqrt(E2_x E2_y) eS + e_Q'`` (Price's theorem for ``phi'``, ``E2`` the second moment of the
+    second derivative), with the quadrature's error ``e_Q = 2 |fine - coarse| + 128 eps
+    sqrt(E E)``. Returns ``(nngp, ntk, bound)``, each ``(P,)``.
+    """
+    depth, Ks, w2, b2, d, cK, cb, grid, thr = net
+    bnd = plan.bnd
+    i = row0 + ib
+    rq1, rq2 = plan.rows.rq, plan.cols.rq
+    g = G[ib, jc] / d
+    S = w2 * g + b2
+    TH = cK[0] * g + cb[0]
+    eS = bnd.first * rq1[0, i] * rq2[0, jc]
+    eT = bnd.first * np.sqrt(bnd.th01[i] * bnd.th02[jc])
+    for l in range(depth):
+        r1, r2 = rq1[l, i], rq2[l, jc]
+        m = r1 * r2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.clip(np.where(m > 0, S / m, 0.0), -1.0, 1.0)
+        res = pair_expectations(act.fn, act.deriv, act.kinks, r1, r2, rho)
+        pE = bnd.sE1[l, i] * bnd.sE2[l, jc]
+        lip = bnd.sEd1[l, i] * bnd.sEd2[l, jc]
+        sens = np.sqrt(plan.second_moment(l, 1, i, r1) * plan.second_moment(l, 2, jc, r2))
+        eK = lip * eS + _QUAD_SAFETY * res.dk + _QUAD_ERR * _EPS * pE
+        ekd = sens * eS + _QUAD_SAFETY * res.dkd + _QUAD_ERR * _EPS * lip
+        thn = cK[l + 1] * res.k + w2 * res.kd * TH + cb[l + 1]
+        eT = (cK[l + 1] * eK + w2 * (np.abs(res.kd) * eT + ekd * (np.abs(TH) + eT))
+              + 4.0 * _EPS * np.abs(thn))
+        TH = thn
+        S = w2 * res.k + b2
+        eS = w2 * eK + 4.0 * _EPS * np.abs(S)
+    return S, TH, np.maximum(eS, eT)
+
+
 # ----------------------------------------------------------------------------- the engine
 class SeriesNet(NamedTuple):
     """The network, as the compiled pair loop sees it."""
@@ -679,6 +806,7 @@ class SeriesNet(NamedTuple):
     cK: np.ndarray
     cb: np.ndarray
     grid: np.ndarray   # GRID, the levels of the graded sums
+    thr: float         # pairs whose bound exceeds it go to the direct quadrature (inf: none)
 
 
 class SeriesRows(NamedTuple):
@@ -839,8 +967,12 @@ class _Plan:
     """What ``prepare`` hands to ``block`` and ``finish``; ``error_bound`` grows per block."""
 
     def __init__(self, net, rows, cols, bnd, allowed, extra, target, orders, cause,
-                 store1, store2):
+                 store1, store2, act=None):
         self.net, self.rows, self.cols, self.bnd = net, rows, cols, bnd
+        self.act = act
+        self.quad_pairs = 0           # pairs computed by the direct quadrature
+        self.crowded_rows = 0         # rows left on the series (too many such pairs)
+        self._e2 = {}                 # (layer, side, row) -> 1.25 E[phi2^2]
         self.store1, self.store2 = store1, store2     # the same object when symmetric
         self.budget_set = False
         self.excess = 0.0
@@ -854,6 +986,19 @@ class _Plan:
     @property
     def error_bound(self):
         return float(self.pairs + self.extra)
+
+    def second_moment(self, l, side, idx, r):
+        """``1.25 E[phi2(r z)^2]`` (``phi2 = phi''``) of rows ``idx`` of a side at layer ``l``
+        (cached per row)."""
+        out = np.empty(idx.size)
+        keys = [(l, side, int(j)) for j in idx]
+        todo = sorted({t for t, key in enumerate(keys) if key not in self._e2})
+        if todo:
+            for t, v in zip(todo, _second_derivative_moment(self.act, r[todo])):
+                self._e2[keys[t]] = float(v)
+        for t, key in enumerate(keys):
+            out[t] = self._e2[key]
+        return out
 
 
 class SeriesEngine:
@@ -877,6 +1022,15 @@ class SeriesEngine:
         self.activation = activation
         self.setup = setup
         self.tol = tol
+        self._quadrature_ok = None
+
+    @property
+    def quadrature_ok(self):
+        """Whether pairs the Mehler series cannot certify may use the direct quadrature
+        (``phi'`` continuous, :func:`derivative_is_continuous`; checked once)."""
+        if self._quadrature_ok is None:
+            self._quadrature_ok = derivative_is_continuous(self.activation)
+        return self._quadrature_ok
 
     def rows(self, X):
         """The rows and their squared norms (the statistics are computed for both sides at once)."""
@@ -936,13 +1090,17 @@ class SeriesEngine:
                           np.ascontiguousarray(Ecl[:, :n1]), np.ascontiguousarray(Edl[:, :n1]),
                           gempty, 0)
         cols = SeriesCols(np.ascontiguousarray(rq[:, c]), empty, empty, gempty, 0, 0)
-        net = SeriesNet(L, Ks_arr, setup.w2, setup.b2, float(d), setup.cK, setup.cb, GRID)
         # the row statistics (quadrature of E[phi^2], relative ~1e-15 per layer) are not in the
         # per-pair recursion: a fixed allowance covers them
         extra = 64.0 * L * _EPS * scale
-        cause = _cause(act, q, rmax, Ks)
+        # pairs whose Mehler bound would miss the target go to the direct quadrature
+        thr = (max(target - extra, _QUAD_FLOOR * _EPS * scale)
+               if L and self.quadrature_ok else math.inf)
+        net = SeriesNet(L, Ks_arr, setup.w2, setup.b2, float(d), setup.cK, setup.cb, GRID,
+                        float(thr))
+        cause = _cause(act, q, rmax, Ks, L > 0 and self.quadrature_ok)
         return _Plan(net, rows, cols, bnd, 64.0 * (d + Kmax + 2) * _EPS, extra, target,
-                     tuple(int(k) for k in Ks), cause, store1, store2)
+                     tuple(int(k) for k in Ks), cause, store1, store2, act)
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):
         """One row block, by column chunks of ``_COEF_CHUNK`` (coefficients made per chunk).
@@ -963,6 +1121,8 @@ class SeriesEngine:
         G = np.ascontiguousarray(G)
         ex = np.zeros(nb)
         eb = np.zeros(nb)
+        flags = np.zeros((nb, ncols), dtype=np.int8)
+        eq_rows = np.zeros(nb)
         if plan.net.depth == 0:
             a1, b1, g1 = plan.rows.a, plan.rows.b, plan.rows.g
         else:
@@ -978,9 +1138,25 @@ class SeriesEngine:
             cols = plan.cols._replace(aT=aT, bT=bT, g=g2, start=c0,
                                       stop=min(stop, c0 + _COEF_CHUNK))
             series_block(plan.net, rows, cols, plan.bnd, G, row0, symmetric, out_nngp,
-                         out_ntk, ex, eb)
+                         out_ntk, ex, eb, flags, eq_rows)
         plan.excess = max(plan.excess, float(ex.max()))
         plan.pairs = max(plan.pairs, float(eb.max()))
+        count = flags.sum(axis=1, dtype=np.int64)
+        crowded = count > _QUAD_ROW_PAIRS
+        if crowded.any():
+            # rows with many such partners (e.g. uncentred inputs of large norm: every pair
+            # correlated) stay on the series with its bound: the quadrature is for few pairs
+            flags[crowded] = 0
+            plan.pairs = max(plan.pairs, float(eq_rows[crowded].max()))
+            plan.crowded_rows += int(crowded.sum())
+        ib, jc = np.nonzero(flags)
+        if ib.size:
+            # pairs the Mehler series cannot certify: direct 2-D quadrature, layer by layer
+            nn, nt, eq = _quadrature_pairs(self.activation, plan.net, plan, G, row0, ib, jc)
+            out_nngp[ib, jc] = nn
+            out_ntk[ib, jc] = nt
+            plan.pairs = max(plan.pairs, float(eq.max()))
+            plan.quad_pairs += int(ib.size)
 
     def finish(self, plan):
         worst = plan.excess
@@ -990,11 +1166,13 @@ class SeriesEngine:
                 f"{plan.allowed:.3g}); this is a bug, please report it.")
         if plan.error_bound > plan.target:
             scale = plan.target / self.tol
+            cause = (_crowded_cause(plan) if plan.crowded_rows else
+                     _QUAD_CAUSE if plan.quad_pairs else plan.cause)
             warnings.warn(
                 f"FCNet({self.activation.name!r}): tol={self.tol:g} (relative to the kernel "
                 f"scale {scale:.3g}) was not reached; the certified error bound is "
                 f"{plan.error_bound:.3g} (Kernels.error_bound), with truncation orders "
-                f"{plan.orders} (cap {K_MAX}). Cause: {plan.cause}.",
+                f"{plan.orders} (cap {K_MAX}). Cause: {cause}.",
                 RuntimeWarning, stacklevel=4)
 
     def diag(self, rows):
@@ -1004,8 +1182,27 @@ class SeriesEngine:
         return q[-1].copy(), th[-1].copy()
 
 
-def _cause(act, q, rmax, Ks):
-    """Why the series may not reach the tolerance, in words (for the warning)."""
+#: the warning's cause when pairs went to the direct quadrature and tol is still not met
+_QUAD_CAUSE = ("the pairs the Hermite series could not certify (large variance, correlation "
+               "near 1) were computed by the direct 2-D quadrature, whose rounding allowance "
+               "(~128 eps of the scale per layer) is above the requested tol; raise tol")
+
+
+def _crowded_cause(plan):
+    """The warning's cause when rows had too many pairs for the direct quadrature."""
+    return (f"{plan.crowded_rows} rows each had more than {_QUAD_ROW_PAIRS} partners of large "
+            "variance and correlation near 1, where the Hermite series cannot converge (too "
+            "many for the direct 2-D quadrature, ~25 ms per pair and layer); those pairs keep "
+            f"the series ({plan.cause}); centring the inputs (subtracting their mean) usually "
+            "removes such correlations")
+
+
+def _cause(act, q, rmax, Ks, quadrature=False):
+    """Why the series may not reach the tolerance, in words (for the warning).
+
+    ``quadrature``: whether the engine may send pairs to the direct quadrature (else large
+    variance is named as the cause, with the reason the quadrature is not used).
+    """
     parts = []
     if act.kinks:
         parts.append(f"phi or phi' has kinks at {tuple(act.kinks)}, so the Hermite tails decay "
@@ -1016,8 +1213,10 @@ def _cause(act, q, rmax, Ks):
         corr = (f", for pairs correlated up to ~{2 * close - 1:.3g}, whose rho^k damp them "
                 "slowly" if close > 0.95 else "")
         parts.append(f"large pre-activation variance (up to {qmax:.3g}; the tails of a smooth "
-                     f"phi(sqrt(q) z) decay like exp(-c sqrt(k / q)){corr}); rescale the "
-                     "inputs or lower w_std/b_std to reach tol")
+                     f"phi(sqrt(q) z) decay like exp(-c sqrt(k / q)){corr}); "
+                     + ("" if quadrature else "phi' is not continuous, so the direct 2-D "
+                        "quadrature (which needs Price's theorem for phi') is not used; ")
+                     + "rescale the inputs or lower w_std/b_std to reach tol")
     if close > 0.999:
         parts.append(f"nearly identical rows (correlation up to ~{2 * close - 1:.12g}, where "
                      "the Mehler tail is not damped)")
