@@ -37,13 +37,24 @@ def stable_pairs(family, qa, ra, s1, ga, q2, r2, s2, g2, A, B, D, cand, ncand, f
     NaN otherwise); returns their number. The state (``A``, ``B``, ``D``) is not modified: the
     engines run their plain pass over every pair next, then overwrite these.
     """
+    # the test first, in a loop that vectorizes (its one output is allocated here), then the
+    # rare pairs that pass it
+    flag = np.empty(ncand, dtype=np.uint8)
+    count = 0
+    for c in range(ncand):
+        j = cand[c]
+        f = D[j] == D[j] or smooth_route_stable(family, qa, q2[j], ra * r2[j], A[j], B[j],
+                                                ga * g2[j])
+        flag[c] = f
+        count += f
     nfix = 0
+    if count == 0:
+        return 0
     for c in range(ncand):
         j = cand[c]
         Dj = D[j]
         carried = Dj == Dj
-        if carried or smooth_route_stable(family, qa, q2[j], ra * r2[j], A[j], B[j],
-                                          ga * g2[j]):
+        if flag[c]:
             k, kd, kA, kB = smooth_pair(family, qa, q2[j], ra, r2[j], A[j], B[j], s1, s2[j],
                                         Dj if carried else qa - q2[j])
             fix_j[nfix] = j
