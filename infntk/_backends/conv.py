@@ -683,6 +683,21 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _write_pair(mode, i, j, a, b, out_nngp, out_ntk):
+    """Store pair ``(i, j)``'s NNGP ``a`` and NTK ``b`` (see :func:`_pair_of` for ``mode``; the
+    symmetric Gram is mirrored here, the self runs go to column 0)."""
+    if mode == 0:
+        out_nngp[i, 0] = a
+        out_ntk[i, 0] = b
+    else:
+        out_nngp[i, j] = a
+        out_ntk[i, j] = b
+        if mode == 1:
+            out_nngp[j, i] = a
+            out_ntk[j, i] = b
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _pair_count(mode, n1, n2):
     """Length of a driver's pair list (see :func:`_pair_of`)."""
     if mode == 0:
@@ -744,15 +759,7 @@ def drive(mode, X1, X2, iop, fop, pmap, nfull, nblock, chunk, nchunks, Q1, R1, S
         a, b = run_pair(X1[i], X2[j], iop, fop, pmap, Q1[i], R1[i], SK1[i], Q2[j], R2[j],
                         SK2[j], selfrun, S, T, S2, T2, U, UT, V, VT, QA, RA, QB, RB, dg, yT,
                         bst)
-        if mode == 0:
-            out_nngp[i, 0] = a
-            out_ntk[i, 0] = b
-        else:
-            out_nngp[i, j] = a
-            out_ntk[i, j] = b
-            if mode == 1:
-                out_nngp[j, i] = a
-                out_ntk[j, i] = b
+        _write_pair(mode, i, j, a, b, out_nngp, out_ntk)
 
 
 # ----------------------------------------------------------------------------- plane engine
@@ -1247,12 +1254,4 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
             j = ja[b]
             a, bb = _tail(iop, fop, kgap + 1, s_sc, t_sc, mode == 0, Q1[i], R1[i], SK1[i],
                           Q2[j], R2[j], SK2[j], dg)
-            if mode == 0:
-                out_nngp[i, 0] = a
-                out_ntk[i, 0] = bb
-            else:
-                out_nngp[i, j] = a
-                out_ntk[i, j] = bb
-                if mode == 1:
-                    out_nngp[j, i] = a
-                    out_ntk[j, i] = bb
+            _write_pair(mode, i, j, a, bb, out_nngp, out_ntk)
