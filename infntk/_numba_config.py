@@ -133,22 +133,42 @@ def engine_lock():
     return _LOCK
 
 
-_BLAS = []          # the threadpoolctl controller, made on first use (it scans loaded libraries)
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE = {"depth": 0, "limiter": None}
 
 
+@contextlib.contextmanager
 def blas_one_thread():
-    """A context manager: BLAS on one thread while it lasts.
+    """A context manager: BLAS on one thread while it lasts (re-entrant, thread-safe).
 
     The drivers call BLAS (the Gram products of each block) between compiled pair loops. A
     multi-threaded OpenBLAS keeps its idle threads spinning for a while after every call,
     and on a machine with as many cores as Numba threads they take the cores from the pair
     loop: measured 1.5-3.5x slower closed-form Gram matrices on 2 cores. The products are a
-    small part of the work, so they run on one thread instead.
+    small part of the work, so they run on one thread instead. The limit is process-wide:
+    the first caller sets it and the last one to leave restores the original thread counts,
+    so overlapping calls from several threads (dask's threaded scheduler) leave BLAS as they
+    found it.
     """
+    with _BLAS_LOCK:
+        if _BLAS_STATE["depth"] == 0:
+            _BLAS_STATE["limiter"] = _limit_blas()
+        _BLAS_STATE["depth"] += 1
     try:
-        if not _BLAS:
-            from threadpoolctl import ThreadpoolController
-            _BLAS.append(ThreadpoolController())
-        return _BLAS[0].limit(limits=1, user_api="blas")
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_STATE["depth"] -= 1
+            if _BLAS_STATE["depth"] == 0 and _BLAS_STATE["limiter"] is not None:
+                _BLAS_STATE["limiter"].restore_original_limits()
+                _BLAS_STATE["limiter"] = None
+
+
+def _limit_blas():
+    """threadpoolctl's limiter of the loaded BLAS libraries to one thread, or None (a fresh
+    scan each time, ~1 ms: a library loaded since the last call is limited too)."""
+    try:
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(limits=1, user_api="blas")
     except Exception:          # threadpoolctl missing or unable to inspect: leave BLAS as is
-        return contextlib.nullcontext()
+        return None
