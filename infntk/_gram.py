@@ -33,6 +33,7 @@ The checks every caller gets, here once:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import mmap
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._numba_config import blas_one_thread, engine_lock
+
+# Gram matrices with at least this many entries run BLAS on one thread (_numba_config)
+_BLAS_LIMIT_PAIRS = 1 << 16
 from ._validation import check_positive_int
 
 __all__ = ["Kernels", "KernelDiag", "gram", "diag", "row_blocks", "mirror_lower_to_upper",
@@ -326,7 +330,8 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
         rows1 = engine.rows(X1)
         rows2 = rows1 if symmetric else engine.rows(X2)
         plan = engine.prepare(rows1, rows2, symmetric)
-    with blas_one_thread():
+    # (the limit costs ~1 ms: not worth it for small Gram matrices)
+    with blas_one_thread() if n1 * n2 >= _BLAS_LIMIT_PAIRS else contextlib.nullcontext():
         _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_rows,
                      progress, resume, label)
     engine.finish(plan)

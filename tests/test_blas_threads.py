@@ -43,5 +43,5 @@ def test_overlapping_calls_in_threads_restore_the_original_counts():
         t.join()
     assert _blas_threads() == before
     # and a Gram matrix through the driver leaves them as they were
-    infntk.FCNet("relu", depth=2).kernels(np.random.default_rng(0).normal(size=(20, 3)))
+    infntk.FCNet("relu", depth=2).kernels(np.random.default_rng(0).normal(size=(300, 3)))
     assert _blas_threads() == before
