@@ -5,9 +5,11 @@ tiny call of each path in turn and prints the time of each (the first call of a 
 compiles what it needs and is not yet compiled; later paths reuse what earlier ones
 compiled; wall time and the process's CPU time, which is the figure to compare on a
 machine loaded by other work: compilation is single-threaded), and the number of compiled
-specializations (signatures) of infntk's Numba
-functions after each step. Then the same sequence again with the now filled cache (what
-every later process pays), and finally ``infntk warmup`` itself.
+specializations (signatures) of infntk's Numba functions after each step, and the
+functions compiled again for a literal argument type
+(``infntk._warmup.literal_specializations``: each such copy is compile time lost). Then the
+same sequence again with the now filled cache (what every later process pays), and
+finally ``infntk warmup`` itself.
 
 Paths: import, closed form symmetric / cross / diag (relu, then erf, which reuses the same
 kernel), memory-mapped outputs, read-only memory-mapped inputs, the series engine (tanh), a
@@ -38,6 +40,7 @@ for name, fn in _warmup.PATHS:
     steps.append((name, time.perf_counter() - t, time.process_time() - c,
                   _warmup.count_specializations()))
 print(json.dumps(steps))
+print(json.dumps(_warmup.literal_specializations()))
 """
 
 
@@ -73,9 +76,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.keep_cache or tmp
         wall, out = run(cache)
-        show("cold (empty cache)", wall, json.loads(out))
+        steps, literal = (json.loads(line) for line in out.splitlines()[-2:])
+        show("cold (empty cache)", wall, steps)
+        print("  compiled again for a literal argument (each copy is compile time lost): "
+              + (", ".join(f"{k} {v}" for k, v in literal.items()) or "none"))
         wall, out = run(cache)
-        show("warm (cache filled)", wall, json.loads(out))
+        show("warm (cache filled)", wall, json.loads(out.splitlines()[-2]))
     with tempfile.TemporaryDirectory() as tmp:
         wall, out = run(tmp, args=("-m", "infntk", "warmup"))
         print(f"`infntk warmup` with an empty cache: {wall:.1f} s wall")

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 from ._vmath import atan2_pos, atan_ratio, atan_unit  # noqa: F401  (atan_unit: conv engine's)
@@ -659,7 +660,7 @@ def _gelu_radial(q1, q2, r1, r2, D, sk1, sk2):
     s1 = math.sqrt(k1)
     s2 = math.sqrt(k2)
     c = -dkap / (s1 * s2 * (s1 + s2))
-    ds = diag_diff(FAMILY_GELU, q1, q2, D) / (sk1 + sk2)      # sk1 - sk2
+    ds = diag_diff(np.int64(FAMILY_GELU), q1, q2, D) / (sk1 + sk2)      # sk1 - sk2
     dr = D / (r1 + r2)
     sig = max(r1, 1.0)
     rho = sig / max(r2, 1.0)
@@ -741,7 +742,7 @@ def _erf_radial(q1, q2, r1, r2, D, sk1, sk2):
         q1, q2, r1, r2, sk1, sk2, D = q2, q1, r2, r1, sk2, sk1, -D
     if D == 0.0:
         return 0.0
-    ds = diag_diff(FAMILY_ERF, q1, q2, D) / (sk1 + sk2)
+    ds = diag_diff(np.int64(FAMILY_ERF), q1, q2, D) / (sk1 + sk2)
     dr = D / (r1 + r2)
     z1 = min(12.0, 6.0 / r1)           # erf(r1 z) varies below z1, erf(r2 z) below z2
     z2 = min(12.0, 6.0 / r2)
@@ -797,7 +798,7 @@ def _gelu_gap_graded(q1, q2, r1, r2, m, g):
         for i in range(8):
             u = c + 0.5 * w * _GL8_X[i]
             h = min(h0 * math.expm1(u), g)
-            _, kd = smooth_kkd(FAMILY_GELU, q1, q2, r1, r2, h, 2.0 * m - h)
+            _, kd = smooth_kkd(np.int64(FAMILY_GELU), q1, q2, r1, r2, h, 2.0 * m - h)
             acc += _GL8_W[i] * kd * math.exp(u)
     return 0.5 * w * h0 * acc
 
@@ -820,7 +821,7 @@ def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2, D):
     R = -1.0
     if A <= lim:
         R = _radial(family, q1, q2, r1, r2, D, sk1, sk2)
-        kA = R + _gap_integral(family, q1, q2, r1, r2, m, A, True)
+        kA = R + _gap_integral(family, q1, q2, r1, r2, m, A, np.bool_(True))
     elif family == FAMILY_GELU and A <= _GELU_GRADED * m and m < _BIG:
         R = _radial(family, q1, q2, r1, r2, D, sk1, sk2)
         kA = R + _gelu_gap_graded(q1, q2, r1, r2, m, A)
@@ -832,7 +833,7 @@ def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2, D):
             anti = R if R >= 0.0 else _radial(family, q1, q2, r1, r2, D, sk1, sk2)
         else:
             anti = sk + kneg
-        kB = anti + _gap_integral(family, q1, q2, r1, r2, m, B, False)
+        kB = anti + _gap_integral(family, q1, q2, r1, r2, m, B, np.bool_(False))
     else:
         kB = sk + k
     # rounding-level negative values are set to 0 (exact values are >= 0 by Cauchy-Schwarz)

@@ -26,7 +26,7 @@ from .fcnet import FCNet
 from .layers import Activation, Dense, LayerNorm, Residual
 from .network import Network
 
-__all__ = ["warmup", "PATHS", "count_specializations"]
+__all__ = ["warmup", "PATHS", "count_specializations", "literal_specializations"]
 
 _RNG_SEED = 0
 
@@ -126,20 +126,42 @@ PATHS = (
 )
 
 
-def count_specializations():
-    """Number of compiled signatures over infntk's Numba functions (loaded or compiled)."""
+def _dispatchers():
+    """``(qualified name, dispatcher)`` of every Numba function of infntk's loaded modules."""
     import sys
 
     from numba.core.registry import CPUDispatcher
-    seen, total = set(), 0
+    seen = set()
     for name, mod in list(sys.modules.items()):
         if not name.startswith("infntk") or mod is None:
             continue
-        for obj in vars(mod).values():
+        for attr, obj in list(vars(mod).items()):
             if isinstance(obj, CPUDispatcher) and id(obj) not in seen:
                 seen.add(id(obj))
-                total += len(obj.signatures)
-    return total
+                yield f"{name}.{attr}", obj
+
+
+def count_specializations():
+    """Number of compiled signatures over infntk's Numba functions (loaded or compiled)."""
+    return sum(len(obj.signatures) for _, obj in _dispatchers())
+
+
+def literal_specializations():
+    """``{name: [argument positions]}`` of the functions compiled for a literal argument type.
+
+    A call such as ``f(x, 0)`` or ``f(x, True)`` from compiled code types the constant as a
+    literal, and Numba compiles ``f`` once more for it (each copy costs its whole compile
+    time); pass ``np.int64(0)`` or ``np.bool_(True)`` instead. Meaningful after a cold
+    compile: functions loaded from the cache list only the signatures called from Python.
+    """
+    from numba.core import types
+    found = {}
+    for name, obj in _dispatchers():
+        pos = sorted({k for sig in obj.signatures for k, a in enumerate(sig)
+                      if isinstance(a, types.Literal)})
+        if pos:
+            found[name] = pos
+    return found
 
 
 def warmup(verbose=True):

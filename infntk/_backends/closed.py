@@ -378,7 +378,7 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     fix_v = np.empty((jend if smooth else 0, 6))
     allj = np.arange(jend if smooth else 0)
     carried = np.empty(jend if smooth else 0, dtype=np.int64)
-    ncarried = 0
+    ncarried = np.int64(0)  # typed: a literal 0 would compile a second stable_pairs
     if smooth:
         for j in range(jend):
             if symmetric and j == i:

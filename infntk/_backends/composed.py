@@ -281,7 +281,7 @@ def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, q2max, g2max
     fix_j = np.empty(jend, dtype=np.int64)
     fix_v = np.empty((jend, 6))
     cand = np.empty(jend, dtype=np.int64)
-    ncand = 0
+    ncand = np.int64(0)     # typed: a literal 0 would compile a second stable_pairs
     if row_may_need_stable(qa, q2max, ga, g2max):
         for j in range(jend):
             cand[j] = j

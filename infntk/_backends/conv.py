@@ -538,7 +538,7 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
     """
     H, W, C = x.shape
     nops = iop.shape[0]
-    cur = 0                         # physical buffer of S
+    cur = np.int64(0)               # physical buffer of S (typed: no literal specialization)
     if iop[0, 0] == OP_CONV_F:
         hp = iop[0, I_HP]
         _prepare(S, T, bst, cur, iop[0, I_LID], hp * hp * iop[0, I_WP] * iop[0, I_WP])
@@ -674,7 +674,7 @@ def run_pair(x, y, iop, fop, pmap, q1, r1, sk1, q2, r2, sk2, selfrun, S, T, S2, 
         elif code == OP_ACT_S:
             if selfrun:
                 dg[0] = s_sc
-                _record_self(fam, p0, p1, dg, 1, q1, r1, sk1, off)
+                _record_self(fam, p0, p1, dg, np.int64(1), q1, r1, sk1, off)
             kk, kd = _dual_other(fam, p0, p1, q1[off], q2[off], r1[off], r2[off], sk1[off],
                                  sk2[off], s_sc)
             s_sc = kk
@@ -1003,7 +1003,7 @@ def _tail(iop, fop, k0, s_sc, t_sc, selfrun, q1, r1, sk1, q2, r2, sk2, dg):
             fam = iop[k, 3]
             if selfrun:
                 dg[0] = s_sc
-                _record_self(fam, fop[k, 2], fop[k, 3], dg, 1, q1, r1, sk1, off)
+                _record_self(fam, fop[k, 2], fop[k, 3], dg, np.int64(1), q1, r1, sk1, off)
             kk, kd = _dual_other(fam, fop[k, 2], fop[k, 3], q1[off], q2[off], r1[off], r2[off],
                                  sk1[off], sk2[off], s_sc)
             s_sc = kk
@@ -1101,7 +1101,8 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                                (off + r * wo) * nb, QB, RB, SKB, (2 * off + r * 2 * wo) * nb)
                 fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, ho * wo, nb)
                 fast = fastf[k]
-            _pl_act(fam, p0, p1, fast, V, VT, 0, wp * nb, S2, T2, (olo * owp + olo) * nb,
+            _pl_act(fam, p0, p1, fast, V, VT, np.int64(0), wp * nb, S2, T2,
+                    (olo * owp + olo) * nb,
                     owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA, (off + i0 * wo + j0) * nb, wo * nb,
                     QB, RB, SKB, bcol, 2 * wo * nb, i0 + d, bmod)
             S, S2 = S2, S
