@@ -956,13 +956,14 @@ def smooth_route_stable(family, q1, q2, m, A, B, gain):
     small (the same thresholds as :func:`_smooth_pair_oriented`), and always outside the plain
     forms' range. A NaN gain counts as large.
     """
-    # branch-free (selects only), so that a scan over pairs vectorizes
-    out = q1 >= _PLAIN_MAX or q2 >= _PLAIN_MAX
+    # branch-free, so that a scan over pairs vectorizes: ``|`` and ``&`` of the comparisons
+    # (Python's ``or``/``and`` short-circuit, i.e. branch, and the scan then stays scalar)
+    out = (q1 >= _PLAIN_MAX) | (q2 >= _PLAIN_MAX)
     large = not (gain <= _GAIN_STABLE * _GAIN_STABLE)     # gain is g1 g2, the bound squared
     lim = _GAP_QUAD * min(m, 1.0)
     small = min(A, B) <= lim
-    graded = family == FAMILY_GELU and A <= _GELU_GRADED * m and m < _BIG
-    return out or (large and (small or graded))
+    graded = (family == FAMILY_GELU) & (A <= _GELU_GRADED * m) & (m < _BIG)
+    return out | (large & (small | graded))
 
 
 @njit(cache=True, error_model="numpy")

@@ -31,7 +31,7 @@ from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gelu_pl
                       row_may_need_stable, trig_plain)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
-from ._common import check_rows_finite, stable_pairs
+from ._common import check_rows_finite, stable_pairs, stable_pairs_all
 
 __all__ = ["ClosedFormEngine", "NetRecord", "RowRecord", "ColRecord", "row_statistics",
            "gram_block"]
@@ -260,47 +260,60 @@ def _geomean(qa, qb, ra, rb):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _advance(j, k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, A, B, TH, K):
-    """One Dense layer for column j: Theta, the NNGP term and the carried gaps (A, B)."""
-    TH[j] = cK * k + w2 * kd * TH[j] + cb
-    K[j] = k
+def _advance(k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, th):
+    """One Dense layer for one pair: ``(Theta', A', B')`` from the activation's
+    ``(k, kd, kA, kB)`` and the pair's ``Theta``, with the bias gap.
+
+    Takes and returns scalars only, never the state arrays: an array passed to an inlined
+    function gets NRT reference-count calls (incref/decref) in the caller's loop, and when
+    a branch (``b2 > 0`` here) separates them, they are still there when LLVM's loop
+    vectorizer runs ("call instruction cannot be vectorized"; Numba's reference-count
+    pruning removes them only afterwards, leaving a scalar loop without any call).
+    """
     gap = 0.0
     if b2 > 0.0:
         ds = s1 - s2
         gap = w2 * b2 * ds * ds / (rn1 * rn2 + w2 * s1 * s2 + b2)
-    A[j] = gap + w2 * kA
-    B[j] = gap + w2 * kB + 2.0 * b2
+    return cK * k + w2 * kd * th + cb, gap + w2 * kA, gap + w2 * kB + 2.0 * b2
 
 
 @njit(cache=True, error_model="numpy")
 def _plain_pass(family, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl, A, B, TH, K):
     """One smooth activation layer by the plain route for columns ``j < jend``: one loop per
-    family (each vectorizes; the dual and :func:`_advance` inlined)."""
+    family (each vectorizes: the dual and :func:`_advance_plain` inlined, on scalars)."""
     if family == FAMILY_ERF:
         for j in range(jend):
             k, kd = erf_plain(qa, q2l[j], A[j], B[j])
-            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+            TH[j], A[j], B[j] = _advance_plain(k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl,
+                                               TH[j])
+            K[j] = k
     elif family == FAMILY_GELU:
         for j in range(jend):
             k, kd = gelu_plain(qa, q2l[j], A[j], B[j])
-            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+            TH[j], A[j], B[j] = _advance_plain(k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl,
+                                               TH[j])
+            K[j] = k
     elif family == FAMILY_GAUSSIAN:
         for j in range(jend):
             k, kd = gaussian_plain(qa, q2l[j], A[j], B[j])
-            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+            TH[j], A[j], B[j] = _advance_plain(k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl,
+                                               TH[j])
+            K[j] = k
     else:
         is_sin = family == FAMILY_SIN
         for j in range(jend):
             k, kd = trig_plain(is_sin, ra, r2l[j], A[j], B[j])
-            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+            TH[j], A[j], B[j] = _advance_plain(k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl,
+                                               TH[j])
+            K[j] = k
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _advance_plain(j, k, kd, s1, s2, rn1, rn2, w2, b2, cK, cb, A, B, TH, K):
+def _advance_plain(k, kd, s1, s2, rn1, rn2, w2, b2, cK, cb, th):
     """:func:`_advance` with the gaps by subtraction (the plain route)."""
     sk = s1 * s2
-    _advance(j, k, kd, max(sk - k, 0.0), max(sk + k, 0.0), s1, s2, rn1, rn2, w2, b2, cK, cb,
-             A, B, TH, K)
+    return _advance(k, kd, max(sk - k, 0.0), max(sk + k, 0.0), s1, s2, rn1, rn2, w2, b2, cK, cb,
+                    th)
 
 
 @njit(cache=True, error_model="numpy")
@@ -376,7 +389,7 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     Dq = np.empty(jend if smooth else 0)
     fix_j = np.empty(jend if smooth else 0, dtype=np.int64)
     fix_v = np.empty((jend if smooth else 0, 6))
-    allj = np.arange(jend if smooth else 0)
+    flag = np.empty(jend if smooth else 0, dtype=np.uint8)
     carried = np.empty(jend if smooth else 0, dtype=np.int64)
     ncarried = 0
     if smooth:
@@ -408,19 +421,23 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
             step = family == FAMILY_ABSTEP
             for j in range(jend):
                 k, kd, kA, kB = kinked_state(step, p0, p1, A[j], B[j], s1 * s2l[j])
-                _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                TH[j], A[j], B[j] = _advance(k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl,
+                                             cbl, TH[j])
+                K[j] = k
         elif family == FAMILY_ARCCOS:
             n = int(p0)
             for j in range(jend):
                 k, kd, kA, kB = arccos_pair(n, _geomean(qa, q2l[j], ra, r2l[j]), A[j], B[j])
-                _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                TH[j], A[j], B[j] = _advance(k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl,
+                                             cbl, TH[j])
+                K[j] = k
         else:
             # the pairs that take the stable route (carried D, or a small gap the rest of the
             # network would amplify): computed first from the entry state, applied last
             ga = g1[i, l]
             if row_may_need_stable(qa, q2max[l], ga, g2max[l]):
-                nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
-                                    allj, jend, fix_j, fix_v)
+                nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
+                                        jend, flag, fix_j, fix_v)
             else:                                # only the pairs that carry D
                 nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
                                     carried, ncarried, fix_j, fix_v)
@@ -438,9 +455,10 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                         A, B, TH, K)
             for c in range(nfix):
                 j = fix_j[c]
-                TH[j] = fix_v[c, 5]
-                _advance(j, fix_v[c, 0], fix_v[c, 1], fix_v[c, 2], fix_v[c, 3], s1, fix_v[c, 4],
-                         rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                TH[j], A[j], B[j] = _advance(fix_v[c, 0], fix_v[c, 1], fix_v[c, 2], fix_v[c, 3],
+                                             s1, fix_v[c, 4], rn1, r2n[j], w2, b2, cKl, cbl,
+                                             fix_v[c, 5])
+                K[j] = fix_v[c, 0]
     for j in range(jend):
         out_nngp[ib, j] = w2 * K[j] + b2
         out_ntk[ib, j] = TH[j]

@@ -39,7 +39,8 @@ from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gelu_pl
                       kinked_state, row_may_need_stable, trig_plain)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
-from ._common import check_rows_finite, clipped_correlation, max_or_nan, stable_pairs
+from ._common import (check_rows_finite, clipped_correlation, max_or_nan, stable_pairs,
+                      stable_pairs_all)
 from .closed import _first_layer_gram, _first_layer_rows, _geomean, _needs_rows, _sqnorm_diff
 from .series import K_MAX, _deriv_at_zero, _LayerData
 
@@ -280,19 +281,19 @@ def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, q2max, g2max
         return
     fix_j = np.empty(jend, dtype=np.int64)
     fix_v = np.empty((jend, 6))
-    cand = np.empty(jend, dtype=np.int64)
-    ncand = 0
     if row_may_need_stable(qa, q2max, ga, g2max):
-        for j in range(jend):
-            cand[j] = j
-        ncand = jend
+        flag = np.empty(jend, dtype=np.uint8)
+        nfix = stable_pairs_all(family, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, D, jend, flag,
+                                fix_j, fix_v)
     else:                                        # only the pairs that carry D
+        cand = np.empty(jend, dtype=np.int64)
+        ncand = 0
         for j in range(jend):
             if D[j] == D[j]:
                 cand[ncand] = j
                 ncand += 1
-    nfix = stable_pairs(family, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, D, cand, ncand, fix_j,
-                        fix_v)
+        nfix = stable_pairs(family, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, D, cand, ncand,
+                            fix_j, fix_v)
     for c in range(nfix):
         j = fix_j[c]
         fix_v[c, 5] = KD[j]
@@ -301,20 +302,28 @@ def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, q2max, g2max
     if family == FAMILY_ERF:
         for j in range(jend):
             k, kd = erf_plain(qa, q2[j], A[j], B[j])
-            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+            K[j] = k
+            KD[j] = KD[j] * kd
+            A[j], B[j] = _plain_gaps(k, s1 * sk2[j])
     elif family == FAMILY_GELU:
         for j in range(jend):
             k, kd = gelu_plain(qa, q2[j], A[j], B[j])
-            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+            K[j] = k
+            KD[j] = KD[j] * kd
+            A[j], B[j] = _plain_gaps(k, s1 * sk2[j])
     elif family == FAMILY_GAUSSIAN:
         for j in range(jend):
             k, kd = gaussian_plain(qa, q2[j], A[j], B[j])
-            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+            K[j] = k
+            KD[j] = KD[j] * kd
+            A[j], B[j] = _plain_gaps(k, s1 * sk2[j])
     else:
         is_sin = family == FAMILY_SIN
         for j in range(jend):
             k, kd = trig_plain(is_sin, ra, r2[j], A[j], B[j])
-            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+            K[j] = k
+            KD[j] = KD[j] * kd
+            A[j], B[j] = _plain_gaps(k, s1 * sk2[j])
     for c in range(nfix):
         j = fix_j[c]
         K[j] = fix_v[c, 0]
@@ -324,11 +333,11 @@ def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, q2max, g2max
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _store_plain(j, k, kd, sk, A, B, K, KD):
-    K[j] = k
-    KD[j] = KD[j] * kd
-    A[j] = max(sk - k, 0.0)
-    B[j] = max(sk + k, 0.0)
+def _plain_gaps(k, sk):
+    """The plain route's gaps ``(sk - k, sk + k)``, clipped at 0 (scalars only: an array
+    passed to an inlined function puts reference-count calls in the caller's loop, which
+    can stop it vectorizing; see :func:`infntk._backends.closed._advance`)."""
+    return max(sk - k, 0.0), max(sk + k, 0.0)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
