@@ -73,6 +73,7 @@ class ColRecord(NamedTuple):
     gT: np.ndarray     # (depth, n2)
     qmax: np.ndarray   # (depth + 1,) max over the columns of qT[l]
     gmax: np.ndarray   # (depth,) max over the columns of gT[l] (NaN if any is NaN)
+    m0: np.ndarray     # (n2,) first_layer_root(nsq): sqrt(w2 |x|^2 / d + b2)
 
 # Rows whose Gram cosine is within this distance of +-1 get their angle from the rows.
 _PARALLEL_TOL = 0.0625
@@ -155,9 +156,22 @@ def _needs_rows(g, nx2, ny2):
 @njit(cache=True, inline="always", error_model="numpy")
 def _first_layer_ab(nx2, ny2, omc, opc, dn, w2, b2, d):
     """(A, B) of Sigma^1 from |x|^2, |y|^2, 1 -+ cos(x, y) and |x| - |y|."""
-    nx = math.sqrt(nx2)
-    ny = math.sqrt(ny2)
-    m = math.sqrt(w2 * nx2 / d + b2) * math.sqrt(w2 * ny2 / d + b2)
+    return _first_layer_ab_pre(math.sqrt(nx2), math.sqrt(ny2), first_layer_root(nx2, w2, b2, d),
+                               first_layer_root(ny2, w2, b2, d), omc, opc, dn, w2, b2, d)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def first_layer_root(nsq, w2, b2, d):
+    """``sqrt(Sigma^1(x, x)) = sqrt(w2 |x|^2 / d + b2)`` as the first-layer gaps use it (NumPy's
+    ``np.sqrt(w2 * nsq / d + b2)`` gives the same floats, for per-row arrays)."""
+    return math.sqrt(w2 * nsq / d + b2)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _first_layer_ab_pre(nx, ny, mx, my, omc, opc, dn, w2, b2, d):
+    """:func:`_first_layer_ab` from the per-row roots ``|x|``, ``|y|`` and
+    ``mx = first_layer_root(|x|^2)``, ``my`` (no square root per pair)."""
+    m = mx * my
     wn = w2 * nx * ny / d
     gap = 0.0
     if b2 > 0.0:
@@ -168,10 +182,18 @@ def _first_layer_ab(nx2, ny2, omc, opc, dn, w2, b2, d):
 @njit(cache=True, inline="always", error_model="numpy")
 def _first_layer_gram(g, nx2, ny2, w2, b2, d):
     """(A, B) of Sigma^1 from the Gram entry: exact unless _needs_rows (branch-free)."""
-    nn = math.sqrt(nx2) * math.sqrt(ny2)
+    return _first_layer_gram_pre(g, math.sqrt(nx2), math.sqrt(ny2),
+                                 first_layer_root(nx2, w2, b2, d),
+                                 first_layer_root(ny2, w2, b2, d), w2, b2, d)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _first_layer_gram_pre(g, nx, ny, mx, my, w2, b2, d):
+    """:func:`_first_layer_gram` from the per-row roots (:func:`_first_layer_ab_pre`): the
+    same floats, without the four square roots per pair, so that the pair loop is cheap."""
+    nn = nx * ny
     c = g / nn if nn > 0.0 else 0.0
-    return _first_layer_ab(nx2, ny2, 1.0 - c, 1.0 + c, math.sqrt(nx2) - math.sqrt(ny2),
-                           w2, b2, d)
+    return _first_layer_ab_pre(nx, ny, mx, my, 1.0 - c, 1.0 + c, nx - ny, w2, b2, d)
 
 
 @njit(cache=True, error_model="numpy")
@@ -343,7 +365,7 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     """
     family, p0, p1, depth, w2, b2, cK, cb = net
     X1, nsq1, q1, r1, sk1, g1 = rows
-    X2, nsq2, q2T, r2T, sk2T, nrm2, g2T, q2max, g2max = cols
+    X2, nsq2, q2T, r2T, sk2T, nrm2, g2T, q2max, g2max, m02 = cols
     i = row0 + ib
     jend = i + 1 if symmetric else X2.shape[0]
     d = X1.shape[1]
@@ -354,16 +376,36 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     x = X1[i]
     gi = G[ib]
     nx2 = nsq1[i]
+    nx = math.sqrt(nx2)
+    mx = first_layer_root(nx2, w2, b2, d)
     for j in range(jend):                # vectorized: angles from the Gram matrix
-        A[j], B[j] = _first_layer_gram(gi[j], nx2, nsq2[j], w2, b2, d)
+        A[j], B[j] = _first_layer_gram_pre(gi[j], nx, nrm2[j], mx, m02[j], w2, b2, d)
         K[j] = gi[j] / d
         TH[j] = cK[0] * K[j] + cb[0]
-    nx = math.sqrt(nx2)
+    smooth = not (family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS)
+    # the smooth families carry D = q1 - q2 for the nearly parallel pairs (the ones whose
+    # angle comes from the rows): their radial gap needs it to full relative accuracy, which
+    # q1 - q2 of the rounded per-row variances is not. NaN: not carried, q1 - q2 is used (a
+    # pair starting at |cos| < 15/16 reaches a small gap only where the recursion contracts,
+    # or keeps its gap O(1) in the chaotic regime).
+    Dq = np.empty(jend if smooth else 0)
+    fix_j = np.empty(jend if smooth else 0, dtype=np.int64)
+    fix_v = np.empty((jend if smooth else 0, 6))
+    flag = np.empty(jend if smooth else 0, dtype=np.uint8)
+    carried = np.empty(jend if smooth else 0, dtype=np.int64)
+    ncarried = 0
     for j in range(jend):                # rare: (nearly) parallel rows, from the rows
         same = symmetric and j == i
         nn = nx * nrm2[j]   # _needs_rows(gi[j], nx2, nsq2[j]) with sqrt(nsq2[j]) precomputed
+        if smooth:
+            Dq[j] = math.nan
         if same or (nn > 0.0 and abs(gi[j]) > (1.0 - _PARALLEL_TOL) * nn):
             A[j], B[j] = _first_layer_rows(x, X2[j], gi[j], nx2, nsq2[j], w2, b2, d, same)
+            if smooth:
+                Dq[j] = 0.0 if same else w2 * (_sqnorm_diff(x, X2[j]) / d)
+                if Dq[j] == Dq[j]:
+                    carried[ncarried] = j
+                    ncarried += 1
     if family == FAMILY_ABSTEP:
         # step, sign: only the angle matters, and at tiny norms (m < 1e-100) the gaps of nearly
         # parallel rows are subnormal; recompute them with the rows (and b2) scaled by a power
@@ -380,29 +422,6 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                 else:
                     A[j], B[j] = _first_layer_gram(gi[j] * c2, nx2 * c2, nsq2[j] * c2, w2,
                                                    b2 * c2, d)
-    smooth = not (family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS)
-    # the smooth families carry D = q1 - q2 for the nearly parallel pairs (the ones whose
-    # angle comes from the rows): their radial gap needs it to full relative accuracy, which
-    # q1 - q2 of the rounded per-row variances is not. NaN: not carried, q1 - q2 is used (a
-    # pair starting at |cos| < 15/16 reaches a small gap only where the recursion contracts,
-    # or keeps its gap O(1) in the chaotic regime).
-    Dq = np.empty(jend if smooth else 0)
-    fix_j = np.empty(jend if smooth else 0, dtype=np.int64)
-    fix_v = np.empty((jend if smooth else 0, 6))
-    flag = np.empty(jend if smooth else 0, dtype=np.uint8)
-    carried = np.empty(jend if smooth else 0, dtype=np.int64)
-    ncarried = 0
-    if smooth:
-        for j in range(jend):
-            if symmetric and j == i:
-                Dq[j] = 0.0
-            elif _needs_rows(gi[j], nx2, nsq2[j]):
-                Dq[j] = w2 * (_sqnorm_diff(x, X2[j]) / d)
-            else:
-                Dq[j] = math.nan
-            if Dq[j] == Dq[j]:
-                carried[ncarried] = j
-                ncarried += 1
     # sin, cos, gaussian also take the bias gap's sqrt(k11) - sqrt(k22) from it
     exact_d = family == FAMILY_SIN or family == FAMILY_COS or family == FAMILY_GAUSSIAN
     for l in range(depth):
@@ -523,8 +542,10 @@ class ClosedFormEngine:
         rec2, _ = rows2
         qT = np.ascontiguousarray(rec2.q.T)
         gT = np.ascontiguousarray(rec2.g.T)
+        net = self.net
+        m0 = np.sqrt(net.w2 * rec2.nsq / rec2.X.shape[1] + net.b2)   # first_layer_root
         cols = ColRecord(rec2.X, rec2.nsq, qT, np.sqrt(qT), np.ascontiguousarray(rec2.sk.T),
-                         np.sqrt(rec2.nsq), gT, _column_max(qT), _column_max(gT))
+                         np.sqrt(rec2.nsq), gT, _column_max(qT), _column_max(gT), m0)
         return _Plan(rec1, cols)
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):

@@ -41,7 +41,8 @@ from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_C
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 from ._common import (check_rows_finite, clipped_correlation, max_or_nan, stable_pairs,
                       stable_pairs_all)
-from .closed import _first_layer_gram, _first_layer_rows, _geomean, _needs_rows, _sqnorm_diff
+from .closed import (_first_layer_gram_pre, _first_layer_rows, _geomean, _needs_rows,
+                     _sqnorm_diff, first_layer_root)
 from .series import K_MAX, _deriv_at_zero, _LayerData
 
 __all__ = ["ComposedEngine", "Op", "INPUT_DENSE", "DENSE", "ACT", "NORM", "PUSH", "POP",
@@ -205,12 +206,18 @@ def _input_dense(X1, X2, G, nsq1, nsq2, row0, symmetric, op, S):
     A, B, K, TH, KD, D = S
     d = X1.shape[1]
     w2, b2, cK, cb = op.w2, op.b2, op.cK, op.cb
+    n2 = np.sqrt(nsq2)                    # the per-row roots of the FC engine's first layer
+    m2 = np.empty(nsq2.shape[0])
+    for j in range(nsq2.shape[0]):
+        m2[j] = first_layer_root(nsq2[j], w2, b2, d)
     for ib in prange(G.shape[0]):
         i = row0 + ib
         jend = i + 1 if symmetric else X2.shape[0]
         nx2 = nsq1[i]
+        nx = math.sqrt(nx2)
+        mx = first_layer_root(nx2, w2, b2, d)
         for j in range(jend):
-            A[ib, j], B[ib, j] = _first_layer_gram(G[ib, j], nx2, nsq2[j], w2, b2, d)
+            A[ib, j], B[ib, j] = _first_layer_gram_pre(G[ib, j], nx, n2[j], mx, m2[j], w2, b2, d)
             K[ib, j] = G[ib, j] / d
             TH[ib, j] = cK * K[ib, j] + cb
             KD[ib, j] = 1.0
