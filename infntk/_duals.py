@@ -887,10 +887,11 @@ def trig_plain(is_sin, r1, r2, A, B):
 
 @njit(cache=True, inline="always", error_model="numpy")
 def gaussian_plain(q1, q2, A, B):
-    """(k, kd) of phi = exp(-x^2/2): ``det^(-1/2)``, ``s det^(-3/2)``, ``det = 1 + q1 + q2 + AB``."""
+    """(k, kd) of phi = exp(-x^2/2): ``det^(-1/2)``, ``s det^(-3/2)``, ``det = 1 + q1 + q2 + AB``
+    (``det^(-3/2)`` as ``k^3``: one division per pair, not two)."""
     det = 1.0 + q1 + q2 + A * B
     k = 1.0 / math.sqrt(det)
-    return k, 0.5 * (B - A) * k / det
+    return k, 0.5 * (B - A) * (k * (k * k))
 
 
 @njit(cache=True, inline="always", error_model="numpy")

@@ -394,18 +394,31 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     flag = np.empty(jend if smooth else 0, dtype=np.uint8)
     carried = np.empty(jend if smooth else 0, dtype=np.int64)
     ncarried = 0
-    for j in range(jend):                # rare: (nearly) parallel rows, from the rows
-        same = symmetric and j == i
-        nn = nx * nrm2[j]   # _needs_rows(gi[j], nx2, nsq2[j]) with sqrt(nsq2[j]) precomputed
-        if smooth:
-            Dq[j] = math.nan
-        if same or (nn > 0.0 and abs(gi[j]) > (1.0 - _PARALLEL_TOL) * nn):
-            A[j], B[j] = _first_layer_rows(x, X2[j], gi[j], nx2, nsq2[j], w2, b2, d, same)
-            if smooth:
-                Dq[j] = 0.0 if same else w2 * (_sqnorm_diff(x, X2[j]) / d)
-                if Dq[j] == Dq[j]:
-                    carried[ncarried] = j
-                    ncarried += 1
+    if smooth:
+        Dq[:] = math.nan
+    # (nearly) parallel rows take their angle from the rows: the test first, in a loop that
+    # vectorizes (_needs_rows with sqrt(nsq2[j]) precomputed), then the rare pairs that pass it
+    # and, in the symmetric case, the diagonal (the last column)
+    rowf = np.empty(jend, dtype=np.uint8)
+    nrows = 0
+    jlast = jend - 1 if symmetric else jend
+    for j in range(jlast):
+        nn = nx * nrm2[j]
+        f = (nn > 0.0) & (abs(gi[j]) > (1.0 - _PARALLEL_TOL) * nn)
+        rowf[j] = f
+        nrows += f
+    if symmetric:
+        rowf[i] = True
+    if nrows > 0 or symmetric:
+        for j in range(0 if nrows > 0 else jlast, jend):
+            if rowf[j]:
+                same = symmetric and j == i
+                A[j], B[j] = _first_layer_rows(x, X2[j], gi[j], nx2, nsq2[j], w2, b2, d, same)
+                if smooth:
+                    Dq[j] = 0.0 if same else w2 * (_sqnorm_diff(x, X2[j]) / d)
+                    if Dq[j] == Dq[j]:
+                        carried[ncarried] = j
+                        ncarried += 1
     if family == FAMILY_ABSTEP:
         # step, sign: only the angle matters, and at tiny norms (m < 1e-100) the gaps of nearly
         # parallel rows are subnormal; recompute them with the rows (and b2) scaled by a power
