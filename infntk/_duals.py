@@ -43,7 +43,7 @@ import math
 
 from numba import njit
 
-from ._vmath import atan2_pos, atan_ratio, atan_unit  # noqa: F401  (atan_unit: conv engine's)
+from ._vmath import atan2_pos_recip, atan_ratio, atan_unit  # noqa: F401  (atan_unit: conv engine's)
 from ._vmath import exp as vexp
 from ._vmath import expm1 as vexpm1
 from .activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS, FAMILY_ERF,
@@ -866,7 +866,8 @@ def erf_plain(q1, q2, A, B):
     """(k, kd) of erf: ``(2/pi) atan2(2 s, E)``, ``(4/pi) / E``, ``E = sqrt(1 + 2(q1 + q2) + 4AB)``
     (``E^2 = (1 + 2 q1)(1 + 2 q2) - 4 s^2``: one square root for both, no cancellation)."""
     E = math.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * (A * B))
-    return _TWO_OVER_PI * atan2_pos(B - A, E), (2.0 * _TWO_OVER_PI) / E
+    at, iE = atan2_pos_recip(B - A, E)          # one division for both
+    return _TWO_OVER_PI * at, (2.0 * _TWO_OVER_PI) * iE
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -901,8 +902,7 @@ def gelu_plain(q1, q2, A, B):
     iP = 1.0 / ((1.0 + q1) * (1.0 + q2))
     D2 = 1.0 + q1 + q2 + A * B
     Dl = math.sqrt(D2)
-    iD = 1.0 / Dl
-    at = atan2_pos(s, Dl)
+    at, iD = atan2_pos_recip(s, Dl)            # one division for both
     F = 0.25 * s + (s * at + (s * s + q1 * q2 * D2) * (iP * iD)) * _INV_TWO_PI
     G = 0.25 + at * _INV_TWO_PI + (s * iD) * _INV_TWO_PI * ((2.0 + q1 + q2) * iP + iD * iD)
     return F, G
