@@ -44,7 +44,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ._vmath import atan2_pos, atan_ratio, atan_unit  # noqa: F401  (atan_unit: conv engine's)
+from ._vmath import atan2_pos_recip, atan_ratio, atan_unit  # noqa: F401  (atan_unit: conv engine's)
 from ._vmath import exp as vexp
 from ._vmath import expm1 as vexpm1
 from .activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS, FAMILY_ERF,
@@ -867,7 +867,8 @@ def erf_plain(q1, q2, A, B):
     """(k, kd) of erf: ``(2/pi) atan2(2 s, E)``, ``(4/pi) / E``, ``E = sqrt(1 + 2(q1 + q2) + 4AB)``
     (``E^2 = (1 + 2 q1)(1 + 2 q2) - 4 s^2``: one square root for both, no cancellation)."""
     E = math.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * (A * B))
-    return _TWO_OVER_PI * atan2_pos(B - A, E), (2.0 * _TWO_OVER_PI) / E
+    at, iE = atan2_pos_recip(B - A, E)          # one division for both
+    return _TWO_OVER_PI * at, (2.0 * _TWO_OVER_PI) * iE
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -888,10 +889,11 @@ def trig_plain(is_sin, r1, r2, A, B):
 
 @njit(cache=True, inline="always", error_model="numpy")
 def gaussian_plain(q1, q2, A, B):
-    """(k, kd) of phi = exp(-x^2/2): ``det^(-1/2)``, ``s det^(-3/2)``, ``det = 1 + q1 + q2 + AB``."""
+    """(k, kd) of phi = exp(-x^2/2): ``det^(-1/2)``, ``s det^(-3/2)``, ``det = 1 + q1 + q2 + AB``
+    (``det^(-3/2)`` as ``k^3``: one division per pair, not two)."""
     det = 1.0 + q1 + q2 + A * B
     k = 1.0 / math.sqrt(det)
-    return k, 0.5 * (B - A) * k / det
+    return k, 0.5 * (B - A) * (k * (k * k))
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -901,8 +903,7 @@ def gelu_plain(q1, q2, A, B):
     iP = 1.0 / ((1.0 + q1) * (1.0 + q2))
     D2 = 1.0 + q1 + q2 + A * B
     Dl = math.sqrt(D2)
-    iD = 1.0 / Dl
-    at = atan2_pos(s, Dl)
+    at, iD = atan2_pos_recip(s, Dl)            # one division for both
     F = 0.25 * s + (s * at + (s * s + q1 * q2 * D2) * (iP * iD)) * _INV_TWO_PI
     G = 0.25 + at * _INV_TWO_PI + (s * iD) * _INV_TWO_PI * ((2.0 + q1 + q2) * iP + iD * iD)
     return F, G
@@ -957,13 +958,14 @@ def smooth_route_stable(family, q1, q2, m, A, B, gain):
     small (the same thresholds as :func:`_smooth_pair_oriented`), and always outside the plain
     forms' range. A NaN gain counts as large.
     """
-    # branch-free (selects only), so that a scan over pairs vectorizes
-    out = q1 >= _PLAIN_MAX or q2 >= _PLAIN_MAX
+    # branch-free, so that a scan over pairs vectorizes: ``|`` and ``&`` of the comparisons
+    # (Python's ``or``/``and`` short-circuit, i.e. branch, and the scan then stays scalar)
+    out = (q1 >= _PLAIN_MAX) | (q2 >= _PLAIN_MAX)
     large = not (gain <= _GAIN_STABLE * _GAIN_STABLE)     # gain is g1 g2, the bound squared
     lim = _GAP_QUAD * min(m, 1.0)
     small = min(A, B) <= lim
-    graded = family == FAMILY_GELU and A <= _GELU_GRADED * m and m < _BIG
-    return out or (large and (small or graded))
+    graded = (family == FAMILY_GELU) & (A <= _GELU_GRADED * m) & (m < _BIG)
+    return out | (large & (small | graded))
 
 
 @njit(cache=True, error_model="numpy")

@@ -9,8 +9,8 @@ bit cast, so that a loop calling them vectorizes (8 doubles per instruction on A
   in two parts), ``expm1(r)`` by its Taylor series to ``r^13`` (truncation < 2e-17 relative) in
   Estrin's scheme, and ``2^n`` built from its exponent bits as ``2^(n//2) 2^(n - n//2)`` so that
   subnormal results and the overflow threshold come out as in IEEE arithmetic.
-* :func:`atan_ratio` ``atan(lo / hi)`` for ``0 <= lo <= hi`` and :func:`atan2_pos`
-  ``atan2(y, x)`` for ``x > 0``.
+* :func:`atan_ratio` ``atan(lo / hi)`` for ``0 <= lo <= hi``, :func:`atan2_pos`
+  ``atan2(y, x)`` for ``x > 0`` and :func:`atan2_pos_recip` (the same and ``1 / x``, one division).
 
 Accuracy (tests/test_vmath.py, against mpmath): a few ulp; ``expm1`` relative to itself also at
 tiny arguments.
@@ -23,7 +23,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["exp", "expm1", "atan_ratio", "atan2_pos", "atan_unit"]
+__all__ = ["exp", "expm1", "atan_ratio", "atan2_pos", "atan2_pos_recip", "atan_unit"]
 
 
 @intrinsic
@@ -144,6 +144,15 @@ def atan_ratio(lo, hi):
     atan z by its Taylor series to z^15 (truncation < 1e-17 relative) in Estrin's scheme.
     Branch-free (selects only, no libm call), so that loops over pairs vectorize; a few ulp.
     """
+    c, base = _atan_centre(lo, hi)
+    den = hi + c * lo
+    z = (lo - c * hi) / (den if den > 0.0 else 1.0)
+    return base + _atan_reduced(z)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _atan_centre(lo, hi):
+    """(c, atan c): the reduction centre of :func:`atan_ratio` for ``lo / hi``."""
     c = _SA_C[0]
     base = _SA_BASE[0]
     c = _SA_C[1] if lo > _SA_CUT[0] * hi else c
@@ -154,8 +163,12 @@ def atan_ratio(lo, hi):
     base = _SA_BASE[3] if lo > _SA_CUT[2] * hi else base
     c = _SA_C[4] if lo > _SA_CUT[3] * hi else c
     base = _SA_BASE[4] if lo > _SA_CUT[3] * hi else base
-    den = hi + c * lo
-    z = (lo - c * hi) / (den if den > 0.0 else 1.0)
+    return c, base
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _atan_reduced(z):
+    """atan z for ``|z| <= tan(pi/32)`` (Taylor to z^15, Estrin)."""
     y = z * z
     y2 = y * y
     y4 = y2 * y2
@@ -163,7 +176,7 @@ def atan_ratio(lo, hi):
     e1 = _ATAN_TAYLOR[3] + _ATAN_TAYLOR[4] * y
     e2 = _ATAN_TAYLOR[5] + _ATAN_TAYLOR[6] * y
     p = (e0 + e1 * y2) + (e2 + _ATAN_TAYLOR[7] * y2) * y4
-    return base + (z + z * (y * p))
+    return z + z * (y * p)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -174,3 +187,24 @@ def atan2_pos(y, x):
     t = atan_ratio(ay if small else x, x if small else ay)
     a = t if small else _HALF_PI - t
     return a if y >= 0.0 else -a
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def atan2_pos_recip(y, x):
+    """``(atan2(y, x), 1 / x)`` for ``x > 0``, with one division for both.
+
+    :func:`atan2_pos`'s reduced argument ``z = num / den`` and ``1 / x`` are both taken from
+    ``r = 1 / (den x)`` (``z = num (x r)``, ``1 / x = den r``): two roundings more in each, so a
+    few ulp (the duals that need both, erf and GELU, save a division per pair). Valid while
+    ``den x`` does not overflow: ``|y|, x < 1e150``.
+    """
+    ay = abs(y)
+    small = ay <= x
+    lo = ay if small else x
+    hi = x if small else ay
+    c, base = _atan_centre(lo, hi)
+    den = hi + c * lo                        # >= hi >= x > 0
+    r = 1.0 / (den * x)
+    t = base + _atan_reduced((lo - c * hi) * (x * r))
+    a = t if small else _HALF_PI - t
+    return (a if y >= 0.0 else -a), den * r

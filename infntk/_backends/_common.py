@@ -9,7 +9,8 @@ from numba import njit
 
 from .._duals import diag_diff, smooth_pair, smooth_route_stable
 
-__all__ = ["check_rows_finite", "clipped_correlation", "stable_pairs", "max_or_nan"]
+__all__ = ["check_rows_finite", "clipped_correlation", "stable_pairs", "stable_pairs_all",
+           "max_or_nan"]
 
 
 @njit(cache=True, error_model="numpy")
@@ -30,41 +31,65 @@ def stable_pairs(family, qa, ra, s1, ga, q2, r2, s2, g2, A, B, D, cand, ncand, f
 
     A candidate does when it carries ``D`` (not NaN) or when
     :func:`infntk._duals.smooth_route_stable` says so from its gain ``ga * g2[j]`` (the caller
-    passes every column as a candidate, or only the carried ones where
-    :func:`infntk._duals.row_may_need_stable` rules the rest out). For the ``c``-th of them:
+    passes only the carried columns where :func:`infntk._duals.row_may_need_stable` rules the
+    rest out, else every column to :func:`stable_pairs_all`). For the ``c``-th of them:
     ``fix_j[c] = j`` and ``fix_v[c, :5] = (k, kd, kA, kB, dk)`` from
     :func:`infntk._duals.smooth_pair` (``dk = k11 - k22`` by ``diag_diff`` for a carried pair,
     NaN otherwise); returns their number. The state (``A``, ``B``, ``D``) is not modified: the
     engines run their plain pass over every pair next, then overwrite these.
     """
-    # the test first, in a loop that vectorizes (its one output is allocated here), then the
-    # rare pairs that pass it
-    flag = np.empty(ncand, dtype=np.uint8)
-    count = 0
+    nfix = 0
     for c in range(ncand):
         j = cand[c]
-        f = D[j] == D[j] or smooth_route_stable(family, qa, q2[j], ra * r2[j], A[j], B[j],
-                                                ga * g2[j])
-        flag[c] = f
+        if _route_stable(family, qa, ra, ga, q2[j], r2[j], g2[j], A[j], B[j], D[j]):
+            nfix = _stable_pair(family, qa, ra, s1, q2[j], r2[j], s2[j], A[j], B[j], D[j], j,
+                                fix_j, fix_v, nfix)
+    return nfix
+
+
+@njit(cache=True, error_model="numpy")
+def stable_pairs_all(family, qa, ra, s1, ga, q2, r2, s2, g2, A, B, D, n, flag, fix_j, fix_v):
+    """:func:`stable_pairs` with every column ``j < n`` a candidate.
+
+    The test runs first, over all columns, in a branch-free contiguous loop that vectorizes
+    (one byte per pair into the work array ``flag``, ``(>= n,)`` uint8), then the few pairs
+    that pass it are evaluated.
+    """
+    count = 0
+    for j in range(n):
+        f = _route_stable(family, qa, ra, ga, q2[j], r2[j], g2[j], A[j], B[j], D[j])
+        flag[j] = f
         count += f
     nfix = 0
     if count == 0:
         return 0
-    for c in range(ncand):
-        j = cand[c]
-        Dj = D[j]
-        carried = Dj == Dj
-        if flag[c]:
-            k, kd, kA, kB = smooth_pair(family, qa, q2[j], ra, r2[j], A[j], B[j], s1, s2[j],
-                                        Dj if carried else qa - q2[j])
-            fix_j[nfix] = j
-            fix_v[nfix, 0] = k
-            fix_v[nfix, 1] = kd
-            fix_v[nfix, 2] = kA
-            fix_v[nfix, 3] = kB
-            fix_v[nfix, 4] = diag_diff(family, qa, q2[j], Dj) if carried else math.nan
-            nfix += 1
+    for j in range(n):
+        if flag[j]:
+            nfix = _stable_pair(family, qa, ra, s1, q2[j], r2[j], s2[j], A[j], B[j], D[j], j,
+                                fix_j, fix_v, nfix)
     return nfix
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _route_stable(family, qa, ra, ga, q2, r2, g2, A, B, D):
+    """Whether a pair takes the stable route: it carries ``D`` or
+    :func:`infntk._duals.smooth_route_stable` (branch-free: ``|``, not ``or``)."""
+    return (D == D) | smooth_route_stable(family, qa, q2, ra * r2, A, B, ga * g2)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _stable_pair(family, qa, ra, s1, q2, r2, s2, A, B, D, j, fix_j, fix_v, nfix):
+    """Record pair ``j``'s stable-route duals as entry ``nfix`` of ``fix_j``, ``fix_v``;
+    returns ``nfix + 1``."""
+    carried = D == D
+    k, kd, kA, kB = smooth_pair(family, qa, q2, ra, r2, A, B, s1, s2, D if carried else qa - q2)
+    fix_j[nfix] = j
+    fix_v[nfix, 0] = k
+    fix_v[nfix, 1] = kd
+    fix_v[nfix, 2] = kA
+    fix_v[nfix, 3] = kB
+    fix_v[nfix, 4] = diag_diff(family, qa, q2, D) if carried else math.nan
+    return nfix + 1
 
 
 @njit(cache=True, inline="always", error_model="numpy")

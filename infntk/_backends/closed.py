@@ -31,7 +31,7 @@ from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gelu_pl
                       row_may_need_stable, trig_plain)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
-from ._common import check_rows_finite, stable_pairs
+from ._common import check_rows_finite, stable_pairs, stable_pairs_all
 
 __all__ = ["ClosedFormEngine", "NetRecord", "RowRecord", "ColRecord", "row_statistics",
            "gram_block"]
@@ -73,6 +73,7 @@ class ColRecord(NamedTuple):
     gT: np.ndarray     # (depth, n2)
     qmax: np.ndarray   # (depth + 1,) max over the columns of qT[l]
     gmax: np.ndarray   # (depth,) max over the columns of gT[l] (NaN if any is NaN)
+    m0: np.ndarray     # (n2,) first_layer_root(nsq): sqrt(w2 |x|^2 / d + b2)
 
 # Rows whose Gram cosine is within this distance of +-1 get their angle from the rows.
 _PARALLEL_TOL = 0.0625
@@ -155,9 +156,22 @@ def _needs_rows(g, nx2, ny2):
 @njit(cache=True, inline="always", error_model="numpy")
 def _first_layer_ab(nx2, ny2, omc, opc, dn, w2, b2, d):
     """(A, B) of Sigma^1 from |x|^2, |y|^2, 1 -+ cos(x, y) and |x| - |y|."""
-    nx = math.sqrt(nx2)
-    ny = math.sqrt(ny2)
-    m = math.sqrt(w2 * nx2 / d + b2) * math.sqrt(w2 * ny2 / d + b2)
+    return _first_layer_ab_pre(math.sqrt(nx2), math.sqrt(ny2), first_layer_root(nx2, w2, b2, d),
+                               first_layer_root(ny2, w2, b2, d), omc, opc, dn, w2, b2, d)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def first_layer_root(nsq, w2, b2, d):
+    """``sqrt(Sigma^1(x, x)) = sqrt(w2 |x|^2 / d + b2)`` as the first-layer gaps use it (NumPy's
+    ``np.sqrt(w2 * nsq / d + b2)`` gives the same floats, for per-row arrays)."""
+    return math.sqrt(w2 * nsq / d + b2)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _first_layer_ab_pre(nx, ny, mx, my, omc, opc, dn, w2, b2, d):
+    """:func:`_first_layer_ab` from the per-row roots ``|x|``, ``|y|`` and
+    ``mx = first_layer_root(|x|^2)``, ``my`` (no square root per pair)."""
+    m = mx * my
     wn = w2 * nx * ny / d
     gap = 0.0
     if b2 > 0.0:
@@ -168,10 +182,18 @@ def _first_layer_ab(nx2, ny2, omc, opc, dn, w2, b2, d):
 @njit(cache=True, inline="always", error_model="numpy")
 def _first_layer_gram(g, nx2, ny2, w2, b2, d):
     """(A, B) of Sigma^1 from the Gram entry: exact unless _needs_rows (branch-free)."""
-    nn = math.sqrt(nx2) * math.sqrt(ny2)
+    return _first_layer_gram_pre(g, math.sqrt(nx2), math.sqrt(ny2),
+                                 first_layer_root(nx2, w2, b2, d),
+                                 first_layer_root(ny2, w2, b2, d), w2, b2, d)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _first_layer_gram_pre(g, nx, ny, mx, my, w2, b2, d):
+    """:func:`_first_layer_gram` from the per-row roots (:func:`_first_layer_ab_pre`): the
+    same floats, without the four square roots per pair, so that the pair loop is cheap."""
+    nn = nx * ny
     c = g / nn if nn > 0.0 else 0.0
-    return _first_layer_ab(nx2, ny2, 1.0 - c, 1.0 + c, math.sqrt(nx2) - math.sqrt(ny2),
-                           w2, b2, d)
+    return _first_layer_ab_pre(nx, ny, mx, my, 1.0 - c, 1.0 + c, nx - ny, w2, b2, d)
 
 
 @njit(cache=True, error_model="numpy")
@@ -260,47 +282,60 @@ def _geomean(qa, qb, ra, rb):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _advance(j, k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, A, B, TH, K):
-    """One Dense layer for column j: Theta, the NNGP term and the carried gaps (A, B)."""
-    TH[j] = cK * k + w2 * kd * TH[j] + cb
-    K[j] = k
+def _advance(k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, th):
+    """One Dense layer for one pair: ``(Theta', A', B')`` from the activation's
+    ``(k, kd, kA, kB)`` and the pair's ``Theta``, with the bias gap.
+
+    Takes and returns scalars only, never the state arrays: an array passed to an inlined
+    function gets NRT reference-count calls (incref/decref) in the caller's loop, and when
+    a branch (``b2 > 0`` here) separates them, they are still there when LLVM's loop
+    vectorizer runs ("call instruction cannot be vectorized"; Numba's reference-count
+    pruning removes them only afterwards, leaving a scalar loop without any call).
+    """
     gap = 0.0
     if b2 > 0.0:
         ds = s1 - s2
         gap = w2 * b2 * ds * ds / (rn1 * rn2 + w2 * s1 * s2 + b2)
-    A[j] = gap + w2 * kA
-    B[j] = gap + w2 * kB + 2.0 * b2
+    return cK * k + w2 * kd * th + cb, gap + w2 * kA, gap + w2 * kB + 2.0 * b2
 
 
 @njit(cache=True, error_model="numpy")
 def _plain_pass(family, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl, A, B, TH, K):
     """One smooth activation layer by the plain route for columns ``j < jend``: one loop per
-    family (each vectorizes; the dual and :func:`_advance` inlined)."""
+    family (each vectorizes: the dual and :func:`_advance_plain` inlined, on scalars)."""
     if family == FAMILY_ERF:
         for j in range(jend):
             k, kd = erf_plain(qa, q2l[j], A[j], B[j])
-            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+            TH[j], A[j], B[j] = _advance_plain(k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl,
+                                               TH[j])
+            K[j] = k
     elif family == FAMILY_GELU:
         for j in range(jend):
             k, kd = gelu_plain(qa, q2l[j], A[j], B[j])
-            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+            TH[j], A[j], B[j] = _advance_plain(k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl,
+                                               TH[j])
+            K[j] = k
     elif family == FAMILY_GAUSSIAN:
         for j in range(jend):
             k, kd = gaussian_plain(qa, q2l[j], A[j], B[j])
-            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+            TH[j], A[j], B[j] = _advance_plain(k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl,
+                                               TH[j])
+            K[j] = k
     else:
         is_sin = family == FAMILY_SIN
         for j in range(jend):
             k, kd = trig_plain(is_sin, ra, r2l[j], A[j], B[j])
-            _advance_plain(j, k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+            TH[j], A[j], B[j] = _advance_plain(k, kd, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl,
+                                               TH[j])
+            K[j] = k
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _advance_plain(j, k, kd, s1, s2, rn1, rn2, w2, b2, cK, cb, A, B, TH, K):
+def _advance_plain(k, kd, s1, s2, rn1, rn2, w2, b2, cK, cb, th):
     """:func:`_advance` with the gaps by subtraction (the plain route)."""
     sk = s1 * s2
-    _advance(j, k, kd, max(sk - k, 0.0), max(sk + k, 0.0), s1, s2, rn1, rn2, w2, b2, cK, cb,
-             A, B, TH, K)
+    return _advance(k, kd, max(sk - k, 0.0), max(sk + k, 0.0), s1, s2, rn1, rn2, w2, b2, cK, cb,
+                    th)
 
 
 @njit(cache=True, error_model="numpy")
@@ -330,7 +365,7 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     """
     family, p0, p1, depth, w2, b2, cK, cb = net
     X1, nsq1, q1, r1, sk1, g1 = rows
-    X2, nsq2, q2T, r2T, sk2T, nrm2, g2T, q2max, g2max = cols
+    X2, nsq2, q2T, r2T, sk2T, nrm2, g2T, q2max, g2max, m02 = cols
     i = row0 + ib
     jend = i + 1 if symmetric else X2.shape[0]
     d = X1.shape[1]
@@ -341,16 +376,49 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     x = X1[i]
     gi = G[ib]
     nx2 = nsq1[i]
+    nx = math.sqrt(nx2)
+    mx = first_layer_root(nx2, w2, b2, d)
     for j in range(jend):                # vectorized: angles from the Gram matrix
-        A[j], B[j] = _first_layer_gram(gi[j], nx2, nsq2[j], w2, b2, d)
+        A[j], B[j] = _first_layer_gram_pre(gi[j], nx, nrm2[j], mx, m02[j], w2, b2, d)
         K[j] = gi[j] / d
         TH[j] = cK[0] * K[j] + cb[0]
-    nx = math.sqrt(nx2)
-    for j in range(jend):                # rare: (nearly) parallel rows, from the rows
-        same = symmetric and j == i
-        nn = nx * nrm2[j]   # _needs_rows(gi[j], nx2, nsq2[j]) with sqrt(nsq2[j]) precomputed
-        if same or (nn > 0.0 and abs(gi[j]) > (1.0 - _PARALLEL_TOL) * nn):
-            A[j], B[j] = _first_layer_rows(x, X2[j], gi[j], nx2, nsq2[j], w2, b2, d, same)
+    smooth = not (family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS)
+    # the smooth families carry D = q1 - q2 for the nearly parallel pairs (the ones whose
+    # angle comes from the rows): their radial gap needs it to full relative accuracy, which
+    # q1 - q2 of the rounded per-row variances is not. NaN: not carried, q1 - q2 is used (a
+    # pair starting at |cos| < 15/16 reaches a small gap only where the recursion contracts,
+    # or keeps its gap O(1) in the chaotic regime).
+    Dq = np.empty(jend if smooth else 0)
+    fix_j = np.empty(jend if smooth else 0, dtype=np.int64)
+    fix_v = np.empty((jend if smooth else 0, 6))
+    flag = np.empty(jend if smooth else 0, dtype=np.uint8)
+    carried = np.empty(jend if smooth else 0, dtype=np.int64)
+    ncarried = np.int64(0)  # typed: a literal 0 would compile a second stable_pairs
+    if smooth:
+        Dq[:] = math.nan
+    # (nearly) parallel rows take their angle from the rows: the test first, in a loop that
+    # vectorizes (_needs_rows with sqrt(nsq2[j]) precomputed), then the rare pairs that pass it
+    # and, in the symmetric case, the diagonal (the last column)
+    rowf = np.empty(jend, dtype=np.uint8)
+    nrows = 0
+    jlast = jend - 1 if symmetric else jend
+    for j in range(jlast):
+        nn = nx * nrm2[j]
+        f = (nn > 0.0) & (abs(gi[j]) > (1.0 - _PARALLEL_TOL) * nn)
+        rowf[j] = f
+        nrows += f
+    if symmetric:
+        rowf[i] = True
+    if nrows > 0 or symmetric:
+        for j in range(0 if nrows > 0 else jlast, jend):
+            if rowf[j]:
+                same = symmetric and j == i
+                A[j], B[j] = _first_layer_rows(x, X2[j], gi[j], nx2, nsq2[j], w2, b2, d, same)
+                if smooth:
+                    Dq[j] = 0.0 if same else w2 * (_sqnorm_diff(x, X2[j]) / d)
+                    if Dq[j] == Dq[j]:
+                        carried[ncarried] = j
+                        ncarried += 1
     if family == FAMILY_ABSTEP:
         # step, sign: only the angle matters, and at tiny norms (m < 1e-100) the gaps of nearly
         # parallel rows are subnormal; recompute them with the rows (and b2) scaled by a power
@@ -367,29 +435,6 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                 else:
                     A[j], B[j] = _first_layer_gram(gi[j] * c2, nx2 * c2, nsq2[j] * c2, w2,
                                                    b2 * c2, d)
-    smooth = not (family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS)
-    # the smooth families carry D = q1 - q2 for the nearly parallel pairs (the ones whose
-    # angle comes from the rows): their radial gap needs it to full relative accuracy, which
-    # q1 - q2 of the rounded per-row variances is not. NaN: not carried, q1 - q2 is used (a
-    # pair starting at |cos| < 15/16 reaches a small gap only where the recursion contracts,
-    # or keeps its gap O(1) in the chaotic regime).
-    Dq = np.empty(jend if smooth else 0)
-    fix_j = np.empty(jend if smooth else 0, dtype=np.int64)
-    fix_v = np.empty((jend if smooth else 0, 6))
-    allj = np.arange(jend if smooth else 0)
-    carried = np.empty(jend if smooth else 0, dtype=np.int64)
-    ncarried = np.int64(0)  # typed: a literal 0 would compile a second stable_pairs
-    if smooth:
-        for j in range(jend):
-            if symmetric and j == i:
-                Dq[j] = 0.0
-            elif _needs_rows(gi[j], nx2, nsq2[j]):
-                Dq[j] = w2 * (_sqnorm_diff(x, X2[j]) / d)
-            else:
-                Dq[j] = math.nan
-            if Dq[j] == Dq[j]:
-                carried[ncarried] = j
-                ncarried += 1
     # sin, cos, gaussian also take the bias gap's sqrt(k11) - sqrt(k22) from it
     exact_d = family == FAMILY_SIN or family == FAMILY_COS or family == FAMILY_GAUSSIAN
     for l in range(depth):
@@ -408,19 +453,23 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
             step = family == FAMILY_ABSTEP
             for j in range(jend):
                 k, kd, kA, kB = kinked_state(step, p0, p1, A[j], B[j], s1 * s2l[j])
-                _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                TH[j], A[j], B[j] = _advance(k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl,
+                                             cbl, TH[j])
+                K[j] = k
         elif family == FAMILY_ARCCOS:
             n = int(p0)
             for j in range(jend):
                 k, kd, kA, kB = arccos_pair(n, _geomean(qa, q2l[j], ra, r2l[j]), A[j], B[j])
-                _advance(j, k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                TH[j], A[j], B[j] = _advance(k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl,
+                                             cbl, TH[j])
+                K[j] = k
         else:
             # the pairs that take the stable route (carried D, or a small gap the rest of the
             # network would amplify): computed first from the entry state, applied last
             ga = g1[i, l]
             if row_may_need_stable(qa, q2max[l], ga, g2max[l]):
-                nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
-                                    allj, jend, fix_j, fix_v)
+                nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
+                                        jend, flag, fix_j, fix_v)
             else:                                # only the pairs that carry D
                 nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
                                     carried, ncarried, fix_j, fix_v)
@@ -438,9 +487,10 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                         A, B, TH, K)
             for c in range(nfix):
                 j = fix_j[c]
-                TH[j] = fix_v[c, 5]
-                _advance(j, fix_v[c, 0], fix_v[c, 1], fix_v[c, 2], fix_v[c, 3], s1, fix_v[c, 4],
-                         rn1, r2n[j], w2, b2, cKl, cbl, A, B, TH, K)
+                TH[j], A[j], B[j] = _advance(fix_v[c, 0], fix_v[c, 1], fix_v[c, 2], fix_v[c, 3],
+                                             s1, fix_v[c, 4], rn1, r2n[j], w2, b2, cKl, cbl,
+                                             fix_v[c, 5])
+                K[j] = fix_v[c, 0]
     for j in range(jend):
         out_nngp[ib, j] = w2 * K[j] + b2
         out_ntk[ib, j] = TH[j]
@@ -505,8 +555,10 @@ class ClosedFormEngine:
         rec2, _ = rows2
         qT = np.ascontiguousarray(rec2.q.T)
         gT = np.ascontiguousarray(rec2.g.T)
+        net = self.net
+        m0 = np.sqrt(net.w2 * rec2.nsq / rec2.X.shape[1] + net.b2)   # first_layer_root
         cols = ColRecord(rec2.X, rec2.nsq, qT, np.sqrt(qT), np.ascontiguousarray(rec2.sk.T),
-                         np.sqrt(rec2.nsq), gT, _column_max(qT), _column_max(gT))
+                         np.sqrt(rec2.nsq), gT, _column_max(qT), _column_max(gT), m0)
         return _Plan(rec1, cols)
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):

@@ -39,8 +39,10 @@ from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gelu_pl
                       kinked_state, row_may_need_stable, trig_plain)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
-from ._common import check_rows_finite, clipped_correlation, max_or_nan, stable_pairs
-from .closed import _first_layer_gram, _first_layer_rows, _geomean, _needs_rows, _sqnorm_diff
+from ._common import (check_rows_finite, clipped_correlation, max_or_nan, stable_pairs,
+                      stable_pairs_all)
+from .closed import (_first_layer_gram_pre, _first_layer_rows, _geomean, _needs_rows,
+                     _sqnorm_diff, first_layer_root)
 from .series import K_MAX, _deriv_at_zero, _LayerData
 
 __all__ = ["ComposedEngine", "Op", "INPUT_DENSE", "DENSE", "ACT", "NORM", "PUSH", "POP",
@@ -204,12 +206,18 @@ def _input_dense(X1, X2, G, nsq1, nsq2, row0, symmetric, op, S):
     A, B, K, TH, KD, D = S
     d = X1.shape[1]
     w2, b2, cK, cb = op.w2, op.b2, op.cK, op.cb
+    n2 = np.sqrt(nsq2)                    # the per-row roots of the FC engine's first layer
+    m2 = np.empty(nsq2.shape[0])
+    for j in range(nsq2.shape[0]):
+        m2[j] = first_layer_root(nsq2[j], w2, b2, d)
     for ib in prange(G.shape[0]):
         i = row0 + ib
         jend = i + 1 if symmetric else X2.shape[0]
         nx2 = nsq1[i]
+        nx = math.sqrt(nx2)
+        mx = first_layer_root(nx2, w2, b2, d)
         for j in range(jend):
-            A[ib, j], B[ib, j] = _first_layer_gram(G[ib, j], nx2, nsq2[j], w2, b2, d)
+            A[ib, j], B[ib, j] = _first_layer_gram_pre(G[ib, j], nx, n2[j], mx, m2[j], w2, b2, d)
             K[ib, j] = G[ib, j] / d
             TH[ib, j] = cK * K[ib, j] + cb
             KD[ib, j] = 1.0
@@ -280,19 +288,19 @@ def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, q2max, g2max
         return
     fix_j = np.empty(jend, dtype=np.int64)
     fix_v = np.empty((jend, 6))
-    cand = np.empty(jend, dtype=np.int64)
-    ncand = np.int64(0)     # typed: a literal 0 would compile a second stable_pairs
     if row_may_need_stable(qa, q2max, ga, g2max):
-        for j in range(jend):
-            cand[j] = j
-        ncand = jend
+        flag = np.empty(jend, dtype=np.uint8)
+        nfix = stable_pairs_all(family, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, D, jend, flag,
+                                fix_j, fix_v)
     else:                                        # only the pairs that carry D
+        cand = np.empty(jend, dtype=np.int64)
+        ncand = np.int64(0)     # typed: a literal 0 would compile a second stable_pairs
         for j in range(jend):
             if D[j] == D[j]:
                 cand[ncand] = j
                 ncand += 1
-    nfix = stable_pairs(family, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, D, cand, ncand, fix_j,
-                        fix_v)
+        nfix = stable_pairs(family, qa, ra, s1, ga, q2, r2, sk2, g2, A, B, D, cand, ncand,
+                            fix_j, fix_v)
     for c in range(nfix):
         j = fix_j[c]
         fix_v[c, 5] = KD[j]
@@ -301,20 +309,28 @@ def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, q2max, g2max
     if family == FAMILY_ERF:
         for j in range(jend):
             k, kd = erf_plain(qa, q2[j], A[j], B[j])
-            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+            K[j] = k
+            KD[j] = KD[j] * kd
+            A[j], B[j] = _plain_gaps(k, s1 * sk2[j])
     elif family == FAMILY_GELU:
         for j in range(jend):
             k, kd = gelu_plain(qa, q2[j], A[j], B[j])
-            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+            K[j] = k
+            KD[j] = KD[j] * kd
+            A[j], B[j] = _plain_gaps(k, s1 * sk2[j])
     elif family == FAMILY_GAUSSIAN:
         for j in range(jend):
             k, kd = gaussian_plain(qa, q2[j], A[j], B[j])
-            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+            K[j] = k
+            KD[j] = KD[j] * kd
+            A[j], B[j] = _plain_gaps(k, s1 * sk2[j])
     else:
         is_sin = family == FAMILY_SIN
         for j in range(jend):
             k, kd = trig_plain(is_sin, ra, r2[j], A[j], B[j])
-            _store_plain(j, k, kd, s1 * sk2[j], A, B, K, KD)
+            K[j] = k
+            KD[j] = KD[j] * kd
+            A[j], B[j] = _plain_gaps(k, s1 * sk2[j])
     for c in range(nfix):
         j = fix_j[c]
         K[j] = fix_v[c, 0]
@@ -324,11 +340,11 @@ def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, q2max, g2max
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _store_plain(j, k, kd, sk, A, B, K, KD):
-    K[j] = k
-    KD[j] = KD[j] * kd
-    A[j] = max(sk - k, 0.0)
-    B[j] = max(sk + k, 0.0)
+def _plain_gaps(k, sk):
+    """The plain route's gaps ``(sk - k, sk + k)``, clipped at 0 (scalars only: an array
+    passed to an inlined function puts reference-count calls in the caller's loop, which
+    can stop it vectorizing; see :func:`infntk._backends.closed._advance`)."""
+    return max(sk - k, 0.0), max(sk + k, 0.0)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
