@@ -26,15 +26,18 @@ Cost: coefficients ``O(n_distinct_q * nodes * K)`` per layer (NumPy, vectorized)
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import warnings
 from typing import NamedTuple
 
 import numpy as np
+import numba
 from numba import njit, prange
 
 from .. import hermite
+from .._numba_config import blas_one_thread
 from ..quadrature import pair_expectations
 from ._common import check_rows_finite, clipped_correlation
 
@@ -511,6 +514,27 @@ def _deriv_at_zero(act):
     return 0.5 * (dm + dp)
 
 
+def _thread_safe(act):
+    """Whether ``phi`` and ``phi'`` may be evaluated from several threads at once: the
+    registered activations (NumPy ufuncs and this package's own functions, no state); a
+    user's callable is always evaluated from the calling thread."""
+    mods = {getattr(f, "__module__", None) for f in (act.fn, act.deriv)}
+    return "callable" not in act.params and mods <= {"numpy", "infntk.activations"}
+
+
+def _map_tasks(fn, items, act):
+    """``[fn(x) for x in items]``, on ``numba.get_num_threads()`` threads when the activation
+    is :func:`_thread_safe` (NumPy releases the GIL in its ufuncs and BLAS products; each
+    thread's BLAS on one thread, so that the two cores are not oversubscribed). Every item is
+    computed independently, so the results do not depend on the number of threads."""
+    items = list(items)
+    workers = min(numba.get_num_threads(), len(items))
+    if workers <= 1 or not _thread_safe(act):
+        return [fn(x) for x in items]
+    with blas_one_thread(), concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
 def _row_statistics(act, setup, nsq):
     """Variances, exact second moments and the NTK diagonal of every layer.
 
@@ -531,8 +555,10 @@ def _row_statistics(act, setup, nsq):
     for l in range(L):
         ql = q[l]
         uq, inv = np.unique(ql, return_inverse=True)
-        E[l] = hermite.second_moment(act, uq)[inv]
-        Ed[l] = hermite.second_moment(act, uq, derivative=True)[inv]
+        m, md = _map_tasks(lambda der: hermite.second_moment(act, uq, derivative=der),
+                           (False, True), act)
+        E[l] = m[inv]
+        Ed[l] = md[inv]
         zero = ql == 0.0
         if zero.any():
             if b00 is None:
@@ -554,8 +580,8 @@ class _LayerData:
 
     def __init__(self, act, Kc, q):
         uq, inv = np.unique(q, return_inverse=True)
-        a, T, fl = hermite._tails(act, Kc, uq, False)
-        b, Td, fld = hermite._tails(act, Kc, uq, True)
+        (a, T, fl), (b, Td, fld) = _map_tasks(lambda der: hermite._tails(act, Kc, uq, der),
+                                              (False, True), act)
         zero = uq == 0.0
         tT = _all_tails(a, T[:, Kc]) + fl
         tD = _all_tails(b, Td[:, Kc]) + fld
@@ -587,12 +613,17 @@ def _side_tails(act, Ks, Kmax, q, keep):
     chunks = {} if keep else None
     for c in range(0, (n + _COEF_CHUNK - 1) // _COEF_CHUNK):
         lo, hi = c * _COEF_CHUNK, min(n, (c + 1) * _COEF_CHUNK)
+        uniq = [np.unique(q[l, lo:hi], return_inverse=True) for l in range(L)]
+        # the chunk's (layer, phi / phi') quadratures are independent: one task each
+        tasks = [(l, der) for l in range(L) for der in (False, True)]
+        res = dict(zip(tasks, _map_tasks(
+            lambda t: hermite._tails(act, Ks[t[0]], uniq[t[0]][0], t[1]), tasks, act)))
         coefs = []
         for l in range(L):
             K = Ks[l]
-            uq, inv = np.unique(q[l, lo:hi], return_inverse=True)
-            a, T, fl = hermite._tails(act, K, uq, False)
-            b, Td, fld = hermite._tails(act, K, uq, True)
+            uq, inv = uniq[l]
+            a, T, fl = res[l, False]
+            b, Td, fld = res[l, True]
             zero = uq == 0.0          # rho = 0 exactly for degenerate rows: only k = 0 is used
             out[l, 0, lo:hi] = np.where(zero, 0.0, T[:, K] + fl[:, K])[inv]
             out[l, 1, lo:hi] = np.where(zero, 0.0, Td[:, K] + fld[:, K])[inv]
@@ -672,15 +703,36 @@ def _partners(setup, A, B, symmetric, q0):
     step = max(1, min(512, _PARTNER_FLOATS // max(1, B.shape[0])))
     for r0 in range(0, n1, step):
         r1 = min(n1, r0 + step)
-        S = w2 * (A[r0:r1] @ B.T) / d + b2
-        den = rA[r0:r1, None] * rB[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.where(den > 0, np.abs(S) / den, 0.0)
-        if symmetric:
-            rho[np.arange(r1 - r0), np.arange(r0, r1)] = -1.0
-        arg[r0:r1] = np.argmax(rho, axis=1)
-        best[r0:r1] = np.min([np.max(rho, axis=1), np.ones(r1 - r0)], axis=0)
+        _best_partners(A[r0:r1] @ B.T, rA, rB, r0, symmetric, float(w2), float(d), float(b2),
+                       arg, best)
     return arg, best
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _best_partners(P, rA, rB, r0, symmetric, w2, d, b2, arg, best):
+    """For the rows ``r0 + t`` of a Gram block ``P = A[r0:r1] B^T``: the first column of the
+    largest ``|w2 P / d + b2| / (rA rB)`` (0 where ``rA rB = 0``; the row itself excluded,
+    value -1, when ``symmetric``) into ``arg``, that value clipped at 1 into ``best``.
+
+    One pass over the block (the same floating-point operations as the elementwise NumPy
+    expressions, so the same partners and values)."""
+    nb, n2 = P.shape
+    for t in prange(nb):
+        i = r0 + t
+        ra = rA[i]
+        top = -math.inf
+        at = 0
+        for j in range(n2):
+            den = ra * rB[j]
+            s = w2 * P[t, j] / d + b2
+            v = abs(s) / den if den > 0 else 0.0
+            if symmetric and j == i:
+                v = -1.0
+            if v > top:
+                top = v
+                at = j
+        arg[i] = at
+        best[i] = min(top, 1.0)
 
 
 def _row_correlations(setup, A, B, symmetric, q0, partners):
@@ -1007,12 +1059,12 @@ def _layer_coefficients(act, Ks, Kmax, qs):
 
     Per layer ``l`` up to ``Ks[l]`` (zero beyond), computed once per distinct variance.
     """
-    coefs = []
-    for l in range(qs.shape[0]):
-        uq, inv = np.unique(qs[l], return_inverse=True)
-        K = Ks[l]
-        coefs.append((hermite._coefficient_arrays(act, K, uq, False)[inv],
-                      hermite._coefficient_arrays(act, K, uq, True)[inv]))
+    L = qs.shape[0]
+    uniq = [np.unique(qs[l], return_inverse=True) for l in range(L)]
+    tasks = [(l, der) for l in range(L) for der in (False, True)]
+    res = dict(zip(tasks, _map_tasks(
+        lambda t: hermite._coefficient_arrays(act, Ks[t[0]], uniq[t[0]][0], t[1]), tasks, act)))
+    coefs = [(res[l, False][uniq[l][1]], res[l, True][uniq[l][1]]) for l in range(L)]
     return _chunk_data(Ks, Kmax, coefs)
 
 
