@@ -27,6 +27,8 @@ Cost: coefficients ``O(n_distinct_q * nodes * K)`` per layer (NumPy, vectorized)
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import contextvars
 import dataclasses
 import math
 import warnings
@@ -522,16 +524,42 @@ def _thread_safe(act):
     return "callable" not in act.params and mods <= {"numpy", "infntk.activations"}
 
 
+#: whether :func:`_map_tasks` may use threads (set by :func:`_parallel_section`)
+_PARALLEL = contextvars.ContextVar("infntk_series_parallel", default=False)
+#: problems of at least this many pairs run their per-row quadratures with BLAS on one thread
+#: and, for the registered activations, on several threads (the gram driver's BLAS limit)
+_PARALLEL_PAIRS = 1 << 16
+
+
+@contextlib.contextmanager
+def _parallel_section(on):
+    """While it lasts (if ``on``): BLAS on one thread and :func:`_map_tasks` on threads.
+
+    Only for large problems: the BLAS limit costs about 1 ms per call. BLAS on one thread in
+    both the threaded and the sequential case, so that the products (whose rounding may
+    depend on BLAS's thread count) and hence the results do not depend on the number of
+    threads."""
+    if not on:
+        yield
+        return
+    with blas_one_thread():
+        token = _PARALLEL.set(True)
+        try:
+            yield
+        finally:
+            _PARALLEL.reset(token)
+
+
 def _map_tasks(fn, items, act):
-    """``[fn(x) for x in items]``, on ``numba.get_num_threads()`` threads when the activation
-    is :func:`_thread_safe` (NumPy releases the GIL in its ufuncs and BLAS products; each
-    thread's BLAS on one thread, so that the two cores are not oversubscribed). Every item is
-    computed independently, so the results do not depend on the number of threads."""
+    """``[fn(x) for x in items]``, inside a :func:`_parallel_section` on
+    ``numba.get_num_threads()`` threads when the activation is :func:`_thread_safe` (NumPy
+    releases the GIL in its ufuncs and BLAS products). Every item is computed independently
+    (BLAS on one thread), so the results do not depend on the number of threads."""
     items = list(items)
     workers = min(numba.get_num_threads(), len(items))
-    if workers <= 1 or not _thread_safe(act):
+    if workers <= 1 or not _PARALLEL.get() or not _thread_safe(act):
         return [fn(x) for x in items]
-    with blas_one_thread(), concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         return list(pool.map(fn, items))
 
 
@@ -1154,6 +1182,7 @@ class _Plan:
         self._e2 = {}                 # (layer, side, row) -> 1.25 E[phi2^2]
         self.store1, self.store2 = store1, store2     # the same object when symmetric
         self.budget_set = False
+        self.parallel = False         # per-row quadratures in a _parallel_section
         self.excess = 0.0
         self.allowed = allowed
         self.extra = extra            # rounding of the row statistics, added once
@@ -1216,6 +1245,14 @@ class SeriesEngine:
         return X, np.einsum("ij,ij->i", X, X)
 
     def prepare(self, rows1, rows2, symmetric):
+        n1, n2 = rows1[0].shape[0], rows2[0].shape[0]
+        parallel = n1 * n2 >= _PARALLEL_PAIRS
+        with _parallel_section(parallel):
+            plan = self._prepare(rows1, rows2, symmetric)
+        plan.parallel = parallel      # the blocks' coefficient chunks: the same BLAS setting
+        return plan
+
+    def _prepare(self, rows1, rows2, symmetric):
         (A, nsq1), (B, nsq2) = rows1, rows2
         n1 = A.shape[0]
         setup, act = self.setup, self.activation
@@ -1297,6 +1334,11 @@ class SeriesEngine:
             for st in stores:
                 st.keep_all = keep
             plan.budget_set = True
+        with _parallel_section(plan.parallel):
+            self._block(plan, G, row0, symmetric, out_nngp, out_ntk)
+
+    def _block(self, plan, G, row0, symmetric, out_nngp, out_ntk):
+        nb, ncols = G.shape
         G = np.ascontiguousarray(G)
         ex = np.zeros(nb)
         eb = np.zeros(nb)
