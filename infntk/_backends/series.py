@@ -79,16 +79,6 @@ _QUAD_ROW_PAIRS = 8
 
 # ----------------------------------------------------------------------------- compiled pairs
 @njit(cache=True, inline="always", error_model="numpy")
-def _power(a, n):
-    """a^n for 0 <= a <= 1 (0 for a = 0)."""
-    if a <= 0.0:
-        return 0.0
-    if a >= 1.0:
-        return 1.0
-    return math.exp(n * math.log(a))
-
-
-@njit(cache=True, inline="always", error_model="numpy")
 def _rounding(a, K):
     """Relative rounding allowance of a Horner sum at ``|rho| = a`` (times ``sqrt(E1 E2)``).
 
