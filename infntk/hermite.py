@@ -311,10 +311,14 @@ def _project(F, z, s, K, want_tails, G=None):
         return a, None
     if want_tails == "ends":
         T = np.full_like(a, np.nan)
-        R0 = Fs - a[:, :1] * G[None, :, 0]
-        T[:, 0] = np.einsum("ij,ij->i", R0, R0)
-        RK = Fs - a @ G.T
-        T[:, K] = np.einsum("ij,ij->i", RK, RK)
+        # the residuals formed in place (a contiguous copy of G's first column: a strided
+        # broadcast operand is several times slower); the same values as Fs - a0 G0, Fs - a G^T
+        R = np.multiply(a[:, :1], np.ascontiguousarray(G[:, 0])[None, :])
+        np.subtract(Fs, R, out=R)
+        T[:, 0] = np.einsum("ij,ij->i", R, R)
+        R = a @ G.T
+        np.subtract(Fs, R, out=R)
+        T[:, K] = np.einsum("ij,ij->i", R, R)
         return a, T
     T = np.empty_like(a)
     R = Fs
@@ -332,6 +336,18 @@ def _eval_phi(fn, X):
         raise ValueError("activation returned NaN or inf on the quadrature nodes; it must be "
                          "finite on the real line and grow at most polynomially.")
     return Y
+
+
+def _octaves(sq):
+    """``0 if r <= 1 else floor(log2(r))`` for every standard deviation ``r`` of ``sq``
+    (the octave that selects the composite rule), vectorized: ``frexp`` gives the exponent
+    exactly, and the few values within ``1e-12`` below a power of two (where ``log2`` may
+    round up to the integer) are taken from ``math.log2`` as one at a time."""
+    f, e = np.frexp(sq)
+    keys = np.where(sq <= 1, 0, e - 1).astype(np.int64)
+    for t in np.flatnonzero((f > 1 - 1e-12) & (sq > 1)):
+        keys[t] = math.floor(math.log2(float(sq[t])))
+    return keys
 
 
 def _double_quadrature(fn, kinks, K, q, want_tails=False, method=None):
@@ -367,10 +383,10 @@ def _double_quadrature(fn, kinks, K, q, want_tails=False, method=None):
         keyq = {i: sq[i] for i in groups}
     else:
         groups, keyq = {}, {}
-        for i in np.flatnonzero(pos):
-            key = 0 if sq[i] <= 1 else math.floor(math.log2(sq[i]))
-            groups.setdefault(key, []).append(i)
-            keyq[key] = sq[i]
+        idx = np.flatnonzero(pos)
+        keys = _octaves(sq[idx])
+        for key in np.unique(keys):
+            groups[int(key)] = idx[keys == key]
     for key, idx in groups.items():
         if nonzero_kinks:
             z, s = _composite_rule(K, keyq[key], kinks)

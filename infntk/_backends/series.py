@@ -26,15 +26,20 @@ Cost: coefficients ``O(n_distinct_q * nodes * K)`` per layer (NumPy, vectorized)
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import contextvars
 import dataclasses
 import math
 import warnings
 from typing import NamedTuple
 
 import numpy as np
+import numba
 from numba import njit, prange
 
 from .. import hermite
+from .._numba_config import blas_one_thread
 from ..quadrature import pair_expectations
 from ._common import check_rows_finite, clipped_correlation
 
@@ -73,16 +78,6 @@ _QUAD_ROW_PAIRS = 8
 
 
 # ----------------------------------------------------------------------------- compiled pairs
-@njit(cache=True, inline="always", error_model="numpy")
-def _power(a, n):
-    """a^n for 0 <= a <= 1 (0 for a = 0)."""
-    if a <= 0.0:
-        return 0.0
-    if a >= 1.0:
-        return 1.0
-    return math.exp(n * math.log(a))
-
-
 @njit(cache=True, inline="always", error_model="numpy")
 def _rounding(a, K):
     """Relative rounding allowance of a Horner sum at ``|rho| = a`` (times ``sqrt(E1 E2)``).
@@ -135,6 +130,68 @@ def _level(r, grid):
     return m
 
 
+#: the mantissa bits of sqrt(2) rounded (``2 * 0.7071067811865476``, the threshold of
+#: :func:`_level`'s ``frexp`` fraction, doubled exactly)
+_MANT_MASK = (1 << 52) - 1
+_MANT_SQRT2 = int(np.array([1.4142135623730951]).view(np.int64)[0]) & _MANT_MASK
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _level_start(bits, r, n):
+    """:func:`_level`'s starting index before its upward search, from the bits of ``1 - r``.
+
+    ``bits``: the IEEE bits of ``1 - r`` (normal for ``0 < r < 1``); the exponent and the
+    mantissa give ``frexp(1 - r)`` without a call, so that the loop over a chunk vectorizes.
+    The caller finishes with ``while grid[m] < r: m += 1`` (``grid[n - 1] = 1 >= r``), which
+    makes the result :func:`_level`'s.
+    """
+    e = ((bits >> 52) & 0x7FF) - 1022                  # frexp exponent: 1 - r = f 2^e
+    m = -2 * e + (1 if (bits & _MANT_MASK) >= _MANT_SQRT2 else 2) - 1
+    m = min(max(m, 1), n - 1)
+    m = 0 if r <= 0.0 else m
+    return n - 1 if r >= 1.0 else m
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _rounding_fast(a, hK, sK1):
+    """:func:`_rounding` without its branch (``hK = 2K + 3``, ``sK1 = sqrt(K + 1)``): at
+    ``a = 1`` the two infinities select ``hK`` and ``sK1``, the same value bit for bit."""
+    x = a * a
+    om = 1.0 - x
+    h = min(hK, math.sqrt(4.0 * (1.0 + x) / (om * om * om)))
+    c = min(sK1, 1.0 / math.sqrt(om))
+    return (h + 9.0 * c) * _EPS
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _powers(A, B, FA, FB, PA, PB, nj, n, safety):
+    """``FA[:nj] = A^n safety``, ``FB[:nj] = B^n safety`` for ``0 <= A, B <= 1`` by repeated
+    squaring (loops over the chunk that vectorize; ``PA``, ``PB`` work space).
+
+    Binary powering rounds at most ``2 log2 n`` times, relative error ``<= (n - 1) eps / 2``
+    (Higham, *Accuracy and Stability of Numerical Algorithms*, sec. 3.1): ``safety =
+    1 + 2 (n + 1) eps`` makes the result an upper bound of the exact power (underflow to 0
+    below ~1e-308 aside).
+    """
+    for jj in range(nj):
+        PA[jj] = A[jj]
+        PB[jj] = B[jj]
+        FA[jj] = safety
+        FB[jj] = safety
+    e = n
+    while True:
+        if e & 1:
+            for jj in range(nj):
+                FA[jj] *= PA[jj]
+                FB[jj] *= PB[jj]
+        e >>= 1
+        if e == 0:
+            break
+        for jj in range(nj):
+            PA[jj] *= PA[jj]
+            PB[jj] *= PB[jj]
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def _quadrature_eligible(rq1, rq2, i, j, depth):
     """Whether the pair ``(i, j)`` may go to the direct quadrature: no degenerate row at layer 0
@@ -173,6 +230,23 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
     accd = np.empty(_CHUNK)
     eS = np.empty(_CHUNK)
     eT = np.empty(_CHUNK)
+    AB = np.empty(_CHUNK)
+    DL = np.empty(_CHUNK)
+    AD = np.empty(_CHUNK)
+    RP = np.empty(_CHUNK)
+    FT = np.empty(_CHUNK)
+    FD = np.empty(_CHUNK)
+    PA = np.empty(_CHUNK)
+    PD = np.empty(_CHUNK)
+    EK = np.empty(_CHUNK)
+    EKD = np.empty(_CHUNK)
+    OM = np.empty(_CHUNK)
+    OMD = np.empty(_CHUNK)
+    OMI = OM.view(np.int64)
+    OMDI = OMD.view(np.int64)
+    MA = np.empty(_CHUNK, dtype=np.int64)
+    MD = np.empty(_CHUNK, dtype=np.int64)
+    ng = grid.size
     ex = 0.0
     worst = 0.0
     worstq = 0.0
@@ -203,7 +277,28 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
             for jj in range(nj):
                 acc[jj] = c * ak[jj]
                 accd[jj] = cd * bk[jj]
-            for k in range(K - 1, -1, -1):
+            # Horner, four degrees per pass over the columns (the accumulators stay in
+            # registers): the same operations in the same order as one degree per pass
+            k = K - 1
+            while k >= 3:
+                x0, x1, x2, x3 = a1[l, ir, k], a1[l, ir, k - 1], a1[l, ir, k - 2], a1[l, ir, k - 3]
+                y0, y1, y2, y3 = b1[l, ir, k], b1[l, ir, k - 1], b1[l, ir, k - 2], b1[l, ir, k - 3]
+                ak0, ak1 = a2T[l, k, jc:jc + nj], a2T[l, k - 1, jc:jc + nj]
+                ak2, ak3 = a2T[l, k - 2, jc:jc + nj], a2T[l, k - 3, jc:jc + nj]
+                bk0, bk1 = b2T[l, k, jc:jc + nj], b2T[l, k - 1, jc:jc + nj]
+                bk2, bk3 = b2T[l, k - 2, jc:jc + nj], b2T[l, k - 3, jc:jc + nj]
+                for jj in range(nj):
+                    r = R[jj]
+                    sa = acc[jj] * r + x0 * ak0[jj]
+                    sa = sa * r + x1 * ak1[jj]
+                    sa = sa * r + x2 * ak2[jj]
+                    acc[jj] = sa * r + x3 * ak3[jj]
+                    sb = accd[jj] * r + y0 * bk0[jj]
+                    sb = sb * r + y1 * bk1[jj]
+                    sb = sb * r + y2 * bk2[jj]
+                    accd[jj] = sb * r + y3 * bk3[jj]
+                k -= 4
+            while k >= 0:
                 c = a1[l, ir, k]
                 cd = b1[l, ir, k]
                 ak = a2T[l, k, jc:jc + nj]
@@ -211,11 +306,7 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
                 for jj in range(nj):
                     acc[jj] = acc[jj] * R[jj] + c * ak[jj]
                     accd[jj] = accd[jj] * R[jj] + cd * bk[jj]
-            diag = -1
-            if symmetric and j0 <= i < j0 + nj:
-                diag = i - j0
-                acc[diag] = E1[l, i]
-                accd[diag] = Ed1[l, i]
+                k -= 1
             cKl = cK[l + 1]
             cbl = cb[l + 1]
             Rl = rnd[l]
@@ -224,48 +315,79 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
             t1 = stT1[l, i]
             u1 = stD1[l, i]
             v1 = sS11[l, i]
+            K1 = K + 1.0
+            sK1 = math.sqrt(K1)
+            hK = 2.0 * K + 3.0
+            # the bound's per-pair factors, branch-free loops that vectorize:
+            # |rho^|, delta, min(1, |rho^| + delta), Horner's rounding factor, the levels' start
+            for jj in range(nj):
+                m = r1 * r2[jj]
+                a = abs(R[jj])
+                dl = eS[jj] / m if m > 0.0 else 0.0
+                aD = min(1.0, a + dl)
+                AB[jj] = a
+                DL[jj] = dl
+                AD[jj] = aD
+                RP[jj] = min(Rl, _rounding_fast(a, hK, sK1))
+                OM[jj] = 1.0 - a
+                OMD[jj] = 1.0 - aD
+            for jj in range(nj):
+                MA[jj] = _level_start(OMI[jj], AB[jj], ng)
+                MD[jj] = _level_start(OMDI[jj], AD[jj], ng)
+            # |rho^|^(K+1), min(1, |rho^| + delta)^(K+1) by repeated squaring, times an
+            # allowance for its roundings
+            _powers(AB, AD, FT, FD, PA, PD, nj, K + 1, 1.0 + 2.0 * (K + 2.0) * _EPS)
+            diag = i - j0 if symmetric and j0 <= i < j0 + nj else -1
             for jj in range(nj):
                 j = j0 + jj
-                m = r1 * r2[jj]
-                lip = pd1 * sEd2[l, j]
-                if jj == diag:
-                    # exact second moments: only the propagated error of the variance and
-                    # their quadrature error (no Horner sum: independent of K)
-                    Rd = min(Rl, _DIAG_ERR * _EPS)
-                    eK = lip * eS[jj] + Rd * p1 * sE2[l, j]
-                    ekd = Rd * lip
-                    if m > 0.0:
-                        ekd += (eS[jj] / m) * v1 * sS12[l, j]
-                else:
-                    a = abs(R[jj])
-                    delta = eS[jj] / m if m > 0.0 else 0.0
-                    aD = min(1.0, a + delta)
-                    fT = _power(a, K + 1.0)
-                    fD = _power(aD, K + 1.0)
-                    Rp = min(Rl, _rounding(a, K))
-                    p2 = sE2[l, j]
-                    pd2 = sEd2[l, j]
-                    # graded sums at the level above |rho^| (rounding, coefficient errors)
-                    # and above the exact |rho| <= aD (the sensitivity of the phi' series)
-                    ma = _level(a, grid)
-                    md = _level(aD, grid)
-                    jg = jc + jj
-                    hk = 1.01 * _EPS * g1[l, ir, ma, _G_MA] * g2[l, jg, ma, _G_MA]
-                    qk = (_COEF_ERR * _EPS * (p1 * g2[l, jg, ma, _G_NA]
-                                              + p2 * g1[l, ir, ma, _G_NA])
-                          + _COEF_ERR * _COEF_ERR * _EPS * _EPS * (K + 1.0) * p1 * p2)
-                    hd = 1.01 * _EPS * g1[l, ir, ma, _G_MB] * g2[l, jg, ma, _G_MB]
-                    qd = (_COEF_ERR * _EPS * (pd1 * g2[l, jg, ma, _G_NB]
-                                              + pd2 * g1[l, ir, ma, _G_NB])
-                          + _COEF_ERR * _COEF_ERR * _EPS * _EPS * (K + 1.0) * lip)
-                    sens = min(v1 * sS12[l, j],
-                               1.01 * g1[l, ir, md, _G_S1] * g2[l, jg, md, _G_S1])
-                    eK = (lip * eS[jj] + fT * t1 * stT2[l, j]
+                a = AB[jj]
+                aD = AD[jj]
+                ma = MA[jj]
+                while grid[ma] < a:
+                    ma += 1
+                md = MD[jj]
+                while grid[md] < aD:
+                    md += 1
+                p2 = sE2[l, j]
+                pd2 = sEd2[l, j]
+                lip = pd1 * pd2
+                Rp = RP[jj]
+                jg = jc + jj
+                # graded sums at the level above |rho^| (rounding, coefficient errors)
+                # and above the exact |rho| <= aD (the sensitivity of the phi' series)
+                hk = 1.01 * _EPS * g1[l, ir, ma, _G_MA] * g2[l, jg, ma, _G_MA]
+                qk = (_COEF_ERR * _EPS * (p1 * g2[l, jg, ma, _G_NA]
+                                          + p2 * g1[l, ir, ma, _G_NA])
+                      + _COEF_ERR * _COEF_ERR * _EPS * _EPS * K1 * p1 * p2)
+                hd = 1.01 * _EPS * g1[l, ir, ma, _G_MB] * g2[l, jg, ma, _G_MB]
+                qd = (_COEF_ERR * _EPS * (pd1 * g2[l, jg, ma, _G_NB]
+                                          + pd2 * g1[l, ir, ma, _G_NB])
+                      + _COEF_ERR * _COEF_ERR * _EPS * _EPS * K1 * lip)
+                sens = min(v1 * sS12[l, j],
+                           1.01 * g1[l, ir, md, _G_S1] * g2[l, jg, md, _G_S1])
+                EK[jj] = (lip * eS[jj] + FT[jj] * t1 * stT2[l, j]
                           + min(Rp * p1 * p2, hk + qk))
-                    ekd = delta * sens + fD * u1 * stD2[l, j] + min(Rp * lip, hd + qd)
+                EKD[jj] = DL[jj] * sens + FD[jj] * u1 * stD2[l, j] + min(Rp * lip, hd + qd)
+            if diag >= 0:
+                # exact second moments: only the propagated error of the variance and
+                # their quadrature error (no Horner sum: independent of K)
+                acc[diag] = E1[l, i]
+                accd[diag] = Ed1[l, i]
+                lip = pd1 * sEd2[l, i]
+                Rd = min(Rl, _DIAG_ERR * _EPS)
+                EK[diag] = lip * eS[diag] + Rd * p1 * sE2[l, i]
+                ekd = Rd * lip
+                m = r1 * r2[diag]
+                if m > 0.0:
+                    ekd += (eS[diag] / m) * v1 * sS12[l, i]
+                EKD[diag] = ekd
+            for jj in range(nj):
+                j = j0 + jj
+                lip = pd1 * sEd2[l, j]
+                eK = EK[jj]
                 thn = cKl * acc[jj] + w2 * accd[jj] * TH[jj] + cbl
                 eT[jj] = (cKl * eK + w2 * ((1.0 + Rl) * lip * eT[jj]
-                                           + ekd * (abs(TH[jj]) + eT[jj]))
+                                           + EKD[jj] * (abs(TH[jj]) + eT[jj]))
                           + 4.0 * _EPS * abs(thn))
                 TH[jj] = thn
                 S[jj] = w2 * acc[jj] + b2
@@ -384,6 +506,53 @@ def _deriv_at_zero(act):
     return 0.5 * (dm + dp)
 
 
+def _thread_safe(act):
+    """Whether ``phi`` and ``phi'`` may be evaluated from several threads at once: the
+    registered activations (NumPy ufuncs and this package's own functions, no state); a
+    user's callable is always evaluated from the calling thread."""
+    mods = {getattr(f, "__module__", None) for f in (act.fn, act.deriv)}
+    return "callable" not in act.params and mods <= {"numpy", "infntk.activations"}
+
+
+#: whether :func:`_map_tasks` may use threads (set by :func:`_parallel_section`)
+_PARALLEL = contextvars.ContextVar("infntk_series_parallel", default=False)
+#: problems of at least this many pairs run their per-row quadratures with BLAS on one thread
+#: and, for the registered activations, on several threads (the gram driver's BLAS limit)
+_PARALLEL_PAIRS = 1 << 16
+
+
+@contextlib.contextmanager
+def _parallel_section(on):
+    """While it lasts (if ``on``): BLAS on one thread and :func:`_map_tasks` on threads.
+
+    Only for large problems: the BLAS limit costs about 1 ms per call. BLAS on one thread in
+    both the threaded and the sequential case, so that the products (whose rounding may
+    depend on BLAS's thread count) and hence the results do not depend on the number of
+    threads."""
+    if not on:
+        yield
+        return
+    with blas_one_thread():
+        token = _PARALLEL.set(True)
+        try:
+            yield
+        finally:
+            _PARALLEL.reset(token)
+
+
+def _map_tasks(fn, items, act):
+    """``[fn(x) for x in items]``, inside a :func:`_parallel_section` on
+    ``numba.get_num_threads()`` threads when the activation is :func:`_thread_safe` (NumPy
+    releases the GIL in its ufuncs and BLAS products). Every item is computed independently
+    (BLAS on one thread), so the results do not depend on the number of threads."""
+    items = list(items)
+    workers = min(numba.get_num_threads(), len(items))
+    if workers <= 1 or not _PARALLEL.get() or not _thread_safe(act):
+        return [fn(x) for x in items]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
 def _row_statistics(act, setup, nsq):
     """Variances, exact second moments and the NTK diagonal of every layer.
 
@@ -404,8 +573,10 @@ def _row_statistics(act, setup, nsq):
     for l in range(L):
         ql = q[l]
         uq, inv = np.unique(ql, return_inverse=True)
-        E[l] = hermite.second_moment(act, uq)[inv]
-        Ed[l] = hermite.second_moment(act, uq, derivative=True)[inv]
+        m, md = _map_tasks(lambda der: hermite.second_moment(act, uq, derivative=der),
+                           (False, True), act)
+        E[l] = m[inv]
+        Ed[l] = md[inv]
         zero = ql == 0.0
         if zero.any():
             if b00 is None:
@@ -427,8 +598,8 @@ class _LayerData:
 
     def __init__(self, act, Kc, q):
         uq, inv = np.unique(q, return_inverse=True)
-        a, T, fl = hermite._tails(act, Kc, uq, False)
-        b, Td, fld = hermite._tails(act, Kc, uq, True)
+        (a, T, fl), (b, Td, fld) = _map_tasks(lambda der: hermite._tails(act, Kc, uq, der),
+                                              (False, True), act)
         zero = uq == 0.0
         tT = _all_tails(a, T[:, Kc]) + fl
         tD = _all_tails(b, Td[:, Kc]) + fld
@@ -460,12 +631,17 @@ def _side_tails(act, Ks, Kmax, q, keep):
     chunks = {} if keep else None
     for c in range(0, (n + _COEF_CHUNK - 1) // _COEF_CHUNK):
         lo, hi = c * _COEF_CHUNK, min(n, (c + 1) * _COEF_CHUNK)
+        uniq = [np.unique(q[l, lo:hi], return_inverse=True) for l in range(L)]
+        # the chunk's (layer, phi / phi') quadratures are independent: one task each
+        tasks = [(l, der) for l in range(L) for der in (False, True)]
+        res = dict(zip(tasks, _map_tasks(
+            lambda t: hermite._tails(act, Ks[t[0]], uniq[t[0]][0], t[1]), tasks, act)))
         coefs = []
         for l in range(L):
             K = Ks[l]
-            uq, inv = np.unique(q[l, lo:hi], return_inverse=True)
-            a, T, fl = hermite._tails(act, K, uq, False)
-            b, Td, fld = hermite._tails(act, K, uq, True)
+            uq, inv = uniq[l]
+            a, T, fl = res[l, False]
+            b, Td, fld = res[l, True]
             zero = uq == 0.0          # rho = 0 exactly for degenerate rows: only k = 0 is used
             out[l, 0, lo:hi] = np.where(zero, 0.0, T[:, K] + fl[:, K])[inv]
             out[l, 1, lo:hi] = np.where(zero, 0.0, Td[:, K] + fld[:, K])[inv]
@@ -545,15 +721,36 @@ def _partners(setup, A, B, symmetric, q0):
     step = max(1, min(512, _PARTNER_FLOATS // max(1, B.shape[0])))
     for r0 in range(0, n1, step):
         r1 = min(n1, r0 + step)
-        S = w2 * (A[r0:r1] @ B.T) / d + b2
-        den = rA[r0:r1, None] * rB[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.where(den > 0, np.abs(S) / den, 0.0)
-        if symmetric:
-            rho[np.arange(r1 - r0), np.arange(r0, r1)] = -1.0
-        arg[r0:r1] = np.argmax(rho, axis=1)
-        best[r0:r1] = np.min([np.max(rho, axis=1), np.ones(r1 - r0)], axis=0)
+        _best_partners(A[r0:r1] @ B.T, rA, rB, r0, symmetric, float(w2), float(d), float(b2),
+                       arg, best)
     return arg, best
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _best_partners(P, rA, rB, r0, symmetric, w2, d, b2, arg, best):
+    """For the rows ``r0 + t`` of a Gram block ``P = A[r0:r1] B^T``: the first column of the
+    largest ``|w2 P / d + b2| / (rA rB)`` (0 where ``rA rB = 0``; the row itself excluded,
+    value -1, when ``symmetric``) into ``arg``, that value clipped at 1 into ``best``.
+
+    One pass over the block (the same floating-point operations as the elementwise NumPy
+    expressions, so the same partners and values)."""
+    nb, n2 = P.shape
+    for t in prange(nb):
+        i = r0 + t
+        ra = rA[i]
+        top = -math.inf
+        at = 0
+        for j in range(n2):
+            den = ra * rB[j]
+            s = w2 * P[t, j] / d + b2
+            v = abs(s) / den if den > 0 else 0.0
+            if symmetric and j == i:
+                v = -1.0
+            if v > top:
+                top = v
+                at = j
+        arg[i] = at
+        best[i] = min(top, 1.0)
 
 
 def _row_correlations(setup, A, B, symmetric, q0, partners):
@@ -880,12 +1077,12 @@ def _layer_coefficients(act, Ks, Kmax, qs):
 
     Per layer ``l`` up to ``Ks[l]`` (zero beyond), computed once per distinct variance.
     """
-    coefs = []
-    for l in range(qs.shape[0]):
-        uq, inv = np.unique(qs[l], return_inverse=True)
-        K = Ks[l]
-        coefs.append((hermite._coefficient_arrays(act, K, uq, False)[inv],
-                      hermite._coefficient_arrays(act, K, uq, True)[inv]))
+    L = qs.shape[0]
+    uniq = [np.unique(qs[l], return_inverse=True) for l in range(L)]
+    tasks = [(l, der) for l in range(L) for der in (False, True)]
+    res = dict(zip(tasks, _map_tasks(
+        lambda t: hermite._coefficient_arrays(act, Ks[t[0]], uniq[t[0]][0], t[1]), tasks, act)))
+    coefs = [(res[l, False][uniq[l][1]], res[l, True][uniq[l][1]]) for l in range(L)]
     return _chunk_data(Ks, Kmax, coefs)
 
 
@@ -975,6 +1172,7 @@ class _Plan:
         self._e2 = {}                 # (layer, side, row) -> 1.25 E[phi2^2]
         self.store1, self.store2 = store1, store2     # the same object when symmetric
         self.budget_set = False
+        self.parallel = False         # per-row quadratures in a _parallel_section
         self.excess = 0.0
         self.allowed = allowed
         self.extra = extra            # rounding of the row statistics, added once
@@ -1037,6 +1235,14 @@ class SeriesEngine:
         return X, np.einsum("ij,ij->i", X, X)
 
     def prepare(self, rows1, rows2, symmetric):
+        n1, n2 = rows1[0].shape[0], rows2[0].shape[0]
+        parallel = n1 * n2 >= _PARALLEL_PAIRS
+        with _parallel_section(parallel):
+            plan = self._prepare(rows1, rows2, symmetric)
+        plan.parallel = parallel      # the blocks' coefficient chunks: the same BLAS setting
+        return plan
+
+    def _prepare(self, rows1, rows2, symmetric):
         (A, nsq1), (B, nsq2) = rows1, rows2
         n1 = A.shape[0]
         setup, act = self.setup, self.activation
@@ -1118,6 +1324,11 @@ class SeriesEngine:
             for st in stores:
                 st.keep_all = keep
             plan.budget_set = True
+        with _parallel_section(plan.parallel):
+            self._block(plan, G, row0, symmetric, out_nngp, out_ntk)
+
+    def _block(self, plan, G, row0, symmetric, out_nngp, out_ntk):
+        nb, ncols = G.shape
         G = np.ascontiguousarray(G)
         ex = np.zeros(nb)
         eb = np.zeros(nb)
