@@ -11,9 +11,13 @@ Layers (value objects, validated on construction):
   (the mean over all pairs of positions);
 * after the readout, fully-connected layers: Dense ``(w_std, b_std)`` and activations.
 
-Activations (any name of :mod:`infntk.activations` with a closed-form dual) may follow any Conv,
-AvgPool or Dense layer. :func:`conv_kernels` evaluates the layer list on images of shape
-``(n, H, W, C)`` (channels last) and returns the NNGP and NTK Gram matrices.
+Activations may follow any Conv, AvgPool or Dense layer: the closed-form duals of
+:mod:`infntk.activations` run the compiled engines of :mod:`infntk._backends.conv`; activations
+without one (tanh, sigmoid, softplus, silu, elu, callables) run their Hermite series
+(:mod:`infntk._backends.conv_series`) with a certified error bound
+(:func:`conv_kernels_bounded`, ``Kernels.error_bound`` of :class:`infntk.Network`).
+:func:`conv_kernels` evaluates the layer list on images of shape ``(n, H, W, C)`` (channels
+last) and returns the NNGP and NTK Gram matrices.
 
 Conventions are those of neural-tangents' ``stax`` (``Conv(out_chan, (q, q), padding=...)``,
 ``AvgPool``, ``Flatten``, ``GlobalAvgPool``, ``Dense``), see docs/conv.md.
