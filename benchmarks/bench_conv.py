@@ -142,13 +142,13 @@ def time_infntk(size, depth, readout):
     return (time.perf_counter() - t0) / npairs, (time.process_time() - c0) / npairs
 
 
-def time_series(size=8, depth=5, n=24):
+def time_series(size=8, depth=5, n=24, tol=1e-10):
     """Print the tanh (series) / erf (closed form) per-pair times of one symmetric Gram."""
     from infntk import Activation, Dense, Network
     from infntk.conv import Conv, Flatten, GlobalAvgPool
     from infntk._backends import conv_series as cs
     print(f"series engine: tanh vs erf, {size}x{size}, depth {depth}, {n} images, "
-          f"Conv(3, 'same', 1.5, 0.1), tol 1e-10 (per pair = wall time / (n (n + 1) / 2))")
+          f"Conv(3, 'same', 1.5, 0.1), tol {tol:g} (per pair = wall time / (n (n + 1) / 2))")
     print(f"{'readout':>8} {'erf':>10} {'tanh':>10} {'ratio':>7} {'tanh pairs':>11} "
           f"{'ratio':>7} {'orders':>24} {'bound/scale':>11}")
     for readout in ("flatten", "gap"):
@@ -156,7 +156,7 @@ def time_series(size=8, depth=5, n=24):
 
         def net(act):
             return Network([Conv(3, "same", 1.5, 0.1), Activation(act)] * depth
-                           + [ro, Dense(1.0, 0.0)], tol=1e-10)
+                           + [ro, Dense(1.0, 0.0)], tol=tol)
         X = images(n, size, 1)
         npairs = n * (n + 1) / 2
         times = {}
@@ -218,9 +218,10 @@ def main():
     ap.add_argument("--one", help=argparse.SUPPRESS)      # "size,depth,readout": JSON of one case
     ap.add_argument("--series", action="store_true",
                     help="tanh (Hermite series) against erf (closed form), 8x8 depth 5")
+    ap.add_argument("--series-tol", type=float, default=1e-10, help="tol of --series")
     args = ap.parse_args()
     if args.series:
-        time_series()
+        time_series(tol=args.series_tol)
         return
     if args.nt:
         print(json.dumps(time_nt()))

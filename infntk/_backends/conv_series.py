@@ -592,27 +592,33 @@ def _pair_bound(uK, uT, n1, symmetric):
                math.sqrt(float(np.max(uT[s1])) * float(np.max(uT[s2]))))
 
 
-def _layer_data(prog, side, cap):
-    """Per activation op the ``_LayerData`` of its rows ``(image, position)`` at order ``cap``."""
-    data = {}
-    for k in prog.act_ops:
+def _layer_data(prog, side, cap, ops=None, data=None):
+    """Per activation op the ``_LayerData`` of its rows ``(image, position)`` at order ``cap``
+    (only for ``ops`` if given; the others are taken from ``data``)."""
+    out = dict(data or {})
+    for k in prog.act_ops if ops is None else ops:
         sl = slice(int(prog.iop[k, 6]), int(prog.iop[k, 6]) + prog.npos[k])
-        data[k] = _LayerData(prog.acts[k], cap, side.Q[:, sl].ravel())
-    return data
+        out[k] = _LayerData(prog.acts[k], cap, side.Q[:, sl].ravel())
+    return out
 
 
-def _choose_orders(prog, x_sq, side, n1, symmetric, target, cap, data):
+def _choose_orders(prog, x_sq, side, n1, symmetric, target, data):
     """Per activation the order, by the largest common tail level whose propagated bound
-    meets ``target`` (the rule of the composed engine's ``_choose_orders``)."""
+    meets ``target`` (the rule of the composed engine's ``_choose_orders``); if no level up to
+    the cap does, the level of the smallest bound."""
     worst = {k: np.max(np.maximum(data[k].tT, data[k].tD), axis=0) for k in prog.act_ops}
+    caps = {k: data[k].Kc for k in prog.act_ops}
     best = None
     for lev in range(0, 61):
         tau = target * 10.0 ** (-lev / 2)
-        orders = {k: min(cap, int(np.flatnonzero(np.append(wk <= tau, True))[0]))
+        orders = {k: min(caps[k], int(np.flatnonzero(np.append(wk <= tau, True))[0]))
                   for k, wk in worst.items()}
         b = _pair_bound(*bound_pass(prog, x_sq, side, data, orders), n1, symmetric)
-        best = (orders, b)
-        if b <= target or all(o >= cap for o in orders.values()):
+        if best is None or b < best[1]:
+            # the smallest bound seen: when the target is out of reach, higher orders only add
+            # to the rounding allowance 16 (K + 2) eps
+            best = (orders, b)
+        if b <= target or all(orders[k] >= caps[k] for k in orders):
             break
     return best[0], data, best[1]
 
@@ -634,11 +640,16 @@ def _plan(prog, Z, n1, same, tol):
     _check_finite(kd, kt)
     scale = float(max(np.max(np.abs(kd)), np.max(np.abs(kt))))
     target = tol * scale
-    for cap in _CAPS:
-        data = data0 if cap == _CAPS[0] else _layer_data(prog, side, cap)
-        orders, data, bound = _choose_orders(prog, x_sq, side, n1, same, target, cap, data)
-        if bound <= target:
-            break
+    best = _choose_orders(prog, x_sq, side, n1, same, target, data0)
+    if best[2] > target:
+        # the layers whose order reached the first cap get the order tables up to K_MAX
+        up = [k for k in prog.act_ops if best[0][k] >= _CAPS[0]]
+        if up:
+            got = _choose_orders(prog, x_sq, side, n1, same, target,
+                                 _layer_data(prog, side, _CAPS[1], up, data0))
+            if got[2] < best[2]:
+                best = got
+    orders, data, bound = best
     if bound > target:
         warnings.warn(
             f"convolutional network: tol={tol:g} (relative to the kernel scale {scale:.3g}) is "
