@@ -483,17 +483,20 @@ def _fill_coefficients(prog, side, data, orders):
 def _act_bound(q, E, Ed, uK, uT, Mt, tT, tD, S1, K):
     """One Mehler activation (per row): ``(uK', uT')`` (docs/series_engine.md, steps 1-4).
 
-    ``uK' = E' uK + T_K + R E``; the derivative dual errs by ``ukd = delta S1 + 3 T'_K + R E'``
-    with ``delta = uK / q + 3 eps`` (the rounding of ``rho``); ``Theta kd``: ``uT' = uT (E' +
-    ukd) + Mt ukd + eps (Mt + uT)(E' + ukd)``, ``Mt`` the NTK majorant. ``R = 16 (K + 2) eps``
-    (Horner and the coefficients' quadrature errors), at least 64 eps (the exact second
-    moments on a self pair's diagonal).
+    The input error ``uK`` plus the rounding of ``rho = s / (sqrt(q_x) sqrt(q_y))`` (four
+    roundings: ``4 eps q`` in the same form) is ``e = uK + 4 eps q``; then ``uK' = E' e + T_K +
+    R E`` and the derivative dual errs by ``ukd = delta S1 + 3 T'_K + R E'``, ``delta = e /
+    q``; ``Theta kd``: ``uT' = uT (E' + ukd) + Mt ukd + gamma (Mt + uT)(E' + ukd)``, ``Mt`` the
+    NTK majorant. ``R = 16 (K + 2) eps`` (Horner and the coefficients' quadrature errors), at
+    least 64 eps (the exact second moments on a self pair's diagonal). A zero variance is
+    exact (its entries are zero, ``rho = 0`` by convention): ``e = 0``.
     """
     R = max(16.0 * (K + 2), 64.0) * _EPS
     pos = q > 0
+    e = np.where(pos, uK + 4.0 * _GAMMA * q, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        delta = np.where(pos, uK / np.where(pos, q, 1.0) + 3.0 * _EPS, 0.0)
-    uK2 = Ed * uK + tT + R * E
+        delta = np.where(pos, e / np.where(pos, q, 1.0), 0.0)
+    uK2 = Ed * e + tT + R * E
     ukd = delta * S1 + 3.0 * tD + R * Ed
     uT2 = uT * (Ed + ukd) + Mt * ukd + _GAMMA * (Mt + uT) * (Ed + ukd)
     return uK2, uT2
@@ -654,8 +657,10 @@ def _plan(prog, Z, n1, same, tol):
         warnings.warn(
             f"convolutional network: tol={tol:g} (relative to the kernel scale {scale:.3g}) is "
             f"not reachable with series orders <= {K_MAX}; the certified error bound is "
-            f"{bound:.3g} (Kernels.error_bound). Kinked activations (relu, elu) converge "
-            "slowly in the Hermite series.", RuntimeWarning, stacklevel=4)
+            f"{bound:.3g} (Kernels.error_bound). The Hermite series converges slowly for "
+            "kinked activations (relu, elu) and at large variances (here up to "
+            f"{float(side.Q.max()):.3g}): rescale the inputs or w_std, or raise tol.",
+            RuntimeWarning, stacklevel=4)
     iop = _fill_coefficients(prog, side, data, orders)
     ex = _run(0, prog, iop, iop.shape[0], Z, Z, side.arrays(), side.arrays(), kd, kt)
     _check_finite(kd, kt)
