@@ -91,15 +91,15 @@ def test_callable_erf_with_pooling_and_head(images, readout):
 
 def test_network_api_carries_the_bound(images):
     layers = [Conv(3, "same", 1.5, 0.1), Activation("tanh"), GlobalAvgPool(), Dense(1.0, 0.0)]
-    net = infntk.Network(layers, tol=1e-8)
+    net = infntk.Network(layers, tol=1e-7)
     k = net.kernels(images)
-    assert k.error_bound is not None and k.error_bound <= 1e-8 * _scale(k.nngp, k.ntk)
+    assert k.error_bound is not None and k.error_bound <= 1e-7 * _scale(k.nngp, k.ntk)
     assert len(k.orders) == 1
     assert np.array_equal(k.nngp, k.nngp.T) and np.array_equal(k.ntk, k.ntk.T)
     d = net.diag(images)
     assert np.array_equal(d.nngp, np.diag(k.nngp)) and np.array_equal(d.ntk, np.diag(k.ntk))
     # a tighter tol costs higher orders and gives a smaller bound
-    k2 = infntk.Network(layers, tol=1e-11).kernels(images)
+    k2 = infntk.Network(layers, tol=1e-10).kernels(images)
     assert k2.error_bound < k.error_bound and k2.orders[0] > k.orders[0]
     assert np.max(np.abs(k2.ntk - k.ntk)) <= k.error_bound + k2.error_bound
 
