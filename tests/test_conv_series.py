@@ -24,13 +24,14 @@ from scipy import special
 
 import infntk
 from infntk import Activation, Dense
-from infntk.conv import (AvgPool, Conv, Flatten, GlobalAvgPool, conv_diag, conv_kernels,
+from infntk.conv import (AvgPool, Conv, Flatten, GlobalAvgPool, conv_kernels,
                          conv_kernels_bounded)
 from oracles.mp_conv import mp_conv_kernels
 from oracles.quad_dual import quad_dual
 from tolerances import CLOSED_FORM_RTOL, tolerance
 
-ERF = Activation(lambda x: special.erf(x), deriv=lambda x: 2.0 / math.sqrt(math.pi) * np.exp(-x * x))
+ERF = Activation(lambda x: special.erf(x),
+                 deriv=lambda x: 2.0 / math.sqrt(math.pi) * np.exp(-x * x))
 TOL = 1e-10
 # the closed-form erf conv kernel's own error (its accuracy contract, relative to max |K|)
 REF_RTOL = CLOSED_FORM_RTOL
@@ -148,6 +149,19 @@ def test_tanh_against_quadrature(case):
     diff = max(np.abs(k.nngp - rn).max(), np.abs(k.ntk - rt).max())
     assert diff <= ORACLE_RTOL * scale
     assert diff <= k.error_bound + ORACLE_OWN * scale
+
+
+def test_two_activations_in_a_row_compose(images):
+    # identity then erf is erf: the composition runs the series path (two duals in turn would
+    # treat the identity's output as a Gaussian; here that happens to be right, so the
+    # closed-form erf is the reference)
+    layers = [Conv(3, "same", 1.4, 0.1), Activation("identity"), Activation("erf"),
+              GlobalAvgPool(), Dense(1.0, 0.0)]
+    nngp, ntk, bound, orders = conv_kernels_bounded(layers, images)
+    assert len(orders) == 1
+    rn, rt = conv_kernels([Conv(3, "same", 1.4, 0.1), Activation("erf"), GlobalAvgPool(),
+                           Dense(1.0, 0.0)], images)
+    assert max(np.abs(nngp - rn).max(), np.abs(ntk - rt).max()) <= bound + REF_RTOL * rt.max()
 
 
 # ----------------------------------------------------------------------------- 1 x 1 images

@@ -82,7 +82,6 @@ def _entry(s, qa, ra, qb, rb, ex):
 @njit(cache=True, error_model="numpy")
 def _act_full(S, T, h, w, qo, co, K, selfrun, q1, r1, e1, ed1, ca1, cb1, q2, r2, e2, ed2,
               ca2, cb2, ex):
-    P = h * w
     K1 = K + 1
     for i in range(h):
         for j in range(w):

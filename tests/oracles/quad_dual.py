@@ -1,4 +1,4 @@
-"""Duals ``(E[f(u) f(v)], E[f'(u) f'(v)])`` of any smooth activation by 2-D Gauss-Legendre quadrature.
+"""Duals ``(E[f(u) f(v)], E[f'(u) f'(v)])`` of a smooth activation by 2-D Gauss-Legendre quadrature.
 
 For the convolutional oracle (``oracles.mp_conv.mp_conv_kernels(..., dual=quad_dual(f, df))``)
 on networks whose activations have no closed form. Written apart from the package's Hermite
