@@ -8,6 +8,12 @@ Run with infntk's environment::
     INFNTK_NT_PYTHON=/path/to/nt-venv/bin/python PYTHONPATH=. python benchmarks/bench_conv.py
     /path/to/nt-venv/bin/python benchmarks/bench_conv.py --nt  # neural-tangents alone, as JSON
     PYTHONPATH=. python benchmarks/bench_conv.py --baseline-tree /path/to/other/checkout
+    PYTHONPATH=. python benchmarks/bench_conv.py --series   # tanh (Hermite series) vs erf
+
+``--series``: tanh (no closed form: the Hermite-series engine, ``tol=1e-10``) against the
+closed-form erf of the same network in the same process, 8x8, depth 5, both readouts; per
+pair the Gram time (including the per-image planning: coefficients, orders, certified bound)
+and the pair runs alone, the orders and the bound.
 
 With ``--baseline-tree DIR`` (another checkout of infntk, e.g. made by ``git worktree add``),
 each case is also timed with that checkout's engine in a subprocess right after this one's
@@ -136,6 +142,51 @@ def time_infntk(size, depth, readout):
     return (time.perf_counter() - t0) / npairs, (time.process_time() - c0) / npairs
 
 
+def time_series(size=8, depth=5, n=24, tol=1e-10):
+    """Print the tanh (series) / erf (closed form) per-pair times of one symmetric Gram."""
+    from infntk import Activation, Dense, Network
+    from infntk.conv import Conv, Flatten, GlobalAvgPool
+    from infntk._backends import conv_series as cs
+    print(f"series engine: tanh vs erf, {size}x{size}, depth {depth}, {n} images, "
+          f"Conv(3, 'same', 1.5, 0.1), tol {tol:g} (per pair = wall time / (n (n + 1) / 2))")
+    print(f"{'readout':>8} {'erf':>10} {'tanh':>10} {'ratio':>7} {'tanh pairs':>11} "
+          f"{'ratio':>7} {'orders':>24} {'bound/scale':>11}")
+    for readout in ("flatten", "gap"):
+        ro = Flatten() if readout == "flatten" else GlobalAvgPool()
+
+        def net(act):
+            return Network([Conv(3, "same", 1.5, 0.1), Activation(act)] * depth
+                           + [ro, Dense(1.0, 0.0)], tol=tol)
+        X = images(n, size, 1)
+        npairs = n * (n + 1) / 2
+        times = {}
+        for act in ("erf", "tanh"):
+            net(act).kernels(images(2, size))          # compile / warm up
+            t0 = time.perf_counter()
+            k = net(act).kernels(X)
+            times[act] = (time.perf_counter() - t0) / npairs
+        # the pair runs alone (mode 1), from the run's plan
+        orig = cs._run
+        spent = [0.0]
+
+        def timed(mode, *a, **kw):
+            t0 = time.perf_counter()
+            out = orig(mode, *a, **kw)
+            if mode == 1:
+                spent[0] += time.perf_counter() - t0
+            return out
+        cs._run = timed
+        try:
+            net("tanh").kernels(X)
+        finally:
+            cs._run = orig
+        tp = spent[0] / (n * (n - 1) / 2)
+        scale = max(np.diag(k.nngp).max(), np.diag(k.ntk).max())
+        print(f"{readout:>8} {times['erf'] * 1e3:8.3f}ms {times['tanh'] * 1e3:8.3f}ms "
+              f"{times['tanh'] / times['erf']:7.1f} {tp * 1e3:9.3f}ms {tp / times['erf']:7.1f} "
+              f"{str(k.orders):>24} {k.error_bound / scale:11.2e}", flush=True)
+
+
 def time_nt():
     import jax
     jax.config.update("jax_enable_x64", True)
@@ -165,7 +216,13 @@ def main():
     ap.add_argument("--quick", action="store_true", help="8x8 cases and 28x28 depth 5 only")
     ap.add_argument("--baseline-tree", help="another checkout of infntk to time in the same run")
     ap.add_argument("--one", help=argparse.SUPPRESS)      # "size,depth,readout": JSON of one case
+    ap.add_argument("--series", action="store_true",
+                    help="tanh (Hermite series) against erf (closed form), 8x8 depth 5")
+    ap.add_argument("--series-tol", type=float, default=1e-10, help="tol of --series")
     args = ap.parse_args()
+    if args.series:
+        time_series(tol=args.series_tol)
+        return
     if args.nt:
         print(json.dumps(time_nt()))
         return

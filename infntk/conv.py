@@ -11,9 +11,13 @@ Layers (value objects, validated on construction):
   (the mean over all pairs of positions);
 * after the readout, fully-connected layers: Dense ``(w_std, b_std)`` and activations.
 
-Activations (any name of :mod:`infntk.activations` with a closed-form dual) may follow any Conv,
-AvgPool or Dense layer. :func:`conv_kernels` evaluates the layer list on images of shape
-``(n, H, W, C)`` (channels last) and returns the NNGP and NTK Gram matrices.
+Activations may follow any Conv, AvgPool or Dense layer: the closed-form duals of
+:mod:`infntk.activations` run the compiled engines of :mod:`infntk._backends.conv`; activations
+without one (tanh, sigmoid, softplus, silu, elu, callables) run their Hermite series
+(:mod:`infntk._backends.conv_series`) with a certified error bound
+(:func:`conv_kernels_bounded`, ``Kernels.error_bound`` of :class:`infntk.Network`).
+:func:`conv_kernels` evaluates the layer list on images of shape ``(n, H, W, C)`` (channels
+last) and returns the NNGP and NTK Gram matrices.
 
 Conventions are those of neural-tangents' ``stax`` (``Conv(out_chan, (q, q), padding=...)``,
 ``AvgPool``, ``Flatten``, ``GlobalAvgPool``, ``Dense``), see docs/conv.md.
@@ -28,15 +32,17 @@ import numba
 import numpy as np
 
 from ._backends import conv as _ce
+from ._backends import conv_series as _cs
+from ._backends.series import check_continuous
 from ._gram import compiled_view
 from ._numba_config import engine_lock
 from ._validation import (check_parameterization, check_positive_int, check_real_dtype,
-                          check_std)
+                          check_std, check_tol)
 from .activations import get_activation
-from .layers import Activation, Dense
+from .layers import Activation, Dense, compose_activations
 
-__all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "conv_kernels", "conv_diag", "needs_width",
-           "kernel_regime", "check_image_pair"]
+__all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "conv_kernels", "conv_kernels_bounded",
+           "conv_diag", "needs_width", "kernel_regime", "check_image_pair"]
 
 PADDINGS = ("same", "valid", "circular")
 _PAD_CODE = {"same": 0, "valid": 1, "circular": 2}
@@ -443,6 +449,127 @@ def _compile(layers, H, W, C=1, width=None):
             "circ": pads == {_PAD_CODE["circular"]}, "nplane": pmax * pmax}
 
 
+def _has_series(layers):
+    """Whether an activation of the list has no closed-form dual (the Hermite-series path)."""
+    return any(isinstance(L, Activation) and _activation_of(L).family is None for L in layers)
+
+
+def _tap_counts(src, n_in):
+    """``(n_out, n_in)``: how many taps of each output read each input (-1: none)."""
+    q, n_out = src.shape
+    m = np.zeros((n_out, n_in))
+    for a in range(q):
+        for o in range(n_out):
+            if src[a, o] >= 0:
+                m[o, src[a, o]] += 1.0
+    return m
+
+
+def _compile_series(layers, H, W, C=1, width=None):
+    """The program of :mod:`infntk._backends.conv_series` (every activation by its Hermite
+    series; two activations in a row act as their composition, as in :class:`infntk.Network`).
+
+    Refused (``ValueError``): a discontinuous activation (step, sign: Price's theorem, which
+    the certified bound rests on, needs a continuous ``phi``), and an activation whose input
+    variance passed through an ``AvgPool`` or ``GlobalAvgPool`` after an earlier activation
+    (that variance would carry the series error of the pooled off-diagonal entries, which the
+    bound does not cover; docs/conv.md).
+    """
+    kinds = _check_layers(layers)
+    regime = kernel_regime(layers)
+    if width is None and needs_width(layers):
+        raise ValueError('width is required: a layer after the first Conv uses '
+                         'parameterization="standard", whose NTK depends on its fan-in (the '
+                         "hidden width, the channels of every Conv).")
+    r = kinds.index("flatten") if "flatten" in kinds else kinds.index("gap")
+    chans, dense_in = C, None
+    rows_i, rows_f, srcs, acts, taps = [], [], [], {}, {}
+    h, w = H, W
+    nfull = H * H * W * W
+    seen_act, tainted = False, None
+    idx = 0
+    while idx < len(layers):
+        layer, kind = layers[idx], kinds[idx]
+        mode = regime[idx] if idx < r else "scalar"
+        iop = [0, 0, h, w, h, w, 0, 0, 0, 0]
+        fop = [0.0, 0.0, 0.0, 0.0]
+        k = len(rows_i)
+        if kind == "conv":
+            q = layer.filter
+            ho, rs = _axis_tables(h, q, layer.padding)
+            wo, cs = _axis_tables(w, q, layer.padding)
+            if ho < 1 or wo < 1:
+                raise ValueError(f"layers[{idx}]: filter={q} with padding='valid' does not fit "
+                                 f"the {h} x {w} input it receives.")
+            iop[0] = _cs.OP_CONV_F if mode == "full" else _cs.OP_CONV_D
+            iop[1], iop[4], iop[5], iop[9] = q, ho, wo, len(srcs)
+            c, b2 = layer.w_std ** 2 / (q * q), (layer.b_std or 0.0) ** 2
+            cv, tb = _standard_terms(layer, chans)
+            fop = [c, b2, c, b2] if cv < 0 else [c, b2, cv, tb]
+            srcs.append((rs, cs))
+            taps[k] = (_tap_counts(rs, h), _tap_counts(cs, w))
+            chans = width
+            h, w = ho, wo
+        elif kind == "act":
+            fn = _activation_of(layer)
+            while idx + 1 < len(layers) and kinds[idx + 1] == "act":
+                idx += 1
+                fn = compose_activations(fn, _activation_of(layers[idx]))
+            check_continuous(fn)
+            if tainted is not None:
+                raise ValueError(
+                    f"layers[{idx}]: activation {fn.name!r} after {tainted} that follows an "
+                    "earlier activation: with activations that have no closed-form dual, its "
+                    "input variance would carry the Hermite-series error of the pooled "
+                    "off-diagonal entries, which the certified error bound does not cover. "
+                    "Supported: activations before the first pooling layer, pooling after the "
+                    "last activation.")
+            iop[0] = {"full": _cs.OP_ACT_F, "diagonal": _cs.OP_ACT_D,
+                      "scalar": _cs.OP_ACT_S}[mode]
+            acts[k] = fn
+            seen_act = True
+        elif kind == "pool":
+            win = layer.window
+            if h // win < 1 or w // win < 1:
+                raise ValueError(f"layers[{idx}]: window={win} is larger than the {h} x {w} "
+                                 "input it receives.")
+            iop[0], iop[1] = _cs.OP_POOL_F, win
+            h, w = h // win, w // win
+            iop[4], iop[5] = h, w
+            if seen_act and tainted is None:
+                tainted = f"layers[{idx}] (AvgPool)"
+        elif kind == "flatten":
+            iop[0] = _cs.OP_FLAT
+            dense_in = None if chans is None else chans * h * w
+        elif kind == "gap":
+            iop[0] = _cs.OP_GAP
+            dense_in = chans
+            if seen_act and tainted is None:
+                tainted = f"layers[{idx}] (GlobalAvgPool)"
+        else:   # dense
+            iop[0] = _cs.OP_DENSE
+            c, b2 = layer.w_std ** 2, (layer.b_std or 0.0) ** 2
+            cv, tb = _standard_terms(layer, dense_in)
+            fop = [c, b2, c, b2] if cv < 0 else [c, b2, cv, tb]
+            dense_in = width
+        rows_i.append(iop)
+        rows_f.append(fop)
+        if iop[0] in (_cs.OP_CONV_F, _cs.OP_POOL_F):
+            nfull = max(nfull, iop[2] * iop[2] * iop[3] * iop[3])
+        if kind == "pool" and (idx + 1 < r and regime[idx + 1] == "diagonal" or (
+                idx + 1 == r and kinds[r] == "flatten")):
+            rows_i.append([_cs.OP_TODIAG, 0, h, w, h, w, 0, 0, 0, 0])
+            rows_f.append([0.0, 0.0, 0.0, 0.0])
+        idx += 1
+    qmax = max([1] + [rs.shape[0] for rs, _ in srcs])
+    nmax = max([1] + [max(rs.shape[1], cs.shape[1]) for rs, cs in srcs])
+    src = np.full((max(len(srcs), 1), 2, qmax, nmax), -1, dtype=np.int64)
+    for t, (rs, cs) in enumerate(srcs):
+        src[t, 0, :rs.shape[0], :rs.shape[1]] = rs
+        src[t, 1, :cs.shape[0], :cs.shape[1]] = cs
+    return _cs.SeriesProgram(np.array(rows_i), np.array(rows_f), src, nfull, acts, taps, C)
+
+
 # ----------------------------------------------------------------------------- kernels
 def _check_images(X, name):
     arr = check_real_dtype(X, name)
@@ -516,7 +643,7 @@ def _width(width):
     return None if width is None else check_positive_int(width, "width")
 
 
-def conv_kernels(layers, X1, X2=None, width=None):
+def conv_kernels(layers, X1, X2=None, width=None, tol=1e-10):
     """NNGP and NTK Gram matrices of an infinitely wide convolutional network.
 
     Parameters
@@ -531,6 +658,12 @@ def conv_kernels(layers, X1, X2=None, width=None):
     width : int, optional
         The hidden width (channels of every Conv), required when a layer after the first
         Conv uses ``parameterization="standard"`` (its NTK depends on the fan-in).
+    tol : float
+        Only for activations without a closed form (tanh, sigmoid, softplus, silu, elu,
+        callables): the Hermite-series orders are chosen so that the certified bound on
+        ``|computed - exact|`` is at most ``tol`` times the largest diagonal entry
+        (``infntk.Network(layers, tol=...).kernels`` returns that bound as
+        ``Kernels.error_bound``; docs/conv.md).
 
     Returns
     -------
@@ -571,6 +704,9 @@ def conv_kernels(layers, X1, X2=None, width=None):
     >>> ntk.shape, bool(np.allclose(ntk, ntk.T))
     ((3, 3), True)
     """
+    if _has_series(layers):
+        nngp, ntk, _, _ = conv_kernels_bounded(layers, X1, X2, width, tol)
+        return nngp, ntk
     A, B, same = check_image_pair(X1, X2)
     _, H, W, C = A.shape
     prog = _compile(layers, H, W, C, _width(width))
@@ -593,10 +729,39 @@ def conv_kernels(layers, X1, X2=None, width=None):
     return nngp, ntk
 
 
-def conv_diag(layers, X, width=None):
+def conv_kernels_bounded(layers, X1, X2=None, width=None, tol=1e-10):
+    """``(nngp, ntk, error_bound, orders)``: :func:`conv_kernels` with the certified bound.
+
+    ``error_bound`` bounds ``|computed - exact|`` for every entry of both matrices (``None``
+    for closed forms, accurate to rounding); ``orders`` are the Hermite-series orders of the
+    activations (``None`` for closed forms). Method: docs/conv.md, "Activations without a
+    closed form".
+
+    >>> import numpy as np
+    >>> from infntk import Activation
+    >>> X = np.random.default_rng(0).standard_normal((3, 3, 3, 1))
+    >>> nngp, ntk, bound, orders = conv_kernels_bounded(
+    ...     [Conv(3, "same", 1.5, 0.1), Activation("tanh"), Flatten()], X, tol=1e-10)
+    >>> bool(bound <= 1e-10 * max(np.diag(ntk).max(), np.diag(nngp).max()))
+    True
+    """
+    if not _has_series(layers):
+        nngp, ntk = conv_kernels(layers, X1, X2, width)
+        return nngp, ntk, None, None
+    A, B, same = check_image_pair(X1, X2)
+    _, H, W, C = A.shape
+    prog = _compile_series(layers, H, W, C, _width(width))
+    nngp, ntk, bound, orders, _ = _cs.series_conv_kernels(prog, A, B, same, check_tol(tol))
+    return nngp, ntk, bound, orders
+
+
+def conv_diag(layers, X, width=None, tol=1e-10):
     """``k(x, x)`` of every image, ``(nngp, ntk)`` each ``(n,)``, without the Gram matrix
-    (``width`` as in :func:`conv_kernels`)."""
+    (``width``, ``tol`` as in :func:`conv_kernels`)."""
     A = _check_images(X, "X")
     _, H, W, C = A.shape
+    if _has_series(layers):
+        prog = _compile_series(layers, H, W, C, _width(width))
+        return _cs.series_self_kernels(prog, A, check_tol(tol))
     _, _, _, k = _self_statistics(A, _compile(layers, H, W, C, _width(width)))
     return k[:, 0].copy(), k[:, 1].copy()

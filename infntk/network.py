@@ -138,10 +138,13 @@ class Network:
         """
         if self._conv:
             from . import conv
-            nngp, ntk = conv.conv_kernels(self.layers, X1, X2, width=self.width)
+            nngp, ntk, bound, orders = conv.conv_kernels_bounded(self.layers, X1, X2,
+                                                                 width=self.width, tol=self.tol)
             if out_nngp is None and out_ntk is None:
-                return _gram.Kernels(nngp, ntk)
-            return _copy_into(nngp, ntk, out_nngp, out_ntk)
+                return _gram.Kernels(nngp, ntk, bound, orders)
+            out = _copy_into(nngp, ntk, out_nngp, out_ntk)
+            out.error_bound, out.orders = bound, orders
+            return out
         A, B, same = check_pair(X1, X2)
         return _gram.gram(self._engine(A.shape[1]), A, B, same, out_nngp, out_ntk, block_rows,
                           label=repr(self))
@@ -164,7 +167,8 @@ class Network:
         """
         if self._conv:
             from . import conv
-            return _gram.KernelDiag(*conv.conv_diag(self.layers, X, width=self.width))
+            return _gram.KernelDiag(*conv.conv_diag(self.layers, X, width=self.width,
+                                                    tol=self.tol))
         X = check_matrix(X, "X")
         return _gram.diag(self._engine(X.shape[1]), X)
 

@@ -93,7 +93,7 @@ class _State:
             self.S[key], self.T[key] = nS, nT
         self.h, self.w = ho, wo
 
-    def act(self, name, params, dps):
+    def act(self, name, params, dps, dual=mp_dual):
         Sxx, Syy = dict(self.S["xx"]), dict(self.S["yy"])
         for key, (A, B, same_img) in {"xx": (Sxx, Sxx, True), "yy": (Syy, Syy, True),
                                       "xy": (Sxx, Syy, self.same)}.items():
@@ -101,7 +101,7 @@ class _State:
             for (i, j, k, l), s in list(S.items()):
                 q1, q2 = A[(i, j, i, j)], B[(k, l, k, l)]
                 same = same_img and (i, j) == (k, l)
-                kk, kd = mp_dual(name, q1, q2, s, same=same, dps=dps, **params)
+                kk, kd = dual(name, q1, q2, s, same=same, dps=dps, **params)
                 S[(i, j, k, l)] = kk
                 T[(i, j, k, l)] = T[(i, j, k, l)] * kd
 
@@ -134,7 +134,7 @@ class _State:
         return out
 
 
-def _pair(x, y, same, layers, dps, width):
+def _pair(x, y, same, layers, dps, width, dual=mp_dual):
     with mp.workdps(dps):
         st = _State(x, y, same)
         sc = None
@@ -148,7 +148,7 @@ def _pair(x, y, same, layers, dps, width):
                             L["filter"] ** 2 * chans if std else None)
                     chans = width
                 elif kind == "activation":
-                    st.act(L["name"], L.get("params", {}), dps)
+                    st.act(L["name"], L.get("params", {}), dps, dual)
                 elif kind == "avgpool":
                     st.pool(L["window"])
                 elif kind in ("flatten", "gap"):
@@ -172,17 +172,19 @@ def _pair(x, y, same, layers, dps, width):
                 q1, q2 = sc["xx"][0], sc["yy"][0]
                 for key, (a, b, sm) in {"xx": (q1, q1, True), "yy": (q2, q2, True),
                                         "xy": (q1, q2, same)}.items():
-                    kk, kd = mp_dual(L["name"], a, b, sc[key][0], same=sm, dps=dps,
-                                     **L.get("params", {}))
+                    kk, kd = dual(L["name"], a, b, sc[key][0], same=sm, dps=dps,
+                                  **L.get("params", {}))
                     sc[key] = [kk, sc[key][1] * kd]
             else:
                 raise ValueError(f"{kind} after the readout")
         return sc["xy"]
 
 
-def mp_conv_kernels(layers, X1, X2=None, dps=30, width=None):
+def mp_conv_kernels(layers, X1, X2=None, dps=30, width=None, dual=mp_dual):
     """(nngp, ntk) float64 Gram matrices of the layer dicts ``layers`` at ``dps`` digits
-    (``width``: the hidden channels, for layers with ``"parameterization": "standard"``)."""
+    (``width``: the hidden channels, for layers with ``"parameterization": "standard"``;
+    ``dual(name, q1, q2, s, same, dps, **params) -> (k, kd)`` the single-layer dual, by
+    default the closed forms of ``oracles.mp_reference``)."""
     X1 = np.asarray(X1, dtype=np.float64)
     same_set = X2 is None
     X2 = X1 if same_set else np.asarray(X2, dtype=np.float64)
@@ -194,6 +196,6 @@ def mp_conv_kernels(layers, X1, X2=None, dps=30, width=None):
             if same_set and j < i:
                 nngp[i, j], ntk[i, j] = nngp[j, i], ntk[j, i]
                 continue
-            s, t = _pair(X1[i], X2[j], same_set and i == j, layers, dps, width)
+            s, t = _pair(X1[i], X2[j], same_set and i == j, layers, dps, width, dual)
             nngp[i, j], ntk[i, j] = float(s), float(t)
     return nngp, ntk
