@@ -450,8 +450,14 @@ def _compile(layers, H, W, C=1, width=None):
 
 
 def _has_series(layers):
-    """Whether an activation of the list has no closed-form dual (the Hermite-series path)."""
-    return any(isinstance(L, Activation) and _activation_of(L).family is None for L in layers)
+    """Whether the list needs the Hermite-series path: an activation without a closed-form
+    dual, or two activations in a row (they act on one Gaussian as their composition, which
+    has no closed form in general; applying the two duals in turn would treat the first
+    activation's output as Gaussian)."""
+    layers = list(layers)
+    acts = [isinstance(L, Activation) for L in layers]
+    return any(a and _activation_of(L).family is None for a, L in zip(acts, layers)) or any(
+        a and b for a, b in zip(acts, acts[1:]))
 
 
 def _tap_counts(src, n_in):

@@ -151,6 +151,19 @@ def test_tanh_against_quadrature(case):
     assert diff <= k.error_bound + ORACLE_OWN * scale
 
 
+def test_two_activations_in_a_row_compose(images):
+    # identity then erf is erf: the composition runs the series path (two duals in turn would
+    # treat the identity's output as a Gaussian; here that happens to be right, so the
+    # closed-form erf is the reference)
+    layers = [Conv(3, "same", 1.4, 0.1), Activation("identity"), Activation("erf"),
+              GlobalAvgPool(), Dense(1.0, 0.0)]
+    nngp, ntk, bound, orders = conv_kernels_bounded(layers, images)
+    assert len(orders) == 1
+    rn, rt = conv_kernels([Conv(3, "same", 1.4, 0.1), Activation("erf"), GlobalAvgPool(),
+                           Dense(1.0, 0.0)], images)
+    assert max(np.abs(nngp - rn).max(), np.abs(ntk - rt).max()) <= bound + REF_RTOL * rt.max()
+
+
 # ----------------------------------------------------------------------------- 1 x 1 images
 def test_one_pixel_equals_fully_connected():
     rng = np.random.default_rng(5)
