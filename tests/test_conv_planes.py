@@ -28,7 +28,7 @@ NETS = {
                                Dense(1.0, 0.0)],
     "valid_same_unfused": [Conv(3, "valid", 1.5, 0.1), Activation("gelu"),
                            Conv(2, "same", 1.5, 0.1), Conv(1, "valid"), Activation("relu"),
-                           Activation("abs"), GlobalAvgPool(), Dense(1.5, 0.1)],
+                           GlobalAvgPool(), Dense(1.5, 0.1)],
     "circular_filter_larger_than_image": [Conv(5, "circular", 1.5, 0.1),
                                           Activation("leaky_relu", alpha=0.2), GlobalAvgPool()],
     "sign_then_relu": [Conv(2, "same", 1.5, 0.1), Activation("sign"), Conv(3, "valid", 1.5, 0.1),
