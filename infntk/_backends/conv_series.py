@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit
 
 from .._numba_config import engine_lock
+from ._common import clipped_correlation
 from .composed import _series_moments
 from .conv import _pair_count, _pair_of, _write_pair
 from .series import K_MAX, _LayerData
@@ -67,16 +68,9 @@ def _mehler(ca1, cb1, o1, ca2, cb2, o2, K, rho):
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _entry(s, qa, ra, qb, rb, ex):
-    """Clipped correlation of an entry (0 at a degenerate row) and the running excursion."""
-    m = ra * rb
-    rho = s / m if m > 0.0 else 0.0
-    if rho > 1.0:
-        ex = max(ex, rho - 1.0)
-        rho = 1.0
-    elif rho < -1.0:
-        ex = max(ex, -1.0 - rho)
-        rho = -1.0
-    return rho, ex
+    """Clipped correlation of an entry (0 at a degenerate row) and the running excursion
+    (:func:`infntk._backends._common.clipped_correlation` at ``m = ra rb``)."""
+    return clipped_correlation(s, ra * rb, ex)
 
 
 @njit(cache=True, error_model="numpy")
