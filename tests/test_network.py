@@ -181,3 +181,31 @@ def test_two_activations_in_a_row_compose():
                    Dense(1.0, 0.0)]).kernels(X)
     slack = k.error_bound + ref.error_bound
     assert np.abs(k.nngp - ref.nngp).max() <= slack and np.abs(k.ntk - ref.ntk).max() <= slack
+
+
+def test_unreachable_tol_keeps_the_smallest_bound():
+    """A tol below what the series can certify gives the smallest bound the order search
+    meets, not the bound of the highest orders (whose rounding allowance is larger).
+
+    The tail levels are half decades of ``tol``: for tol = 1e-18 the levels scanned include
+    those that 1e-10, 1e-12 and 1e-13 (reachable or not) stop at, so its bound can be no
+    larger than theirs."""
+    import warnings
+    X = np.random.default_rng(1).standard_normal((5, 4))
+    layers = [Dense(1.5, 0.1), Activation("tanh"),
+              Residual([Dense(1.5, 0.1), Activation("softplus"), Dense(1.0, 0.0)], alpha=0.7),
+              LayerNorm(), Dense(1.0, 0.0)]
+    got = {}
+    for tol in (1e-10, 1e-12, 1e-13, 1e-18):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got[tol] = Network(layers, tol=tol).kernels(X)
+    scale = float(np.abs(got[1e-18].ntk).max())
+    assert got[1e-18].error_bound > 1e-18 * scale          # out of reach: the case tested
+    with pytest.warns(RuntimeWarning, match="not reachable"):
+        Network(layers, tol=1e-18).kernels(X)
+    slack = tolerance(1e-12, reason="bounds of the same orders from order tables of another cap")
+    for tol in (1e-10, 1e-12, 1e-13):
+        assert got[1e-18].error_bound <= got[tol].error_bound * (1 + slack)
+    # and the highest orders' bound is larger here: the rule has a choice to make
+    assert max(got[1e-18].orders) < 400

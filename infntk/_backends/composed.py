@@ -617,7 +617,9 @@ class ComposedEngine:
                      tuple(orders[i] for i in self.series_ops), float(bound), [0.0])
 
     def _choose_orders(self, rows, n1, symmetric, target):
-        """Per series op the order, by the largest common tail level that meets ``target``."""
+        """Per series op the order, by the largest common tail level that meets ``target``;
+        if none does, the orders of the smallest bound found (higher orders than needed only
+        add to the rounding allowance)."""
         d, nsq, steps = rows
 
         def bound_at(orders, data):
@@ -627,23 +629,35 @@ class ComposedEngine:
             return max(math.sqrt(float(np.max(uK[sl1])) * float(np.max(uK[sl2]))),
                        math.sqrt(float(np.max(uT[sl1])) * float(np.max(uT[sl2]))))
 
+        overall = None                  # (orders, data, bound) of the smallest bound seen
         for cap in (96, K_MAX):
             data = {i: _LayerData(self.ops[i].act, cap, steps[i][0]) for i in self.series_ops}
             worst = {i: np.max(np.maximum(data[i].tT, data[i].tD), axis=0)
                      for i in self.series_ops}
-            best = None
             for k in range(0, 61):
                 tau = target * 10.0 ** (-k / 2)
                 orders = {i: int(np.flatnonzero(np.append(w <= tau, True))[0])
                           for i, w in worst.items()}
                 orders = {i: min(o, cap) for i, o in orders.items()}
                 b = bound_at(orders, data)
-                best = (orders, b)
+                # when the target is out of reach, higher orders only add to the rounding
+                # allowance: keep the smallest bound, not the last one
+                if overall is None or b < overall[2]:
+                    overall = (orders, data, b)
                 if b <= target or all(o >= cap for o in orders.values()):
                     break
-            if best[1] <= target or cap == K_MAX:
-                return best[0], data, best[1]
-        return best[0], data, best[1]    # pragma: no cover
+            if overall[2] <= target:
+                return overall
+        # out of reach: the tail levels above the target (lower orders, less rounding) may
+        # give a smaller bound than the ones scanned from the target down
+        for k in range(1, 41):
+            tau = target * 10.0 ** (k / 2)
+            orders = {i: min(int(np.flatnonzero(np.append(w <= tau, True))[0]), K_MAX)
+                      for i, w in worst.items()}
+            b = bound_at(orders, data)
+            if b < overall[2]:
+                overall = (orders, data, b)
+        return overall
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):
         _, nsq1, st1, _, _ = plan.rows
