@@ -29,7 +29,8 @@ import sys
 import tempfile
 import threading
 
-__all__ = ["cache_dir", "threading_layer_default", "engine_lock"]
+__all__ = ["cache_dir", "threading_layer_default", "engine_lock", "blas_one_thread",
+           "chunk_count", "run_chunks"]
 
 
 def _writable_dir(path):
@@ -172,3 +173,67 @@ def _limit_blas():
         return threadpool_limits(limits=1, user_api="blas")
     except Exception:          # threadpoolctl missing or unable to inspect: leave BLAS as is
         return None
+
+
+# ----------------------------------------------------------------------------- chunk threads
+# The compiled drivers release the GIL (``nogil=True``) and take a chunk number: ``run_chunks``
+# runs them on a pool of Python threads. This replaces ``parallel=True`` kernels, each of which
+# made Numba generate and optimise again the code of everything it called (several seconds of
+# compilation per kernel), with no difference in speed for loops of independent rows.
+_POOL_LOCK = threading.Lock()
+_POOL = {"executor": None, "size": 0}
+_IN_POOL = threading.local()
+
+
+def chunk_count(items, per_thread=4):
+    """Chunks to split ``items`` independent pieces of work into: ``per_thread`` per thread of
+    ``numba.get_num_threads()`` (the user's ``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``),
+    at most ``items``, at least 1. Several chunks per thread let a thread that finishes early
+    (another one was descheduled on a busy machine) take the remaining ones."""
+    import numba
+    return max(1, min(int(items), per_thread * numba.get_num_threads()))
+
+
+def _executor(size):
+    from concurrent.futures import ThreadPoolExecutor
+    with _POOL_LOCK:
+        if _POOL["executor"] is None or _POOL["size"] < size:
+            old = _POOL["executor"]
+            _POOL["executor"] = ThreadPoolExecutor(size, thread_name_prefix="infntk",
+                                                   initializer=_mark_pool_thread)
+            _POOL["size"] = size
+            if old is not None:
+                old.shutdown(wait=False)
+        return _POOL["executor"]
+
+
+def _mark_pool_thread():
+    _IN_POOL.active = True
+
+
+def run_chunks(fn, nchunks):
+    """``fn(c)`` for ``c`` in ``range(nchunks)``, on a shared pool of
+    ``min(nchunks, numba.get_num_threads())`` threads.
+
+    ``fn`` should spend its time in a compiled ``nogil`` function (otherwise the threads only
+    take turns). Chunks run inline when one thread is asked for, or when called from a pool
+    thread (no nested waiting on the same pool). The first exception raised by a chunk is
+    raised here after every chunk has finished, so no chunk is still writing to shared
+    outputs.
+    """
+    import numba
+    workers = min(nchunks, numba.get_num_threads())
+    if workers <= 1 or getattr(_IN_POOL, "active", False):
+        for c in range(nchunks):
+            fn(c)
+        return
+    pool = _executor(workers)
+    futures = [pool.submit(fn, c) for c in range(nchunks)]
+    error = None
+    for f in futures:
+        try:
+            f.result()
+        except BaseException as exc:   # noqa: BLE001 (re-raised below, after all chunks)
+            error = exc if error is None else error
+    if error is not None:
+        raise error

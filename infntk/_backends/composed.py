@@ -32,9 +32,10 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .. import hermite
+from .._numba_config import chunk_count, run_chunks
 from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gelu_plain,
                       kinked_state, row_may_need_stable, trig_plain)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
@@ -197,8 +198,8 @@ def _gains_backward(ops, back, q_out):
 
 
 # ----------------------------------------------------------------------------- pair passes
-@njit(cache=True, parallel=True, error_model="numpy")
-def _input_dense(X1, X2, G, nsq1, nsq2, row0, symmetric, op, S):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _input_dense(X1, X2, G, nsq1, nsq2, row0, symmetric, op, S, c, nch):
     """First Dense layer for the rows of one block; ``S`` = (A, B, K, TH, KD, D).
 
     ``D = q1 - q2`` is carried for the pairs whose angle comes from the rows (nearly parallel,
@@ -210,7 +211,7 @@ def _input_dense(X1, X2, G, nsq1, nsq2, row0, symmetric, op, S):
     m2 = np.empty(nsq2.shape[0])
     for j in range(nsq2.shape[0]):
         m2[j] = first_layer_root(nsq2[j], w2, b2, d)
-    for ib in prange(G.shape[0]):
+    for ib in range(c, G.shape[0], nch):
         i = row0 + ib
         jend = i + 1 if symmetric else X2.shape[0]
         nx2 = nsq1[i]
@@ -232,11 +233,11 @@ def _input_dense(X1, X2, G, nsq1, nsq2, row0, symmetric, op, S):
             K[ib, j] = w2 * K[ib, j] + b2
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _dense(row0, symmetric, op, s1, rn1, s2, rn2, S):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _dense(row0, symmetric, op, s1, rn1, s2, rn2, S, c, nch):
     A, B, K, TH, KD, D = S
     w2, b2, cK, cb = op.w2, op.b2, op.cK, op.cb
-    for ib in prange(K.shape[0]):
+    for ib in range(c, K.shape[0], nch):
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
         for j in range(jend):
@@ -252,14 +253,13 @@ def _dense(row0, symmetric, op, s1, rn1, s2, rn2, S):
             D[ib, j] = w2 * D[ib, j]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _act(row0, symmetric, op, q1, r1, sk1, g1, q2, r2, sk2, g2, S):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _act(row0, symmetric, op, q1, r1, sk1, g1, q2, r2, sk2, g2, S, c, nch):
     """One closed-form activation for the pairs of a block (:func:`_act_row` per row)."""
     A, B, K, TH, KD, D = S
     q2max = max_or_nan(q2)
     g2max = max_or_nan(g2)
-    for ib0 in prange(K.shape[0]):
-        ib = np.int64(ib0)
+    for ib in range(c, K.shape[0], nch):
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
         _act_row(op.family, op.p0, op.p1, jend, q1[i], r1[i], sk1[i], g1[i], q2, r2, sk2, g2,
@@ -347,10 +347,10 @@ def _plain_gaps(k, sk):
     return max(sk - k, 0.0), max(sk + k, 0.0)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _norm(row0, symmetric, r1, r2, S):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _norm(row0, symmetric, r1, r2, S, c, nch):
     A, B, K, TH, KD, D = S
-    for ib in prange(K.shape[0]):
+    for ib in range(c, K.shape[0], nch):
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
         for j in range(jend):
@@ -371,12 +371,12 @@ def _norm(row0, symmetric, r1, r2, S):
                 D[ib, j] = math.nan
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _pop(row0, symmetric, op, qs1, qb1, rq1, qs2, qb2, rq2, saved, S):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pop(row0, symmetric, op, qs1, qb1, rq1, qs2, qb2, rq2, saved, S, c, nch):
     A, B, K, TH, KD, D = S
     As, Bs, Ks, THs, KDs, Ds = saved
     a2 = op.a2
-    for ib in prange(K.shape[0]):
+    for ib in range(c, K.shape[0], nch):
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
         for j in range(jend):
@@ -392,11 +392,12 @@ def _pop(row0, symmetric, op, qs1, qb1, rq1, qs2, qb2, rq2, saved, S):
             D[ib, j] = Ds[ib, j] + a2 * D[ib, j]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _series(row0, symmetric, order, r1, e1, ed1, a1, b1, r2, e2, ed2, a2T, b2T, S, excess):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _series(row0, symmetric, order, r1, e1, ed1, a1, b1, r2, e2, ed2, a2T, b2T, S, excess, c,
+            nch):
     """Mehler series of one activation for the pairs of a block (coefficients zero-padded)."""
     A, B, K, TH, KD, D = S
-    for ib in prange(K.shape[0]):
+    for ib in range(c, K.shape[0], nch):
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
         ex = 0.0
@@ -665,26 +666,32 @@ class ComposedEngine:
         shape = G.shape
         A, B, TH, KD, D = (np.zeros(shape) for _ in range(5))
         S = (A, B, out_nngp, TH, KD, D)       # K is computed in place in the output
+        nch = chunk_count(shape[0], per_thread=2)  # each call costs ~20 us of dispatch
+
+        def rows(kernel, *args):              # the block's rows, interleaved over the threads
+            run_chunks(lambda c: kernel(*args, c, nch), nch)
+
         stack = []
         for i, (op, a, b) in enumerate(zip(self.ops, st1, st2)):
             if op.kind == INPUT_DENSE:
-                _input_dense(X1, X2, np.ascontiguousarray(G), nsq1, nsq2, row0, symmetric, op, S)
+                rows(_input_dense, X1, X2, np.ascontiguousarray(G), nsq1, nsq2, row0, symmetric,
+                     op, S)
             elif op.kind == DENSE:
-                _dense(row0, symmetric, op, a[0], a[1], b[0], b[1], S)
+                rows(_dense, row0, symmetric, op, a[0], a[1], b[0], b[1], S)
             elif op.kind == ACT:
-                _act(row0, symmetric, op, a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], S)
+                rows(_act, row0, symmetric, op, a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], S)
             elif op.kind == SERIES:
                 (a1, b1), (a2T, b2T) = plan.coef1[i], plan.coef2[i]
                 ex = np.zeros(shape[0])
-                _series(row0, symmetric, a1.shape[1] - 1, a[1], a[2], a[3], a1, b1,
-                        b[1], b[2], b[3], a2T, b2T, S, ex)
+                rows(_series, row0, symmetric, a1.shape[1] - 1, a[1], a[2], a[3], a1, b1,
+                     b[1], b[2], b[3], a2T, b2T, S, ex)
                 plan.excess[0] = max(plan.excess[0], float(ex.max(initial=0.0)))
             elif op.kind == NORM:
-                _norm(row0, symmetric, a[0], b[0], S)
+                rows(_norm, row0, symmetric, a[0], b[0], S)
             elif op.kind == PUSH:
                 stack.append(tuple(x.copy() for x in S))
             else:
-                _pop(row0, symmetric, op, a[0], a[1], a[2], b[0], b[1], b[2], stack.pop(), S)
+                rows(_pop, row0, symmetric, op, a[0], a[1], a[2], b[0], b[1], b[2], stack.pop(), S)
         np.multiply(KD, TH, out=out_ntk[:, :shape[1]])
 
     def finish(self, plan):
