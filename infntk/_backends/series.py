@@ -2,7 +2,8 @@ r"""The Hermite-series engine: kernels of activations without a closed form.
 
 Used for tanh, sigmoid, softplus, silu, elu(alpha) and any Python callable
 (``activation.family is None``). :class:`SeriesEngine` implements the engine protocol of
-:mod:`infntk._backends`; the pair loop is :func:`series_block` (``prange`` over output rows).
+:mod:`infntk._backends`; the pair loop is :func:`series_block` (output rows in chunks over
+threads).
 
 Per layer, ``K_l = sum_k a_k(q_l(x)) a_k(q_l(y)) rho_l^k`` and
 ``kd_l = sum_k b_k(q_l(x)) b_k(q_l(y)) rho_l^k`` (Mehler), with per-row coefficients from
@@ -36,10 +37,10 @@ from typing import NamedTuple
 
 import numpy as np
 import numba
-from numba import njit, prange
+from numba import njit
 
 from .. import hermite
-from .._numba_config import blas_one_thread
+from .._numba_config import blas_one_thread, chunk_count, run_chunks
 from ..quadrature import pair_expectations
 from ._common import check_rows_finite, clipped_correlation
 
@@ -407,7 +408,6 @@ def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
     errq[ib] = max(errq[ib], worstq)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
 def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb,
                  flags, errq):
     """Fill the rows ``ib`` of one block of the NNGP and NTK Gram matrices.
@@ -428,9 +428,17 @@ def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, ex
     largest of their bounds per row in ``errq[ib]`` (raised).
     Rows are taken in pairs ``(t, nb-1-t)`` to balance the triangle between threads.
     """
+    nch = chunk_count((G.shape[0] + 1) // 2, per_thread=2)
+    run_chunks(lambda c: _series_block_chunk(net, rows, cols, bnd, G, row0, symmetric, out_nngp,
+                                             out_ntk, excess, errb, flags, errq, c, nch), nch)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _series_block_chunk(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess,
+                        errb, flags, errq, c, nch):
+    """The row pairs ``(t, nb-1-t)``, ``t = c, c + nch, ...`` of :func:`series_block`."""
     nb = G.shape[0]
-    for t0 in prange((nb + 1) // 2):
-        t = np.int64(t0)      # prange indices are uint64: one signature of the row kernel
+    for t in range(c, (nb + 1) // 2, nch):
         _series_row(t, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess,
                     errb, flags, errq)
         u = nb - 1 - t
@@ -721,13 +729,15 @@ def _partners(setup, A, B, symmetric, q0):
     step = max(1, min(512, _PARTNER_FLOATS // max(1, B.shape[0])))
     for r0 in range(0, n1, step):
         r1 = min(n1, r0 + step)
-        _best_partners(A[r0:r1] @ B.T, rA, rB, r0, symmetric, float(w2), float(d), float(b2),
-                       arg, best)
+        P = A[r0:r1] @ B.T
+        nch = chunk_count(r1 - r0, per_thread=1)
+        run_chunks(lambda c: _best_partners(P, rA, rB, r0, symmetric, float(w2), float(d),
+                                            float(b2), arg, best, c, nch), nch)
     return arg, best
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _best_partners(P, rA, rB, r0, symmetric, w2, d, b2, arg, best):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _best_partners(P, rA, rB, r0, symmetric, w2, d, b2, arg, best, c, nch):
     """For the rows ``r0 + t`` of a Gram block ``P = A[r0:r1] B^T``: the first column of the
     largest ``|w2 P / d + b2| / (rA rB)`` (0 where ``rA rB = 0``; the row itself excluded,
     value -1, when ``symmetric``) into ``arg``, that value clipped at 1 into ``best``.
@@ -735,7 +745,7 @@ def _best_partners(P, rA, rB, r0, symmetric, w2, d, b2, arg, best):
     One pass over the block (the same floating-point operations as the elementwise NumPy
     expressions, so the same partners and values)."""
     nb, n2 = P.shape
-    for t in prange(nb):
+    for t in range(c, nb, nch):                      # the rows of chunk c of nch
         i = r0 + t
         ra = rA[i]
         top = -math.inf
