@@ -25,17 +25,15 @@ Conventions are those of neural-tangents' ``stax`` (``Conv(out_chan, (q, q), pad
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 
 from ._backends import conv as _ce
 from ._backends import conv_series as _cs
 from ._backends.series import check_continuous
 from ._gram import compiled_view
-from ._numba_config import engine_lock
+from ._numba_config import chunk_count, engine_lock, run_chunks
 from ._validation import (check_parameterization, check_positive_int, check_real_dtype,
                           check_std, check_tol)
 from .activations import get_activation
@@ -614,7 +612,7 @@ def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
     (the driver releases the GIL; pairs cost the same, so static chunks balance)."""
     n1, n2 = A.shape[0], B.shape[0]
     npairs = n1 if mode == 0 else n1 * (n1 - 1) // 2 if mode == 1 else n1 * n2
-    nch = max(1, min(npairs, numba.get_num_threads()))
+    nch = chunk_count(npairs, per_thread=1)
     nb = next((b for b in (32, 16) if b * prog["nplane"] <= _PLANE_ENTRIES), 8)
 
     def chunk(c):
@@ -627,11 +625,7 @@ def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
                   prog["nblock"], c, nch, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk)
 
     with engine_lock():
-        if nch == 1:
-            chunk(0)
-        else:
-            with ThreadPoolExecutor(nch) as ex:
-                list(ex.map(chunk, range(nch)))
+        run_chunks(chunk, nch)
 
 
 def _self_statistics(X, prog):
