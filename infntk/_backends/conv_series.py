@@ -66,6 +66,8 @@ _PER_ENTRY = True
 _PARTNERS = 4
 #: the estimate is raised this fraction of the way to 1 before it weights the tails
 _R_MARGIN = 0.1
+#: rows per chunk of the order rule's weighted tails
+_ROW_CHUNK = 4096
 
 
 # ----------------------------------------------------------------------------- compiled
@@ -862,11 +864,18 @@ def _choose_orders(prog, x_sq, side, n1, symmetric, target, data, weights=None):
     ``|rho|``) each row's tails are weighted by ``r^(K+1)`` (:func:`_act_bound`)."""
     worst = {}
     for k in prog.act_ops:
-        t = np.maximum(data[k].tT, data[k].tD)
-        if weights is not None:
-            r = weights[k].reshape(-1, 1)
-            t = t * r ** np.arange(1, t.shape[1] + 1)[None, :]
-        worst[k] = np.max(t, axis=0)
+        tT, tD = data[k].tT, data[k].tD
+        if weights is None:
+            worst[k] = np.maximum(tT.max(axis=0), tD.max(axis=0))
+            continue
+        r = weights[k].reshape(-1, 1)
+        pw = np.arange(1, tT.shape[1] + 1)[None, :]
+        wk = np.zeros(tT.shape[1])
+        for r0 in range(0, tT.shape[0], _ROW_CHUNK):     # no (rows, K) temporaries
+            sl = slice(r0, r0 + _ROW_CHUNK)
+            w = r[sl] ** pw
+            wk = np.maximum(wk, np.maximum((tT[sl] * w).max(axis=0), (tD[sl] * w).max(axis=0)))
+        worst[k] = wk
     caps = {k: data[k].Kc for k in prog.act_ops}
     best = None
     for lev in range(0, 61):
