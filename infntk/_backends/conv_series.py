@@ -17,14 +17,20 @@ State of one pair, plain C order (no padding): full ``S[i, i', j, j']`` (index `
 + j) w + j'``), diagonal ``S[i, j]``, scalars after the readout. A Conv is applied separably
 (row taps, then column taps, with the tap tables of :func:`infntk.conv._axis_tables`).
 
-Certified bound (per row ``(image, position)`` factors ``u`` with ``|error| <= sqrt(u(x, p)
-u(y, p'))``): see :func:`bound_pass`.
+Certified bound: per entry. Next to ``S``, ``T`` the pair loop carries the bounds ``eS``,
+``eT`` on their errors, with each entry's Mehler tails weighted by ``|rho|^(K+1)`` and Horner's
+rounding graded by ``|rho|`` (:func:`_act_span`, the terms of the fully-connected series
+engine, docs/series_engine.md); ``error_bound`` is the largest over the entries of the result.
+The orders are chosen by the per-row pass :func:`bound_pass` with each row's tails weighted by
+its largest ``|rho|`` seen in the self runs and a sample of pairs (docs/conv.md, "Activations
+without a closed form").
 """
 from __future__ import annotations
 
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -34,7 +40,7 @@ from .._numba_config import engine_lock
 from ._common import clipped_correlation
 from .composed import _series_moments
 from .conv import _pair_count, _pair_of, _write_pair
-from .series import K_MAX, _LayerData
+from .series import K_MAX, _LayerData, _powers, _rounding
 
 __all__ = ["OP_CONV_F", "OP_CONV_D", "OP_ACT_F", "OP_ACT_D", "OP_ACT_S", "OP_POOL_F",
            "OP_TODIAG", "OP_GAP", "OP_FLAT", "OP_DENSE", "SeriesProgram", "series_conv_kernels",
@@ -52,6 +58,16 @@ _ACTS = (OP_ACT_F, OP_ACT_D, OP_ACT_S)
 _EPS = float(np.finfo(float).eps)
 _GAMMA = 1.01 * _EPS            # unit of the rounding allowances (n eps / (1 - n eps), n << 1e13)
 _CAPS = (96, K_MAX)             # order tables tried, as the composed engine
+_UP = 1.0 + 8.0 * _EPS          # covers the rounding of the bound's own arithmetic
+#: the per-entry certificate (False: the per-row bound at |rho| = 1 of every entry, kept for
+#: the before/after comparison of benchmarks/bench_conv.py --series)
+_PER_ENTRY = True
+#: partners per image in the sample of pairs that estimates each row's largest |rho|
+_PARTNERS = 4
+#: the estimate is raised this fraction of the way to 1 before it weights the tails
+_R_MARGIN = 0.1
+#: rows per chunk of the order rule's weighted tails
+_ROW_CHUNK = 4096
 
 
 # ----------------------------------------------------------------------------- compiled
@@ -66,50 +82,101 @@ def _mehler(ca1, cb1, o1, ca2, cb2, o2, K, rho):
     return acc, accd
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _entry(s, qa, ra, qb, rb, ex):
-    """Clipped correlation of an entry (0 at a degenerate row) and the running excursion
-    (:func:`infntk._backends._common.clipped_correlation` at ``m = ra rb``)."""
-    return clipped_correlation(s, ra * rb, ex)
-
-
 @njit(cache=True, error_model="numpy")
-def _act_full(S, T, h, w, qo, co, K, selfrun, q1, r1, e1, ed1, ca1, cb1, q2, r2, e2, ed2,
-              ca2, cb2, ex):
-    K1 = K + 1
-    for i in range(h):
-        for j in range(w):
-            p = i * w + j
-            o1 = co + p * K1
-            for ip in range(h):
-                base = ((i * h + ip) * w + j) * w
-                for jp in range(w):
-                    pp = ip * w + jp
-                    t = base + jp
-                    if selfrun and pp == p:
-                        S[t] = e1[qo + p]
-                        T[t] = T[t] * ed1[qo + p]
-                        continue
-                    rho, ex = _entry(S[t], q1[qo + p], r1[qo + p], q2[qo + pp], r2[qo + pp], ex)
-                    k, kd = _mehler(ca1, cb1, o1, ca2, cb2, co + pp * K1, K, rho)
-                    S[t] = k
-                    T[t] = T[t] * kd
-    return ex
+def _act_span(S, T, eS, eT, t0, n, px0, xs, py0, qo, co, K, selfrun, bnd, q1, r1, e1, ed1,
+              ca1, cb1, B1, RM1, q2, r2, e2, ed2, ca2, cb2, B2, RM2, ao, P, wk, ex):
+    """One activation on the entries ``t0 .. t0 + n - 1`` of the state, the entry ``jj``
+    pairing the row ``px0 + xs jj`` of the first image with the row ``py0 + jj`` of the second.
 
+    Values: the Mehler sums (the self diagonal of a self run: the exact second moments). With
+    ``bnd``, the per-entry error state ``eS``, ``eT`` is carried (docs/conv.md, "Certified
+    bound"): ``e = eS + 4 gamma sqrt(q q')`` (the rounding of ``rho``), ``delta = e /
+    sqrt(q q')``, ``a = |rho^|``, then
 
-@njit(cache=True, error_model="numpy")
-def _act_diag(S, T, n, qo, co, K, selfrun, q1, r1, e1, ed1, ca1, cb1, q2, r2, e2, ed2, ca2,
-              cb2, ex):
+        eK  = sqrt(E'E') e + a^(K+1) sqrt(T T) + R(a) sqrt(E E),
+        ekd = delta sqrt(S1 S1) + min(1, a + delta)^(K+1) sqrt(T'T') + R(a) sqrt(E'E'),
+        eT' = |kd^| eT + ekd (|Theta^| + eT) + gamma |Theta^ kd^|,
+
+    ``R(a) = min(16 (K + 2) eps, series._rounding(a, K))`` (64 eps on the self diagonal, no
+    series summed there); the powers by :func:`infntk._backends.series._powers`. ``bnd == 2``
+    also raises ``RM1``, ``RM2`` (per row) to the largest ``|rho^|`` seen. ``B1``, ``B2``: the
+    rows' ``sqrt`` of ``E, E', T_K, T'_K, S1_K`` at ``ao``, ``ao + P``, ... (``P`` rows each).
+    """
     K1 = K + 1
-    for p in range(n):
-        if selfrun:
-            S[p] = e1[qo + p]
-            T[p] = T[p] * ed1[qo + p]
+    AB = wk[0]
+    AD = wk[1]
+    DL = wk[2]
+    FT = wk[3]
+    FD = wk[4]
+    PA = wk[5]
+    PD = wk[6]
+    KD = wk[7]
+    for jj in range(n):
+        t = t0 + jj
+        p = px0 + xs * jj
+        pp = py0 + jj
+        AB[jj] = 0.0
+        AD[jj] = 0.0
+        DL[jj] = 0.0
+        if selfrun and p == pp:
             continue
-        rho, ex = _entry(S[p], q1[qo + p], r1[qo + p], q2[qo + p], r2[qo + p], ex)
-        k, kd = _mehler(ca1, cb1, co + p * K1, ca2, cb2, co + p * K1, K, rho)
-        S[p] = k
-        T[p] = T[p] * kd
+        m = r1[qo + p] * r2[qo + pp]
+        rho, ex = clipped_correlation(S[t], m, ex)
+        k, kd = _mehler(ca1, cb1, co + p * K1, ca2, cb2, co + pp * K1, K, rho)
+        S[t] = k
+        KD[jj] = kd
+        if bnd:
+            a = abs(rho)
+            e = eS[t] + 4.0 * _GAMMA * m
+            dl = e / m if m > 0.0 else 0.0
+            AB[jj] = a
+            DL[jj] = dl
+            AD[jj] = min(1.0, a + dl)
+            eS[t] = e
+            if bnd == 2:
+                RM1[qo + p] = max(RM1[qo + p], a)
+                RM2[qo + pp] = max(RM2[qo + pp], a)
+    if not bnd:
+        for jj in range(n):
+            t = t0 + jj
+            p = px0 + xs * jj
+            if selfrun and p == py0 + jj:
+                S[t] = e1[qo + p]
+                T[t] = T[t] * ed1[qo + p]
+            else:
+                T[t] = T[t] * KD[jj]
+        return ex
+    _powers(AB, AD, FT, FD, PA, PD, n, K + 1, 1.0 + 2.0 * (K + 2.0) * _EPS)
+    Rl = 16.0 * (K + 2.0) * _EPS
+    Rd = min(Rl, 64.0 * _EPS)
+    for jj in range(n):
+        t = t0 + jj
+        p = px0 + xs * jj
+        pp = py0 + jj
+        x = ao + p
+        y = ao + pp
+        p1 = B1[x]
+        p2 = B2[y]
+        lip = B1[x + P] * B2[y + P]
+        if selfrun and p == pp:
+            S[t] = e1[qo + p]
+            kd = ed1[qo + p]
+            m = r1[qo + p] * r2[qo + pp]
+            eK = lip * eS[t] + Rd * p1 * p2
+            ekd = Rd * lip
+            if m > 0.0:
+                ekd += (eS[t] / m) * B1[x + 4 * P] * B2[y + 4 * P]
+        else:
+            kd = KD[jj]
+            Rp = min(Rl, _rounding(AB[jj], K))
+            eK = (lip * eS[t] + FT[jj] * B1[x + 2 * P] * B2[y + 2 * P] + Rp * p1 * p2)
+            ekd = (DL[jj] * B1[x + 4 * P] * B2[y + 4 * P] + FD[jj] * B1[x + 3 * P] * B2[y + 3 * P]
+                   + Rp * lip)
+        th = T[t]
+        tn = th * kd
+        eT[t] = (abs(kd) * eT[t] + ekd * (abs(th) + eT[t]) + _GAMMA * abs(tn)) * _UP
+        T[t] = tn
+        eS[t] = eK * _UP
     return ex
 
 
@@ -195,6 +262,31 @@ def _pool(S, T, S2, T2, h, w, ho, wo, win):
 
 
 @njit(cache=True, error_model="numpy")
+def _round_full(eS, eT, ho, wo, g, B1, B2, mo):
+    """Add the rounding ``g (sqrt(M(x, p) M(y, p')) + e)`` of a linear op to every entry of a
+    full state ``(ho, ho, wo, wo)`` (``B``: the rows' ``sqrt M`` at ``mo``, ``sqrt Mt`` at
+    ``mo + ho wo``)."""
+    P = ho * wo
+    for io in range(ho):
+        for iq in range(ho):
+            for jo in range(wo):
+                p = io * wo + jo
+                for jq in range(wo):
+                    pp = iq * wo + jq
+                    t = ((io * ho + iq) * wo + jo) * wo + jq
+                    eS[t] = eS[t] + g * (B1[mo + p] * B2[mo + pp] + eS[t])
+                    eT[t] = eT[t] + g * (B1[mo + P + p] * B2[mo + P + pp] + eT[t])
+
+
+@njit(cache=True, error_model="numpy")
+def _round_diag(eS, eT, P, g, B1, B2, mo):
+    """:func:`_round_full` for a diagonal state of ``P`` rows (or a scalar, ``P = 1``)."""
+    for p in range(P):
+        eS[p] = eS[p] + g * (B1[mo + p] * B2[mo + p] + eS[p])
+        eT[p] = eT[p] + g * (B1[mo + P + p] * B2[mo + P + p] + eT[p])
+
+
+@njit(cache=True, error_model="numpy")
 def _record(S, full, h, w, q1, r1, qo):
     """The diagonal of the current self state: the variances of the activation at ``qo``."""
     for i in range(h):
@@ -206,13 +298,36 @@ def _record(S, full, h, w, q1, r1, qo):
 
 
 @njit(cache=True, error_model="numpy")
-def run_pair(x, y, iop, fop, src, stop, selfrun, q1, r1, e1, ed1, ca1, cb1, q2, r2, e2, ed2,
-             ca2, cb2, S, T, S2, T2, U, UT):
-    """NNGP, NTK and the largest correlation excursion of one pair, ops ``[0, stop)``.
+def _gap_sum(S, h, w):
+    """Sum of a full state by two levels (rounding ``(2 P + 1) eps``, not ``P^2``)."""
+    P = h * w
+    acc = 0.0
+    for p in range(P):
+        ps = 0.0
+        i = p // w
+        j = p - i * w
+        for ip in range(h):
+            base = ((i * h + ip) * w + j) * w
+            for jp in range(w):
+                ps += S[base + jp]
+        acc += ps
+    return acc
+
+
+@njit(cache=True, error_model="numpy")
+def run_pair(x, y, iop, fop, src, stop, selfrun, bnd, boff, q1, r1, e1, ed1, ca1, cb1, B1,
+             RM1, q2, r2, e2, ed2, ca2, cb2, B2, RM2, S, T, S2, T2, U, UT, eS, eT, eS2, eT2,
+             wk, sc):
+    """NNGP, NTK, the largest correlation excursion and (``bnd``) the certified error bound of
+    one pair, ops ``[0, stop)``.
 
     ``selfrun`` (``x`` is ``y``): the diagonal entries of each activation take the exact second
     moments ``e1``, ``ed1``; if ``stop`` is an activation, its variances are recorded into
-    ``q1``, ``r1`` (the diagonal of the state it receives) and the run ends there.
+    ``q1``, ``r1`` (the diagonal of the state it receives) and the run ends there. With ``bnd``
+    the error state ``eS``, ``eT`` (per entry) runs next to ``S``, ``T``: the linear ops apply
+    to it as to the values (their coefficients are non-negative) plus their rounding, the
+    activations by :func:`_act_span`; ``B1``, ``B2`` hold the per-row data at ``boff[k + 1]``
+    (op ``k``; ``boff[0]``: ``|x_p| / sqrt(C)`` of the input). ``sc``: ``(4, 1)`` scalar state.
     """
     H, W, C = x.shape
     if iop[0, 0] == OP_CONV_F:
@@ -226,6 +341,9 @@ def run_pair(x, y, iop, fop, src, stop, selfrun, q1, r1, e1, ed1, ca1, cb1, q2, 
                         t = ((i * H + ip) * W + j) * W + jp
                         S[t] = acc / C
                         T[t] = 0.0
+                        if bnd:
+                            eS[t] = (2 * C + 2) * _GAMMA * 1.01 * B1[i * W + j] * B2[ip * W + jp]
+                            eT[t] = 0.0
     else:
         for i in range(H):
             for j in range(W):
@@ -234,8 +352,13 @@ def run_pair(x, y, iop, fop, src, stop, selfrun, q1, r1, e1, ed1, ca1, cb1, q2, 
                     acc += x[i, j, ch] * y[i, j, ch]
                 S[i * W + j] = acc / C
                 T[i * W + j] = 0.0
-    s_sc = 0.0
-    t_sc = 0.0
+                if bnd:
+                    eS[i * W + j] = (2 * C + 2) * _GAMMA * 1.01 * B1[i * W + j] * B2[i * W + j]
+                    eT[i * W + j] = 0.0
+    s_sc = sc[0]
+    t_sc = sc[1]
+    es_sc = sc[2]
+    et_sc = sc[3]
     ex = 0.0
     for k in range(stop + 1 if stop < iop.shape[0] else stop):
         code = iop[k, 0]
@@ -251,10 +374,11 @@ def run_pair(x, y, iop, fop, src, stop, selfrun, q1, r1, e1, ed1, ca1, cb1, q2, 
         b2 = fop[k, 1]
         cv = fop[k, 2]
         tb = fop[k, 3]
+        mo = boff[k + 1]
         if k == stop:                       # record the variances of this activation
             if code == OP_ACT_S:
-                q1[qo] = s_sc
-                r1[qo] = math.sqrt(s_sc)
+                q1[qo] = s_sc[0]
+                r1[qo] = math.sqrt(s_sc[0])
             else:
                 _record(S, code == OP_ACT_F, h, w, q1, r1, qo)
             break
@@ -263,56 +387,70 @@ def run_pair(x, y, iop, fop, src, stop, selfrun, q1, r1, e1, ed1, ca1, cb1, q2, 
                        ho, wo, c, b2, cv, tb)
             S, S2 = S2, S
             T, T2 = T2, T
+            if bnd:
+                _conv_full(eS, eT, eS2, eT2, U, UT, src[iop[k, 9], 0], src[iop[k, 9], 1], qf,
+                           h, w, ho, wo, c, 0.0, cv, 0.0)
+                eS, eS2 = eS2, eS
+                eT, eT2 = eT2, eT
+                _round_full(eS, eT, ho, wo, (2 * qf + 8) * _GAMMA, B1, B2, mo)
         elif code == OP_CONV_D:
             _conv_diag(S, T, S2, T2, src[iop[k, 9], 0], src[iop[k, 9], 1], qf, w, ho, wo, c,
                        b2, cv, tb)
             S, S2 = S2, S
             T, T2 = T2, T
+            if bnd:
+                _conv_diag(eS, eT, eS2, eT2, src[iop[k, 9], 0], src[iop[k, 9], 1], qf, w, ho,
+                           wo, c, 0.0, cv, 0.0)
+                eS, eS2 = eS2, eS
+                eT, eT2 = eT2, eT
+                _round_diag(eS, eT, ho * wo, (2 * qf + 8) * _GAMMA, B1, B2, mo)
         elif code == OP_ACT_F:
-            ex = _act_full(S, T, h, w, qo, co, K, selfrun, q1, r1, e1, ed1, ca1, cb1, q2, r2,
-                           e2, ed2, ca2, cb2, ex)
+            P = h * w
+            for i in range(h):
+                for j in range(w):
+                    for ip in range(h):
+                        ex = _act_span(S, T, eS, eT, ((i * h + ip) * w + j) * w, w, i * w + j,
+                                       0, ip * w, qo, co, K, selfrun, bnd, q1, r1, e1, ed1,
+                                       ca1, cb1, B1, RM1, q2, r2, e2, ed2, ca2, cb2, B2, RM2,
+                                       mo, P, wk, ex)
         elif code == OP_ACT_D:
-            ex = _act_diag(S, T, h * w, qo, co, K, selfrun, q1, r1, e1, ed1, ca1, cb1, q2, r2,
-                           e2, ed2, ca2, cb2, ex)
+            ex = _act_span(S, T, eS, eT, 0, h * w, 0, 1, 0, qo, co, K, selfrun, bnd, q1, r1,
+                           e1, ed1, ca1, cb1, B1, RM1, q2, r2, e2, ed2, ca2, cb2, B2, RM2, mo,
+                           h * w, wk, ex)
         elif code == OP_ACT_S:
-            if selfrun:
-                s_sc = e1[qo]
-                t_sc = t_sc * ed1[qo]
-            else:
-                rho, ex = _entry(s_sc, q1[qo], r1[qo], q2[qo], r2[qo], ex)
-                kk, kd = _mehler(ca1, cb1, co, ca2, cb2, co, K, rho)
-                s_sc = kk
-                t_sc = t_sc * kd
+            ex = _act_span(s_sc, t_sc, es_sc, et_sc, 0, 1, 0, 0, 0, qo, co, K, selfrun, bnd,
+                           q1, r1, e1, ed1, ca1, cb1, B1, RM1, q2, r2, e2, ed2, ca2, cb2, B2,
+                           RM2, mo, 1, wk, ex)
         elif code == OP_POOL_F:
             _pool(S, T, S2, T2, h, w, ho, wo, qf)
             S, S2 = S2, S
             T, T2 = T2, T
+            if bnd:
+                _pool(eS, eT, eS2, eT2, h, w, ho, wo, qf)
+                eS, eS2 = eS2, eS
+                eT, eT2 = eT2, eT
+                _round_full(eS, eT, ho, wo, (qf ** 4 + 4) * _GAMMA, B1, B2, mo)
         elif code == OP_TODIAG:
             for i in range(h):
                 for j in range(w):
                     t = ((i * h + i) * w + j) * w + j
                     S2[i * w + j] = S[t]
                     T2[i * w + j] = T[t]
+                    if bnd:
+                        eS2[i * w + j] = eS[t]
+                        eT2[i * w + j] = eT[t]
             S, S2 = S2, S
             T, T2 = T2, T
+            eS, eS2 = eS2, eS
+            eT, eT2 = eT2, eT
         elif code == OP_GAP:                # two-level sums: rounding (2P + 1) eps, not P^2
             P = h * w
-            accs = 0.0
-            acct = 0.0
-            for p in range(P):
-                ps = 0.0
-                pt = 0.0
-                i = p // w
-                j = p - i * w
-                for ip in range(h):
-                    base = ((i * h + ip) * w + j) * w
-                    for jp in range(w):
-                        ps += S[base + jp]
-                        pt += T[base + jp]
-                accs += ps
-                acct += pt
-            s_sc = accs / (P * P)
-            t_sc = acct / (P * P)
+            s_sc[0] = _gap_sum(S, h, w) / (P * P)
+            t_sc[0] = _gap_sum(T, h, w) / (P * P)
+            if bnd:
+                es_sc[0] = _gap_sum(eS, h, w) / (P * P)
+                et_sc[0] = _gap_sum(eT, h, w) / (P * P)
+                _round_diag(es_sc, et_sc, 1, (2 * P + 4) * _GAMMA, B1, B2, mo)
         elif code == OP_FLAT:
             P = h * w
             accs = 0.0
@@ -320,23 +458,40 @@ def run_pair(x, y, iop, fop, src, stop, selfrun, q1, r1, e1, ed1, ca1, cb1, q2, 
             for p in range(P):
                 accs += S[p]
                 acct += T[p]
-            s_sc = accs / P
-            t_sc = acct / P
+            s_sc[0] = accs / P
+            t_sc[0] = acct / P
+            if bnd:
+                accs = 0.0
+                acct = 0.0
+                for p in range(P):
+                    accs += eS[p]
+                    acct += eT[p]
+                es_sc[0] = accs / P
+                et_sc[0] = acct / P
+                _round_diag(es_sc, et_sc, 1, (P + 4) * _GAMMA, B1, B2, mo)
         elif code == OP_DENSE:
-            s_new = c * s_sc + b2
-            t_sc = c * t_sc + (cv * s_sc + tb)
-            s_sc = s_new
-    return s_sc, t_sc, ex
+            s0 = s_sc[0]
+            s_sc[0] = c * s0 + b2
+            t_sc[0] = c * t_sc[0] + (cv * s0 + tb)
+            if bnd:
+                e0 = es_sc[0]
+                es_sc[0] = c * e0
+                et_sc[0] = c * et_sc[0] + cv * e0
+                _round_diag(es_sc, et_sc, 1, 6 * _GAMMA, B1, B2, mo)
+    return s_sc[0], t_sc[0], ex, max(es_sc[0], et_sc[0])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def drive(mode, X1, X2, iop, fop, src, nfull, stop, chunk, nchunks, Q1, R1, E1, ED1, CA1, CB1,
-          Q2, R2, E2, ED2, CA2, CB2, out_nngp, out_ntk, excess):
+          BD1, Q2, R2, E2, ED2, CA2, CB2, BD2, bnd, boff, plist, out_nngp, out_ntk, excess,
+          errb, RMA, RMB):
     """Pairs ``chunk, chunk + nchunks, ...`` of the list (mode 0: self runs of ``X1`` to op
-    ``stop``; 1: symmetric ``i < j``; 2: cross). ``excess[chunk]``: the largest excursion."""
+    ``stop``; 1: symmetric ``i < j``; 2: cross; 3: the pairs ``plist``, nothing written).
+    ``excess[chunk]``: the largest excursion; ``errb[chunk]``: the largest certified bound
+    (``bnd``); ``RMA[chunk]``, ``RMB[chunk]``: the rows' largest ``|rho|`` (``bnd == 2``)."""
     n1 = X1.shape[0]
     n2 = X2.shape[0]
-    npairs = _pair_count(mode, n1, n2)
+    npairs = plist.shape[0] if mode == 3 else _pair_count(mode, n1, n2)
     selfrun = mode == 0
     S = np.zeros(nfull)
     T = np.zeros(nfull)
@@ -344,17 +499,38 @@ def drive(mode, X1, X2, iop, fop, src, nfull, stop, chunk, nchunks, Q1, R1, E1, 
     T2 = np.zeros(nfull)
     U = np.zeros(nfull)
     UT = np.zeros(nfull)
+    ne = nfull if bnd else 1
+    eS = np.zeros(ne)
+    eT = np.zeros(ne)
+    eS2 = np.zeros(ne)
+    eT2 = np.zeros(ne)
+    wk = np.zeros((8, nfull))
+    sc = np.zeros((4, 1))
     ex = 0.0
+    eb = 0.0
     full = stop >= iop.shape[0]
+    rec = bnd == 2
     for t in range(chunk, npairs, nchunks):
-        i, j = _pair_of(t, mode, n1, n2)
-        a, b, e = run_pair(X1[i], X2[j], iop, fop, src, stop, selfrun, Q1[i], R1[i], E1[i],
-                           ED1[i], CA1[i], CB1[i], Q2[j], R2[j], E2[j], ED2[j], CA2[j], CB2[j],
-                           S, T, S2, T2, U, UT)
+        if mode == 3:
+            i, j = plist[t, 0], plist[t, 1]
+        else:
+            i, j = _pair_of(t, mode, n1, n2)
+        if rec:
+            rma = RMA[chunk, i]
+            rmb = RMB[chunk, j]
+        else:
+            rma = RMA[0, 0]
+            rmb = RMB[0, 0]
+        a, b, e, eps_ = run_pair(X1[i], X2[j], iop, fop, src, stop, selfrun, bnd, boff, Q1[i],
+                                 R1[i], E1[i], ED1[i], CA1[i], CB1[i], BD1[i], rma,
+                                 Q2[j], R2[j], E2[j], ED2[j], CA2[j], CB2[j], BD2[j], rmb,
+                                 S, T, S2, T2, U, UT, eS, eT, eS2, eT2, wk, sc)
         ex = max(ex, e)
-        if full:
+        eb = max(eb, eps_)
+        if full and mode != 3:
             _write_pair(mode, i, j, a, b, out_nngp, out_ntk)
     excess[chunk] = ex
+    errb[chunk] = eb
 
 
 # ----------------------------------------------------------------------------- planning
@@ -362,7 +538,8 @@ class SeriesProgram:
     """A compiled program (from :func:`infntk.conv._compile_series`): ``iop``, ``fop``, the
     tap tables ``src`` (nconv, 2, qmax, nmax), ``nfull`` (state floats), and per op the
     Python-side data the bound pass needs: ``acts[k]`` (the registry activation of op ``k``),
-    ``taps[k]`` (row and column count matrices of a Conv: ``(ho, h)``, ``(wo, w)``)."""
+    ``taps[k]`` (row and column count matrices of a Conv: ``(ho, h)``, ``(wo, w)``).
+    ``boff``: offsets of each op's per-row bound data (:func:`_bound_data`), ``nbd`` floats."""
 
     def __init__(self, iop, fop, src, nfull, acts, taps, C):
         self.iop = np.ascontiguousarray(iop, dtype=np.int64)
@@ -380,6 +557,19 @@ class SeriesProgram:
             self.iop[k, 6] = off
             off += self.npos[k]
         self.nq = max(off, 1)
+        sizes = [int(self.iop[0, 2] * self.iop[0, 3])]
+        for k in range(self.iop.shape[0]):
+            code = int(self.iop[k, 0])
+            if code in (OP_CONV_F, OP_CONV_D, OP_POOL_F):
+                sizes.append(2 * int(self.iop[k, 4] * self.iop[k, 5]))
+            elif code in (OP_GAP, OP_FLAT, OP_DENSE):
+                sizes.append(2)
+            elif code in _ACTS:
+                sizes.append(5 * self.npos[k])
+            else:
+                sizes.append(0)
+        self.boff = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.nbd = int(np.sum(sizes))
 
     def with_orders(self, orders):
         """``(iop, ncoef)`` with the orders ``{op: K}`` and the coefficient offsets set."""
@@ -392,15 +582,27 @@ class SeriesProgram:
         return iop, max(off, 1)
 
 
-def _run(mode, prog, iop, stop, A, B, side1, side2, out_nngp, out_ntk):
+def _run(mode, prog, iop, stop, A, B, side1, side2, out_nngp, out_ntk, bnd=0, plist=None):
+    """Run ``drive`` over the pairs of ``mode`` on ``numba.get_num_threads()`` threads; returns
+    ``(excursion, bound, RMA, RMB)`` (the largest ``|rho|`` per row of each side if ``bnd ==
+    2``, else ``None``)."""
     n1, n2 = A.shape[0], B.shape[0]
-    npairs = n1 if mode == 0 else n1 * (n1 - 1) // 2 if mode == 1 else n1 * n2
+    if plist is None:
+        plist = np.zeros((0, 2), dtype=np.int64)
+    npairs = (n1 if mode == 0 else n1 * (n1 - 1) // 2 if mode == 1 else n1 * n2 if mode == 2
+              else plist.shape[0])
     nch = max(1, min(npairs, numba.get_num_threads()))
     excess = np.zeros(nch)
+    errb = np.zeros(nch)
+    if bnd == 2:
+        RMA = np.zeros((nch, n1, prog.nq))
+        RMB = np.zeros((nch, n2, prog.nq))
+    else:
+        RMA = RMB = np.zeros((1, 1, 1))
 
     def chunk(c):
         drive(mode, A, B, iop, prog.fop, prog.src, prog.nfull, stop, c, nch, *side1, *side2,
-              out_nngp, out_ntk, excess)
+              bnd, prog.boff, plist, out_nngp, out_ntk, excess, errb, RMA, RMB)
 
     with engine_lock():
         if nch == 1:
@@ -408,12 +610,16 @@ def _run(mode, prog, iop, stop, A, B, side1, side2, out_nngp, out_ntk):
         else:
             with ThreadPoolExecutor(nch) as ex:
                 list(ex.map(chunk, range(nch)))
-    return float(excess.max(initial=0.0))
+    rm = (RMA.max(axis=0), RMB.max(axis=0)) if bnd == 2 else (None, None)
+    return float(excess.max(initial=0.0)), float(errb.max(initial=0.0)), rm[0], rm[1]
 
 
 class _Side:
     """Per-image statistics of a set of images: variances ``Q``, ``R = sqrt(Q)``, exact second
-    moments ``E``, ``ED`` at every activation and position, coefficients ``CA``, ``CB``."""
+    moments ``E``, ``ED`` at every activation and position, coefficients ``CA``, ``CB``, the
+    per-row bound data ``BD`` (:func:`_bound_data`)."""
+
+    _NAMES = ("Q", "R", "E", "ED", "CA", "CB", "BD")
 
     def __init__(self, n, nq):
         self.Q = np.zeros((n, nq))
@@ -422,13 +628,14 @@ class _Side:
         self.ED = np.zeros((n, nq))
         self.CA = np.zeros((n, 1))
         self.CB = np.zeros((n, 1))
+        self.BD = np.zeros((n, 1))
 
     def arrays(self):
-        return self.Q, self.R, self.E, self.ED, self.CA, self.CB
+        return self.Q, self.R, self.E, self.ED, self.CA, self.CB, self.BD
 
     def take(self, idx):
         out = _Side.__new__(_Side)
-        for name in ("Q", "R", "E", "ED", "CA", "CB"):
+        for name in self._NAMES:
             setattr(out, name, np.ascontiguousarray(getattr(self, name)[idx]))
         return out
 
@@ -473,7 +680,7 @@ def _fill_coefficients(prog, side, data, orders):
 
 
 # ----------------------------------------------------------------------------- certified bound
-def _act_bound(q, E, Ed, uK, uT, Mt, tT, tD, S1, K):
+def _act_bound(q, E, Ed, uK, uT, Mt, tT, tD, S1, K, r=None):
     """One Mehler activation (per row): ``(uK', uT')`` (docs/series_engine.md, steps 1-4).
 
     The input error ``uK`` plus the rounding of ``rho = s / (sqrt(q_x) sqrt(q_y))`` (four
@@ -483,19 +690,34 @@ def _act_bound(q, E, Ed, uK, uT, Mt, tT, tD, S1, K):
     NTK majorant. ``R = 16 (K + 2) eps`` (Horner and the coefficients' quadrature errors), at
     least 64 eps (the exact second moments on a self pair's diagonal). A zero variance is
     exact (its entries are zero, ``rho = 0`` by convention): ``e = 0``.
+
+    With ``r`` (per row, ``|rho| <= r`` for every entry of the row: ``|rho|^(K+1) <=
+    sqrt(r_x^(K+1) r_y^(K+1))``) the tails are weighted as in the pair loop, ``r^(K+1) T_K``,
+    ``min(1, r + delta)^(K+1) T'_K`` (the ``k <= K`` part of the ``phi'`` series' change is
+    the ``delta S1`` term), and ``R`` is :func:`infntk._backends.series._rounding` at the
+    largest ``r`` (at least ``min(16 (K + 2), 64) eps``): the order rule's estimate of the
+    per-entry certificate.
     """
     R = max(16.0 * (K + 2), 64.0) * _EPS
     pos = q > 0
     e = np.where(pos, uK + 4.0 * _GAMMA * q, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         delta = np.where(pos, e / np.where(pos, q, 1.0), 0.0)
-    uK2 = Ed * e + tT + R * E
-    ukd = delta * S1 + 3.0 * tD + R * Ed
+    if r is None:
+        wT, wD, fD = 1.0, 1.0, 3.0
+    else:
+        Rl = 16.0 * (K + 2) * _EPS
+        R = max(min(Rl, _rounding(float(np.max(r, initial=0.0)), K)), min(Rl, 64.0 * _EPS))
+        wT = r ** (K + 1)
+        wD = np.minimum(1.0, r + delta) ** (K + 1)
+        fD = 1.0
+    uK2 = Ed * e + wT * tT + R * E
+    ukd = delta * S1 + fD * wD * tD + R * Ed
     uT2 = uT * (Ed + ukd) + Mt * ukd + _GAMMA * (Mt + uT) * (Ed + ukd)
     return uK2, uT2
 
 
-def bound_pass(prog, x_sq, side, data, orders):
+def bound_pass(prog, x_sq, side, data, orders, weights=None, record=None):
     """Per-image factors ``(uK, uT)`` of the two kernels: ``|error(x, y)| <= sqrt(u(x) u(y))``.
 
     Per row ``(image, position)`` the pass carries the error factors ``uK``, ``uT`` and the
@@ -515,7 +737,10 @@ def bound_pass(prog, x_sq, side, data, orders):
     * Dense: ``uK' = w2 uK``, ``uT' = w2 uT + cv uK``, plus ``4 gamma``.
 
     ``x_sq``: ``(n, H, W)`` squared pixel norms; ``data[k]``: the ``_LayerData`` of activation
-    op ``k`` (rows ``(image, position)`` in C order), at ``orders[k]``.
+    op ``k`` (rows ``(image, position)`` in C order), at ``orders[k]``. ``weights[k]``: the
+    rows' largest ``|rho|`` ``(n, P)`` (tails weighted, :func:`_act_bound`), or ``None``.
+    ``record``: a dict that receives the majorants ``(M, Mt)`` after every linear op ``k``
+    (``record[-1]``: ``M`` of the input), for :func:`_bound_data`.
     """
     n = x_sq.shape[0]
     C = prog.C
@@ -523,6 +748,8 @@ def bound_pass(prog, x_sq, side, data, orders):
     Mt = np.zeros_like(M)
     uK = (2 * C + 2) * _GAMMA * M * 1.01      # C products, C sums, one division
     uT = np.zeros_like(M)
+    if record is not None:
+        record[-1] = M
     scalar = False
     for k in range(prog.iop.shape[0]):
         code, qf, h, w, ho, wo = (int(v) for v in prog.iop[k, :6])
@@ -547,7 +774,8 @@ def bound_pass(prog, x_sq, side, data, orders):
             q, E, Ed = side.Q[:, sl], side.E[:, sl], side.ED[:, sl]
             tT, tD, S1 = (v.reshape(n, P) for v in data[k].at(orders[k]))
             uK2, uT2 = _act_bound(q, E, Ed, uK.reshape(n, P), uT.reshape(n, P),
-                                  Mt.reshape(n, P), tT, tD, S1, orders[k])
+                                  Mt.reshape(n, P), tT, tD, S1, orders[k],
+                                  None if weights is None else weights[k])
             uK, uT = uK2.reshape(shape), uT2.reshape(shape)
             Mt = (Mt.reshape(n, P) * Ed).reshape(shape)
             M = E.reshape(shape)
@@ -578,8 +806,39 @@ def bound_pass(prog, x_sq, side, data, orders):
             uK = uK + 4 * _GAMMA * (M + uK)
             uT = uT + 4 * _GAMMA * (Mt + uT)
         # OP_TODIAG: the diagonal rows are unchanged
+        if record is not None and code not in _ACTS:
+            record[k] = (M, Mt)
     assert scalar
     return uK, uT
+
+
+def _bound_data(prog, x_sq, side, data, orders):
+    """Per image the rows' data of the pair loop's error state, ``(n, prog.nbd)`` at the
+    offsets ``prog.boff``: ``sqrt(|x_p|^2 / C)`` of the input; after each linear op the square
+    roots of its majorants ``M``, ``Mt`` (:func:`bound_pass`: ``|Sigma(x, p; y, p')| <=
+    sqrt(M(x, p) M(y, p'))``, which bound the sums whose rounding the op adds); at each
+    activation ``sqrt`` of ``E, E', T_K, T'_K, S1_K`` (at its order)."""
+    n = x_sq.shape[0]
+    rec = {}
+    bound_pass(prog, x_sq, side, data, orders, record=rec)
+    BD = np.zeros((n, max(prog.nbd, 1)))
+    o = int(prog.boff[0])
+    BD[:, o:o + x_sq[0].size] = np.sqrt(rec[-1].reshape(n, -1))
+    for k in range(prog.iop.shape[0]):
+        o = int(prog.boff[k + 1])
+        code = int(prog.iop[k, 0])
+        if code in _ACTS:
+            P = prog.npos[k]
+            sl = slice(int(prog.iop[k, 6]), int(prog.iop[k, 6]) + P)
+            tT, tD, S1 = (v.reshape(n, P) for v in data[k].at(orders[k]))
+            for t, v in enumerate((side.E[:, sl], side.ED[:, sl], tT, tD, S1)):
+                BD[:, o + t * P:o + (t + 1) * P] = np.sqrt(v)
+        elif code != OP_TODIAG:
+            M, Mt = rec[k]
+            P = M[0].size if M.ndim > 1 else 1
+            BD[:, o:o + P] = np.sqrt(M.reshape(n, P))
+            BD[:, o + P:o + 2 * P] = np.sqrt(Mt.reshape(n, P))
+    return BD
 
 
 def _pair_bound(uK, uT, n1, symmetric):
@@ -598,18 +857,32 @@ def _layer_data(prog, side, cap, ops=None, data=None):
     return out
 
 
-def _choose_orders(prog, x_sq, side, n1, symmetric, target, data):
+def _choose_orders(prog, x_sq, side, n1, symmetric, target, data, weights=None):
     """Per activation the order, by the largest common tail level whose propagated bound
     meets ``target`` (the rule of the composed engine's ``_choose_orders``); if no level up to
-    the cap does, the level of the smallest bound."""
-    worst = {k: np.max(np.maximum(data[k].tT, data[k].tD), axis=0) for k in prog.act_ops}
+    the cap does, the level of the smallest bound. With ``weights`` (the rows' largest
+    ``|rho|``) each row's tails are weighted by ``r^(K+1)`` (:func:`_act_bound`)."""
+    worst = {}
+    for k in prog.act_ops:
+        tT, tD = data[k].tT, data[k].tD
+        if weights is None:
+            worst[k] = np.maximum(tT.max(axis=0), tD.max(axis=0))
+            continue
+        r = weights[k].reshape(-1, 1)
+        pw = np.arange(1, tT.shape[1] + 1)[None, :]
+        wk = np.zeros(tT.shape[1])
+        for r0 in range(0, tT.shape[0], _ROW_CHUNK):     # no (rows, K) temporaries
+            sl = slice(r0, r0 + _ROW_CHUNK)
+            w = r[sl] ** pw
+            wk = np.maximum(wk, np.maximum((tT[sl] * w).max(axis=0), (tD[sl] * w).max(axis=0)))
+        worst[k] = wk
     caps = {k: data[k].Kc for k in prog.act_ops}
     best = None
     for lev in range(0, 61):
         tau = target * 10.0 ** (-lev / 2)
         orders = {k: min(caps[k], int(np.flatnonzero(np.append(wk <= tau, True))[0]))
                   for k, wk in worst.items()}
-        b = _pair_bound(*bound_pass(prog, x_sq, side, data, orders), n1, symmetric)
+        b = _pair_bound(*bound_pass(prog, x_sq, side, data, orders, weights), n1, symmetric)
         if best is None or b < best[1]:
             # the smallest bound seen: when the target is out of reach, higher orders only add
             # to the rounding allowance 16 (K + 2) eps
@@ -619,45 +892,135 @@ def _choose_orders(prog, x_sq, side, n1, symmetric, target, data):
     return best[0], data, best[1]
 
 
+def _sample_pairs(Z, n1, same, m=None):
+    """Pairs for the correlation estimate: each image with its ``m`` partners of the other
+    side (the same set if ``same``) of the largest ``|cos|`` between the flattened images
+    (``(npairs, 2)``, indices into each side)."""
+    m = _PARTNERS if m is None else m
+    F = Z.reshape(Z.shape[0], -1)
+    nrm = np.sqrt(np.einsum("ij,ij->i", F, F))
+    U = F / np.where(nrm > 0, nrm, 1.0)[:, None]
+    A, B = (U, U) if same else (U[:n1], U[n1:])
+    out = []
+
+    def top(P, Q, swap, skip_self):
+        mm = min(m, Q.shape[0] - (1 if skip_self else 0))
+        if mm <= 0:
+            return
+        for r0 in range(0, P.shape[0], 512):
+            Cm = np.abs(P[r0:r0 + 512] @ Q.T)
+            rows = np.arange(Cm.shape[0])
+            if skip_self:
+                Cm[rows, r0 + rows] = -1.0
+            idx = np.argsort(-Cm, axis=1, kind="stable")[:, :mm]
+            ii = np.repeat(r0 + rows, mm)
+            jj = idx.ravel()
+            out.append(np.stack([jj, ii] if swap else [ii, jj], axis=1))
+
+    top(A, B, False, same)
+    if not same:
+        top(B, A, True, False)
+    if not out:
+        return np.zeros((0, 2), dtype=np.int64)
+    pl = np.concatenate(out).astype(np.int64)
+    if same:
+        pl = np.sort(pl, axis=1)
+    return np.unique(pl, axis=0)
+
+
+class _Plan(NamedTuple):
+    side: object
+    iop: np.ndarray
+    orders: dict
+    bound: float          # the certificate of the self runs (per entry), or the per-row bound
+    estimate: float       # the order rule's bound
+    kd: np.ndarray
+    kt: np.ndarray
+    ex: float
+    scale: float
+    per_entry: bool
+
+
 def _plan(prog, Z, n1, same, tol):
-    """Self statistics, orders and certified bound for the images ``Z`` (the rows of both
-    sides: ``Z[:n1]`` and ``Z[n1:]``, or one set if ``same``); returns ``(side, iop, orders,
-    bound, k_self, theta_self, excursion)``."""
+    """Self statistics, orders and the self runs' certified bound for the images ``Z`` (the
+    rows of both sides: ``Z[:n1]`` and ``Z[n1:]``, or one set if ``same``).
+
+    Per-entry certificate (``_PER_ENTRY``): the self runs at the cap order and the pairs of
+    :func:`_sample_pairs` record each row's largest ``|rho|`` at every activation; the orders
+    are chosen with the tails weighted by it (plus ``_R_MARGIN`` of the way to 1). Otherwise
+    the orders and the bound are the per-row pass's at ``|rho| = 1``.
+    """
+    per_entry = _PER_ENTRY
     nz = Z.shape[0]
+    nops = prog.iop.shape[0]
     x_sq = np.einsum("nhwc,nhwc->nhw", Z, Z)
     side = _self_variances(prog, Z)
     # provisional self kernels at the first cap's full order: the scale
     cap = _CAPS[0]
     data0 = _layer_data(prog, side, cap)
-    iop = _fill_coefficients(prog, side, data0, {k: cap for k in prog.act_ops})
+    full0 = {k: cap for k in prog.act_ops}
+    iop = _fill_coefficients(prog, side, data0, full0)
     kd = np.empty((nz, 1))
     kt = np.empty((nz, 1))
-    _run(0, prog, iop, iop.shape[0], Z, Z, side.arrays(), side.arrays(), kd, kt)
-    _check_finite(kd, kt)
+    weights = None
+    if per_entry:
+        side.BD = _bound_data(prog, x_sq, side, data0, full0)
+        _, _, rm, _ = _run(0, prog, iop, nops, Z, Z, side.arrays(), side.arrays(), kd, kt, 2)
+        _check_finite(kd, kt)
+        pl = _sample_pairs(Z, n1, same)
+        if pl.shape[0]:
+            if same:
+                _, _, ra, rb = _run(3, prog, iop, nops, Z, Z, side.arrays(), side.arrays(),
+                                    kd, kt, 2, pl)
+                rm = np.maximum(rm, np.maximum(ra, rb))
+            else:
+                s1, s2 = side.take(slice(0, n1)), side.take(slice(n1, None))
+                _, _, ra, rb = _run(3, prog, iop, nops, Z[:n1], Z[n1:], s1.arrays(),
+                                    s2.arrays(), kd, kt, 2, pl)
+                rm = np.maximum(rm, np.concatenate([ra, rb]))
+        r = np.minimum(1.0, rm + _R_MARGIN * (1.0 - rm))
+        weights = {k: r[:, int(prog.iop[k, 6]):int(prog.iop[k, 6]) + prog.npos[k]]
+                   for k in prog.act_ops}
+    else:
+        _run(0, prog, iop, nops, Z, Z, side.arrays(), side.arrays(), kd, kt)
+        _check_finite(kd, kt)
     scale = float(max(np.max(np.abs(kd)), np.max(np.abs(kt))))
     target = tol * scale
-    best = _choose_orders(prog, x_sq, side, n1, same, target, data0)
+    best = _choose_orders(prog, x_sq, side, n1, same, target, data0, weights)
     if best[2] > target:
         # the layers whose order reached the first cap get the order tables up to K_MAX
         up = [k for k in prog.act_ops if best[0][k] >= _CAPS[0]]
         if up:
             got = _choose_orders(prog, x_sq, side, n1, same, target,
-                                 _layer_data(prog, side, _CAPS[1], up, data0))
+                                 _layer_data(prog, side, _CAPS[1], up, data0), weights)
             if got[2] < best[2]:
                 best = got
-    orders, data, bound = best
-    if bound > target:
-        warnings.warn(
-            f"convolutional network: tol={tol:g} (relative to the kernel scale {scale:.3g}) is "
-            f"not reachable with series orders <= {K_MAX}; the certified error bound is "
-            f"{bound:.3g} (Kernels.error_bound). The Hermite series converges slowly for "
-            "kinked activations (relu, elu) and at large variances (here up to "
-            f"{float(side.Q.max()):.3g}): rescale the inputs or w_std, or raise tol.",
-            RuntimeWarning, stacklevel=4)
+    orders, data, est = best
     iop = _fill_coefficients(prog, side, data, orders)
-    ex = _run(0, prog, iop, iop.shape[0], Z, Z, side.arrays(), side.arrays(), kd, kt)
+    if per_entry:
+        side.BD = _bound_data(prog, x_sq, side, data, orders)
+    ex, cert, _, _ = _run(0, prog, iop, nops, Z, Z, side.arrays(), side.arrays(), kd, kt,
+                          1 if per_entry else 0)
     _check_finite(kd, kt)
-    return side, iop, orders, float(bound), kd[:, 0].copy(), kt[:, 0].copy(), ex
+    return _Plan(side, iop, orders, cert if per_entry else float(est), float(est),
+                 kd[:, 0].copy(), kt[:, 0].copy(), ex, scale, per_entry)
+
+
+def _warn_unmet(plan, tol, bound):
+    """``RuntimeWarning`` if the certified bound misses ``tol * scale``."""
+    if bound <= tol * plan.scale:
+        return
+    if plan.estimate > tol * plan.scale:
+        msg = (f"is not reachable with series orders <= {K_MAX}; the certified error bound "
+               f"is {bound:.3g} (Kernels.error_bound). The Hermite series converges slowly "
+               "for kinked activations (relu, elu) and at large variances (here up to "
+               f"{float(plan.side.Q.max()):.3g}): rescale the inputs or w_std, or raise tol.")
+    else:
+        msg = (f"was not met: the orders were chosen for the largest correlations of a sample "
+               f"of pairs, and some entry is more correlated; the certified error bound is "
+               f"{bound:.3g} (Kernels.error_bound).")
+    warnings.warn(f"convolutional network: tol={tol:g} (relative to the kernel scale "
+                  f"{plan.scale:.3g}) " + msg, RuntimeWarning, stacklevel=4)
 
 
 def _check_finite(a, b):
@@ -676,33 +1039,43 @@ def _check_excess(prog, ex, C):
 
 def series_self_kernels(prog, A, tol):
     """``(k(x, x), theta(x, x))`` of every image, each ``(n,)`` (orders as for the Gram)."""
-    _, _, _, _, kd, kt, ex = _plan(prog, A, A.shape[0], True, tol)
-    _check_excess(prog, ex, A.shape[3])
-    return kd, kt
+    plan = _plan(prog, A, A.shape[0], True, tol)
+    _check_excess(prog, plan.ex, A.shape[3])
+    _warn_unmet(plan, tol, plan.bound)
+    return plan.kd, plan.kt
 
 
 def series_conv_kernels(prog, A, B, same, tol):
     """``(nngp, ntk, error_bound, orders, diag)``: the Gram matrices of the series program on
     images ``A`` (n1, H, W, C) and ``B`` (``same``: ``B is A``, the symmetric Gram), with the
     orders chosen so that ``error_bound <= tol * scale`` (``scale``: the largest diagonal
-    entry of both kernels); ``diag`` is ``(k(x, x), theta(x, x))`` of ``A``'s images."""
+    entry of both kernels); ``diag`` is ``(k(x, x), theta(x, x))`` of ``A``'s images.
+    ``error_bound``: the largest per-entry certificate of the pair loop and the self runs."""
     n1 = A.shape[0]
     Z = A if same else np.ascontiguousarray(np.concatenate([A, B]))
-    side, iop, orders, bound, kd, kt, ex = _plan(prog, Z, n1, same, tol)
+    plan = _plan(prog, Z, n1, same, tol)
+    side, iop, kd, kt = plan.side, plan.iop, plan.kd, plan.kt
+    bnd = 1 if plan.per_entry else 0
     n2 = Z.shape[0] if same else Z.shape[0] - n1
     nngp = np.empty((n1, n2))
     ntk = np.empty((n1, n2))
+    nops = iop.shape[0]
     if same:
-        ex = max(ex, _run(1, prog, iop, iop.shape[0], A, A, side.arrays(), side.arrays(), nngp,
-                          ntk))
+        ex, eb, _, _ = _run(1, prog, iop, nops, A, A, side.arrays(), side.arrays(), nngp, ntk,
+                            bnd)
         idx = np.arange(n1)
         nngp[idx, idx] = kd
         ntk[idx, idx] = kt
     else:
         s1, s2 = side.take(slice(0, n1)), side.take(slice(n1, None))
-        ex = max(ex, _run(2, prog, iop, iop.shape[0], A, B, s1.arrays(), s2.arrays(), nngp,
-                          ntk))
+        ex, eb, _, _ = _run(2, prog, iop, nops, A, B, s1.arrays(), s2.arrays(), nngp, ntk,
+                            bnd)
+    ex = max(ex, plan.ex)
+    # a cross Gram's bound covers its entries only; the self runs' certificate is part of it
+    # for a symmetric Gram (its diagonal)
+    bound = max(eb, plan.bound) if (same or not plan.per_entry) else eb
     _check_excess(prog, ex, A.shape[3])
     _check_finite(nngp, ntk)
-    order_tuple = tuple(orders[k] for k in prog.act_ops)
+    _warn_unmet(plan, tol, bound)
+    order_tuple = tuple(plan.orders[k] for k in prog.act_ops)
     return nngp, ntk, bound, order_tuple, (kd[:n1], kt[:n1])
