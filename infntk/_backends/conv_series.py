@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import njit
 
-from .._numba_config import engine_lock
+from .._numba_config import chunk_count, engine_lock, run_chunks
 from ._common import clipped_correlation
 from .composed import _series_moments
 from .conv import _pair_count, _pair_of, _write_pair
@@ -591,7 +589,7 @@ def _run(mode, prog, iop, stop, A, B, side1, side2, out_nngp, out_ntk, bnd=0, pl
         plist = np.zeros((0, 2), dtype=np.int64)
     npairs = (n1 if mode == 0 else n1 * (n1 - 1) // 2 if mode == 1 else n1 * n2 if mode == 2
               else plist.shape[0])
-    nch = max(1, min(npairs, numba.get_num_threads()))
+    nch = chunk_count(npairs, per_thread=1)
     excess = np.zeros(nch)
     errb = np.zeros(nch)
     if bnd == 2:
@@ -605,11 +603,7 @@ def _run(mode, prog, iop, stop, A, B, side1, side2, out_nngp, out_ntk, bnd=0, pl
               bnd, prog.boff, plist, out_nngp, out_ntk, excess, errb, RMA, RMB)
 
     with engine_lock():
-        if nch == 1:
-            chunk(0)
-        else:
-            with ThreadPoolExecutor(nch) as ex:
-                list(ex.map(chunk, range(nch)))
+        run_chunks(chunk, nch)
     rm = (RMA.max(axis=0), RMB.max(axis=0)) if bnd == 2 else (None, None)
     return float(excess.max(initial=0.0)), float(errb.max(initial=0.0)), rm[0], rm[1]
 
