@@ -1015,7 +1015,8 @@ def _tail(iop, fop, k0, s_sc, t_sc, selfrun, q1, r1, sk1, q2, r2, sk2, dg):
 def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, SKA, QB, RB,
               SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct):
     """Run the plane ``(d, e)`` of a batch of ``nb`` pairs through the ops ``0 .. kgap - 1``
-    (Conv with or without a fused activation, activations) and add its columns to ``accv,
+    (Conv layers, each with or without a fused activation: the program builder never puts an
+    unfused activation before GlobalAvgPool in a plane program) and add its columns to ``accv,
     acct`` (``(column, pair)``). ``record``: the self pass (plane (0, 0) of pairs ``(x, x)``):
     the variances of every activation are written into the batch statistics on the way and
     ``fastf`` is set. Buffers ``S0, T0`` / ``S1, T1`` alternate; ``bkey[b]`` is the layout
@@ -1113,20 +1114,6 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             hp = ohp
             wp = owp
             lo = olo
-        elif code == OP_ACT_F:
-            wo = iop[k, 6]
-            if record:
-                for r in range(nd):
-                    _pl_record(fam, p0, p1, S, ((r + lo) * wp + lo) * nb, 1.0, 0.0, ne * nb,
-                               nb, wo, QA, RA, SKA, (off + r * wo) * nb, QB, RB, SKB,
-                               (2 * off + r * 2 * wo) * nb)
-                fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, iop[k, 5] * wo, nb)
-            o = (lo * wp + lo) * nb
-            bcol = (2 * off + (e if circ else j0 + e)) * nb
-            bmod = iop[k, 5] if circ else 0
-            _pl_act(fam, p0, p1, fastf[k], S, T, o, wp * nb, S, T, o, wp * nb, nd, ne * nb, 1.0,
-                    0.0, 0.0, 0.0, QA, RA, SKA, (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB,
-                    bcol, 2 * wo * nb, i0 + d, bmod)
     # the state after the last op: interior of the layout (lo, wp)
     n = np.uint64(ne * nb)
     for r in range(nd):
@@ -1177,6 +1164,11 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     ia = np.zeros(nbmax, dtype=np.int64)
     ja = np.zeros(nbmax, dtype=np.int64)
     dg = np.empty(1)
+    # typed (not literal) flags: one compiled copy of _pl_plane serves the self pass and the
+    # other planes (a literal True/False compiles it twice; tests/test_conv_planes.py checks
+    # that both paths of the one copy agree)
+    rec_yes = np.bool_(True)
+    rec_no = np.bool_(False)
     mine = (npairs - chunk + nchunks - 1) // nchunks
     for g0 in range(0, mine, nbmax):
         nb = min(nbmax, mine - g0)
@@ -1201,8 +1193,8 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
         bkey[0] = -1                # nb changed the layouts' strides
         bkey[1] = -1
         if mode == 0:
-            _pl_plane(XB, YB, C, nb, 0, 0, circ, iop, fop, kgap, True, fastf, QA, RA, SKA, QB,
-                      RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
+            _pl_plane(XB, YB, C, nb, 0, 0, circ, iop, fop, kgap, rec_yes, fastf, QA, RA,
+                      SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
             for t in range(W * nb):
                 accv[t] = 0.0
                 acct[t] = 0.0
@@ -1236,12 +1228,12 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
         if circ:
             for d in range(hL):
                 for e in range(wL):
-                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, False, fastf, QA, RA,
+                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
                               SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
         else:
             for d in range(1 - hL, hL):
                 for e in range(1 - wL, wL):
-                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, False, fastf, QA, RA,
+                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
                               SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
         for b in range(nb):
             s_sc = 0.0
