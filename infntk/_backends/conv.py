@@ -1139,12 +1139,12 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             q = iop[k, 1]
             pad = iop[k, 2]
             if pad == 2:
-                _pl_border(S, T, nb, hp, wp, lo, lo, nd, ne, True)
+                _pl_border(S, T, nb, hp, wp, lo, lo, nd, ne, np.bool_(True))
                 bkey[cur] = -1
             elif pad == 0:
                 key = (hp * 4096 + wp) * 4096 + lo
                 if bkey[cur] != key:
-                    _pl_border(S, T, nb, hp, wp, lo, lo, nd, ne, False)
+                    _pl_border(S, T, nb, hp, wp, lo, lo, nd, ne, np.bool_(False))
                     bkey[cur] = key
             ho = iop[k, 7]
             wo = iop[k, 8]
@@ -1192,9 +1192,9 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                 fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, ho * wo, nb)
                 fast = fastf[k]
             _pl_act(fam, p0, p1, fast, V, VT, np.int64(0), wp * nb, S2, T2,
-                    (olo * owp + olo) * nb,
-                    owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA, (off + i0 * wo + j0) * nb, wo * nb,
-                    QB, RB, SKB, bcol, 2 * wo * nb, i0 + d, bmod)
+                    (olo * owp + olo) * nb, owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA,
+                    (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB, bcol, 2 * wo * nb, i0 + d,
+                    bmod)
             S, S2 = S2, S
             T, T2 = T2, T
             cur = 1 - cur
@@ -1253,11 +1253,12 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     ia = np.zeros(nbmax, dtype=np.int64)
     ja = np.zeros(nbmax, dtype=np.int64)
     dg = np.empty(1)
-    # typed (not literal) flags: one compiled copy of _pl_plane serves the self pass and the
-    # other planes (a literal True/False compiles it twice; tests/test_conv_planes.py checks
-    # that both paths of the one copy agree)
+    # typed (not literal) arguments: one compiled copy of _pl_plane serves the self pass and
+    # the other planes (a literal True/False or 0 compiles it again, and _pl_input with it;
+    # tests/test_conv_planes.py checks the self pass against the full-state engine)
     rec_yes = np.bool_(True)
     rec_no = np.bool_(False)
+    zero = np.int64(0)
     mine = (npairs - chunk + nchunks - 1) // nchunks
     for g0 in range(0, mine, nbmax):
         nb = min(nbmax, mine - g0)
@@ -1282,7 +1283,7 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
         bkey[0] = -1                # nb changed the layouts' strides
         bkey[1] = -1
         if mode == 0:
-            _pl_plane(XB, YB, C, nb, 0, 0, circ, iop, fop, kgap, rec_yes, fastf, QA, RA,
+            _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_yes, fastf, QA, RA,
                       SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
             for t in range(W * nb):
                 accv[t] = 0.0
