@@ -82,7 +82,7 @@ def test_self_pair_is_exact_in_the_plane_engine():
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
-def test_self_pass_statistics_equal_the_full_state_engines(name, monkeypatch):
+def test_self_pass_statistics_equal_the_full_state_engines(name):
     """The plane engine's self pass (plane (0, 0) of the pairs ``(x, x)``, the variances
     recorded on the way: the ``record`` path of ``_pl_plane``, which also skips the fused
     3 x 3 loop) against the full-state engine's self statistics: every activation's input
