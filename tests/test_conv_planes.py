@@ -151,3 +151,22 @@ def test_network_ending_with_an_activation(readout):
     assert rel_err_vs_max(n1, m * (np.sin(th) + (np.pi - th) * np.cos(th)) / (2 * np.pi)) \
         <= CLOSED_FORM_RTOL
     assert rel_err_vs_max(t1, t0 * (np.pi - th) / (2 * np.pi)) <= CLOSED_FORM_RTOL
+
+
+def test_fma_rounds_once_where_the_cpu_has_it():
+    """``_fma(a, b, c)`` (the plane engine's fused multiply-add) against exact rational
+    arithmetic: ``a b + c`` rounded once where the target CPU has FMA instructions, the two
+    roundings of ``a * b + c`` otherwise."""
+    from fractions import Fraction
+
+    from numba import njit
+
+    from infntk._backends import conv as ce
+
+    f = njit(lambda a, b, c: ce._fma(a, b, c))
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        a, b = 1.0 + rng.random(2) * 2.0 ** -20
+        c = -float(Fraction(a) * Fraction(b)) * (1.0 + rng.standard_normal() * 2.0 ** -50)
+        exact = float(Fraction(a) * Fraction(b) + Fraction(c))
+        assert f(a, b, c) == (exact if ce._HAS_FMA else a * b + c)
