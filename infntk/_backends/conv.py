@@ -58,7 +58,7 @@ from numba import njit, types
 from numba.core import config as _nbconfig
 from numba.extending import intrinsic
 
-from .._duals import atan_ratio, atan_unit, diag_dual, pair_dual
+from .._duals import atan_unit, diag_dual, pair_dual
 from .._vmath import _ATAN_TAYLOR, _SA_BASE, _SA_C, _SA_CUT
 from ..activations import FAMILY_ABRELU
 
@@ -117,33 +117,6 @@ def _abrelu_kkd(a, b, m, s):
     return k, kd
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _abrelu_fast(a, b, m, qq, s):
-    """:func:`_abrelu_kkd` with one square root and one division, for ``q_x, q_y`` in
-    ``[1e-140, 1e140]``: ``m = sqrt(q_x) sqrt(q_y)``, ``qq = q_x q_y``.
-
-    ``sqrt(A B) = sqrt(q_x q_y - s^2)`` directly, and ``x = sqrt(min(A, B) / max(A, B)) =
-    sqrt(A B) / (m + |s|)`` goes into :func:`infntk._duals.atan_ratio` without being formed
-    (its argument reduction takes the numerator and the denominator). At a pair of identical
-    positions of a self pair ``q_x = q_y = s`` gives ``A B = 0`` exactly (theta = 0). ``hi =
-    0`` (a zero variance) gives ``x = 1``, ``theta = pi / 2``, as :func:`_abrelu_kkd`.
-    """
-    ab = max(qq - s * s, 0.0)
-    sab = math.sqrt(ab)
-    hi = m + abs(s)
-    deg = hi <= 0.0
-    num = 1.0 if deg else sab
-    den = 1.0 if deg else hi
-    at = 2.0 * atan_ratio(num, den)
-    small = s >= 0.0
-    theta = at if small else _PI - at
-    phi = _PI - at if small else at
-    c2 = (a - b) * (a - b) * _INV_2PI
-    kd = c2 * phi + a * b
-    k = 0.5 * (a * a + b * b) * s + c2 * (sab - theta * s)
-    return k, kd
-
-
 def _target_has_fma():
     """Whether the CPU Numba compiles for has fused multiply-add instructions (the host's, or
     ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` when those are set)."""
@@ -180,20 +153,22 @@ def _fma(typingctx, a, b, c):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _abrelu_plane(n2, c2, ab, m, qq, s):
-    """:func:`_abrelu_fast` for the plane engine, ``m > 0`` (every variance in ``[1e-140,
-    1e140]``), with the loop constants ``n2 = (a^2 + b^2) / 2``, ``c2 = (a - b)^2 / (2 pi)``,
-    ``ab = a b`` and fused multiply-adds (:func:`_fma`) wherever a rounding is saved.
+def _abrelu_fast(n2, c2, ab, m, qq, s):
+    """(k, kd) of the ReLU family (:func:`_abrelu_kkd`) with one square root and one
+    division, for ``q_x, q_y`` in ``[1e-140, 1e140]`` (so ``m > 0``): ``m = sqrt(q_x)
+    sqrt(q_y)``, ``qq = q_x q_y``, and the loop constants ``n2 = (a^2 + b^2) / 2``, ``c2 = (a
+    - b)^2 / (2 pi)``, ``ab = a b``.
 
-    The same formulas and the same argument reduction as :func:`infntk._duals.atan_ratio`
-    (its centres ``tan(k pi / 16)`` and Taylor polynomial to ``z^15``, here in Estrin's scheme
-    with FMAs): ``x = sqrt(q_x q_y - s^2) / (m + |s|)``, ``z = (sqrt(A B) - c hi) / (hi + c
-    sqrt(A B))``, ``theta = 2 atan x`` or ``pi - 2 atan x`` by the sign of ``s``, ``k = n2 s
-    + c2 (sqrt(A B) - theta s)``, ``kd = c2 (pi - theta) + a b``. ``q_x q_y - s^2`` is *not*
-    fused: at a pair of identical positions of a self pair (``q_x = q_y = s``) it is exactly 0
-    (theta = 0), which an FMA's exact ``s^2`` would break. ``hi = m + |s| > 0``, so the
-    degenerate-pair selects of :func:`_abrelu_fast` are not needed. One FMA fewer rounding
-    per step: within a few ulp of :func:`_abrelu_fast` (tests compare both engines).
+    ``sqrt(A B) = sqrt(q_x q_y - s^2)`` directly, and ``x = sqrt(min(A, B) / max(A, B)) =
+    sqrt(A B) / (m + |s|)`` goes into the argument reduction of
+    :func:`infntk._duals.atan_ratio` without being formed (its centres ``tan(k pi / 16)`` and
+    Taylor polynomial to ``z^15``, here in Estrin's scheme): ``z = (sqrt(A B) - c hi) / (hi +
+    c sqrt(A B))``, ``theta = 2 atan x`` or ``pi - 2 atan x`` by the sign of ``s``, ``k = n2 s
+    + c2 (sqrt(A B) - theta s)``, ``kd = c2 (pi - theta) + a b``, with fused multiply-adds
+    (:func:`_fma`) wherever they save a rounding. ``q_x q_y - s^2`` is *not* fused: at a pair
+    of identical positions of a self pair (``q_x = q_y = s``) it is exactly 0 (theta = 0),
+    which an FMA's exact ``s^2`` would break. ``hi = m + |s| > 0``, so no degenerate-pair
+    selects. A few ulp (tests/test_conv.py: neural-tangents, mpmath).
     """
     lo = math.sqrt(max(qq - s * s, 0.0))
     hi = m + abs(s)
@@ -273,6 +248,9 @@ def _block(fam, p0, p1, q1, r1, sk1, ia, q2, r2, sk2, ib, V, VT, vb, vs, D, DT, 
     """
     nu_ = np.uint64(nu)
     ib_ = np.uint64(ib)
+    kn2 = 0.5 * (p0 * p0 + p1 * p1)         # the ReLU family's constants (_abrelu_fast)
+    kc2 = (p0 - p1) * (p0 - p1) * _INV_2PI
+    kab = p0 * p1
     inrange = True
     if fam == FAMILY_ABRELU:
         for u in range(nu):
@@ -287,7 +265,7 @@ def _block(fam, p0, p1, q1, r1, sk1, ia, q2, r2, sk2, ib, V, VT, vb, vs, D, DT, 
             for u in range(nu_):
                 s = c * V[o + u] + b2
                 t = c * VT[o + u] + tp * s
-                k, kd = _abrelu_fast(p0, p1, ra * r2[ib_ + u], qa * q2[ib_ + u], s)
+                k, kd = _abrelu_fast(kn2, kc2, kab, ra * r2[ib_ + u], qa * q2[ib_ + u], s)
                 D[p + u] = k
                 DT[p + u] = t * kd
         else:                       # other families, and variances beyond the fast range
@@ -319,11 +297,14 @@ def _flat_act(p0, p1, V, VT, vb, QA, RA, QB, RB, qb, D, DT, db, n, c, b2, cv, tb
     vb_ = np.uint64(vb)
     qb_ = np.uint64(qb)
     db_ = np.uint64(db)
+    kn2 = 0.5 * (p0 * p0 + p1 * p1)         # the ReLU family's constants (_abrelu_fast)
+    kc2 = (p0 - p1) * (p0 - p1) * _INV_2PI
+    kab = p0 * p1
     for t in range(n_):
         v = V[vb_ + t]
         s = c * v + b2
         tt = c * VT[vb_ + t] + (cv * v + tb)
-        k, kd = _abrelu_fast(p0, p1, RA[t] * RB[qb_ + t], QA[t] * QB[qb_ + t], s)
+        k, kd = _abrelu_fast(kn2, kc2, kab, RA[t] * RB[qb_ + t], QA[t] * QB[qb_ + t], s)
         D[db_ + t] = k
         DT[db_ + t] = tt * kd
 
@@ -953,7 +934,7 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv
                 v = V[vo_ + t]
                 s = c * v + b2
                 tt = _fma(c, VT[vo_ + t], _fma(cv, v, tb))
-                k, kd = _abrelu_plane(kn2, kc2, kab, RA[ao_ + t] * RB[bo_ + t],
+                k, kd = _abrelu_fast(kn2, kc2, kab, RA[ao_ + t] * RB[bo_ + t],
                                       QA[ao_ + t] * QB[bo_ + t], s)
                 D[do_ + t] = k
                 DT[do_ + t] = tt * kd
@@ -1003,7 +984,7 @@ def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, 
                 v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
                 s = c * v + b2
                 tt = _fma(c, UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t], _fma(cv, v, tb))
-                k, kd = _abrelu_plane(kn2, kc2, kab, RA[ao_ + t] * RB[bo_ + t],
+                k, kd = _abrelu_fast(kn2, kc2, kab, RA[ao_ + t] * RB[bo_ + t],
                                       QA[ao_ + t] * QB[bo_ + t], s)
                 D[do_ + t] = k
                 DT[do_ + t] = tt * kd
