@@ -358,7 +358,8 @@ def _compile(layers, H, W, C=1, width=None):
             iop[3], iop[4] = fam, nstat
             fop[2], fop[3] = p0, p1
             nstat += h * w if mode != "scalar" else 1
-            req = None                    # in place: the layout of the next op
+            if mode != "scalar":          # in place: the layout of the next op (a scalar
+                req = None                # activation may be the last layer: no next op)
         elif kind == "pool":
             win = layer.window
             if h // win < 1 or w // win < 1:
@@ -441,6 +442,12 @@ def _compile(layers, H, W, C=1, width=None):
     pads = {row[2] for row in rows_i[:kgap] if row[0] == _ce.OP_CONV_F}
     planes = kgap > 0 and all(c in (_ce.OP_CONV_F, _ce.OP_ACT_F) for c in codes[:kgap]) and (
         pads == {_PAD_CODE["circular"]} or _PAD_CODE["circular"] not in pads)
+    if planes and _ce.OP_ACT_F in codes[:kgap]:
+        # every activation before GlobalAvgPool follows a Conv here (fused into it): an
+        # unfused one would follow another activation (the series path) or a pooling (not a
+        # plane program); the plane engine has no unfused-activation op
+        raise RuntimeError("internal error: an unfused activation in a plane-engine program "
+                           f"(op codes {codes[:kgap]})")
     return {"iop": np.array(rows_i, dtype=np.int64), "fop": np.array(rows_f, dtype=np.float64),
             "pmap": pmap, "nstat": max(nstat, 1), "nfull": nfull, "nblock": nblock,
             "regime": regime, "planes": planes, "kgap": kgap,

@@ -15,7 +15,7 @@ import pytest
 
 import infntk.conv as conv_mod
 from infntk import Activation, Dense
-from infntk.conv import Conv, GlobalAvgPool, conv_diag, conv_kernels
+from infntk.conv import AvgPool, Conv, Flatten, GlobalAvgPool, conv_diag, conv_kernels
 from tolerances import CLOSED_FORM_RTOL, rel_err_vs_max
 
 S2 = math.sqrt(2.0)
@@ -79,3 +79,94 @@ def test_self_pair_is_exact_in_the_plane_engine():
     cn, ct = conv_kernels(layers, X, X.copy())
     assert np.array_equal(np.diag(nngp), dn) and np.array_equal(np.diag(ntk), dt)
     assert np.array_equal(np.diag(cn), dn) and np.array_equal(np.diag(ct), dt)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_self_pass_statistics_equal_the_full_state_engines(name):
+    """The plane engine's self pass (plane (0, 0) of the pairs ``(x, x)``, the variances
+    recorded on the way: the ``record`` path of ``_pl_plane``, which also skips the fused
+    3 x 3 loop) against the full-state engine's self statistics: every activation's input
+    variance ``q``, ``sqrt(q)`` and ``sqrt(E[phi^2])`` at every position, and ``k(x, x)``.
+    A self pass that went wrong only there (one compiled copy of ``_pl_plane`` serves both
+    paths) shows up here entry by entry, not only through the kernels."""
+    layers = NETS[name]
+    shape = SHAPES.get(name, (6, 5, 2))
+    X = np.random.default_rng(7 + len(name)).standard_normal((10,) + shape)
+    H, W, C = shape
+    got = conv_mod._self_statistics(X, conv_mod._compile(layers, H, W, C, 4))
+    prog = conv_mod._compile(layers, H, W, C, 4)
+    assert prog["planes"]
+    prog["planes"] = False
+    ref = conv_mod._self_statistics(X, prog)
+    for g, r in zip(got, ref):
+        assert rel_err_vs_max(g, r) <= CLOSED_FORM_RTOL
+
+
+ROUTES = [   # (layers, the path they take)
+    ([Conv(3), Activation("relu"), Activation("abs"), GlobalAvgPool()], "series"),
+    ([Conv(3), AvgPool(2), Activation("relu"), Conv(3), Activation("relu"), GlobalAvgPool()],
+     "full"),
+    ([Conv(3), Activation("relu"), AvgPool(2), Activation("erf"), GlobalAvgPool(), Dense()],
+     "full"),
+    ([Conv(2, "valid"), Conv(3), Activation("gelu"), GlobalAvgPool(), Activation("relu")],
+     "planes"),
+]
+
+
+@pytest.mark.parametrize("k", range(len(ROUTES)))
+def test_plane_programs_fuse_every_activation(k):
+    """The plane engine has no unfused-activation op: in a plane program every activation
+    before GlobalAvgPool is fused into the Conv before it. An activation that does not follow
+    a Conv follows another activation (the series path) or a pooling (the full-state engine);
+    the program builder raises an internal error if it would ever emit one for the planes."""
+    layers, route = ROUTES[k]
+    got = "series" if conv_mod._has_series(layers) else None
+    if got is None:
+        prog = conv_mod._compile(layers, 6, 6, 1, None)
+        got = "planes" if prog["planes"] else "full"
+        codes = list(prog["iop"][:, 0])
+        if got == "planes":
+            assert conv_mod._ce.OP_ACT_F not in codes[:prog["kgap"]]
+            assert conv_mod._ce.OP_CONV_F in codes[:prog["kgap"]]
+        else:
+            assert conv_mod._ce.OP_ACT_F in codes
+    assert got == route
+
+
+@pytest.mark.parametrize("readout", [GlobalAvgPool, Flatten])
+def test_network_ending_with_an_activation(readout):
+    """An activation as the last layer (after the readout) acts on the readout's scalar
+    kernel: relu's arc-cosine dual (Cho & Saul 2009) of the network without it, written out
+    here, ``k = sqrt(q_x q_y) (sin t + (pi - t) cos t) / (2 pi)`` and ``Theta' = Theta (pi -
+    t) / (2 pi)``, ``cos t = k_xy / sqrt(q_x q_y)`` (the program builder once raised an
+    IndexError for a list ending with an activation)."""
+    body = [Conv(3, "same", 1.5, 0.1), Activation("gelu"), readout(), Dense(1.3, 0.2)]
+    X = np.random.default_rng(11).standard_normal((5, 4, 5, 1))
+    n0, t0 = conv_kernels(body, X)
+    n1, t1 = conv_kernels(body + [Activation("relu")], X)
+    q = np.diag(n0)
+    m = np.sqrt(np.outer(q, q))
+    th = np.arccos(np.clip(n0 / m, -1.0, 1.0))
+    np.fill_diagonal(th, 0.0)                   # exact at a self pair (arccos near 1 is not)
+    assert rel_err_vs_max(n1, m * (np.sin(th) + (np.pi - th) * np.cos(th)) / (2 * np.pi)) \
+        <= CLOSED_FORM_RTOL
+    assert rel_err_vs_max(t1, t0 * (np.pi - th) / (2 * np.pi)) <= CLOSED_FORM_RTOL
+
+
+def test_fma_rounds_once_where_the_cpu_has_it():
+    """``_fma(a, b, c)`` (the plane engine's fused multiply-add) against exact rational
+    arithmetic: ``a b + c`` rounded once where the target CPU has FMA instructions, the two
+    roundings of ``a * b + c`` otherwise."""
+    from fractions import Fraction
+
+    from numba import njit
+
+    from infntk._backends import conv as ce
+
+    f = njit(lambda a, b, c: ce._fma(a, b, c))
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        a, b = 1.0 + rng.random(2) * 2.0 ** -20
+        c = -float(Fraction(a) * Fraction(b)) * (1.0 + rng.standard_normal() * 2.0 ** -50)
+        exact = float(Fraction(a) * Fraction(b) + Fraction(c))
+        assert f(a, b, c) == (exact if ce._HAS_FMA else a * b + c)

@@ -52,9 +52,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import binding as _llvm
+from llvmlite import ir as _ir
+from numba import njit, types
+from numba.core import config as _nbconfig
+from numba.extending import intrinsic
 
-from .._duals import atan_ratio, atan_unit, diag_dual, pair_dual
+from .._duals import atan_unit, diag_dual, pair_dual
+from .._vmath import _ATAN_TAYLOR, _SA_BASE, _SA_C, _SA_CUT
 from ..activations import FAMILY_ABRELU
 
 # op codes (see infntk.conv._compile)
@@ -112,30 +117,83 @@ def _abrelu_kkd(a, b, m, s):
     return k, kd
 
 
+def _target_has_fma():
+    """Whether the CPU Numba compiles for has fused multiply-add instructions (the host's, or
+    ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` when those are set)."""
+    if _nbconfig.CPU_NAME and _nbconfig.CPU_NAME != "host":
+        return "+fma" in (_nbconfig.CPU_FEATURES or "")
+    try:
+        return bool(_llvm.get_host_cpu_features().get("fma", False))
+    except RuntimeError:
+        return False
+
+
+_HAS_FMA = _target_has_fma()
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """``a b + c`` with one rounding (``llvm.fma``, which vectorizes) where the target has
+    FMA instructions; ``a b + c`` with two roundings otherwise (a library ``fma`` call per
+    entry would stop the loops from vectorizing). Float64 arguments only."""
+    if not all(isinstance(x, types.Float) for x in (a, b, c)):
+        return None
+    sig = types.float64(types.float64, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        x, y, z = (context.cast(builder, v, t, types.float64)
+                   for v, t in zip(args, signature.args))
+        if not _HAS_FMA:
+            return builder.fadd(builder.fmul(x, y), z)
+        d = _ir.DoubleType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [d], _ir.FunctionType(d, [d, d, d]))
+        return builder.call(fn, [x, y, z])
+
+    return sig, codegen
+
+
 @njit(cache=True, inline="always", error_model="numpy")
-def _abrelu_fast(a, b, m, qq, s):
-    """:func:`_abrelu_kkd` with one square root and one division, for ``q_x, q_y`` in
-    ``[1e-140, 1e140]``: ``m = sqrt(q_x) sqrt(q_y)``, ``qq = q_x q_y``.
+def _abrelu_fast(n2, c2, ab, m, qq, s):
+    """(k, kd) of the ReLU family (:func:`_abrelu_kkd`) with one square root and one
+    division, for ``q_x, q_y`` in ``[1e-140, 1e140]`` (so ``m > 0``): ``m = sqrt(q_x)
+    sqrt(q_y)``, ``qq = q_x q_y``, and the loop constants ``n2 = (a^2 + b^2) / 2``, ``c2 = (a
+    - b)^2 / (2 pi)``, ``ab = a b``.
 
     ``sqrt(A B) = sqrt(q_x q_y - s^2)`` directly, and ``x = sqrt(min(A, B) / max(A, B)) =
-    sqrt(A B) / (m + |s|)`` goes into :func:`infntk._duals.atan_ratio` without being formed
-    (its argument reduction takes the numerator and the denominator). At a pair of identical
-    positions of a self pair ``q_x = q_y = s`` gives ``A B = 0`` exactly (theta = 0). ``hi =
-    0`` (a zero variance) gives ``x = 1``, ``theta = pi / 2``, as :func:`_abrelu_kkd`.
+    sqrt(A B) / (m + |s|)`` goes into the argument reduction of
+    :func:`infntk._duals.atan_ratio` without being formed (its centres ``tan(k pi / 16)`` and
+    Taylor polynomial to ``z^15``, here in Estrin's scheme): ``z = (sqrt(A B) - c hi) / (hi +
+    c sqrt(A B))``, ``theta = 2 atan x`` or ``pi - 2 atan x`` by the sign of ``s``, ``k = n2 s
+    + c2 (sqrt(A B) - theta s)``, ``kd = c2 (pi - theta) + a b``, with fused multiply-adds
+    (:func:`_fma`) wherever they save a rounding. ``q_x q_y - s^2`` is *not* fused: at a pair
+    of identical positions of a self pair (``q_x = q_y = s``) it is exactly 0 (theta = 0),
+    which an FMA's exact ``s^2`` would break. ``hi = m + |s| > 0``, so no degenerate-pair
+    selects. A few ulp (tests/test_conv.py: neural-tangents, mpmath).
     """
-    ab = max(qq - s * s, 0.0)
-    sab = math.sqrt(ab)
+    lo = math.sqrt(max(qq - s * s, 0.0))
     hi = m + abs(s)
-    deg = hi <= 0.0
-    num = 1.0 if deg else sab
-    den = 1.0 if deg else hi
-    at = 2.0 * atan_ratio(num, den)
-    small = s >= 0.0
-    theta = at if small else _PI - at
-    phi = _PI - at if small else at
-    c2 = (a - b) * (a - b) * _INV_2PI
-    kd = c2 * phi + a * b
-    k = 0.5 * (a * a + b * b) * s + c2 * (sab - theta * s)
+    c = _SA_C[0]
+    base = _SA_BASE[0]
+    c = _SA_C[1] if lo > _SA_CUT[0] * hi else c
+    base = _SA_BASE[1] if lo > _SA_CUT[0] * hi else base
+    c = _SA_C[2] if lo > _SA_CUT[1] * hi else c
+    base = _SA_BASE[2] if lo > _SA_CUT[1] * hi else base
+    c = _SA_C[3] if lo > _SA_CUT[2] * hi else c
+    base = _SA_BASE[3] if lo > _SA_CUT[2] * hi else base
+    c = _SA_C[4] if lo > _SA_CUT[3] * hi else c
+    base = _SA_BASE[4] if lo > _SA_CUT[3] * hi else base
+    z = _fma(-c, hi, lo) / _fma(c, lo, hi)
+    y = z * z
+    y2 = y * y
+    y4 = y2 * y2
+    e0 = _fma(_ATAN_TAYLOR[2], y, _ATAN_TAYLOR[1])
+    e1 = _fma(_ATAN_TAYLOR[4], y, _ATAN_TAYLOR[3])
+    e2 = _fma(_ATAN_TAYLOR[6], y, _ATAN_TAYLOR[5])
+    p = _fma(_fma(_ATAN_TAYLOR[7], y2, e2), y4, _fma(e1, y2, e0))
+    at = 2.0 * (base + _fma(z, y * p, z))
+    theta = at if s >= 0.0 else _PI - at
+    kd = _fma(c2, _PI - theta, ab)
+    k = _fma(c2, _fma(-theta, s, lo), n2 * s)
     return k, kd
 
 
@@ -190,6 +248,9 @@ def _block(fam, p0, p1, q1, r1, sk1, ia, q2, r2, sk2, ib, V, VT, vb, vs, D, DT, 
     """
     nu_ = np.uint64(nu)
     ib_ = np.uint64(ib)
+    kn2 = 0.5 * (p0 * p0 + p1 * p1)         # the ReLU family's constants (_abrelu_fast)
+    kc2 = (p0 - p1) * (p0 - p1) * _INV_2PI
+    kab = p0 * p1
     inrange = True
     if fam == FAMILY_ABRELU:
         for u in range(nu):
@@ -204,7 +265,7 @@ def _block(fam, p0, p1, q1, r1, sk1, ia, q2, r2, sk2, ib, V, VT, vb, vs, D, DT, 
             for u in range(nu_):
                 s = c * V[o + u] + b2
                 t = c * VT[o + u] + tp * s
-                k, kd = _abrelu_fast(p0, p1, ra * r2[ib_ + u], qa * q2[ib_ + u], s)
+                k, kd = _abrelu_fast(kn2, kc2, kab, ra * r2[ib_ + u], qa * q2[ib_ + u], s)
                 D[p + u] = k
                 DT[p + u] = t * kd
         else:                       # other families, and variances beyond the fast range
@@ -236,11 +297,14 @@ def _flat_act(p0, p1, V, VT, vb, QA, RA, QB, RB, qb, D, DT, db, n, c, b2, cv, tb
     vb_ = np.uint64(vb)
     qb_ = np.uint64(qb)
     db_ = np.uint64(db)
+    kn2 = 0.5 * (p0 * p0 + p1 * p1)         # the ReLU family's constants (_abrelu_fast)
+    kc2 = (p0 - p1) * (p0 - p1) * _INV_2PI
+    kab = p0 * p1
     for t in range(n_):
         v = V[vb_ + t]
         s = c * v + b2
         tt = c * VT[vb_ + t] + (cv * v + tb)
-        k, kd = _abrelu_fast(p0, p1, RA[t] * RB[qb_ + t], QA[t] * QB[qb_ + t], s)
+        k, kd = _abrelu_fast(kn2, kc2, kab, RA[t] * RB[qb_ + t], QA[t] * QB[qb_ + t], s)
         D[db_ + t] = k
         DT[db_ + t] = tt * kd
 
@@ -849,6 +913,9 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv
     ``QB[bo + rb bs + t]``, ``rb = brow + r`` (wrapped at ``bmod`` if ``bmod > 0``).
     ``fam < 0``: no activation, ``D = s``, ``DT = c VT + s``."""
     n_ = np.uint64(n)
+    kn2 = 0.5 * (p0 * p0 + p1 * p1)         # the ReLU family's constants
+    kc2 = (p0 - p1) * (p0 - p1) * _INV_2PI
+    kab = p0 * p1
     for r in range(nrows):
         rb = brow + r
         if bmod > 0 and rb >= bmod:
@@ -866,9 +933,9 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv
             for t in range(n_):
                 v = V[vo_ + t]
                 s = c * v + b2
-                tt = c * VT[vo_ + t] + (cv * v + tb)
-                k, kd = _abrelu_fast(p0, p1, RA[ao_ + t] * RB[bo_ + t], QA[ao_ + t] * QB[bo_ + t],
-                                     s)
+                tt = _fma(c, VT[vo_ + t], _fma(cv, v, tb))
+                k, kd = _abrelu_fast(kn2, kc2, kab, RA[ao_ + t] * RB[bo_ + t],
+                                      QA[ao_ + t] * QB[bo_ + t], s)
                 D[do_ + t] = k
                 DT[do_ + t] = tt * kd
         else:
@@ -893,6 +960,9 @@ def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, 
     st = np.uint64(wp * nb)
     nb_ = np.uint64(nb)
     n_ = np.uint64(n)
+    kn2 = 0.5 * (p0 * p0 + p1 * p1)         # the ReLU family's constants
+    kc2 = (p0 - p1) * (p0 - p1) * _INV_2PI
+    kab = p0 * p1
     for r in range(ndo):
         b0 = np.uint64(r) * st
         for t in range(st):
@@ -913,9 +983,9 @@ def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, 
             for t in range(n_):
                 v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
                 s = c * v + b2
-                tt = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
-                k, kd = _abrelu_fast(p0, p1, RA[ao_ + t] * RB[bo_ + t], QA[ao_ + t] * QB[bo_ + t],
-                                     s)
+                tt = _fma(c, UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t], _fma(cv, v, tb))
+                k, kd = _abrelu_fast(kn2, kc2, kab, RA[ao_ + t] * RB[bo_ + t],
+                                      QA[ao_ + t] * QB[bo_ + t], s)
                 D[do_ + t] = k
                 DT[do_ + t] = tt * kd
         else:
@@ -1015,7 +1085,8 @@ def _tail(iop, fop, k0, s_sc, t_sc, selfrun, q1, r1, sk1, q2, r2, sk2, dg):
 def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, SKA, QB, RB,
               SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct):
     """Run the plane ``(d, e)`` of a batch of ``nb`` pairs through the ops ``0 .. kgap - 1``
-    (Conv with or without a fused activation, activations) and add its columns to ``accv,
+    (Conv layers, each with or without a fused activation: the program builder never puts an
+    unfused activation before GlobalAvgPool in a plane program) and add its columns to ``accv,
     acct`` (``(column, pair)``). ``record``: the self pass (plane (0, 0) of pairs ``(x, x)``):
     the variances of every activation are written into the batch statistics on the way and
     ``fastf`` is set. Buffers ``S0, T0`` / ``S1, T1`` alternate; ``bkey[b]`` is the layout
@@ -1049,12 +1120,12 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             q = iop[k, 1]
             pad = iop[k, 2]
             if pad == 2:
-                _pl_border(S, T, nb, hp, wp, lo, lo, nd, ne, True)
+                _pl_border(S, T, nb, hp, wp, lo, lo, nd, ne, np.bool_(True))
                 bkey[cur] = -1
             elif pad == 0:
                 key = (hp * 4096 + wp) * 4096 + lo
                 if bkey[cur] != key:
-                    _pl_border(S, T, nb, hp, wp, lo, lo, nd, ne, False)
+                    _pl_border(S, T, nb, hp, wp, lo, lo, nd, ne, np.bool_(False))
                     bkey[cur] = key
             ho = iop[k, 7]
             wo = iop[k, 8]
@@ -1102,9 +1173,9 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                 fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, ho * wo, nb)
                 fast = fastf[k]
             _pl_act(fam, p0, p1, fast, V, VT, np.int64(0), wp * nb, S2, T2,
-                    (olo * owp + olo) * nb,
-                    owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA, (off + i0 * wo + j0) * nb, wo * nb,
-                    QB, RB, SKB, bcol, 2 * wo * nb, i0 + d, bmod)
+                    (olo * owp + olo) * nb, owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA,
+                    (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB, bcol, 2 * wo * nb, i0 + d,
+                    bmod)
             S, S2 = S2, S
             T, T2 = T2, T
             cur = 1 - cur
@@ -1113,20 +1184,6 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             hp = ohp
             wp = owp
             lo = olo
-        elif code == OP_ACT_F:
-            wo = iop[k, 6]
-            if record:
-                for r in range(nd):
-                    _pl_record(fam, p0, p1, S, ((r + lo) * wp + lo) * nb, 1.0, 0.0, ne * nb,
-                               nb, wo, QA, RA, SKA, (off + r * wo) * nb, QB, RB, SKB,
-                               (2 * off + r * 2 * wo) * nb)
-                fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, iop[k, 5] * wo, nb)
-            o = (lo * wp + lo) * nb
-            bcol = (2 * off + (e if circ else j0 + e)) * nb
-            bmod = iop[k, 5] if circ else 0
-            _pl_act(fam, p0, p1, fastf[k], S, T, o, wp * nb, S, T, o, wp * nb, nd, ne * nb, 1.0,
-                    0.0, 0.0, 0.0, QA, RA, SKA, (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB,
-                    bcol, 2 * wo * nb, i0 + d, bmod)
     # the state after the last op: interior of the layout (lo, wp)
     n = np.uint64(ne * nb)
     for r in range(nd):
@@ -1177,6 +1234,12 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     ia = np.zeros(nbmax, dtype=np.int64)
     ja = np.zeros(nbmax, dtype=np.int64)
     dg = np.empty(1)
+    # typed (not literal) arguments: one compiled copy of _pl_plane serves the self pass and
+    # the other planes (a literal True/False or 0 compiles it again, and _pl_input with it;
+    # tests/test_conv_planes.py checks the self pass against the full-state engine)
+    rec_yes = np.bool_(True)
+    rec_no = np.bool_(False)
+    zero = np.int64(0)
     mine = (npairs - chunk + nchunks - 1) // nchunks
     for g0 in range(0, mine, nbmax):
         nb = min(nbmax, mine - g0)
@@ -1201,8 +1264,8 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
         bkey[0] = -1                # nb changed the layouts' strides
         bkey[1] = -1
         if mode == 0:
-            _pl_plane(XB, YB, C, nb, 0, 0, circ, iop, fop, kgap, True, fastf, QA, RA, SKA, QB,
-                      RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
+            _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_yes, fastf, QA, RA,
+                      SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
             for t in range(W * nb):
                 accv[t] = 0.0
                 acct[t] = 0.0
@@ -1236,12 +1299,12 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
         if circ:
             for d in range(hL):
                 for e in range(wL):
-                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, False, fastf, QA, RA,
+                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
                               SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
         else:
             for d in range(1 - hL, hL):
                 for e in range(1 - wL, wL):
-                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, False, fastf, QA, RA,
+                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
                               SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
         for b in range(nb):
             s_sc = 0.0
