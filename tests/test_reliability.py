@@ -456,7 +456,9 @@ def _blocks_done(sidecar, n):
 @pytest.fixture(scope="module")
 def big_input(tmp_path_factory):
     d = tmp_path_factory.mktemp("fault")
-    X = np.random.default_rng(7).normal(size=(600, 4))
+    # enough blocks (375) that the command is still running when the test, polling its
+    # sidecar on a busy machine, gets to signal it (600 rows finished first under load)
+    X = np.random.default_rng(7).normal(size=(1500, 4))
     np.save(d / "X.npy", X)
     # the uninterrupted computation (the command line's network, block by block as it does)
     k = infntk.FCNet("relu", depth=12, w_std=1.0, b_std=0.0).kernels(X, block_rows=4)
