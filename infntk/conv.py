@@ -24,8 +24,7 @@ Conventions are those of neural-tangents' ``stax`` (``Conv(out_chan, (q, q), pad
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,7 +35,6 @@ from ._gram import compiled_view
 from ._numba_config import chunk_count, engine_lock, run_chunks
 from ._validation import (check_parameterization, check_positive_int, check_real_dtype,
                           check_std, check_tol)
-from .activations import get_activation
 from .layers import Activation, Dense, compose_activations
 
 __all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "conv_kernels", "conv_kernels_bounded",
