@@ -896,6 +896,71 @@ def gaussian_plain(q1, q2, A, B):
     return k, 0.5 * (B - A) * (k * (k * k))
 
 
+# trig_plain_factored's range: |s| <= sqrt(q1 q2) <= 8 (its error grows like |s| ulp, see there)
+TRIG_FACTORED_MAX = 8.0
+# the plain duals with a caller's denominator (``*_recip``): safe for denominators in this range
+_RECIP_DEN_MIN = 1e-100
+_RECIP_DEN_MAX = 1e100
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def trig_factored_ok(q1max, q2max):
+    """Whether :func:`trig_plain_factored` applies to every pair of a row with variance
+    ``q1max`` and columns of variance at most ``q2max`` (NaN: no)."""
+    return q1max <= TRIG_FACTORED_MAX and q2max <= TRIG_FACTORED_MAX
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def recip_den_ok(w2, b2):
+    """Whether the bias-gap denominator ``den = sqrt(q1' q2') + w2 sk1 sk2 + b2`` of a network
+    with ``w2``, ``b2`` (and ``k11 <= 1``: sin, cos, gaussian) stays within the range that
+    :func:`trig_plain_factored` and :func:`gaussian_plain_recip` accept (``den = 1`` for
+    ``b2 = 0``): ``b2 = 0`` or ``1e-100 <= b2, w2 <= 1e100 / 4``."""
+    if b2 == 0.0:
+        return True
+    return b2 >= _RECIP_DEN_MIN and b2 <= 0.25 * _RECIP_DEN_MAX and w2 <= 0.25 * _RECIP_DEN_MAX
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def trig_plain_factored(is_sin, e12, A, B, den):
+    """``(k, kd, 1 / den)`` of sin (``is_sin``) or cos with the radial factor given:
+    ``e12 = exp(-q1/2) exp(-q2/2)`` (per-row values), ``k = e12 sinh(s)`` resp.
+    ``e12 cosh(s)``, ``s = (B - A)/2``.
+
+    One ``expm1`` per pair (:func:`trig_plain` takes two exponentials): with
+    ``u = expm1(-|s|)``, ``sinh|s| = -u (2 + u) e^|s| / 2`` (no cancellation at small ``s``)
+    and ``cosh s = (e^|s| + 1 + u) / 2``, ``e^|s| = 1 / (1 + u)`` taken from the one division
+    ``1 / ((1 + u) den)`` that also gives the caller's ``1 / den`` (``den > 0``, in
+    ``[1e-100, 1e101]``).
+
+    Accuracy: a few ulp of ``sqrt(k11 k22)`` plus ``|s|`` ulp (``e^|s|`` carries the rounding
+    of ``s`` with condition number ``|s|``; the state's own rounding moves the exact dual by
+    ``kd * eps * m`` already); so only for ``q1, q2 <= TRIG_FACTORED_MAX``
+    (:func:`trig_factored_ok`), where ``e^-|s| >= e^-8`` and the division cannot overflow.
+    Tested against mpmath in tests/test_smooth_fast.py.
+    """
+    u = vexpm1(-0.5 * abs(B - A))             # e^-|s| - 1
+    w = 1.0 + u
+    r = 1.0 / (w * den)
+    ie = r * den                               # e^|s|
+    sh = (-0.5 * e12) * (u * (2.0 + u)) * ie
+    sh = sh if B >= A else -sh
+    ch = (0.5 * e12) * (ie + w)
+    return (sh if is_sin else ch), (ch if is_sin else sh), r * w
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def gaussian_plain_recip(q1, q2, A, B, den):
+    """``(k, kd, 1 / den)``: :func:`gaussian_plain` with the caller's ``1 / den`` from the same
+    division, ``r = 1 / (sqrt(det) den)``, ``k = r den``, ``1 / den = r sqrt(det)`` (two
+    roundings more; ``den`` in ``[1e-100, 1e101]``, ``det = 1 + q1 + q2 + A B < 1e151``)."""
+    det = 1.0 + q1 + q2 + A * B
+    t = math.sqrt(det)
+    r = 1.0 / (t * den)
+    k = r * den
+    return k, 0.5 * (B - A) * (k * (k * k)), r * t
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def gelu_plain(q1, q2, A, B):
     """(k, kd) of GELU: :func:`_gelu`'s plain form with ``Delta^2 = 1 + q1 + q2 + AB``."""
