@@ -1012,6 +1012,20 @@ def row_may_need_stable(qa, q2max, ga, g2max):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def stable_gap_limits(family, qa, q2max, mmax):
+    """``(ok, lim, glim)``: for a row of variance ``qa`` against columns of variance at most
+    ``q2max`` and ``m = sqrt(q1 q2) <= mmax``, a pair that :func:`smooth_route_stable` sends to
+    the stable route has ``min(A, B) <= lim`` or ``A <= glim`` (GELU's graded range; ``-inf``
+    for the other families), whatever its gain, provided ``ok`` (both variances inside the
+    plain range; otherwise every pair must be tested). A superset test on the gaps alone, for
+    a prefilter that reads two arrays instead of six."""
+    ok = qa < _PLAIN_MAX and q2max < _PLAIN_MAX
+    lim = _GAP_QUAD * min(mmax, 1.0)
+    glim = _GELU_GRADED * mmax if family == FAMILY_GELU else -math.inf
+    return ok, lim, glim
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def smooth_route_stable(family, q1, q2, m, A, B, gain):
     """Whether the pair needs :func:`smooth_pair` (the stable route) rather than
     :func:`smooth_plain`.

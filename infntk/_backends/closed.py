@@ -32,7 +32,7 @@ from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gaussia
                       trig_factored_ok, trig_plain, trig_plain_factored)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
-from ._common import check_rows_finite, stable_pairs, stable_pairs_all
+from ._common import check_rows_finite, stable_candidates, stable_pairs, stable_pairs_all
 
 __all__ = ["ClosedFormEngine", "NetRecord", "RowRecord", "ColRecord", "row_statistics",
            "gram_block"]
@@ -175,10 +175,11 @@ def _first_layer_ab_pre(nx, ny, mx, my, omc, opc, dn, w2, b2, d):
     """:func:`_first_layer_ab` from the per-row roots ``|x|``, ``|y|`` and
     ``mx = first_layer_root(|x|^2)``, ``my`` (no square root per pair)."""
     m = mx * my
-    wn = w2 * nx * ny / d
+    w2d = w2 / d                  # loop-invariant in the pair loops (hoisted): no division
+    wn = w2d * (nx * ny)
     gap = 0.0
     if b2 > 0.0:
-        gap = w2 * b2 * dn * dn / d / (m + wn + b2)
+        gap = (w2d * b2) * (dn * dn) / (m + wn + b2)
     return gap + wn * omc, gap + wn * opc + 2.0 * b2
 
 
@@ -436,6 +437,7 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     fix_v = np.empty((jend if smooth else 0, 6))
     flag = np.empty(jend if smooth else 0, dtype=np.uint8)
     carried = np.empty(jend if smooth else 0, dtype=np.int64)
+    cand = np.empty(jend if smooth else 0, dtype=np.int64)
     ncarried = np.int64(0)  # typed: a literal 0 would compile a second stable_pairs
     if smooth:
         Dq[:] = math.nan
@@ -515,8 +517,16 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
             # network would amplify): computed first from the entry state, applied last
             ga = g1[i, l]
             if row_may_need_stable(qa, q2max[l], ga, g2max[l]):
-                nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
-                                        jend, flag, fix_j, fix_v)
+                # candidates from the gaps alone (a superset), then the exact test on them;
+                # every column when a variance leaves the plain range
+                nc = stable_candidates(family, qa, q2max[l], ra * math.sqrt(q2max[l]), A, B, Dq,
+                                       jend, flag, cand)
+                if nc >= 0:
+                    nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
+                                        cand, nc, fix_j, fix_v)
+                else:
+                    nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B,
+                                            Dq, jend, flag, fix_j, fix_v)
             else:                                # only the pairs that carry D
                 nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
                                     carried, ncarried, fix_j, fix_v)
