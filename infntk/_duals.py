@@ -46,6 +46,7 @@ from numba import njit
 
 from ._vmath import atan2_pos_recip, atan_ratio, atan_unit  # noqa: F401  (atan_unit: conv engine's)
 from ._vmath import exp as vexp
+from ._vmath import exp_expm1 as vexp_expm1
 from ._vmath import expm1 as vexpm1
 from .activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS, FAMILY_ERF,
                           FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
@@ -927,11 +928,11 @@ def trig_plain_factored(is_sin, e12, A, B, den):
     ``e12 = exp(-q1/2) exp(-q2/2)`` (per-row values), ``k = e12 sinh(s)`` resp.
     ``e12 cosh(s)``, ``s = (B - A)/2``.
 
-    One ``expm1`` per pair (:func:`trig_plain` takes two exponentials): with
-    ``u = expm1(-|s|)``, ``sinh|s| = -u (2 + u) e^|s| / 2`` (no cancellation at small ``s``)
-    and ``cosh s = (e^|s| + 1 + u) / 2``, ``e^|s| = 1 / (1 + u)`` taken from the one division
-    ``1 / ((1 + u) den)`` that also gives the caller's ``1 / den`` (``den > 0``, in
-    ``[1e-100, 1e101]``).
+    One exponential per pair (:func:`trig_plain` takes two): ``w = e^-|s|`` and
+    ``u = expm1(-|s|)`` from one argument reduction (:func:`infntk._vmath.exp_expm1`),
+    ``sinh|s| = -u (2 + u) e^|s| / 2`` (no cancellation at small ``s``) and
+    ``cosh s = (e^|s| + w) / 2``, ``e^|s|`` taken from the one division ``1 / (w den)`` that
+    also gives the caller's ``1 / den`` (``den > 0``, in ``[1e-100, 1e101]``).
 
     Accuracy: a few ulp of ``sqrt(k11 k22)`` plus ``|s|`` ulp (``e^|s|`` carries the rounding
     of ``s`` with condition number ``|s|``; the state's own rounding moves the exact dual by
@@ -939,8 +940,7 @@ def trig_plain_factored(is_sin, e12, A, B, den):
     (:func:`trig_factored_ok`), where ``e^-|s| >= e^-8`` and the division cannot overflow.
     Tested against mpmath in tests/test_smooth_fast.py.
     """
-    u = vexpm1(-0.5 * abs(B - A))             # e^-|s| - 1
-    w = 1.0 + u
+    w, u = vexp_expm1(-0.5 * abs(B - A))      # e^-|s|, e^-|s| - 1
     r = 1.0 / (w * den)
     ie = r * den                               # e^|s|
     sh = (-0.5 * e12) * (u * (2.0 + u)) * ie

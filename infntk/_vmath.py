@@ -23,7 +23,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["exp", "expm1", "atan_ratio", "atan2_pos", "atan2_pos_recip", "atan_unit"]
+__all__ = ["exp", "expm1", "exp_expm1", "atan_ratio", "atan2_pos", "atan2_pos_recip", "atan_unit"]
 
 
 @intrinsic
@@ -87,6 +87,16 @@ def expm1(x):
     s = s1 * s2                               # 2^n, inf only for n = 1024
     big = ((1.0 + q) * s1) * s2 - 1.0
     return s * q + (s - 1.0) if s < math.inf else big
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def exp_expm1(x):
+    """``(e^x, e^x - 1)`` from one argument reduction: the same floats as :func:`exp` and
+    :func:`expm1`, for about the cost of one."""
+    q, s1, s2 = _reduce(x)
+    s = s1 * s2
+    e = ((1.0 + q) * s1) * s2
+    return e, (s * q + (s - 1.0) if s < math.inf else e - 1.0)
 
 
 _ATAN_TAYLOR = tuple(((-1.0) ** k) / (2 * k + 1) for k in range(13))
