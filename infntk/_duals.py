@@ -46,6 +46,7 @@ from numba import njit
 
 from ._vmath import atan2_pos_recip, atan_ratio, atan_unit  # noqa: F401  (atan_unit: conv engine's)
 from ._vmath import exp as vexp
+from ._vmath import fma as vfma
 from ._vmath import exp_expm1 as vexp_expm1
 from ._vmath import expm1 as vexpm1
 from .activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS, FAMILY_ERF,
@@ -866,8 +867,9 @@ _INV_TWO_PI = 1.0 / (2.0 * PI)
 @njit(cache=True, inline="always", error_model="numpy")
 def erf_plain(q1, q2, A, B):
     """(k, kd) of erf: ``(2/pi) atan2(2 s, E)``, ``(4/pi) / E``, ``E = sqrt(1 + 2(q1 + q2) + 4AB)``
-    (``E^2 = (1 + 2 q1)(1 + 2 q2) - 4 s^2``: one square root for both, no cancellation)."""
-    E = math.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * (A * B))
+    (``E^2 = (1 + 2 q1)(1 + 2 q2) - 4 s^2``: one square root for both, no cancellation;
+    ``4AB + ...`` fused by :func:`infntk._vmath.fma`, so that every engine gets these floats)."""
+    E = math.sqrt(vfma(4.0 * A, B, 1.0 + 2.0 * (q1 + q2)))
     at, iE = atan2_pos_recip(B - A, E)          # one division for both
     return _TWO_OVER_PI * at, (2.0 * _TWO_OVER_PI) * iE
 
@@ -963,14 +965,16 @@ def gaussian_plain_recip(q1, q2, A, B, den):
 
 @njit(cache=True, inline="always", error_model="numpy")
 def gelu_plain(q1, q2, A, B):
-    """(k, kd) of GELU: :func:`_gelu`'s plain form with ``Delta^2 = 1 + q1 + q2 + AB``."""
+    """(k, kd) of GELU: :func:`_gelu`'s plain form with ``Delta^2 = 1 + q1 + q2 + AB``
+    (multiply-adds fused by :func:`infntk._vmath.fma`, as in :func:`erf_plain`)."""
     s = 0.5 * (B - A)
     iP = 1.0 / ((1.0 + q1) * (1.0 + q2))
-    D2 = 1.0 + q1 + q2 + A * B
+    D2 = vfma(A, B, 1.0 + q1 + q2)
     Dl = math.sqrt(D2)
     at, iD = atan2_pos_recip(s, Dl)            # one division for both
-    F = 0.25 * s + (s * at + (s * s + q1 * q2 * D2) * (iP * iD)) * _INV_TWO_PI
-    G = 0.25 + at * _INV_TWO_PI + (s * iD) * _INV_TWO_PI * ((2.0 + q1 + q2) * iP + iD * iD)
+    inner = vfma(s, at, vfma(s, s, (q1 * q2) * D2) * (iP * iD))
+    F = vfma(0.25, s, inner * _INV_TWO_PI)
+    G = vfma((s * iD) * _INV_TWO_PI, vfma(2.0 + q1 + q2, iP, iD * iD), vfma(at, _INV_TWO_PI, 0.25))
     return F, G
 
 
