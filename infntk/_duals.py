@@ -46,6 +46,8 @@ from numba import njit
 
 from ._vmath import atan2_pos_recip, atan_ratio, atan_unit  # noqa: F401  (atan_unit: conv engine's)
 from ._vmath import exp as vexp
+from ._vmath import fma as vfma
+from ._vmath import exp_expm1 as vexp_expm1
 from ._vmath import expm1 as vexpm1
 from .activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS, FAMILY_ERF,
                           FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
@@ -865,8 +867,9 @@ _INV_TWO_PI = 1.0 / (2.0 * PI)
 @njit(cache=True, inline="always", error_model="numpy")
 def erf_plain(q1, q2, A, B):
     """(k, kd) of erf: ``(2/pi) atan2(2 s, E)``, ``(4/pi) / E``, ``E = sqrt(1 + 2(q1 + q2) + 4AB)``
-    (``E^2 = (1 + 2 q1)(1 + 2 q2) - 4 s^2``: one square root for both, no cancellation)."""
-    E = math.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * (A * B))
+    (``E^2 = (1 + 2 q1)(1 + 2 q2) - 4 s^2``: one square root for both, no cancellation;
+    ``4AB + ...`` fused by :func:`infntk._vmath.fma`, so that every engine gets these floats)."""
+    E = math.sqrt(vfma(4.0 * A, B, 1.0 + 2.0 * (q1 + q2)))
     at, iE = atan2_pos_recip(B - A, E)          # one division for both
     return _TWO_OVER_PI * at, (2.0 * _TWO_OVER_PI) * iE
 
@@ -896,16 +899,82 @@ def gaussian_plain(q1, q2, A, B):
     return k, 0.5 * (B - A) * (k * (k * k))
 
 
+# trig_plain_factored's range: |s| <= sqrt(q1 q2) <= 8 (its error grows like |s| ulp, see there)
+TRIG_FACTORED_MAX = 8.0
+# the plain duals with a caller's denominator (``*_recip``): safe for denominators in this range
+_RECIP_DEN_MIN = 1e-100
+_RECIP_DEN_MAX = 1e100
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def trig_factored_ok(q1max, q2max):
+    """Whether :func:`trig_plain_factored` applies to every pair of a row with variance
+    ``q1max`` and columns of variance at most ``q2max`` (NaN: no)."""
+    return q1max <= TRIG_FACTORED_MAX and q2max <= TRIG_FACTORED_MAX
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def recip_den_ok(w2, b2):
+    """Whether the bias-gap denominator ``den = sqrt(q1' q2') + w2 sk1 sk2 + b2`` of a network
+    with ``w2``, ``b2`` (and ``k11 <= 1``: sin, cos, gaussian) stays within the range that
+    :func:`trig_plain_factored` and :func:`gaussian_plain_recip` accept (``den = 1`` for
+    ``b2 = 0``): ``b2 = 0`` or ``1e-100 <= b2, w2 <= 1e100 / 4``."""
+    if b2 == 0.0:
+        return True
+    return b2 >= _RECIP_DEN_MIN and b2 <= 0.25 * _RECIP_DEN_MAX and w2 <= 0.25 * _RECIP_DEN_MAX
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def trig_plain_factored(is_sin, e12, A, B, den):
+    """``(k, kd, 1 / den)`` of sin (``is_sin``) or cos with the radial factor given:
+    ``e12 = exp(-q1/2) exp(-q2/2)`` (per-row values), ``k = e12 sinh(s)`` resp.
+    ``e12 cosh(s)``, ``s = (B - A)/2``.
+
+    One exponential per pair (:func:`trig_plain` takes two): ``w = e^-|s|`` and
+    ``u = expm1(-|s|)`` from one argument reduction (:func:`infntk._vmath.exp_expm1`),
+    ``sinh|s| = -u (2 + u) e^|s| / 2`` (no cancellation at small ``s``) and
+    ``cosh s = (e^|s| + w) / 2``, ``e^|s|`` taken from the one division ``1 / (w den)`` that
+    also gives the caller's ``1 / den`` (``den > 0``, in ``[1e-100, 1e101]``).
+
+    Accuracy: a few ulp of ``sqrt(k11 k22)`` plus ``|s|`` ulp (``e^|s|`` carries the rounding
+    of ``s`` with condition number ``|s|``; the state's own rounding moves the exact dual by
+    ``kd * eps * m`` already); so only for ``q1, q2 <= TRIG_FACTORED_MAX``
+    (:func:`trig_factored_ok`), where ``e^-|s| >= e^-8`` and the division cannot overflow.
+    Tested against mpmath in tests/test_smooth_fast.py.
+    """
+    w, u = vexp_expm1(-0.5 * abs(B - A))      # e^-|s|, e^-|s| - 1
+    r = 1.0 / (w * den)
+    ie = r * den                               # e^|s|
+    sh = (-0.5 * e12) * (u * (2.0 + u)) * ie
+    sh = sh if B >= A else -sh
+    ch = (0.5 * e12) * (ie + w)
+    return (sh if is_sin else ch), (ch if is_sin else sh), r * w
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def gaussian_plain_recip(q1, q2, A, B, den):
+    """``(k, kd, 1 / den)``: :func:`gaussian_plain` with the caller's ``1 / den`` from the same
+    division, ``r = 1 / (sqrt(det) den)``, ``k = r den``, ``1 / den = r sqrt(det)`` (two
+    roundings more; ``den`` in ``[1e-100, 1e101]``, ``det = 1 + q1 + q2 + A B < 1e151``)."""
+    det = 1.0 + q1 + q2 + A * B
+    t = math.sqrt(det)
+    r = 1.0 / (t * den)
+    k = r * den
+    return k, 0.5 * (B - A) * (k * (k * k)), r * t
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def gelu_plain(q1, q2, A, B):
-    """(k, kd) of GELU: :func:`_gelu`'s plain form with ``Delta^2 = 1 + q1 + q2 + AB``."""
+    """(k, kd) of GELU: :func:`_gelu`'s plain form with ``Delta^2 = 1 + q1 + q2 + AB``
+    (multiply-adds fused by :func:`infntk._vmath.fma`, as in :func:`erf_plain`)."""
     s = 0.5 * (B - A)
     iP = 1.0 / ((1.0 + q1) * (1.0 + q2))
-    D2 = 1.0 + q1 + q2 + A * B
+    D2 = vfma(A, B, 1.0 + q1 + q2)
     Dl = math.sqrt(D2)
     at, iD = atan2_pos_recip(s, Dl)            # one division for both
-    F = 0.25 * s + (s * at + (s * s + q1 * q2 * D2) * (iP * iD)) * _INV_TWO_PI
-    G = 0.25 + at * _INV_TWO_PI + (s * iD) * _INV_TWO_PI * ((2.0 + q1 + q2) * iP + iD * iD)
+    inner = vfma(s, at, vfma(s, s, (q1 * q2) * D2) * (iP * iD))
+    F = vfma(0.25, s, inner * _INV_TWO_PI)
+    G = vfma((s * iD) * _INV_TWO_PI, vfma(2.0 + q1 + q2, iP, iD * iD), vfma(at, _INV_TWO_PI, 0.25))
     return F, G
 
 
@@ -944,6 +1013,20 @@ def row_may_need_stable(qa, q2max, ga, g2max):
     if qa >= _PLAIN_MAX or q2max >= _PLAIN_MAX:
         return True
     return not (ga * g2max <= _GAIN_STABLE * _GAIN_STABLE)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def stable_gap_limits(family, qa, q2max, mmax):
+    """``(ok, lim, glim)``: for a row of variance ``qa`` against columns of variance at most
+    ``q2max`` and ``m = sqrt(q1 q2) <= mmax``, a pair that :func:`smooth_route_stable` sends to
+    the stable route has ``min(A, B) <= lim`` or ``A <= glim`` (GELU's graded range; ``-inf``
+    for the other families), whatever its gain, provided ``ok`` (both variances inside the
+    plain range; otherwise every pair must be tested). A superset test on the gaps alone, for
+    a prefilter that reads two arrays instead of six."""
+    ok = qa < _PLAIN_MAX and q2max < _PLAIN_MAX
+    lim = _GAP_QUAD * min(mmax, 1.0)
+    glim = _GELU_GRADED * mmax if family == FAMILY_GELU else -math.inf
+    return ok, lim, glim
 
 
 @njit(cache=True, inline="always", error_model="numpy")

@@ -7,10 +7,10 @@ import math
 import numpy as np
 from numba import njit
 
-from .._duals import diag_diff, smooth_pair, smooth_route_stable
+from .._duals import diag_diff, smooth_pair, smooth_route_stable, stable_gap_limits
 
 __all__ = ["check_rows_finite", "clipped_correlation", "stable_pairs", "stable_pairs_all",
-           "max_or_nan"]
+           "stable_candidates", "max_or_nan"]
 
 
 @njit(cache=True, error_model="numpy")
@@ -68,6 +68,40 @@ def stable_pairs_all(family, qa, ra, s1, ga, q2, r2, s2, g2, A, B, D, n, flag, f
             nfix = _stable_pair(family, qa, ra, s1, q2[j], r2[j], s2[j], A[j], B[j], D[j], j,
                                 fix_j, fix_v, nfix)
     return nfix
+
+
+@njit(cache=True, error_model="numpy")
+def stable_candidates(family, qa, q2max, mmax, A, B, D, n, flag, cand):
+    """The columns ``j < n`` of one row that may take the stable route, into ``cand`` (int64,
+    ``(>= n,)``; ``flag``: uint8 work array, ``(>= n,)``); returns their number, or -1 when the
+    gaps alone cannot decide (a variance outside the plain range: test every column with
+    :func:`stable_pairs_all`).
+
+    A superset of the pairs :func:`stable_pairs_all` would select (see
+    :func:`infntk._duals.stable_gap_limits`): the pairs that carry ``D`` and those with a small
+    gap (NaN counts as small), from ``A``, ``B``, ``D`` only (three arrays, not six), in a
+    branch-free loop that vectorizes; :func:`stable_pairs` then applies the exact test to the
+    candidates, so that the pairs and their values are the same as :func:`stable_pairs_all`'s.
+    """
+    ok, lim, glim = stable_gap_limits(family, qa, q2max, mmax)
+    if not ok:
+        return -1
+    count = 0
+    for j in range(n):
+        a = A[j]
+        b = B[j]
+        mn = a if a < b else b
+        f = (D[j] == D[j]) | (not (mn > lim)) | (not (a > glim)) | (b != b)
+        flag[j] = f
+        count += f
+    if count == 0:
+        return 0
+    c = 0
+    for j in range(n):
+        if flag[j]:
+            cand[c] = j
+            c += 1
+    return c
 
 
 @njit(cache=True, inline="always", error_model="numpy")

@@ -27,11 +27,12 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gelu_plain, kinked_state,
-                      row_may_need_stable, trig_plain)
+from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gaussian_plain_recip,
+                      gelu_plain, kinked_state, recip_den_ok, row_may_need_stable,
+                      trig_factored_ok, trig_plain, trig_plain_factored)
 from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS,
                            FAMILY_ERF, FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
-from ._common import check_rows_finite, stable_pairs, stable_pairs_all
+from ._common import check_rows_finite, stable_candidates, stable_pairs, stable_pairs_all
 
 __all__ = ["ClosedFormEngine", "NetRecord", "RowRecord", "ColRecord", "row_statistics",
            "gram_block"]
@@ -59,6 +60,7 @@ class RowRecord(NamedTuple):
     r: np.ndarray      # sqrt(q)
     sk: np.ndarray     # (n1, depth) sqrt(E[phi(u)^2]) at each activation
     g: np.ndarray      # (n1, depth) gaps' error gain after each activation (row_statistics)
+    e: np.ndarray      # (n1, depth + 1) exp(-q / 2) for sin and cos, else (n1, 0)
 
 
 class ColRecord(NamedTuple):
@@ -74,6 +76,7 @@ class ColRecord(NamedTuple):
     qmax: np.ndarray   # (depth + 1,) max over the columns of qT[l]
     gmax: np.ndarray   # (depth,) max over the columns of gT[l] (NaN if any is NaN)
     m0: np.ndarray     # (n2,) first_layer_root(nsq): sqrt(w2 |x|^2 / d + b2)
+    eT: np.ndarray     # (depth + 1, n2) exp(-qT / 2) for sin and cos, else (0, n2)
 
 # Rows whose Gram cosine is within this distance of +-1 get their angle from the rows.
 _PARALLEL_TOL = 0.0625
@@ -172,10 +175,11 @@ def _first_layer_ab_pre(nx, ny, mx, my, omc, opc, dn, w2, b2, d):
     """:func:`_first_layer_ab` from the per-row roots ``|x|``, ``|y|`` and
     ``mx = first_layer_root(|x|^2)``, ``my`` (no square root per pair)."""
     m = mx * my
-    wn = w2 * nx * ny / d
+    w2d = w2 / d                  # loop-invariant in the pair loops (hoisted): no division
+    wn = w2d * (nx * ny)
     gap = 0.0
     if b2 > 0.0:
-        gap = w2 * b2 * dn * dn / d / (m + wn + b2)
+        gap = (w2d * b2) * (dn * dn) / (m + wn + b2)
     return gap + wn * omc, gap + wn * opc + 2.0 * b2
 
 
@@ -338,6 +342,46 @@ def _advance_plain(k, kd, s1, s2, rn1, rn2, w2, b2, cK, cb, th):
                     th)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _advance_recip(k, kd, s1, s2, w2, b2, cK, cb, th, iden):
+    """:func:`_advance_plain` with the bias gap's ``1 / den`` given (``iden``; any finite value
+    for ``b2 = 0``, where the gap is 0)."""
+    sk = s1 * s2
+    ds = s1 - s2
+    gap = (w2 * b2) * (ds * ds) * iden
+    return (cK * k + w2 * kd * th + cb, gap + w2 * max(sk - k, 0.0),
+            gap + w2 * max(sk + k, 0.0) + 2.0 * b2)
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _plain_pass_recip(family, jend, qa, ea, s1, rn1, q2l, e2l, s2l, r2n, w2, b2, cKl, cbl,
+                      A, B, TH, K):
+    """:func:`_plain_pass` for gaussian (:func:`infntk._duals.gaussian_plain_recip`) and sin, cos
+    (:func:`infntk._duals.trig_plain_factored`, ``ea = exp(-qa/2)``, ``e2l = exp(-q2l/2)``):
+    the dual's division also gives the bias gap's ``1 / den`` (one division per pair instead
+    of two), and multiply-adds contract to FMA (``fastmath={"contract"}`` only: no
+    reassociation, no NaN/inf assumptions). For rows where :func:`infntk._duals.recip_den_ok`
+    and, for sin and cos, :func:`infntk._duals.trig_factored_ok` hold."""
+    ws1 = w2 * s1
+    bias = b2 > 0.0
+    if family == FAMILY_GAUSSIAN:
+        for j in range(jend):
+            s2 = s2l[j]
+            den = rn1 * r2n[j] + ws1 * s2 + b2
+            k, kd, iden = gaussian_plain_recip(qa, q2l[j], A[j], B[j], den if bias else 1.0)
+            TH[j], A[j], B[j] = _advance_recip(k, kd, s1, s2, w2, b2, cKl, cbl, TH[j], iden)
+            K[j] = k
+    else:
+        is_sin = family == FAMILY_SIN
+        for j in range(jend):
+            s2 = s2l[j]
+            den = rn1 * r2n[j] + ws1 * s2 + b2
+            k, kd, iden = trig_plain_factored(is_sin, ea * e2l[j], A[j], B[j],
+                                              den if bias else 1.0)
+            TH[j], A[j], B[j] = _advance_recip(k, kd, s1, s2, w2, b2, cKl, cbl, TH[j], iden)
+            K[j] = k
+
+
 @njit(cache=True, error_model="numpy")
 def _sqnorm_diff(x, y):
     """|x|^2 - |y|^2 = sum (x_k - y_k)(x_k + y_k), accurate for nearly equal rows; the rows
@@ -364,8 +408,8 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     keeps the state in three work vectors and lets the compiler vectorize the loop.
     """
     family, p0, p1, depth, w2, b2, cK, cb = net
-    X1, nsq1, q1, r1, sk1, g1 = rows
-    X2, nsq2, q2T, r2T, sk2T, nrm2, g2T, q2max, g2max, m02 = cols
+    X1, nsq1, q1, r1, sk1, g1, e1 = rows
+    X2, nsq2, q2T, r2T, sk2T, nrm2, g2T, q2max, g2max, m02, e2T = cols
     i = row0 + ib
     jend = i + 1 if symmetric else X2.shape[0]
     d = X1.shape[1]
@@ -393,6 +437,7 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     fix_v = np.empty((jend if smooth else 0, 6))
     flag = np.empty(jend if smooth else 0, dtype=np.uint8)
     carried = np.empty(jend if smooth else 0, dtype=np.int64)
+    cand = np.empty(jend if smooth else 0, dtype=np.int64)
     ncarried = np.int64(0)  # typed: a literal 0 would compile a second stable_pairs
     if smooth:
         Dq[:] = math.nan
@@ -437,6 +482,10 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                                                    b2 * c2, d)
     # sin, cos, gaussian also take the bias gap's sqrt(k11) - sqrt(k22) from it
     exact_d = family == FAMILY_SIN or family == FAMILY_COS or family == FAMILY_GAUSSIAN
+    # the one-division plain pass (_plain_pass_recip): gaussian always, sin and cos for rows
+    # within trig_factored_ok (e1, e2T are there for them), if the bias gap's range allows
+    trig = family == FAMILY_SIN or family == FAMILY_COS
+    recip = (family == FAMILY_GAUSSIAN or (trig and e1.shape[1] > 0)) and recip_den_ok(w2, b2)
     for l in range(depth):
         qa = q1[i, l]
         ra = r1[i, l]
@@ -468,8 +517,16 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
             # network would amplify): computed first from the entry state, applied last
             ga = g1[i, l]
             if row_may_need_stable(qa, q2max[l], ga, g2max[l]):
-                nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
-                                        jend, flag, fix_j, fix_v)
+                # candidates from the gaps alone (a superset), then the exact test on them;
+                # every column when a variance leaves the plain range
+                nc = stable_candidates(family, qa, q2max[l], ra * math.sqrt(q2max[l]), A, B, Dq,
+                                       jend, flag, cand)
+                if nc >= 0:
+                    nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
+                                        cand, nc, fix_j, fix_v)
+                else:
+                    nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B,
+                                            Dq, jend, flag, fix_j, fix_v)
             else:                                # only the pairs that carry D
                 nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
                                     carried, ncarried, fix_j, fix_v)
@@ -483,8 +540,13 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                     if exact_d and s1 + s2 > 0.0:  # sqrt(k11) - sqrt(k22) from the pair's D
                         s2 = s1 - dk / (s1 + s2)
                 fix_v[c, 4] = s2
-            _plain_pass(family, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl,
-                        A, B, TH, K)
+            if recip and (not trig or trig_factored_ok(qa, q2max[l])):
+                _plain_pass_recip(family, jend, qa, e1[i, l] if trig else 1.0, s1, rn1, q2l,
+                                  e2T[l] if trig else q2l, s2l, r2n, w2, b2, cKl, cbl,
+                                  A, B, TH, K)
+            else:
+                _plain_pass(family, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl,
+                            A, B, TH, K)
             for c in range(nfix):
                 j = fix_j[c]
                 TH[j], A[j], B[j] = _advance(fix_v[c, 0], fix_v[c, 1], fix_v[c, 2], fix_v[c, 3],
@@ -548,7 +610,9 @@ class ClosedFormEngine:
         nsq = np.einsum("ij,ij->i", X, X)
         q, sk, ntk, g = row_statistics(self.net, X, nsq)
         check_rows_finite(q, ntk)
-        return RowRecord(X, nsq, q, np.sqrt(q), sk, g), ntk
+        trig = self.net.family in (FAMILY_SIN, FAMILY_COS)
+        e = np.exp(-0.5 * q) if trig else np.empty((q.shape[0], 0))
+        return RowRecord(X, nsq, q, np.sqrt(q), sk, g, e), ntk
 
     def prepare(self, rows1, rows2, symmetric):
         rec1, _ = rows1
@@ -558,7 +622,8 @@ class ClosedFormEngine:
         net = self.net
         m0 = np.sqrt(net.w2 * rec2.nsq / rec2.X.shape[1] + net.b2)   # first_layer_root
         cols = ColRecord(rec2.X, rec2.nsq, qT, np.sqrt(qT), np.ascontiguousarray(rec2.sk.T),
-                         np.sqrt(rec2.nsq), gT, _column_max(qT), _column_max(gT), m0)
+                         np.sqrt(rec2.nsq), gT, _column_max(qT), _column_max(gT), m0,
+                         np.ascontiguousarray(rec2.e.T))
         return _Plan(rec1, cols)
 
     def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):
