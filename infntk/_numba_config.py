@@ -211,6 +211,19 @@ def _mark_pool_thread():
     _IN_POOL.active = True
 
 
+def _forget_pool_in_child():
+    """After ``os.fork`` the child has the pool object but none of its threads: work submitted
+    to it would wait forever. The child starts a pool of its own when it needs one."""
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+    _POOL["executor"] = None
+    _POOL["size"] = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def run_chunks(fn, nchunks):
     """``fn(c)`` for ``c`` in ``range(nchunks)``, on a shared pool of
     ``min(nchunks, numba.get_num_threads())`` threads.

@@ -10,8 +10,9 @@ bit cast, so that a loop calling them vectorizes (8 doubles per instruction on A
   Estrin's scheme, and ``2^n`` built from its exponent bits as ``2^(n//2) 2^(n - n//2)`` so that
   subnormal results and the overflow threshold come out as in IEEE arithmetic.
 * :func:`exp_expm1`: both from one reduction (the same floats as the two).
-* :func:`fma`: ``a b + c`` with one rounding (``llvm.fma``), for fused multiply-adds that every
-  engine calling a function gets alike (``fastmath={"contract"}`` fuses per compiled loop).
+* :func:`fma`: ``a b + c`` with one rounding (``llvm.fma``; two roundings on a CPU without FMA),
+  for fused multiply-adds that every engine calling a function gets alike
+  (``fastmath={"contract"}`` fuses per compiled loop).
 * :func:`atan_ratio` ``atan(lo / hi)`` for ``0 <= lo <= hi``, :func:`atan2_pos`
   ``atan2(y, x)`` for ``x > 0`` and :func:`atan2_pos_recip` (the same and ``1 / x``, one division).
 
@@ -26,8 +27,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["fma", "exp", "expm1", "exp_expm1", "atan_ratio", "atan2_pos", "atan2_pos_recip",
-           "atan_unit"]
+__all__ = ["fma", "HAS_FMA", "exp", "expm1", "exp_expm1", "atan_ratio", "atan2_pos",
+           "atan2_pos_recip", "atan_unit"]
 
 
 @intrinsic
@@ -43,22 +44,43 @@ def _bits_to_float(typingctx, bits):
     return types.float64(bits), codegen
 
 
+def _target_has_fma():
+    """Whether the CPU Numba compiles for has fused multiply-add instructions (the host's, or
+    ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` when those are set)."""
+    from llvmlite import binding
+    from numba.core import config
+    if config.CPU_NAME and config.CPU_NAME != "host":
+        return "+fma" in (config.CPU_FEATURES or "")
+    try:
+        return bool(binding.get_host_cpu_features().get("fma", False))
+    except RuntimeError:
+        return False
+
+
+HAS_FMA = _target_has_fma()
+
+
 @intrinsic
 def fma(typingctx, a, b, c):
-    """``a * b + c`` with one rounding (LLVM's ``llvm.fma``: one instruction where the CPU
-    has FMA, which every x86-64 CPU since 2013 has; a loop calling it still vectorizes).
+    """``a * b + c`` with one rounding (LLVM's ``llvm.fma``: one instruction, and a loop
+    calling it still vectorizes) where the target CPU has FMA instructions, which every
+    x86-64 CPU since 2013 has; ``a * b + c`` with two roundings otherwise (``llvm.fma``
+    would become a scalar library call per entry there and stop the loops vectorizing).
     Unlike ``fastmath={"contract"}``, the fused operations are fixed in the source, so every
-    engine that calls a function built from it gets the same floats."""
+    engine that calls a function built from it gets the same floats on a given machine."""
     if not all(isinstance(t, types.Float) for t in (a, b, c)):
         return None
 
     def codegen(context, builder, signature, args):
-        vals = [context.cast(builder, v, t, types.float64) for v, t in zip(args, signature.args)]
+        x, y, z = (context.cast(builder, v, t, types.float64)
+                   for v, t in zip(args, signature.args))
+        if not HAS_FMA:
+            return builder.fadd(builder.fmul(x, y), z)
         d = ir.DoubleType()
         fn = builder.module.declare_intrinsic("llvm.fma", [d], ir.FunctionType(d, [d, d, d]))
-        return builder.call(fn, vals)
+        return builder.call(fn, [x, y, z])
 
-    return types.float64(a, b, c), codegen
+    return types.float64(types.float64, types.float64, types.float64), codegen
 
 
 _LOG2E = 1.4426950408889634

@@ -82,3 +82,30 @@ def test_composed_kernels_independent_of_thread_count():
         np.testing.assert_array_equal(a.nngp, b.nngp)
         np.testing.assert_array_equal(a.ntk, b.ntk)
         assert a.error_bound == b.error_bound
+
+
+_FORK = r"""
+import multiprocessing as mp, numpy as np, infntk
+from infntk.layers import Activation, Dense, LayerNorm
+X = np.random.default_rng(0).normal(size=(40, 3))
+net = infntk.Network([Dense(1.5, 0.1), Activation("erf"), LayerNorm(), Dense()])
+ref = net.kernels(X).ntk                      # the chunk pool started in the parent first
+def work(i):
+    return net.kernels(X).ntk.tobytes()
+if __name__ == "__main__":
+    with mp.get_context("fork").Pool(2) as pool:
+        out = pool.map_async(work, range(2)).get(timeout=60)
+    assert all(o == ref.tobytes() for o in out)
+    print("ok")
+"""
+
+
+def test_forked_children_start_their_own_pool(tmp_path):
+    """A child forked after the pool started has the pool object but not its threads."""
+    import subprocess
+    import sys
+    script = tmp_path / "fork.py"
+    script.write_text(_FORK)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=180, env={**__import__("os").environ, "NUMBA_NUM_THREADS": "2"})
+    assert res.returncode == 0 and res.stdout.startswith("ok"), res.stderr

@@ -64,13 +64,13 @@ def test_readonly_memmap_inputs_add_no_specialization(saved, tmp_path):
     X, Y, px, py = saved
     net = FCNet("relu", depth=2, w_std=1.5, b_std=0.1)
     ref_sym, ref_cross, ref_diag = net.kernels(X), net.kernels(X, Y), net.diag(X)
-    before = _signatures(closed.gram_block, closed.row_statistics)
+    before = _signatures(closed._gram_block_chunk, closed.row_statistics)
     Xm, Ym = np.load(px, mmap_mode="r"), np.load(py, mmap_mode="r")
     out = np.lib.format.open_memmap(tmp_path / "o.npy", mode="w+", dtype=np.float64,
                                     shape=(7, 5))
     got_cross = net.kernels(Xm, Ym, out_nngp=out)
     got_sym, got_diag = net.kernels(Xm), net.diag(Xm)
-    assert _signatures(closed.gram_block, closed.row_statistics) == before
+    assert _signatures(closed._gram_block_chunk, closed.row_statistics) == before
     for a, b in ((got_sym, ref_sym), (got_cross, ref_cross)):
         np.testing.assert_array_equal(a.nngp, b.nngp)
         np.testing.assert_array_equal(a.ntk, b.ntk)

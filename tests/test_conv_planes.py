@@ -154,19 +154,19 @@ def test_network_ending_with_an_activation(readout):
 
 
 def test_fma_rounds_once_where_the_cpu_has_it():
-    """``_fma(a, b, c)`` (the plane engine's fused multiply-add) against exact rational
+    """``fma(a, b, c)`` (infntk._vmath's, the engines' fused multiply-add) against exact rational
     arithmetic: ``a b + c`` rounded once where the target CPU has FMA instructions, the two
     roundings of ``a * b + c`` otherwise."""
     from fractions import Fraction
 
     from numba import njit
 
-    from infntk._backends import conv as ce
+    from infntk import _vmath
 
-    f = njit(lambda a, b, c: ce._fma(a, b, c))
+    f = njit(lambda a, b, c: _vmath.fma(a, b, c))
     rng = np.random.default_rng(5)
     for _ in range(200):
         a, b = 1.0 + rng.random(2) * 2.0 ** -20
         c = -float(Fraction(a) * Fraction(b)) * (1.0 + rng.standard_normal() * 2.0 ** -50)
         exact = float(Fraction(a) * Fraction(b) + Fraction(c))
-        assert f(a, b, c) == (exact if ce._HAS_FMA else a * b + c)
+        assert f(a, b, c) == (exact if _vmath.HAS_FMA else a * b + c)

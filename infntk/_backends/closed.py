@@ -2,7 +2,7 @@
 
 Kernels receive plain arrays and records of arrays only and never validate (the public API
 checks and casts first). Two compiled entry points: :func:`row_statistics` (O(n L)) and
-:func:`gram_block` (the pair loop, ``prange`` over output rows); :class:`ClosedFormEngine`
+:func:`gram_block` (the pair loop, output rows in chunks over threads); :class:`ClosedFormEngine`
 wraps them in the engine protocol of :mod:`infntk._backends`.
 
 The recursion, for Dense layers ``l = 0..L`` with coefficients ``cK[l]``, ``cb[l]`` (see
@@ -25,7 +25,9 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from .._numba_config import chunk_count, run_chunks
 
 from .._duals import (arccos_pair, diag_dual, erf_plain, gaussian_plain, gaussian_plain_recip,
                       gelu_plain, kinked_state, recip_den_ok, row_may_need_stable,
@@ -558,7 +560,6 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
         out_ntk[ib, j] = TH[j]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
 def gram_block(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     """Fill ``out_nngp[ib]``, ``out_ntk[ib]`` for the rows ``ib`` of one block.
 
@@ -567,9 +568,16 @@ def gram_block(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     globally (``q1[row0 + ib]``), outputs locally. Rows are taken in pairs (ib, nb-1-ib) so
     that the triangle's work is split evenly between threads.
     """
+    nch = chunk_count((G.shape[0] + 1) // 2, per_thread=2)
+    run_chunks(lambda c: _gram_block_chunk(net, rows, cols, G, row0, symmetric, out_nngp,
+                                           out_ntk, c, nch), nch)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gram_block_chunk(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch):
+    """The row pairs ``(t, nb-1-t)``, ``t = c, c + nch, ...`` of :func:`gram_block`."""
     nb = G.shape[0]
-    for t0 in prange((nb + 1) // 2):
-        t = np.int64(t0)      # prange indices are uint64: one signature of the row kernel
+    for t in range(c, (nb + 1) // 2, nch):
         _gram_row(t, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk)
         u = nb - 1 - t
         if u != t:

@@ -52,14 +52,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import binding as _llvm
-from llvmlite import ir as _ir
-from numba import njit, types
-from numba.core import config as _nbconfig
-from numba.extending import intrinsic
+from numba import njit
 
 from .._duals import atan_unit, diag_dual, pair_dual
-from .._vmath import _ATAN_TAYLOR, _SA_BASE, _SA_C, _SA_CUT
+from .._vmath import _ATAN_TAYLOR, _SA_BASE, _SA_C, _SA_CUT, fma
 from ..activations import FAMILY_ABRELU
 
 # op codes (see infntk.conv._compile)
@@ -117,41 +113,6 @@ def _abrelu_kkd(a, b, m, s):
     return k, kd
 
 
-def _target_has_fma():
-    """Whether the CPU Numba compiles for has fused multiply-add instructions (the host's, or
-    ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` when those are set)."""
-    if _nbconfig.CPU_NAME and _nbconfig.CPU_NAME != "host":
-        return "+fma" in (_nbconfig.CPU_FEATURES or "")
-    try:
-        return bool(_llvm.get_host_cpu_features().get("fma", False))
-    except RuntimeError:
-        return False
-
-
-_HAS_FMA = _target_has_fma()
-
-
-@intrinsic
-def _fma(typingctx, a, b, c):
-    """``a b + c`` with one rounding (``llvm.fma``, which vectorizes) where the target has
-    FMA instructions; ``a b + c`` with two roundings otherwise (a library ``fma`` call per
-    entry would stop the loops from vectorizing). Float64 arguments only."""
-    if not all(isinstance(x, types.Float) for x in (a, b, c)):
-        return None
-    sig = types.float64(types.float64, types.float64, types.float64)
-
-    def codegen(context, builder, signature, args):
-        x, y, z = (context.cast(builder, v, t, types.float64)
-                   for v, t in zip(args, signature.args))
-        if not _HAS_FMA:
-            return builder.fadd(builder.fmul(x, y), z)
-        d = _ir.DoubleType()
-        fn = builder.module.declare_intrinsic("llvm.fma", [d], _ir.FunctionType(d, [d, d, d]))
-        return builder.call(fn, [x, y, z])
-
-    return sig, codegen
-
-
 @njit(cache=True, inline="always", error_model="numpy")
 def _abrelu_fast(n2, c2, ab, m, qq, s):
     """(k, kd) of the ReLU family (:func:`_abrelu_kkd`) with one square root and one
@@ -165,10 +126,10 @@ def _abrelu_fast(n2, c2, ab, m, qq, s):
     Taylor polynomial to ``z^15``, here in Estrin's scheme): ``z = (sqrt(A B) - c hi) / (hi +
     c sqrt(A B))``, ``theta = 2 atan x`` or ``pi - 2 atan x`` by the sign of ``s``, ``k = n2 s
     + c2 (sqrt(A B) - theta s)``, ``kd = c2 (pi - theta) + a b``, with fused multiply-adds
-    (:func:`_fma`) wherever they save a rounding. ``q_x q_y - s^2`` is *not* fused: at a pair
-    of identical positions of a self pair (``q_x = q_y = s``) it is exactly 0 (theta = 0),
-    which an FMA's exact ``s^2`` would break. ``hi = m + |s| > 0``, so no degenerate-pair
-    selects. A few ulp (tests/test_conv.py: neural-tangents, mpmath).
+    (:func:`infntk._vmath.fma`) wherever they save a rounding. ``q_x q_y - s^2`` is *not*
+    fused: at a pair of identical positions of a self pair (``q_x = q_y = s``) it is exactly 0
+    (theta = 0), which an FMA's exact ``s^2`` would break. ``hi = m + |s| > 0``, so no
+    degenerate-pair selects. A few ulp (tests/test_conv.py: neural-tangents, mpmath).
     """
     lo = math.sqrt(max(qq - s * s, 0.0))
     hi = m + abs(s)
@@ -182,18 +143,18 @@ def _abrelu_fast(n2, c2, ab, m, qq, s):
     base = _SA_BASE[3] if lo > _SA_CUT[2] * hi else base
     c = _SA_C[4] if lo > _SA_CUT[3] * hi else c
     base = _SA_BASE[4] if lo > _SA_CUT[3] * hi else base
-    z = _fma(-c, hi, lo) / _fma(c, lo, hi)
+    z = fma(-c, hi, lo) / fma(c, lo, hi)
     y = z * z
     y2 = y * y
     y4 = y2 * y2
-    e0 = _fma(_ATAN_TAYLOR[2], y, _ATAN_TAYLOR[1])
-    e1 = _fma(_ATAN_TAYLOR[4], y, _ATAN_TAYLOR[3])
-    e2 = _fma(_ATAN_TAYLOR[6], y, _ATAN_TAYLOR[5])
-    p = _fma(_fma(_ATAN_TAYLOR[7], y2, e2), y4, _fma(e1, y2, e0))
-    at = 2.0 * (base + _fma(z, y * p, z))
+    e0 = fma(_ATAN_TAYLOR[2], y, _ATAN_TAYLOR[1])
+    e1 = fma(_ATAN_TAYLOR[4], y, _ATAN_TAYLOR[3])
+    e2 = fma(_ATAN_TAYLOR[6], y, _ATAN_TAYLOR[5])
+    p = fma(fma(_ATAN_TAYLOR[7], y2, e2), y4, fma(e1, y2, e0))
+    at = 2.0 * (base + fma(z, y * p, z))
     theta = at if s >= 0.0 else _PI - at
-    kd = _fma(c2, _PI - theta, ab)
-    k = _fma(c2, _fma(-theta, s, lo), n2 * s)
+    kd = fma(c2, _PI - theta, ab)
+    k = fma(c2, fma(-theta, s, lo), n2 * s)
     return k, kd
 
 
@@ -933,7 +894,7 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv
             for t in range(n_):
                 v = V[vo_ + t]
                 s = c * v + b2
-                tt = _fma(c, VT[vo_ + t], _fma(cv, v, tb))
+                tt = fma(c, VT[vo_ + t], fma(cv, v, tb))
                 k, kd = _abrelu_fast(kn2, kc2, kab, RA[ao_ + t] * RB[bo_ + t],
                                       QA[ao_ + t] * QB[bo_ + t], s)
                 D[do_ + t] = k
@@ -983,7 +944,7 @@ def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, 
             for t in range(n_):
                 v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
                 s = c * v + b2
-                tt = _fma(c, UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t], _fma(cv, v, tb))
+                tt = fma(c, UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t], fma(cv, v, tb))
                 k, kd = _abrelu_fast(kn2, kc2, kab, RA[ao_ + t] * RB[bo_ + t],
                                       QA[ao_ + t] * QB[bo_ + t], s)
                 D[do_ + t] = k
