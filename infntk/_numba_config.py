@@ -1,4 +1,5 @@
-"""Numba settings chosen before any infntk module compiles: cache directory, threading layer.
+"""Numba settings chosen before any infntk module compiles (cache directory, threading layer)
+and the thread pool that runs the compiled chunks.
 
 Imported first by the package (before any module that imports Numba), it sets defaults that
 the user can override with the usual environment variables:
@@ -17,8 +18,12 @@ the user can override with the usual environment variables:
   not thread-safe; the Gram driver then serialises engine calls with :func:`engine_lock`, so a
   dask thread pool or ``concurrent.futures`` threads sharing a network are safe.
 
-Setting either variable before importing infntk keeps the user's choice (with
-``NUMBA_THREADING_LAYER=omp`` and GNU OpenMP, do not fork after computing a kernel).
+Setting either variable before importing infntk keeps the user's choice.
+
+infntk's own kernels no longer use Numba's parallel backends: they release the GIL and run
+in chunks on a shared pool of Python threads (:func:`run_chunks`, ``numba.get_num_threads()``
+workers), which a forked child replaces with its own. The threading layer only concerns the
+user's Numba code; :func:`engine_lock` still serialises engine calls under ``workqueue``.
 """
 from __future__ import annotations
 
