@@ -55,7 +55,7 @@ import numpy as np
 from numba import njit
 
 from .._duals import atan_unit, diag_dual, pair_dual
-from .._vmath import _ATAN_TAYLOR, _SA_BASE, _SA_C, _SA_CUT, fma
+from .._vmath import _ATAN_TAYLOR, _atan_centre, fma
 from ..activations import FAMILY_ABRELU
 
 # op codes (see infntk.conv._compile)
@@ -133,16 +133,7 @@ def _abrelu_fast(n2, c2, ab, m, qq, s):
     """
     lo = math.sqrt(max(qq - s * s, 0.0))
     hi = m + abs(s)
-    c = _SA_C[0]
-    base = _SA_BASE[0]
-    c = _SA_C[1] if lo > _SA_CUT[0] * hi else c
-    base = _SA_BASE[1] if lo > _SA_CUT[0] * hi else base
-    c = _SA_C[2] if lo > _SA_CUT[1] * hi else c
-    base = _SA_BASE[2] if lo > _SA_CUT[1] * hi else base
-    c = _SA_C[3] if lo > _SA_CUT[2] * hi else c
-    base = _SA_BASE[3] if lo > _SA_CUT[2] * hi else base
-    c = _SA_C[4] if lo > _SA_CUT[3] * hi else c
-    base = _SA_BASE[4] if lo > _SA_CUT[3] * hi else base
+    c, base = _atan_centre(lo, hi)
     z = fma(-c, hi, lo) / fma(c, lo, hi)
     y = z * z
     y2 = y * y
