@@ -55,7 +55,7 @@ import numpy as np
 from numba import njit
 
 from .._duals import atan_unit, diag_dual, pair_dual
-from .._vmath import _ATAN_TAYLOR, _atan_centre, fma
+from .._vmath import _atan_centre, _atan_reduced_fma, fma
 from ..activations import FAMILY_ABRELU
 
 # op codes (see infntk.conv._compile)
@@ -135,14 +135,7 @@ def _abrelu_fast(n2, c2, ab, m, qq, s):
     hi = m + abs(s)
     c, base = _atan_centre(lo, hi)
     z = fma(-c, hi, lo) / fma(c, lo, hi)
-    y = z * z
-    y2 = y * y
-    y4 = y2 * y2
-    e0 = fma(_ATAN_TAYLOR[2], y, _ATAN_TAYLOR[1])
-    e1 = fma(_ATAN_TAYLOR[4], y, _ATAN_TAYLOR[3])
-    e2 = fma(_ATAN_TAYLOR[6], y, _ATAN_TAYLOR[5])
-    p = fma(fma(_ATAN_TAYLOR[7], y2, e2), y4, fma(e1, y2, e0))
-    at = 2.0 * (base + fma(z, y * p, z))
+    at = 2.0 * (base + _atan_reduced_fma(z))
     theta = at if s >= 0.0 else _PI - at
     kd = fma(c2, _PI - theta, ab)
     k = fma(c2, fma(-theta, s, lo), n2 * s)
