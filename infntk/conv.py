@@ -220,6 +220,17 @@ def _check_layers(layers):
 
 
 # ----------------------------------------------------------------------------- program
+def _conv_tables(layer, h, w, idx):
+    """:func:`_axis_tables` of a Conv layer on both axes of an ``h x w`` input; ``ValueError``
+    naming ``layers[idx]`` when a 'valid' filter does not fit."""
+    rows = _axis_tables(h, layer.filter, layer.padding)
+    cols = _axis_tables(w, layer.filter, layer.padding)
+    if rows[0] < 1 or cols[0] < 1:
+        raise ValueError(f"layers[{idx}]: filter={layer.filter} with padding='valid' does not "
+                         f"fit the {h} x {w} input it receives.")
+    return rows, cols
+
+
 def _axis_tables(n_in, q, padding):
     """Source index of every tap (``-1``: zero padding) on one axis.
 
@@ -319,11 +330,7 @@ def _compile(layers, H, W, C=1, width=None):
         req = (h, w, 0, False)        # the input layout this op needs: hp, wp, lo, wrapped
         if kind == "conv":
             q = layer.filter
-            ho, _ = _axis_tables(h, q, layer.padding)
-            wo, _ = _axis_tables(w, q, layer.padding)
-            if ho < 1 or wo < 1:
-                raise ValueError(f"layers[{idx}]: filter={q} with padding='valid' does not fit "
-                                 f"the {h} x {w} input it receives.")
+            (ho, _), (wo, _) = _conv_tables(layer, h, w, idx)
             iop[0] = _ce.OP_CONV_F if mode == "full" else _ce.OP_CONV_D
             iop[1], iop[7], iop[8] = q, ho, wo
             iop[2] = _PAD_CODE[layer.padding]
@@ -505,11 +512,7 @@ def _compile_series(layers, H, W, C=1, width=None):
         k = len(rows_i)
         if kind == "conv":
             q = layer.filter
-            ho, rs = _axis_tables(h, q, layer.padding)
-            wo, cs = _axis_tables(w, q, layer.padding)
-            if ho < 1 or wo < 1:
-                raise ValueError(f"layers[{idx}]: filter={q} with padding='valid' does not fit "
-                                 f"the {h} x {w} input it receives.")
+            (ho, rs), (wo, cs) = _conv_tables(layer, h, w, idx)
             iop[0] = _cs.OP_CONV_F if mode == "full" else _cs.OP_CONV_D
             iop[1], iop[4], iop[5], iop[9] = q, ho, wo, len(srcs)
             c, b2 = layer.w_std ** 2 / (q * q), (layer.b_std or 0.0) ** 2
