@@ -64,13 +64,13 @@ def test_readonly_memmap_inputs_add_no_specialization(saved, tmp_path):
     X, Y, px, py = saved
     net = FCNet("relu", depth=2, w_std=1.5, b_std=0.1)
     ref_sym, ref_cross, ref_diag = net.kernels(X), net.kernels(X, Y), net.diag(X)
-    before = _signatures(closed._gram_block_chunk, closed.row_statistics)
+    before = _signatures(closed._block_kinked, closed.row_statistics)
     Xm, Ym = np.load(px, mmap_mode="r"), np.load(py, mmap_mode="r")
     out = np.lib.format.open_memmap(tmp_path / "o.npy", mode="w+", dtype=np.float64,
                                     shape=(7, 5))
     got_cross = net.kernels(Xm, Ym, out_nngp=out)
     got_sym, got_diag = net.kernels(Xm), net.diag(Xm)
-    assert _signatures(closed._gram_block_chunk, closed.row_statistics) == before
+    assert _signatures(closed._block_kinked, closed.row_statistics) == before
     for a, b in ((got_sym, ref_sym), (got_cross, ref_cross)):
         np.testing.assert_array_equal(a.nngp, b.nngp)
         np.testing.assert_array_equal(a.ntk, b.ntk)
@@ -82,7 +82,7 @@ def test_composed_and_conv_readonly_inputs_add_no_specialization(saved, tmp_path
     X, Y, px, py = saved
     net = Network([Dense(1.5, 0.1), Activation("erf"), LayerNorm(), Dense(1.5, 0.1)])
     ref = net.kernels(X, Y)
-    fns = [composed._input_dense, composed._dense, composed._act, composed._norm]
+    fns = [composed._input_dense, composed._dense, composed._act_smooth, composed._norm]
     before = _signatures(*fns)
     got = net.kernels(np.load(px, mmap_mode="r"), np.load(py, mmap_mode="r"))
     assert _signatures(*fns) == before
@@ -104,3 +104,31 @@ def test_warmup_runs_every_path(capsys):
     out = capsys.readouterr().out
     assert all(name in out for name, _ in PATHS) and "compiled signatures" in out
     assert count_specializations() > 0
+
+
+_ONLY_ITS_GROUP = r"""
+import json, numpy as np
+from infntk import FCNet, Network
+from infntk.layers import Activation, Dense, LayerNorm
+from infntk._backends import closed, composed
+X = np.random.default_rng(0).standard_normal((5, 3))
+FCNet("relu", depth=2).kernels(X)
+FCNet("step", depth=2).kernels(X, X[:2].copy())
+Network([Dense(1.5, 0.1), Activation("abs"), LayerNorm(), Dense(1.5, 0.1)]).kernels(X)
+print(json.dumps({f.__name__: len(f.signatures) for f in (
+    closed._block_kinked, closed._block_arccos, closed._block_smooth, closed._plain_pass,
+    composed._act_kinked, composed._act_smooth, composed._act_row)}))
+"""
+
+
+def test_a_kinked_network_loads_no_other_family_groups_code():
+    """One kernel per family group: a ReLU/step network never compiles (or loads) the smooth
+    families' loops, the main cost of the closed-form engine's first compilation."""
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _ONLY_ITS_GROUP], capture_output=True,
+                         text=True, check=True)
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts == {"_block_kinked": 1, "_block_arccos": 0, "_block_smooth": 0,
+                      "_plain_pass": 0, "_act_kinked": 1, "_act_smooth": 0, "_act_row": 0}

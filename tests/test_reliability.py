@@ -652,6 +652,6 @@ def test_user_numba_settings_are_kept(monkeypatch):
 def test_compiled_kernels_are_not_cached_in_the_package():
     from infntk._backends import closed
     infntk.FCNet("relu", 1).ntk(X5)
-    locator = closed._gram_block_chunk._cache._cache_path
+    locator = closed._block_kinked._cache._cache_path
     pkg = os.path.dirname(infntk.__file__)
     assert not os.path.abspath(locator).startswith(pkg), locator

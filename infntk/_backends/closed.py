@@ -1,9 +1,11 @@
 """The closed-form engine: compiled layerwise Sigma/Theta recursions (closed-form duals).
 
 Kernels receive plain arrays and records of arrays only and never validate (the public API
-checks and casts first). Two compiled entry points: :func:`row_statistics` (O(n L)) and
-:func:`gram_block` (the pair loop, output rows in chunks over threads); :class:`ClosedFormEngine`
-wraps them in the engine protocol of :mod:`infntk._backends`.
+checks and casts first). The compiled entry points: :func:`row_statistics` (O(n L)) and
+the pair loop, one kernel per family group (``_block_kinked``, ``_block_arccos``,
+``_block_smooth``, chosen by :func:`block_kernel`, run by :func:`gram_block` in chunks of
+output rows over threads), so that a network compiles only its own group's code;
+:class:`ClosedFormEngine` wraps them in the engine protocol of :mod:`infntk._backends`.
 
 The recursion, for Dense layers ``l = 0..L`` with coefficients ``cK[l]``, ``cb[l]`` (see
 :mod:`infntk._layers`) and ``K_0 = <x, y>/d``::
@@ -403,49 +405,30 @@ def _sqnorm_diff(x, y):
 
 
 @njit(cache=True, error_model="numpy")
-def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
-    """One output row: the first layer for every column, then layer by layer over columns.
+def _first_layer(i, rows, cols, gi, jend, symmetric, w2, b2, cK0, cb0, A, B, TH, K, Dq,
+                 carried):
+    """The state after the first Dense layer for columns ``0..jend-1`` of output row ``i``.
 
-    Looping over columns innermost (with column-major per-row statistics ``q2T[l, j]``)
-    keeps the state in three work vectors and lets the compiler vectorize the loop.
+    Angles from the Gram row ``gi`` (a loop that vectorizes), then from the rows themselves
+    for the (nearly) parallel pairs and, in the symmetric case, the diagonal (the last
+    column). With ``Dq`` of length ``jend`` (the smooth families), also ``D = q1 - q2`` of
+    those pairs and their columns in ``carried``; returns how many.
     """
-    family, p0, p1, depth, w2, b2, cK, cb = net
-    X1, nsq1, q1, r1, sk1, g1, e1 = rows
-    X2, nsq2, q2T, r2T, sk2T, nrm2, g2T, q2max, g2max, m02, e2T = cols
-    i = row0 + ib
-    jend = i + 1 if symmetric else X2.shape[0]
+    X1, nsq1 = rows.X, rows.nsq
+    X2, nsq2, nrm2, m02 = cols.X, cols.nsq, cols.nrm, cols.m0
     d = X1.shape[1]
-    A = np.empty(jend)
-    B = np.empty(jend)
-    TH = np.empty(jend)
-    K = np.empty(jend)
     x = X1[i]
-    gi = G[ib]
     nx2 = nsq1[i]
     nx = math.sqrt(nx2)
     mx = first_layer_root(nx2, w2, b2, d)
     for j in range(jend):                # vectorized: angles from the Gram matrix
         A[j], B[j] = _first_layer_gram_pre(gi[j], nx, nrm2[j], mx, m02[j], w2, b2, d)
         K[j] = gi[j] / d
-        TH[j] = cK[0] * K[j] + cb[0]
-    smooth = not (family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS)
-    # the smooth families carry D = q1 - q2 for the nearly parallel pairs (the ones whose
-    # angle comes from the rows): their radial gap needs it to full relative accuracy, which
-    # q1 - q2 of the rounded per-row variances is not. NaN: not carried, q1 - q2 is used (a
-    # pair starting at |cos| < 15/16 reaches a small gap only where the recursion contracts,
-    # or keeps its gap O(1) in the chaotic regime).
-    Dq = np.empty(jend if smooth else 0)
-    fix_j = np.empty(jend if smooth else 0, dtype=np.int64)
-    fix_v = np.empty((jend if smooth else 0, 6))
-    flag = np.empty(jend if smooth else 0, dtype=np.uint8)
-    carried = np.empty(jend if smooth else 0, dtype=np.int64)
-    cand = np.empty(jend if smooth else 0, dtype=np.int64)
+        TH[j] = cK0 * K[j] + cb0
+    smooth = Dq.shape[0] > 0
     ncarried = np.int64(0)  # typed: a literal 0 would compile a second stable_pairs
-    if smooth:
-        Dq[:] = math.nan
-    # (nearly) parallel rows take their angle from the rows: the test first, in a loop that
-    # vectorizes (_needs_rows with sqrt(nsq2[j]) precomputed), then the rare pairs that pass it
-    # and, in the symmetric case, the diagonal (the last column)
+    # the test first, in a loop that vectorizes (_needs_rows with sqrt(nsq2[j]) precomputed),
+    # then the rare pairs that pass it
     rowf = np.empty(jend, dtype=np.uint8)
     nrows = 0
     jlast = jend - 1 if symmetric else jend
@@ -466,98 +449,225 @@ def _gram_row(ib, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
                     if Dq[j] == Dq[j]:
                         carried[ncarried] = j
                         ncarried += 1
-    if family == FAMILY_ABSTEP:
-        # step, sign: only the angle matters, and at tiny norms (m < 1e-100) the gaps of nearly
-        # parallel rows are subnormal; recompute them with the rows (and b2) scaled by a power
-        # of two: the same angle, gaps of order 1
-        for j in range(jend):
-            if r1[i, 0] * r2T[0, j] < 1e-100 and r1[i, 0] * r2T[0, j] > 0.0:
-                e = math.frexp(math.sqrt(max(nx2, nsq2[j])))[1]
-                c = math.ldexp(1.0, -e)
-                c2 = c * c
-                same = symmetric and j == i
-                if same or _needs_rows(gi[j], nx2, nsq2[j]):
-                    A[j], B[j] = _first_layer_rows(x * c, X2[j] * c, gi[j] * c2, nx2 * c2,
-                                                   nsq2[j] * c2, w2, b2 * c2, d, same)
-                else:
-                    A[j], B[j] = _first_layer_gram(gi[j] * c2, nx2 * c2, nsq2[j] * c2, w2,
-                                                   b2 * c2, d)
+    return ncarried
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _row_index(t, k, nb):
+    """Output row ``k`` (0 or 1) of row pair ``t``: ``t``, then ``nb - 1 - t``."""
+    return t if k == 0 else nb - 1 - t
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _write_row(ib, jend, w2, b2, K, TH, out_nngp, out_ntk):
+    for j in range(jend):
+        out_nngp[ib, j] = w2 * K[j] + b2
+        out_ntk[ib, j] = TH[j]
+
+
+# One compiled kernel per family group, so that a network compiles only its group's loop
+# (Numba does not prune an unused branch: one kernel for all families compiled every dual).
+# Each runs the row pairs (t, nb-1-t), t = c, c + nch, ... of one chunk of gram_block;
+# the state per row is three work vectors over the columns, looped innermost (with the
+# column-major per-row statistics q2T[l, j]) so that the compiler vectorizes the loop.
+@njit(cache=True, nogil=True, error_model="numpy")
+def _block_kinked(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch):
+    """ReLU-family (``FAMILY_ABRELU``) and step-family (``FAMILY_ABSTEP``) rows."""
+    family, p0, p1, depth, w2, b2, cK, cb = net
+    sk1, r1 = rows.sk, rows.r
+    X2, nsq2, r2T, sk2T = cols.X, cols.nsq, cols.rT, cols.skT
+    step = family == FAMILY_ABSTEP
+    nb = G.shape[0]
+    d = rows.X.shape[1]
+    empty = np.empty(0)
+    carried = np.empty(0, dtype=np.int64)
+    for t in range(c, (nb + 1) // 2, nch):
+        for k in range(1 if nb - 1 - t == t else 2):
+            ib = _row_index(t, k, nb)
+            i = row0 + ib
+            jend = i + 1 if symmetric else X2.shape[0]
+            A = np.empty(jend)
+            B = np.empty(jend)
+            TH = np.empty(jend)
+            K = np.empty(jend)
+            gi = G[ib]
+            _first_layer(i, rows, cols, gi, jend, symmetric, w2, b2, cK[0], cb[0], A, B, TH,
+                         K, empty, carried)
+            if step:
+                # step, sign: only the angle matters, and at tiny norms (m < 1e-100) the gaps
+                # of nearly parallel rows are subnormal; recompute them with the rows (and b2)
+                # scaled by a power of two: the same angle, gaps of order 1
+                x = rows.X[i]
+                nx2 = rows.nsq[i]
+                for j in range(jend):
+                    if r1[i, 0] * r2T[0, j] < 1e-100 and r1[i, 0] * r2T[0, j] > 0.0:
+                        e = math.frexp(math.sqrt(max(nx2, nsq2[j])))[1]
+                        sc = math.ldexp(1.0, -e)
+                        c2 = sc * sc
+                        same = symmetric and j == i
+                        if same or _needs_rows(gi[j], nx2, nsq2[j]):
+                            A[j], B[j] = _first_layer_rows(x * sc, X2[j] * sc, gi[j] * c2,
+                                                           nx2 * c2, nsq2[j] * c2, w2, b2 * c2,
+                                                           d, same)
+                        else:
+                            A[j], B[j] = _first_layer_gram(gi[j] * c2, nx2 * c2, nsq2[j] * c2,
+                                                           w2, b2 * c2, d)
+            for l in range(depth):
+                s1 = sk1[i, l]
+                rn1 = r1[i, l + 1]
+                s2l = sk2T[l]
+                r2n = r2T[l + 1]
+                cKl = cK[l + 1]
+                cbl = cb[l + 1]
+                # one vectorized loop for both (kinked_state: no m = sqrt(q1 q2) needed)
+                for j in range(jend):
+                    kk, kd, kA, kB = kinked_state(step, p0, p1, A[j], B[j], s1 * s2l[j])
+                    TH[j], A[j], B[j] = _advance(kk, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2,
+                                                 b2, cKl, cbl, TH[j])
+                    K[j] = kk
+            _write_row(ib, jend, w2, b2, K, TH, out_nngp, out_ntk)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _block_arccos(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch):
+    """Arc-cosine kernels of degree ``n = p0`` (``FAMILY_ARCCOS``)."""
+    family, p0, p1, depth, w2, b2, cK, cb = net
+    q1, r1, sk1 = rows.q, rows.r, rows.sk
+    X2, q2T, r2T, sk2T = cols.X, cols.qT, cols.rT, cols.skT
+    n = int(p0)
+    nb = G.shape[0]
+    empty = np.empty(0)
+    carried = np.empty(0, dtype=np.int64)
+    for t in range(c, (nb + 1) // 2, nch):
+        for k in range(1 if nb - 1 - t == t else 2):
+            ib = _row_index(t, k, nb)
+            i = row0 + ib
+            jend = i + 1 if symmetric else X2.shape[0]
+            A = np.empty(jend)
+            B = np.empty(jend)
+            TH = np.empty(jend)
+            K = np.empty(jend)
+            _first_layer(i, rows, cols, G[ib], jend, symmetric, w2, b2, cK[0], cb[0], A, B,
+                         TH, K, empty, carried)
+            for l in range(depth):
+                qa = q1[i, l]
+                ra = r1[i, l]
+                s1 = sk1[i, l]
+                rn1 = r1[i, l + 1]
+                q2l = q2T[l]
+                r2l = r2T[l]
+                s2l = sk2T[l]
+                r2n = r2T[l + 1]
+                cKl = cK[l + 1]
+                cbl = cb[l + 1]
+                for j in range(jend):
+                    kk, kd, kA, kB = arccos_pair(n, _geomean(qa, q2l[j], ra, r2l[j]), A[j],
+                                                 B[j])
+                    TH[j], A[j], B[j] = _advance(kk, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2,
+                                                 b2, cKl, cbl, TH[j])
+                    K[j] = kk
+            _write_row(ib, jend, w2, b2, K, TH, out_nngp, out_ntk)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _block_smooth(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch):
+    """The smooth families (erf, GELU, sin, cos, Gaussian): the plain pass for the pairs where
+    nothing cancels, the stable route (:mod:`infntk._backends._common`) for the others."""
+    family, p0, p1, depth, w2, b2, cK, cb = net
+    q1, r1, sk1, g1, e1 = rows.q, rows.r, rows.sk, rows.g, rows.e
+    X2, q2T, r2T, sk2T, g2T, q2max, g2max, e2T = (cols.X, cols.qT, cols.rT, cols.skT, cols.gT,
+                                                  cols.qmax, cols.gmax, cols.eT)
     # sin, cos, gaussian also take the bias gap's sqrt(k11) - sqrt(k22) from it
     exact_d = family == FAMILY_SIN or family == FAMILY_COS or family == FAMILY_GAUSSIAN
     # the one-division plain pass (_plain_pass_recip): gaussian always, sin and cos for rows
     # within trig_factored_ok (e1, e2T are there for them), if the bias gap's range allows
     trig = family == FAMILY_SIN or family == FAMILY_COS
     recip = (family == FAMILY_GAUSSIAN or (trig and e1.shape[1] > 0)) and recip_den_ok(w2, b2)
-    for l in range(depth):
-        qa = q1[i, l]
-        ra = r1[i, l]
-        s1 = sk1[i, l]
-        rn1 = r1[i, l + 1]
-        q2l = q2T[l]
-        r2l = r2T[l]
-        s2l = sk2T[l]
-        r2n = r2T[l + 1]
-        cKl = cK[l + 1]
-        cbl = cb[l + 1]
-        if family == FAMILY_ABRELU or family == FAMILY_ABSTEP:
-            # one vectorized loop for both (kinked_state: no m = sqrt(q1 q2) needed)
-            step = family == FAMILY_ABSTEP
-            for j in range(jend):
-                k, kd, kA, kB = kinked_state(step, p0, p1, A[j], B[j], s1 * s2l[j])
-                TH[j], A[j], B[j] = _advance(k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl,
-                                             cbl, TH[j])
-                K[j] = k
-        elif family == FAMILY_ARCCOS:
-            n = int(p0)
-            for j in range(jend):
-                k, kd, kA, kB = arccos_pair(n, _geomean(qa, q2l[j], ra, r2l[j]), A[j], B[j])
-                TH[j], A[j], B[j] = _advance(k, kd, kA, kB, s1, s2l[j], rn1, r2n[j], w2, b2, cKl,
-                                             cbl, TH[j])
-                K[j] = k
-        else:
-            # the pairs that take the stable route (carried D, or a small gap the rest of the
-            # network would amplify): computed first from the entry state, applied last
-            ga = g1[i, l]
-            if row_may_need_stable(qa, q2max[l], ga, g2max[l]):
-                # candidates from the gaps alone (a superset), then the exact test on them;
-                # every column when a variance leaves the plain range
-                nc = stable_candidates(family, qa, q2max[l], ra * math.sqrt(q2max[l]), A, B, Dq,
-                                       jend, flag, cand)
-                if nc >= 0:
+    nb = G.shape[0]
+    for t in range(c, (nb + 1) // 2, nch):
+        for k in range(1 if nb - 1 - t == t else 2):
+            ib = _row_index(t, k, nb)
+            i = row0 + ib
+            jend = i + 1 if symmetric else X2.shape[0]
+            A = np.empty(jend)
+            B = np.empty(jend)
+            TH = np.empty(jend)
+            K = np.empty(jend)
+            # D = q1 - q2 for the nearly parallel pairs (the ones whose angle comes from the
+            # rows): their radial gap needs it to full relative accuracy, which q1 - q2 of the
+            # rounded per-row variances is not. NaN: not carried, q1 - q2 is used (a pair
+            # starting at |cos| < 15/16 reaches a small gap only where the recursion
+            # contracts, or keeps its gap O(1) in the chaotic regime).
+            Dq = np.empty(jend)
+            Dq[:] = math.nan
+            carried = np.empty(jend, dtype=np.int64)
+            fix_j = np.empty(jend, dtype=np.int64)
+            fix_v = np.empty((jend, 6))
+            flag = np.empty(jend, dtype=np.uint8)
+            cand = np.empty(jend, dtype=np.int64)
+            ncarried = _first_layer(i, rows, cols, G[ib], jend, symmetric, w2, b2, cK[0], cb[0],
+                                    A, B, TH, K, Dq, carried)
+            for l in range(depth):
+                qa = q1[i, l]
+                ra = r1[i, l]
+                s1 = sk1[i, l]
+                rn1 = r1[i, l + 1]
+                q2l = q2T[l]
+                r2l = r2T[l]
+                s2l = sk2T[l]
+                r2n = r2T[l + 1]
+                cKl = cK[l + 1]
+                cbl = cb[l + 1]
+                # the pairs that take the stable route (carried D, or a small gap the rest of
+                # the network would amplify): computed first from the entry state, applied last
+                ga = g1[i, l]
+                if row_may_need_stable(qa, q2max[l], ga, g2max[l]):
+                    # candidates from the gaps alone (a superset), then the exact test on
+                    # them; every column when a variance leaves the plain range
+                    nc = stable_candidates(family, qa, q2max[l], ra * math.sqrt(q2max[l]), A, B,
+                                           Dq, jend, flag, cand)
+                    if nc >= 0:
+                        nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B,
+                                            Dq, cand, nc, fix_j, fix_v)
+                    else:
+                        nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A,
+                                                B, Dq, jend, flag, fix_j, fix_v)
+                else:                                # only the pairs that carry D
                     nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
-                                        cand, nc, fix_j, fix_v)
+                                        carried, ncarried, fix_j, fix_v)
+                for cc in range(nfix):
+                    j = fix_j[cc]
+                    fix_v[cc, 5] = TH[j]
+                    s2 = s2l[j]
+                    dk = fix_v[cc, 4]
+                    if dk == dk:                      # carried: D' = w2 (k11 - k22)
+                        Dq[j] = w2 * dk
+                        if exact_d and s1 + s2 > 0.0:  # sqrt(k11) - sqrt(k22) from the pair's D
+                            s2 = s1 - dk / (s1 + s2)
+                    fix_v[cc, 4] = s2
+                if recip and (not trig or trig_factored_ok(qa, q2max[l])):
+                    _plain_pass_recip(family, jend, qa, e1[i, l] if trig else 1.0, s1, rn1, q2l,
+                                      e2T[l] if trig else q2l, s2l, r2n, w2, b2, cKl, cbl,
+                                      A, B, TH, K)
                 else:
-                    nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B,
-                                            Dq, jend, flag, fix_j, fix_v)
-            else:                                # only the pairs that carry D
-                nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
-                                    carried, ncarried, fix_j, fix_v)
-            for c in range(nfix):
-                j = fix_j[c]
-                fix_v[c, 5] = TH[j]
-                s2 = s2l[j]
-                dk = fix_v[c, 4]
-                if dk == dk:                      # carried: D' = w2 (k11 - k22)
-                    Dq[j] = w2 * dk
-                    if exact_d and s1 + s2 > 0.0:  # sqrt(k11) - sqrt(k22) from the pair's D
-                        s2 = s1 - dk / (s1 + s2)
-                fix_v[c, 4] = s2
-            if recip and (not trig or trig_factored_ok(qa, q2max[l])):
-                _plain_pass_recip(family, jend, qa, e1[i, l] if trig else 1.0, s1, rn1, q2l,
-                                  e2T[l] if trig else q2l, s2l, r2n, w2, b2, cKl, cbl,
-                                  A, B, TH, K)
-            else:
-                _plain_pass(family, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl,
-                            A, B, TH, K)
-            for c in range(nfix):
-                j = fix_j[c]
-                TH[j], A[j], B[j] = _advance(fix_v[c, 0], fix_v[c, 1], fix_v[c, 2], fix_v[c, 3],
-                                             s1, fix_v[c, 4], rn1, r2n[j], w2, b2, cKl, cbl,
-                                             fix_v[c, 5])
-                K[j] = fix_v[c, 0]
-    for j in range(jend):
-        out_nngp[ib, j] = w2 * K[j] + b2
-        out_ntk[ib, j] = TH[j]
+                    _plain_pass(family, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl,
+                                cbl, A, B, TH, K)
+                for cc in range(nfix):
+                    j = fix_j[cc]
+                    TH[j], A[j], B[j] = _advance(fix_v[cc, 0], fix_v[cc, 1], fix_v[cc, 2],
+                                                 fix_v[cc, 3], s1, fix_v[cc, 4], rn1, r2n[j],
+                                                 w2, b2, cKl, cbl, fix_v[cc, 5])
+                    K[j] = fix_v[cc, 0]
+            _write_row(ib, jend, w2, b2, K, TH, out_nngp, out_ntk)
+
+
+def block_kernel(family):
+    """The compiled block kernel of ``family`` (a family code of :mod:`infntk.activations`)."""
+    if family == FAMILY_ABRELU or family == FAMILY_ABSTEP:
+        return _block_kinked
+    if family == FAMILY_ARCCOS:
+        return _block_arccos
+    return _block_smooth
 
 
 def gram_block(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
@@ -568,20 +678,10 @@ def gram_block(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk):
     globally (``q1[row0 + ib]``), outputs locally. Rows are taken in pairs (ib, nb-1-ib) so
     that the triangle's work is split evenly between threads.
     """
+    kernel = block_kernel(net.family)
     nch = chunk_count((G.shape[0] + 1) // 2, per_thread=2)
-    run_chunks(lambda c: _gram_block_chunk(net, rows, cols, G, row0, symmetric, out_nngp,
-                                           out_ntk, c, nch), nch)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _gram_block_chunk(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch):
-    """The row pairs ``(t, nb-1-t)``, ``t = c, c + nch, ...`` of :func:`gram_block`."""
-    nb = G.shape[0]
-    for t in range(c, (nb + 1) // 2, nch):
-        _gram_row(t, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk)
-        u = nb - 1 - t
-        if u != t:
-            _gram_row(u, net, rows, cols, G, row0, symmetric, out_nngp, out_ntk)
+    run_chunks(lambda c: kernel(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch),
+               nch)
 
 
 # ----------------------------------------------------------------------------- the engine

@@ -253,39 +253,57 @@ def _dense(row0, symmetric, op, s1, rn1, s2, rn2, S, c, nch):
             D[ib, j] = w2 * D[ib, j]
 
 
+# one kernel per family group (kinked and arc-cosine / smooth), so that a network compiles only
+# the duals it uses: Numba does not prune an unused branch
 @njit(cache=True, nogil=True, error_model="numpy")
-def _act(row0, symmetric, op, q1, r1, sk1, g1, q2, r2, sk2, g2, S, c, nch):
-    """One closed-form activation for the pairs of a block (:func:`_act_row` per row)."""
+def _act_kinked(row0, symmetric, op, q1, r1, sk1, g1, q2, r2, sk2, g2, S, c, nch):
+    """One ReLU-family, step-family or arc-cosine activation for the pairs of a block."""
+    A, B, K, TH, KD, D = S
+    family, p0, p1 = op.family, op.p0, op.p1
+    step = family == FAMILY_ABSTEP
+    for ib in range(c, K.shape[0], nch):
+        i = row0 + ib
+        jend = i + 1 if symmetric else K.shape[1]
+        qa, ra, s1 = q1[i], r1[i], sk1[i]
+        Ai, Bi, Ki, KDi, Di = A[ib], B[ib], K[ib], KD[ib], D[ib]
+        for j in range(jend):
+            if family == FAMILY_ARCCOS:
+                k, kd, kA, kB = arccos_pair(int(p0), _geomean(qa, q2[j], ra, r2[j]), Ai[j],
+                                            Bi[j])
+            else:                                   # one inlined body for both
+                k, kd, kA, kB = kinked_state(step, p0, p1, Ai[j], Bi[j], s1 * sk2[j])
+            Ki[j] = k
+            KDi[j] = KDi[j] * kd
+            Ai[j] = kA
+            Bi[j] = kB
+            Di[j] = math.nan
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _act_smooth(row0, symmetric, op, q1, r1, sk1, g1, q2, r2, sk2, g2, S, c, nch):
+    """One smooth closed-form activation for the pairs of a block (:func:`_act_row` per row)."""
     A, B, K, TH, KD, D = S
     q2max = max_or_nan(q2)
     g2max = max_or_nan(g2)
     for ib in range(c, K.shape[0], nch):
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
-        _act_row(op.family, op.p0, op.p1, jend, q1[i], r1[i], sk1[i], g1[i], q2, r2, sk2, g2,
+        _act_row(op.family, jend, q1[i], r1[i], sk1[i], g1[i], q2, r2, sk2, g2,
                  q2max, g2max, A[ib], B[ib], K[ib], KD[ib], D[ib])
 
 
+def act_kernel(family):
+    """The compiled activation kernel of ``family`` (a family code of infntk.activations)."""
+    if family in (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS):
+        return _act_kinked
+    return _act_smooth
+
+
 @njit(cache=True, error_model="numpy")
-def _act_row(family, p0, p1, jend, qa, ra, s1, ga, q2, r2, sk2, g2, q2max, g2max, A, B, K, KD,
-             D):
-    """One row of :func:`_act`. The smooth families take the plain route (vectorized) except
-    for the pairs that need the stable one (carried ``D``, or
-    :func:`infntk._duals.smooth_route_stable`), exactly as the FC engine does, so that a
-    homogeneous network gives the FC engine's floats."""
-    if family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS:
-        for j in range(jend):
-            if family == FAMILY_ARCCOS:
-                k, kd, kA, kB = arccos_pair(int(p0), _geomean(qa, q2[j], ra, r2[j]), A[j], B[j])
-            else:                                   # one inlined body for both
-                k, kd, kA, kB = kinked_state(family == FAMILY_ABSTEP, p0, p1, A[j], B[j],
-                                             s1 * sk2[j])
-            K[j] = k
-            KD[j] = KD[j] * kd
-            A[j] = kA
-            B[j] = kB
-            D[j] = math.nan
-        return
+def _act_row(family, jend, qa, ra, s1, ga, q2, r2, sk2, g2, q2max, g2max, A, B, K, KD, D):
+    """One row of :func:`_act_smooth`. The plain route (vectorized) except for the pairs that
+    need the stable one (carried ``D``, or :func:`infntk._duals.smooth_route_stable`), exactly
+    as the FC engine does, so that a homogeneous network gives the FC engine's floats."""
     fix_j = np.empty(jend, dtype=np.int64)
     fix_v = np.empty((jend, 6))
     if row_may_need_stable(qa, q2max, ga, g2max):
@@ -679,7 +697,7 @@ class ComposedEngine:
             elif op.kind == DENSE:
                 rows(_dense, row0, symmetric, op, a[0], a[1], b[0], b[1], S)
             elif op.kind == ACT:
-                rows(_act, row0, symmetric, op, a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], S)
+                rows(act_kernel(op.family), row0, symmetric, op, a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], S)
             elif op.kind == SERIES:
                 (a1, b1), (a2T, b2T) = plan.coef1[i], plan.coef2[i]
                 ex = np.zeros(shape[0])
