@@ -117,7 +117,7 @@ FCNet("step", depth=2).kernels(X, X[:2].copy())
 Network([Dense(1.5, 0.1), Activation("abs"), LayerNorm(), Dense(1.5, 0.1)]).kernels(X)
 print(json.dumps({f.__name__: len(f.signatures) for f in (
     closed._block_kinked, closed._block_arccos, closed._block_smooth, closed._plain_pass,
-    composed._act_kinked, composed._act_smooth, composed._act_row)}))
+    composed._act_kinked, composed._act_arccos, composed._act_smooth, composed._act_row)}))
 """
 
 
@@ -131,4 +131,5 @@ def test_a_kinked_network_loads_no_other_family_groups_code():
                          text=True, check=True)
     counts = json.loads(out.stdout.strip().splitlines()[-1])
     assert counts == {"_block_kinked": 1, "_block_arccos": 0, "_block_smooth": 0,
-                      "_plain_pass": 0, "_act_kinked": 1, "_act_smooth": 0, "_act_row": 0}
+                      "_plain_pass": 0, "_act_kinked": 1, "_act_arccos": 0, "_act_smooth": 0,
+                      "_act_row": 0}

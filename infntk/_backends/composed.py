@@ -253,25 +253,40 @@ def _dense(row0, symmetric, op, s1, rn1, s2, rn2, S, c, nch):
             D[ib, j] = w2 * D[ib, j]
 
 
-# one kernel per family group (kinked and arc-cosine / smooth), so that a network compiles only
+# one kernel per family group (kinked / arc-cosine / smooth), so that a network compiles only
 # the duals it uses: Numba does not prune an unused branch
 @njit(cache=True, nogil=True, error_model="numpy")
 def _act_kinked(row0, symmetric, op, q1, r1, sk1, g1, q2, r2, sk2, g2, S, c, nch):
-    """One ReLU-family, step-family or arc-cosine activation for the pairs of a block."""
+    """One ReLU-family or step-family activation for the pairs of a block."""
     A, B, K, TH, KD, D = S
-    family, p0, p1 = op.family, op.p0, op.p1
-    step = family == FAMILY_ABSTEP
+    p0, p1 = op.p0, op.p1
+    step = op.family == FAMILY_ABSTEP
     for ib in range(c, K.shape[0], nch):
         i = row0 + ib
         jend = i + 1 if symmetric else K.shape[1]
-        qa, ra, s1 = q1[i], r1[i], sk1[i]
+        s1 = sk1[i]
+        Ai, Bi, Ki, KDi, Di = A[ib], B[ib], K[ib], KD[ib], D[ib]
+        for j in range(jend):                   # one inlined body for both
+            k, kd, kA, kB = kinked_state(step, p0, p1, Ai[j], Bi[j], s1 * sk2[j])
+            Ki[j] = k
+            KDi[j] = KDi[j] * kd
+            Ai[j] = kA
+            Bi[j] = kB
+            Di[j] = math.nan
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _act_arccos(row0, symmetric, op, q1, r1, sk1, g1, q2, r2, sk2, g2, S, c, nch):
+    """One arc-cosine activation (degree ``op.p0``) for the pairs of a block."""
+    A, B, K, TH, KD, D = S
+    n = int(op.p0)
+    for ib in range(c, K.shape[0], nch):
+        i = row0 + ib
+        jend = i + 1 if symmetric else K.shape[1]
+        qa, ra = q1[i], r1[i]
         Ai, Bi, Ki, KDi, Di = A[ib], B[ib], K[ib], KD[ib], D[ib]
         for j in range(jend):
-            if family == FAMILY_ARCCOS:
-                k, kd, kA, kB = arccos_pair(int(p0), _geomean(qa, q2[j], ra, r2[j]), Ai[j],
-                                            Bi[j])
-            else:                                   # one inlined body for both
-                k, kd, kA, kB = kinked_state(step, p0, p1, Ai[j], Bi[j], s1 * sk2[j])
+            k, kd, kA, kB = arccos_pair(n, _geomean(qa, q2[j], ra, r2[j]), Ai[j], Bi[j])
             Ki[j] = k
             KDi[j] = KDi[j] * kd
             Ai[j] = kA
@@ -294,8 +309,10 @@ def _act_smooth(row0, symmetric, op, q1, r1, sk1, g1, q2, r2, sk2, g2, S, c, nch
 
 def act_kernel(family):
     """The compiled activation kernel of ``family`` (a family code of infntk.activations)."""
-    if family in (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS):
+    if family in (FAMILY_ABRELU, FAMILY_ABSTEP):
         return _act_kinked
+    if family == FAMILY_ARCCOS:
+        return _act_arccos
     return _act_smooth
 
 
