@@ -59,6 +59,13 @@ def _smooth():
         net.kernels(X, Y)
 
 
+def _arccos():
+    X, Y = _data()
+    net = FCNet("arccos", depth=2, w_std=1.5, b_std=0.1, n=2)
+    net.kernels(X)
+    net.kernels(X, Y)
+
+
 def _memmap_outputs():
     X, Y = _data()
     net = FCNet("relu", depth=2, w_std=1.5, b_std=0.1)
@@ -117,6 +124,7 @@ PATHS = (
     ("closed form, cross (relu)", _closed_cross),
     ("closed form, diag", _closed_diag),
     ("smooth closed forms (erf, gelu)", _smooth),
+    ("arc-cosine kernels", _arccos),
     ("memory-mapped outputs", _memmap_outputs),
     ("read-only memory-mapped inputs", _memmap_inputs),
     ("series engine (tanh)", _series),
