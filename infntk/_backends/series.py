@@ -27,7 +27,6 @@ Cost: coefficients ``O(n_distinct_q * nodes * K)`` per layer (NumPy, vectorized)
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
@@ -557,8 +556,12 @@ def _map_tasks(fn, items, act):
     workers = min(numba.get_num_threads(), len(items))
     if workers <= 1 or not _PARALLEL.get() or not _thread_safe(act):
         return [fn(x) for x in items]
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, items))
+    out = [None] * len(items)       # the shared chunk pool (no threads started per call)
+
+    def one(c):
+        out[c] = fn(items[c])
+    run_chunks(one, len(items))
+    return out
 
 
 def _row_statistics(act, setup, nsq):
