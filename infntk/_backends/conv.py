@@ -35,7 +35,7 @@ carried gaps). A pair of identical positions gets ``A = 0`` exactly: the self va
 computed by the same passes, in the same order, as the pair's entries. Elsewhere the absolute
 error of ``A`` is a few ulp of ``m``; see docs/conv.md for what that means for accuracy. The
 ReLU family (relu, leaky_relu, abs, identity) has a branch-free, libm-free form below that
-the compiler vectorizes; the other closed forms go through :func:`infntk._duals.pair_dual`.
+the compiler vectorizes; the other closed forms go through :func:`infntk._duals.pair_kkd`.
 
 Compilation: one driver (:func:`drive`: self statistics, symmetric or cross Gram; no parallel
 kernel: the caller runs one chunk of pairs per thread, the driver releases the GIL), one pair
@@ -54,7 +54,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .._duals import atan_unit, diag_dual, pair_dual
+from .._duals import atan_unit, diag_dual, pair_kkd
 from .._vmath import _atan_centre, _atan_reduced_fma, fma
 from ..activations import FAMILY_ABRELU
 
@@ -172,8 +172,7 @@ def _dual_other(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
         return _abrelu_kkd(p0, p1, m, s)
     A = max(m - s, 0.0)
     B = max(m + s, 0.0)
-    k, kd, _, _ = pair_dual(family, p0, p1, qa, qb, A, B, ska, skb)
-    return k, kd
+    return pair_kkd(family, p0, p1, qa, qb, A, B, ska, skb)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
