@@ -54,9 +54,11 @@ import math
 import numpy as np
 from numba import njit
 
-from .._duals import atan_unit, diag_dual, pair_kkd
+from .._duals import (_PLAIN_MAX, atan_unit, diag_dual, erf_plain, gaussian_plain, gelu_plain,
+                      pair_kkd, trig_plain)
 from .._vmath import _atan_centre, _atan_reduced_fma, fma
-from ..activations import FAMILY_ABRELU
+from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_ERF,
+                           FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 
 # op codes (see infntk.conv._compile)
 OP_CONV_F = 1      # conv, full state; iop[k, 3] >= 0: fused activation of that family
@@ -173,6 +175,71 @@ def _dual_other(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
     A = max(m - s, 0.0)
     B = max(m + s, 0.0)
     return pair_kkd(family, p0, p1, qa, qb, A, B, ska, skb)
+
+
+@njit(cache=True, error_model="numpy")
+def _act_entries(fam, p0, p1, n, D, DT, do, QA, RA, SKA, ao, QB, RB, SKB, bo):
+    """In place over ``n`` entries: ``D[do + t] = k``, ``DT[do + t] *= kd`` at the pair state
+    ``s = D[do + t]`` and the variances ``QA[ao + t]``, ``QB[bo + t]``, for a family other
+    than the ReLU family's fast form.
+
+    The smooth families, when every entry is inside their plain range, run one loop per
+    family that vectorizes (the floats of :func:`_dual_other`, which calls the same plain
+    duals one entry at a time: ~10x slower); everything else goes through
+    :func:`_dual_other` entry by entry.
+    """
+    n = np.uint64(n)          # offsets are uint64 (the callers'): no mixed int64 sums
+    smooth = not (fam == FAMILY_ABRELU or fam == FAMILY_ABSTEP or fam == FAMILY_ARCCOS)
+    bad = 0
+    if smooth:
+        for t in range(n):                  # branch-free: vectorizes
+            qa = QA[ao + t]
+            qb = QB[bo + t]
+            bad += (qa >= _PLAIN_MAX) | (qb >= _PLAIN_MAX) | (math.sqrt(qa * qb) <= 1e-150)
+    if not smooth or bad > 0:
+        for t in range(n):
+            k, kd = _dual_other(fam, p0, p1, QA[ao + t], QB[bo + t], RA[ao + t], RB[bo + t],
+                                SKA[ao + t], SKB[bo + t], D[do + t])
+            D[do + t] = k
+            DT[do + t] = DT[do + t] * kd
+    elif fam == FAMILY_ERF:
+        for t in range(n):
+            qa = QA[ao + t]
+            qb = QB[bo + t]
+            m = math.sqrt(qa * qb)
+            s = D[do + t]
+            k, kd = erf_plain(qa, qb, max(m - s, 0.0), max(m + s, 0.0))
+            D[do + t] = k
+            DT[do + t] = DT[do + t] * kd
+    elif fam == FAMILY_GELU:
+        for t in range(n):
+            qa = QA[ao + t]
+            qb = QB[bo + t]
+            m = math.sqrt(qa * qb)
+            s = D[do + t]
+            k, kd = gelu_plain(qa, qb, max(m - s, 0.0), max(m + s, 0.0))
+            D[do + t] = k
+            DT[do + t] = DT[do + t] * kd
+    elif fam == FAMILY_GAUSSIAN:
+        for t in range(n):
+            qa = QA[ao + t]
+            qb = QB[bo + t]
+            m = math.sqrt(qa * qb)
+            s = D[do + t]
+            k, kd = gaussian_plain(qa, qb, max(m - s, 0.0), max(m + s, 0.0))
+            D[do + t] = k
+            DT[do + t] = DT[do + t] * kd
+    else:
+        is_sin = fam == FAMILY_SIN
+        for t in range(n):
+            qa = QA[ao + t]
+            qb = QB[bo + t]
+            m = math.sqrt(qa * qb)
+            s = D[do + t]
+            k, kd = trig_plain(is_sin, math.sqrt(qa), math.sqrt(qb), max(m - s, 0.0),
+                               max(m + s, 0.0))
+            D[do + t] = k
+            DT[do + t] = DT[do + t] * kd
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -882,15 +949,12 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv
                                       QA[ao_ + t] * QB[bo_ + t], s)
                 D[do_ + t] = k
                 DT[do_ + t] = tt * kd
-        else:
+        else:                               # s and t' first, then the activation in place
             for t in range(n_):
                 v = V[vo_ + t]
-                s = c * v + b2
-                tt = c * VT[vo_ + t] + (cv * v + tb)
-                k, kd = _dual_other(fam, p0, p1, QA[ao_ + t], QB[bo_ + t], RA[ao_ + t],
-                                    RB[bo_ + t], SKA[ao_ + t], SKB[bo_ + t], s)
-                D[do_ + t] = k
-                DT[do_ + t] = tt * kd
+                D[do_ + t] = c * v + b2
+                DT[do_ + t] = c * VT[vo_ + t] + (cv * v + tb)
+            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_)
 
 
 @njit(cache=True, error_model="numpy")
@@ -932,15 +996,12 @@ def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, 
                                       QA[ao_ + t] * QB[bo_ + t], s)
                 D[do_ + t] = k
                 DT[do_ + t] = tt * kd
-        else:
+        else:                               # s and t' first, then the activation in place
             for t in range(n_):
                 v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
-                s = c * v + b2
-                tt = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
-                k, kd = _dual_other(fam, p0, p1, QA[ao_ + t], QB[bo_ + t], RA[ao_ + t],
-                                    RB[bo_ + t], SKA[ao_ + t], SKB[bo_ + t], s)
-                D[do_ + t] = k
-                DT[do_ + t] = tt * kd
+                D[do_ + t] = c * v + b2
+                DT[do_ + t] = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
+            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_)
 
 
 @njit(cache=True, error_model="numpy")
