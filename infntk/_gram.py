@@ -40,11 +40,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._numba_config import blas_one_thread, engine_lock
-
-# Gram matrices with at least this many entries run BLAS on one thread (_numba_config)
-_BLAS_LIMIT_PAIRS = 1 << 16
+from ._backends._common import mirror_tiles, rows_finite
+from ._numba_config import (blas_one_thread, chunk_count, engine_lock, run_chunks,
+                            run_in_background, wait_for)
 from ._validation import check_positive_int
+
+# Gram matrices with at least this many entries run BLAS on one thread (_numba_config) and
+# overlap each block's engine call with the next block's BLAS product (_fill_blocks)
+_BLAS_LIMIT_PAIRS = 1 << 16
+# passes over at least this many output entries (finiteness test, mirror) run on the chunk
+# threads, a share of the rows each (below, a thread hand-off costs more than it saves)
+_PARALLEL_ENTRIES = 1 << 16
+# rows and columns of the squares the mirror copies at a time (mirror_tiles)
+_MIRROR_TILE = 32
 
 __all__ = ["Kernels", "KernelDiag", "gram", "diag", "row_blocks", "mirror_lower_to_upper",
            "check_out", "check_kinds", "check_no_alias", "check_memory", "available_memory",
@@ -194,7 +202,12 @@ def check_block_finite(engine, dst, r0, symmetric, X1, X2, label=None):
     """``OverflowError`` if a written entry of the block rows ``r0:r0+len`` is inf or NaN.
 
     In the symmetric case only the lower triangle (``j <= i``) is written, so only it is read.
+    The test is one compiled pass (:func:`infntk._backends._common.rows_finite`), on the
+    chunk threads for large blocks; only a block that fails it is searched for its first
+    bad entry (row-major, ``nngp`` before ``ntk``), which the message names.
     """
+    if _blocks_finite(list(dst.values()), r0, symmetric):
+        return
     for name, blk in dst.items():
         nb = blk.shape[0]
         if symmetric:
@@ -215,6 +228,38 @@ def check_block_finite(engine, dst, r0, symmetric, X1, X2, label=None):
             f"the {name} kernel is {value!r} at row {r0 + i}, column {j} (inputs up to "
             f"|x| = {scale:.3g}; network {_describe(engine, label)}): float64 overflowed; reduce "
             "w_std, depth or the input scale (rescale X).")
+
+
+def _row_cuts(nb, parts, r0, symmetric):
+    """``parts + 1`` row boundaries splitting a block's ``nb`` rows into shares of about equal
+    work: equal row counts, or in the symmetric case equal areas (row ``i`` has ``r0 + i + 1``
+    written entries)."""
+    if not symmetric or parts == 1:
+        return [nb * p // parts for p in range(parts + 1)]
+    area = np.cumsum(np.arange(r0 + 1, r0 + nb + 1, dtype=np.float64))
+    cuts = np.searchsorted(area, area[-1] * np.arange(1, parts) / parts, side="right")
+    return [0] + [int(c) for c in cuts] + [nb]
+
+
+def _blocks_finite(blks, r0, symmetric):
+    """Whether every written entry of the blocks ``blks`` (rows ``r0:r0+nb`` of the outputs)
+    is finite; large blocks on the chunk threads, a share of the rows each."""
+    blks = [np.asarray(b) for b in blks]
+    if not blks or blks[0].size == 0:
+        return True
+    if any(b.dtype != np.float64 or b.ndim != 2 or not b.flags.c_contiguous for b in blks):
+        return all(np.isfinite(b[i, :r0 + i + 1] if symmetric else b[i]).all()
+                   for b in blks for i in range(b.shape[0]))
+    nb, n = blks[0].shape
+    parts = chunk_count(nb, per_thread=1) if nb * n >= _PARALLEL_ENTRIES else 1
+    cuts = _row_cuts(nb, parts, r0, symmetric)
+    ok = [True] * parts
+
+    def part(c):
+        ok[c] = all(rows_finite(b, r0, symmetric, cuts[c], cuts[c + 1]) for b in blks)
+
+    run_chunks(part, parts)
+    return all(ok)
 
 
 def compiled_view(X):
@@ -253,9 +298,20 @@ def row_blocks(n, block_rows):
 def mirror_lower_to_upper(M, block_rows=DEFAULT_BLOCK_ROWS):
     """Copy the strict lower triangle of a square matrix onto the upper one, by blocks.
 
-    Touches ``O(block_rows * n)`` entries at a time, so memory maps are streamed.
+    Touches ``O(block_rows * n)`` entries at a time, so memory maps are streamed. A float64
+    C-contiguous ``M`` (every output of :func:`gram`) is copied by the compiled
+    :func:`infntk._backends._common.mirror_tiles` (by ``32 x 32`` squares, on the chunk
+    threads for large matrices); the copies are exact either way.
     """
     n = M.shape[0]
+    A = np.asarray(M)
+    if A.dtype == np.float64 and A.flags.c_contiguous and A.flags.writeable:
+        for r0, r1 in row_blocks(n, block_rows):
+            ntiles = -(-(r1 - r0) // _MIRROR_TILE)
+            nch = (chunk_count(ntiles, per_thread=2)
+                   if (r1 - r0) * (n - r0) >= _PARALLEL_ENTRIES else 1)
+            run_chunks(lambda c: mirror_tiles(A, r0, r1, c, nch, _MIRROR_TILE), nch)
+        return
     for r0, r1 in row_blocks(n, block_rows):
         # rows r0:r1, columns > row: from column block r0:r1 of the rows below
         for i in range(r0, r1):
@@ -345,18 +401,52 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
 
 def _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_rows, progress,
                  resume, label):
-    """The block loop of :func:`gram` (BLAS products, engine blocks, checks, progress)."""
+    """The block loop of :func:`gram` (BLAS products, engine blocks, checks, progress).
+
+    Block by block: the engine fills the block's rows, then the block is checked, recorded
+    (``resume``) and counted (``progress``). The BLAS product of a block is made in the
+    calling thread (under its BLAS limit) and always as one product of the whole block, so
+    its rounding, hence the result, never depends on the thread count. When it pays (an
+    engine that allows it, ``engine.block_in_thread``; several Numba threads; a large
+    matrix), the engine's call runs on a helper thread while the calling thread makes the
+    *next* block's product, which would otherwise leave the chunk threads idle (a tenth of a
+    gaussian network's time at depth 10); ``resume.done`` of the next block is therefore
+    asked before the current one is recorded.
+    """
     n1, n2 = X1.shape[0], X2.shape[0]
-    for r0, r1 in row_blocks(n1, block_rows):
-        if resume is not None and resume.done(r0, r1):
-            continue
-        cols = r1 if symmetric else n2
-        G = X1[r0:r1] @ X2[:cols].T
+    overlap = (getattr(engine, "block_in_thread", False) and n1 * n2 >= _BLAS_LIMIT_PAIRS
+               and chunk_count(2, per_thread=1) > 1)
+
+    def todo():
+        for r0, r1 in row_blocks(n1, block_rows):
+            if resume is None or not resume.done(r0, r1):
+                yield r0, r1
+
+    def product(blk):
+        return None if blk is None else X1[blk[0]:blk[1]] @ X2[:blk[1] if symmetric else n2].T
+
+    def fill(r0, G, dst):
+        with engine_lock():
+            engine.block(plan, X1, X2, G, r0, symmetric, dst["nngp"], dst["ntk"])
+
+    blocks = todo()
+    nxt = next(blocks, None)
+    G_next = product(nxt)
+    while nxt is not None:
+        (r0, r1), G = nxt, G_next
         # plain ndarray views (a memory map's too): one compiled signature for every output
         dst = {k: np.asarray(outs[k][r0:r1] if k in kinds else scratch[k][:r1 - r0])
                for k in _KINDS}
-        with engine_lock():
-            engine.block(plan, X1, X2, G, r0, symmetric, dst["nngp"], dst["ntk"])
+        nxt = next(blocks, None)
+        if overlap and nxt is not None:
+            job = run_in_background(lambda: fill(r0, G, dst))
+            try:
+                G_next = product(nxt)
+            finally:
+                wait_for(job)
+        else:
+            fill(r0, G, dst)
+            G_next = product(nxt)
         check_block_finite(engine, {k: dst[k] for k in kinds}, r0, symmetric, X1, X2, label)
         if resume is not None:
             resume.record(r0, r1)
