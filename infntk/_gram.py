@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._backends._common import mirror_tiles, rows_finite
+from ._backends._common import mirror_stripe, mirror_tiles, rows_finite
 from ._numba_config import (blas_one_thread, chunk_count, engine_lock, run_chunks,
                             run_in_background, wait_for)
 from ._validation import check_positive_int
@@ -198,15 +198,16 @@ def _describe(engine, label=None):
     return ", ".join(fields) or type(engine).__name__
 
 
-def check_block_finite(engine, dst, r0, symmetric, X1, X2, label=None):
+def check_block_finite(engine, dst, r0, symmetric, X1, X2, label=None, parallel=True):
     """``OverflowError`` if a written entry of the block rows ``r0:r0+len`` is inf or NaN.
 
     In the symmetric case only the lower triangle (``j <= i``) is written, so only it is read.
     The test is one compiled pass (:func:`infntk._backends._common.rows_finite`), on the
-    chunk threads for large blocks; only a block that fails it is searched for its first
+    chunk threads for large blocks (unless not ``parallel``: in the calling thread, while the
+    chunk threads run the next block); only a block that fails it is searched for its first
     bad entry (row-major, ``nngp`` before ``ntk``), which the message names.
     """
-    if _blocks_finite(list(dst.values()), r0, symmetric):
+    if _blocks_finite(list(dst.values()), r0, symmetric, parallel):
         return
     for name, blk in dst.items():
         nb = blk.shape[0]
@@ -241,9 +242,9 @@ def _row_cuts(nb, parts, r0, symmetric):
     return [0] + [int(c) for c in cuts] + [nb]
 
 
-def _blocks_finite(blks, r0, symmetric):
+def _blocks_finite(blks, r0, symmetric, parallel=True):
     """Whether every written entry of the blocks ``blks`` (rows ``r0:r0+nb`` of the outputs)
-    is finite; large blocks on the chunk threads, a share of the rows each."""
+    is finite; large blocks on the chunk threads (if ``parallel``), a share of the rows each."""
     blks = [np.asarray(b) for b in blks]
     if not blks or blks[0].size == 0:
         return True
@@ -251,7 +252,7 @@ def _blocks_finite(blks, r0, symmetric):
         return all(np.isfinite(b[i, :r0 + i + 1] if symmetric else b[i]).all()
                    for b in blks for i in range(b.shape[0]))
     nb, n = blks[0].shape
-    parts = chunk_count(nb, per_thread=1) if nb * n >= _PARALLEL_ENTRIES else 1
+    parts = chunk_count(nb, per_thread=1) if parallel and nb * n >= _PARALLEL_ENTRIES else 1
     cuts = _row_cuts(nb, parts, r0, symmetric)
     ok = [True] * parts
 
@@ -318,6 +319,17 @@ def mirror_lower_to_upper(M, block_rows=DEFAULT_BLOCK_ROWS):
             M[i, i + 1:r1] = M[i + 1:r1, i]
         if r1 < n:
             M[r0:r1, r1:] = M[r1:, r0:r1].T
+
+
+def _mirror_block(M, r0, r1, parallel):
+    """The strict upper triangle's columns ``r0:r1`` of ``M`` from its rows ``r0:r1``
+    (:func:`infntk._backends._common.mirror_stripe`; on the chunk threads if ``parallel`` and
+    large)."""
+    A = np.asarray(M)
+    ntiles = -(-r1 // _MIRROR_TILE)
+    nch = (chunk_count(ntiles, per_thread=2)
+           if parallel and (r1 - r0) * r1 >= _PARALLEL_ENTRIES else 1)
+    run_chunks(lambda c: mirror_stripe(A, r0, r1, c, nch, _MIRROR_TILE), nch)
 
 
 def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
@@ -387,11 +399,16 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
         rows2 = rows1 if symmetric else engine.rows(X2)
         plan = engine.prepare(rows1, rows2, symmetric)
     # (the limit costs ~1 ms: not worth it for small Gram matrices)
+    # the symmetric outputs are mirrored block by block (each block's rows while they are in
+    # the cache), except when resuming: then blocks already on disk are not read again, and
+    # the whole matrix is mirrored at the end
+    mirror = symmetric and resume is None and all(
+        outs[k].dtype == np.float64 and np.asarray(outs[k]).flags.c_contiguous for k in kinds)
     with blas_one_thread() if n1 * n2 >= _BLAS_LIMIT_PAIRS else contextlib.nullcontext():
         _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_rows,
-                     progress, resume, label)
+                     progress, resume, label, mirror)
     engine.finish(plan)
-    if symmetric:
+    if symmetric and not mirror:
         for k in kinds:
             mirror_lower_to_upper(outs[k], block_rows)
     return Kernels(outs["nngp"] if "nngp" in kinds else None,
@@ -400,18 +417,21 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
 
 
 def _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_rows, progress,
-                 resume, label):
+                 resume, label, mirror=False):
     """The block loop of :func:`gram` (BLAS products, engine blocks, checks, progress).
 
-    Block by block: the engine fills the block's rows, then the block is checked, recorded
-    (``resume``) and counted (``progress``). The BLAS product of a block is made in the
-    calling thread (under its BLAS limit) and always as one product of the whole block, so
-    its rounding, hence the result, never depends on the thread count. When it pays (an
-    engine that allows it, ``engine.block_in_thread``; several Numba threads; a large
-    matrix), the engine's call runs on a helper thread while the calling thread makes the
-    *next* block's product, which would otherwise leave the chunk threads idle (a tenth of a
-    gaussian network's time at depth 10); ``resume.done`` of the next block is therefore
-    asked before the current one is recorded.
+    Each block is filled by the engine, then checked, mirrored (``mirror``: its stripe of the
+    upper triangle, :func:`_mirror_block`), recorded (``resume``) and counted (``progress``),
+    in block order. The BLAS product of a block is made in the calling thread (under its
+    BLAS limit) and always as one product of the whole block, so its rounding, hence the
+    result, never depends on the thread count. When it pays (an engine that allows it,
+    ``engine.block_in_thread``; several Numba threads; a large matrix), the engine's call
+    runs on a helper thread while the calling thread makes the *next* block's product and
+    checks, mirrors, records and counts the *previous* block, work that would otherwise
+    leave the chunk threads idle (a tenth to a fifth of a gaussian network's time at depth
+    10). Then a block is recorded and counted once the next one is written too, an
+    ``OverflowError`` is raised after the next block is written, and ``resume.done`` of the
+    next block is asked before the current one is recorded.
     """
     n1, n2 = X1.shape[0], X2.shape[0]
     overlap = (getattr(engine, "block_in_thread", False) and n1 * n2 >= _BLAS_LIMIT_PAIRS
@@ -429,9 +449,22 @@ def _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_ro
         with engine_lock():
             engine.block(plan, X1, X2, G, r0, symmetric, dst["nngp"], dst["ntk"])
 
+    def settle(r0, r1, dst, parallel):
+        # the kept kernels only: the scratch of the others is the next block's already
+        kept = {k: dst[k] for k in kinds}
+        check_block_finite(engine, kept, r0, symmetric, X1, X2, label, parallel)
+        if mirror:
+            for k in kinds:
+                _mirror_block(outs[k], r0, r1, parallel)
+        if resume is not None:
+            resume.record(r0, r1)
+        if progress is not None:
+            progress((r1 - r0) * (r0 + r1 + 1) // 2 if symmetric else (r1 - r0) * n2)
+
     blocks = todo()
     nxt = next(blocks, None)
     G_next = product(nxt)
+    prev = None                  # a block written, not yet settled (checked, recorded, ...)
     while nxt is not None:
         (r0, r1), G = nxt, G_next
         # plain ndarray views (a memory map's too): one compiled signature for every output
@@ -442,16 +475,19 @@ def _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_ro
             job = run_in_background(lambda: fill(r0, G, dst))
             try:
                 G_next = product(nxt)
+                if prev is not None:
+                    settle(*prev, parallel=False)
+                    prev = None
             finally:
                 wait_for(job)
+            prev = (r0, r1, dst)
         else:
             fill(r0, G, dst)
+            if prev is not None:
+                settle(*prev, parallel=True)
+                prev = None
+            settle(r0, r1, dst, parallel=True)
             G_next = product(nxt)
-        check_block_finite(engine, {k: dst[k] for k in kinds}, r0, symmetric, X1, X2, label)
-        if resume is not None:
-            resume.record(r0, r1)
-        if progress is not None:
-            progress((r1 - r0) * (r0 + r1 + 1) // 2 if symmetric else (r1 - r0) * n2)
 
 
 def diag(engine, X):

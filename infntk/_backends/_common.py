@@ -12,7 +12,7 @@ from numba import njit
 from .._duals import diag_diff, smooth_pair, smooth_route_stable, stable_gap_limits
 
 __all__ = ["check_rows_finite", "clipped_correlation", "stable_pairs", "stable_pairs_all",
-           "stable_candidates", "max_or_nan", "rows_finite", "mirror_tiles"]
+           "stable_candidates", "max_or_nan", "rows_finite", "mirror_tiles", "mirror_stripe"]
 
 
 @njit(cache=True, error_model="numpy")
@@ -204,3 +204,24 @@ def mirror_tiles(M, r0, r1, c, nch, tile):
             for i in range(t0, t1):
                 for j in range(max(j0, i + 1), j1):
                     M[i, j] = M[j, i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def mirror_stripe(M, r0, r1, c, nch, tile):
+    """Copy ``M[i, j]`` onto ``M[j, i]`` for the rows ``i`` of ``r0:r1`` and every ``j < i``: the
+    strict upper triangle's columns ``r0:r1`` from a block of rows as soon as it is written
+    (``M`` square, C-contiguous). Chunk ``c`` of ``nch`` writes the destination rows of the
+    tiles ``[t, t + tile)``, ``t = c tile, (c + nch) tile, ...`` below ``r1``.
+
+    After every block of rows has had its stripe copied, ``M`` is symmetric with the values
+    of its lower triangle, as after :func:`mirror_tiles` over all rows; the block's rows are
+    still in the cache when they are read here. Chunks write disjoint rows and read only
+    rows ``r0:r1`` left of the diagonal, which no chunk writes.
+    """
+    for t0 in range(c * tile, r1, nch * tile):
+        t1 = min(t0 + tile, r1)
+        for i0 in range(max(r0, t0), r1, tile):
+            i1 = min(i0 + tile, r1)
+            for j in range(t0, t1):
+                for i in range(max(i0, j + 1), i1):
+                    M[j, i] = M[i, j]
