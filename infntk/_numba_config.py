@@ -257,23 +257,27 @@ def run_chunks(fn, nchunks):
     ``fn`` should spend its time in a compiled ``nogil`` function (otherwise the threads only
     take turns). Chunks run inline when one thread is asked for, or when called from a pool
     thread (no nested waiting on the same pool). The first exception raised by a chunk is
-    raised here after every chunk has finished, so no chunk is still writing to shared
-    outputs.
+    raised here after every chunk has finished (inline too: the same chunks run whatever
+    the thread count), so no chunk is still writing to shared outputs. (Inline, a
+    ``KeyboardInterrupt`` stops at once: no other chunk is running.)
     """
     import numba
     workers = min(nchunks, numba.get_num_threads())
-    if workers <= 1 or getattr(_IN_POOL, "active", False):
-        for c in range(nchunks):
-            fn(c)
-        return
-    pool = _executor(workers)
-    futures = [pool.submit(fn, c) for c in range(nchunks)]
     error = None
-    for f in futures:
-        try:
-            f.result()
-        except BaseException as exc:   # noqa: BLE001 (re-raised below, after all chunks)
-            error = exc if error is None else error
+    if workers <= 1 or getattr(_IN_POOL, "active", False):
+        for c in range(nchunks):      # every chunk, as on threads (the first error after)
+            try:
+                fn(c)
+            except Exception as exc:  # noqa: BLE001 (re-raised below, after all chunks)
+                error = exc if error is None else error
+    else:
+        pool = _executor(workers)
+        futures = [pool.submit(fn, c) for c in range(nchunks)]
+        for f in futures:
+            try:
+                f.result()
+            except BaseException as exc:   # noqa: BLE001 (re-raised below, after all chunks)
+                error = exc if error is None else error
     if error is not None:
         raise error
 
