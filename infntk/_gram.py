@@ -9,8 +9,13 @@ command line, :mod:`infntk.distributed`)::
     for each block of rows r0:r1:
         G = X1[r0:r1] @ X2[:cols].T     # cols = r1 in the symmetric case (lower triangle)
         engine.block(plan, X1, X2, G, r0, symmetric, out_nngp[r0:r1], out_ntk[r0:r1])
-    mirror the lower triangle (symmetric case)
+        check the block, mirror its lower triangle (symmetric case), record, count it
     Kernels(out_nngp, out_ntk, plan.error_bound, plan.orders)
+
+With several Numba threads, an engine whose ``block_in_thread`` is true (the closed forms)
+has each block filled on a helper thread while the calling thread makes the next block's
+product and checks, mirrors, records and counts the previous block (see :func:`_fill_blocks`);
+the results are the same bits on any number of threads.
 
 Engines live in :mod:`infntk._backends` and follow the protocol described there; the driver
 knows nothing about activations or layers. Inputs arrive validated (C-contiguous float64,
@@ -23,8 +28,9 @@ The checks every caller gets, here once:
   the other kernel;
 * outputs to allocate are compared with the available memory first (``MemoryError`` with the
   bytes needed, instead of an out-of-memory kill after minutes of work);
-* every block is checked for finiteness as soon as it is written (``OverflowError`` naming the
-  row, the column and the network's settings, never a silent inf/NaN in the result);
+* every block is checked for finiteness as soon as it is written (with the overlap above,
+  while the next one is: ``OverflowError`` naming the row, the column and the network's
+  settings, never a silent inf/NaN in the result);
 * engine calls hold a process-wide lock when Numba's threading layer is not thread-safe (see
   :mod:`infntk._numba_config`), so Python threads (a dask thread pool) can share a network;
 * ``resume``: an object with ``done(r0) -> bool`` and ``record(r0, r1)`` (see
@@ -398,12 +404,11 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
         rows1 = engine.rows(X1)
         rows2 = rows1 if symmetric else engine.rows(X2)
         plan = engine.prepare(rows1, rows2, symmetric)
-    # (the limit costs ~1 ms: not worth it for small Gram matrices)
     # the symmetric outputs are mirrored block by block (each block's rows while they are in
     # the cache), except when resuming: then blocks already on disk are not read again, and
     # the whole matrix is mirrored at the end
-    mirror = symmetric and resume is None and all(
-        outs[k].dtype == np.float64 and np.asarray(outs[k]).flags.c_contiguous for k in kinds)
+    mirror = symmetric and resume is None
+    # (the BLAS limit is not worth it for small Gram matrices)
     with blas_one_thread() if n1 * n2 >= _BLAS_LIMIT_PAIRS else contextlib.nullcontext():
         _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_rows,
                      progress, resume, label, mirror)
