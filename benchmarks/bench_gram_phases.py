@@ -113,23 +113,47 @@ def load_driver(tree):
     return mod
 
 
+class _Timed:
+    """The engine, with the wall-clock intervals of its ``block`` calls recorded."""
+
+    def __init__(self, eng):
+        self.eng, self.spans = eng, []
+        self.block_in_thread = getattr(eng, "block_in_thread", False)
+
+    def __getattr__(self, name):
+        return getattr(self.eng, name)
+
+    def block(self, *args):
+        t = time.perf_counter()
+        self.eng.block(*args)
+        self.spans.append((t, time.perf_counter()))
+
+
 def ab(base, net, A, B, same, calls):
-    eng = net._engine(A.shape[1])
+    """Both drivers on the same engine, alternated. Besides wall and CPU: the time of each
+    call during which no engine block is running ("outside blocks"), when the chunk threads
+    have nothing to do: the serial part the overlap removes, which does not depend on how
+    many cores the machine's load leaves free as much as the wall time does."""
+    eng = _Timed(net._engine(A.shape[1]))
     drivers = (("base", base), ("this", _gram))
     for _, mod in drivers:
         mod.gram(eng, A, B, same)
     res = {"base": [], "this": []}
     for r in range(calls):
         for name, mod in (drivers if r % 2 == 0 else drivers[::-1]):
+            eng.spans = []
             t, c = time.perf_counter(), time.process_time()
             mod.gram(eng, A, B, same)
-            res[name].append((time.perf_counter() - t, time.process_time() - c))
+            wall = time.perf_counter() - t
+            res[name].append((wall, time.process_time() - c,
+                              wall - sum(b - a for a, b in eng.spans)))
     o, n = np.array(res["base"]) * 1e3, np.array(res["this"]) * 1e3
     print(f"  driver A/B ({calls} calls each, alternated): wall min base {o[:, 0].min():.1f} "
           f"this {n[:, 0].min():.1f} ms ({o[:, 0].min() / n[:, 0].min():.2f}x), median "
           f"{np.median(o[:, 0]):.1f} / {np.median(n[:, 0]):.1f} "
           f"({np.median(o[:, 0]) / np.median(n[:, 0]):.2f}x); CPU min {o[:, 1].min():.1f} / "
-          f"{n[:, 1].min():.1f} ms; load {os.getloadavg()[0]:.1f}")
+          f"{n[:, 1].min():.1f} ms; outside blocks, median {np.median(o[:, 2]):.1f} / "
+          f"{np.median(n[:, 2]):.1f} ms; load {os.getloadavg()[0]:.1f}")
 
 
 def main():

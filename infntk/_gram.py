@@ -12,10 +12,9 @@ command line, :mod:`infntk.distributed`)::
         check the block, mirror its lower triangle (symmetric case), record, count it
     Kernels(out_nngp, out_ntk, plan.error_bound, plan.orders)
 
-With several Numba threads, an engine whose ``block_in_thread`` is true (the closed forms)
-has each block filled on a helper thread while the calling thread makes the next block's
-product and checks, mirrors, records and counts the previous block (see :func:`_fill_blocks`);
-the results are the same bits on any number of threads.
+With several Numba threads, while an engine's block runs its chunks on the pool, the calling
+thread makes the next block's product and checks, mirrors, records and counts the previous
+block (see :func:`_fill_blocks`); the results are the same bits on any number of threads.
 
 Engines live in :mod:`infntk._backends` and follow the protocol described there; the driver
 knows nothing about activations or layers. Inputs arrive validated (C-contiguous float64,
@@ -47,8 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._backends._common import mirror_stripe, mirror_tiles, rows_finite
-from ._numba_config import (blas_one_thread, chunk_count, engine_lock, run_chunks,
-                            run_in_background, wait_for)
+from ._numba_config import (blas_one_thread, chunk_count, engine_lock, overlap_with_chunks,
+                            run_chunks)
 from ._validation import check_positive_int
 
 # Gram matrices with at least this many entries run BLAS on one thread (_numba_config) and
@@ -429,18 +428,17 @@ def _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_ro
     upper triangle, :func:`_mirror_block`), recorded (``resume``) and counted (``progress``),
     in block order. The BLAS product of a block is made in the calling thread (under its
     BLAS limit) and always as one product of the whole block, so its rounding, hence the
-    result, never depends on the thread count. When it pays (an engine that allows it,
-    ``engine.block_in_thread``; several Numba threads; a large matrix), the engine's call
-    runs on a helper thread while the calling thread makes the *next* block's product and
-    checks, mirrors, records and counts the *previous* block, work that would otherwise
-    leave the chunk threads idle (a tenth to a fifth of a gaussian network's time at depth
-    10). Then a block is recorded and counted once the next one is written too, an
-    ``OverflowError`` is raised after the next block is written, and ``resume.done`` of the
-    next block is asked before the current one is recorded.
+    result, never depends on the thread count. With several Numba threads and a large
+    matrix, the calling thread makes the *next* block's product and checks, mirrors, records
+    and counts the *previous* block while the engine's block runs its chunks on the pool
+    (:func:`infntk._numba_config.overlap_with_chunks`), work that would otherwise leave the
+    chunk threads idle (a tenth to a fifth of a gaussian network's time at depth 10). Then
+    a block is recorded and counted once the next one is written too, an ``OverflowError``
+    is raised after the next block is written, and ``resume.done`` of the next block is
+    asked before the current one is recorded.
     """
     n1, n2 = X1.shape[0], X2.shape[0]
-    overlap = (getattr(engine, "block_in_thread", False) and n1 * n2 >= _BLAS_LIMIT_PAIRS
-               and chunk_count(2, per_thread=1) > 1)
+    overlap = n1 * n2 >= _BLAS_LIMIT_PAIRS and chunk_count(2, per_thread=1) > 1
 
     def todo():
         for r0, r1 in row_blocks(n1, block_rows):
@@ -477,15 +475,16 @@ def _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_ro
                for k in _KINDS}
         nxt = next(blocks, None)
         if overlap and nxt is not None:
-            job = run_in_background(lambda: fill(r0, G, dst))
-            try:
-                G_next = product(nxt)
+            made = {}
+
+            def meanwhile(nxt=nxt, prev=prev):
+                made["G"] = product(nxt)
                 if prev is not None:
                     settle(*prev, parallel=False)
-                    prev = None
-            finally:
-                wait_for(job)
-            prev = (r0, r1, dst)
+
+            with overlap_with_chunks(meanwhile):
+                fill(r0, G, dst)
+            G_next, prev = made["G"], (r0, r1, dst)
         else:
             fill(r0, G, dst)
             if prev is not None:

@@ -35,7 +35,7 @@ import tempfile
 import threading
 
 __all__ = ["cache_dir", "threading_layer_default", "engine_lock", "blas_one_thread",
-           "chunk_count", "run_chunks", "run_in_background", "wait_for"]
+           "chunk_count", "run_chunks", "overlap_with_chunks"]
 
 
 def _writable_dir(path):
@@ -202,11 +202,8 @@ def _limit_blas():
 _POOL_LOCK = threading.Lock()
 _POOL = {"executor": None, "size": 0}
 _IN_POOL = threading.local()
-# helper threads of run_in_background (not chunk-pool threads: what they run may call
-# run_chunks, which must then use the pool rather than run inline)
-_HELPER_LOCK = threading.Lock()
-_HELPER = {"executor": None}
-_HELPER_THREADS = 32
+# the task overlap_with_chunks gives the calling thread to run while its chunks run
+_CALLER = threading.local()
 
 
 def chunk_count(items, per_thread=4):
@@ -238,12 +235,10 @@ def _mark_pool_thread():
 def _forget_pool_in_child():
     """After ``os.fork`` the child has the pool object but none of its threads: work submitted
     to it would wait forever. The child starts a pool of its own when it needs one."""
-    global _POOL_LOCK, _HELPER_LOCK
+    global _POOL_LOCK
     _POOL_LOCK = threading.Lock()
     _POOL["executor"] = None
     _POOL["size"] = 0
-    _HELPER_LOCK = threading.Lock()
-    _HELPER["executor"] = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -259,7 +254,9 @@ def run_chunks(fn, nchunks):
     thread (no nested waiting on the same pool). The first exception raised by a chunk is
     raised here after every chunk has finished (inline too: the same chunks run whatever
     the thread count), so no chunk is still writing to shared outputs. (Inline, a
-    ``KeyboardInterrupt`` stops at once: no other chunk is running.)
+    ``KeyboardInterrupt`` stops at once: no other chunk is running.) Under
+    :func:`overlap_with_chunks`, the calling thread runs the given task between submitting
+    the chunks to the pool and waiting for them.
     """
     import numba
     workers = min(nchunks, numba.get_num_threads())
@@ -273,6 +270,9 @@ def run_chunks(fn, nchunks):
     else:
         pool = _executor(workers)
         futures = [pool.submit(fn, c) for c in range(nchunks)]
+        task = getattr(_CALLER, "task", None)
+        if task is not None:          # overlap_with_chunks: the caller's work, meanwhile
+            task.run()
         for f in futures:
             try:
                 f.result()
@@ -282,41 +282,45 @@ def run_chunks(fn, nchunks):
         raise error
 
 
-def run_in_background(fn):
-    """Start ``fn()`` on a helper thread and return its ``concurrent.futures.Future``.
 
-    The Gram driver runs an engine's block there while the calling thread computes the
-    next block's BLAS product (which so stays in the caller's thread, under its
-    :func:`blas_one_thread` limit). The helper thread takes the caller's
-    ``numba.get_num_threads()`` (a per-thread setting) before ``fn`` runs, so that
-    :func:`run_chunks` inside it uses as many threads as it would in the caller. Helper
-    threads are not chunk-pool threads: ``run_chunks`` there uses the pool. Up to
-    ``_HELPER_THREADS`` calls run at once (more wait for a free thread; they never wait for
-    each other's work). Wait for the result with :func:`wait_for`. A forked child starts
-    helpers of its own.
+class _Task:
+    """A task run at most once; its exception is kept (raised by overlap_with_chunks)."""
+
+    def __init__(self, fn):
+        self.fn, self.ran, self.error = fn, False, None
+
+    def run(self):
+        if self.ran:
+            return
+        self.ran = True
+        try:
+            self.fn()
+        except BaseException as exc:   # noqa: BLE001 (raised by overlap_with_chunks)
+            self.error = exc
+
+
+@contextlib.contextmanager
+def overlap_with_chunks(task):
+    """A context manager: ``task()`` runs in this thread while chunks run on the pool.
+
+    The first :func:`run_chunks` call of this thread inside the ``with`` body that runs its
+    chunks on the pool runs ``task()`` after submitting them and before waiting for them:
+    the Gram driver makes the next block's BLAS product and checks and records the previous
+    block there, work that would otherwise leave the chunk threads idle, while an engine's
+    block runs its chunks (in the calling thread as ever: its locks, its BLAS limit, a
+    user's callables). If no such call came (one thread, chunks run inline, an engine
+    without chunks), ``task()`` runs when the body ends. An exception of ``task`` is raised
+    when the body ends (never into the code that called ``run_chunks``); when the body
+    raises, its exception wins and a task that has not run yet does not run. Thread-local:
+    other threads' ``run_chunks`` calls are not affected; nested uses each own their task.
     """
-    import numba
-    from concurrent.futures import ThreadPoolExecutor
-    nthreads = numba.get_num_threads()
-
-    def call():
-        if numba.get_num_threads() != nthreads:
-            numba.set_num_threads(nthreads)
-        return fn()
-
-    with _HELPER_LOCK:
-        if _HELPER["executor"] is None:
-            _HELPER["executor"] = ThreadPoolExecutor(_HELPER_THREADS,
-                                                     thread_name_prefix="infntk-helper")
-        return _HELPER["executor"].submit(call)
-
-
-def wait_for(future):
-    """``future.result()``, and if waiting is interrupted (``KeyboardInterrupt``), wait until
-    the work has finished before raising, so that it no longer writes to shared outputs."""
-    from concurrent.futures import wait
+    t = _Task(task)
+    outer = getattr(_CALLER, "task", None)
+    _CALLER.task = t
     try:
-        return future.result()
-    except BaseException:
-        wait([future])
-        raise
+        yield
+    finally:
+        _CALLER.task = outer
+    t.run()
+    if t.error is not None:
+        raise t.error

@@ -1,6 +1,6 @@
 """The Gram driver's fixed-cost passes (infntk._gram): the compiled finiteness test of a block,
-the tiled mirror of the lower triangle, and the overlap of an engine's block (on a helper
-thread) with the next block's BLAS product.
+the tiled mirror of the lower triangle, and the overlap of an engine's chunks with the next
+block's BLAS product and the previous block's check (infntk._numba_config.overlap_with_chunks).
 
 References: ``np.isfinite`` over the written entries, ``np.tril`` of the matrix, and the
 engine's own ``block`` driven by a plain loop in the test with products computed here; the
@@ -10,9 +10,8 @@ overlap runs only with several Numba threads, so it is also exercised in a subpr
 import os
 import subprocess
 import sys
-import threading
+import time
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 import infntk
 from infntk import _gram
 from infntk._backends._common import mirror_stripe, mirror_tiles, rows_finite
-from infntk._numba_config import run_in_background, wait_for
+from infntk._numba_config import overlap_with_chunks, run_chunks
 
 
 # ------------------------------------------------------------------ the finiteness test
@@ -124,12 +123,11 @@ def test_mirror_of_a_memmap_and_of_a_strided_matrix(tmp_path):
 
 # ------------------------------------------------------------------ the block loop
 class _Recorder:
-    """An engine whose block writes a function of the rows and of G, recording threads."""
+    """An engine whose block writes a function of the rows and of G on the chunk threads
+    (slowly: ``delay`` seconds per chunk), recording when its chunks ran."""
 
-    block_in_thread = True
-
-    def __init__(self, fail_at=None):
-        self.calls, self.fail_at = [], fail_at
+    def __init__(self, fail_at=None, delay=0.0):
+        self.calls, self.fail_at, self.delay = [], fail_at, delay
 
     def rows(self, X):
         return X
@@ -140,11 +138,20 @@ class _Recorder:
         return Plan()
 
     def block(self, plan, X1, X2, G, r0, symmetric, out_nngp, out_ntk):
-        self.calls.append((r0, threading.current_thread().name))
         if self.fail_at == r0:
             raise ZeroDivisionError(f"block {r0}")
-        out_nngp[:, :G.shape[1]] = G
-        out_ntk[:, :G.shape[1]] = 2.0 * G + r0
+        ends = []
+
+        def chunk(c):
+            time.sleep(self.delay)
+            rows = slice(c, G.shape[0], 2)
+            out_nngp[rows, :G.shape[1]] = G[rows]
+            out_ntk[rows, :G.shape[1]] = 2.0 * G[rows] + r0
+            ends.append(time.perf_counter())
+
+        start = time.perf_counter()
+        run_chunks(chunk, 2)
+        self.calls.append((r0, start, min(ends)))
 
     def finish(self, plan):
         pass
@@ -166,13 +173,14 @@ def _reference(X1, X2, symmetric, block_rows):
 
 class _Resume:
     def __init__(self, done):
-        self.skip, self.recorded = set(done), []
+        self.skip, self.recorded, self.times = set(done), [], []
 
     def done(self, r0, r1):
         return r0 in self.skip
 
     def record(self, r0, r1):
         self.recorded.append(r0)
+        self.times.append(time.perf_counter())
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -186,60 +194,81 @@ def test_block_loop_results_resume_and_errors(symmetric):
     # resume: skipped blocks are neither computed nor recorded, the others in order
     eng, res = _Recorder(), _Resume({128, 512})
     _gram.gram(eng, X1, X2, symmetric, block_rows=128, resume=res)
-    assert [r0 for r0, _ in eng.calls] == [0, 256, 384, 640]
+    assert [c[0] for c in eng.calls] == [0, 256, 384, 640]
     assert res.recorded == [0, 256, 384, 640]
     # an engine's exception reaches the caller; blocks before it are recorded, none after
     eng, res = _Recorder(fail_at=384), _Resume(())
     with pytest.raises(ZeroDivisionError, match="block 384"):
         _gram.gram(eng, X1, X2, symmetric, block_rows=128, resume=res)
-    assert res.recorded == [0, 128, 256]
+    assert res.recorded[:2] == [0, 128] and set(res.recorded) <= {0, 128, 256}
 
 
-def test_background_job_takes_the_callers_thread_count_and_reraises():
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        assert wait_for(run_in_background(numba.get_num_threads)) == 1
-    finally:
-        numba.set_num_threads(before)
+def test_overlap_task_runs_once_and_raises_at_the_end():
+    ran = []
+    with overlap_with_chunks(lambda: ran.append(1)):
+        run_chunks(lambda c: None, 3)
+        run_chunks(lambda c: None, 3)
+    assert ran == [1]
+    with overlap_with_chunks(lambda: ran.append(2)):
+        pass                                   # no chunks: the task runs at the end
+    assert ran == [1, 2]
 
     def fail():
-        raise KeyError("inside")
+        raise KeyError("task")
 
-    with pytest.raises(KeyError, match="inside"):
-        wait_for(run_in_background(fail))
+    with pytest.raises(KeyError, match="task"):
+        with overlap_with_chunks(fail):
+            run_chunks(lambda c: None, 2)
+    with pytest.raises(ZeroDivisionError):     # the body's error wins; the task never runs
+        with overlap_with_chunks(lambda: ran.append(3)):
+            raise ZeroDivisionError
+    assert ran == [1, 2]
 
 
 _TWO_THREADS = r"""
-import sys, threading
+import sys, time
 import numba, numpy as np, infntk
 sys.path.insert(0, sys.argv[1])
 import test_gram_driver as t
 from infntk import _gram
-from infntk._numba_config import run_in_background, wait_for
+from infntk._numba_config import overlap_with_chunks, run_chunks
 assert numba.get_num_threads() == 2
 for symmetric in (True, False):
     t.test_block_loop_results_resume_and_errors(symmetric)
-# the engine's blocks ran on helper threads, except the last (nothing left to overlap)
-eng = t._Recorder()
+t.test_overlap_task_runs_once_and_raises_at_the_end()
+# the task runs while the chunks do: before the first chunk has finished
+ends, when = [], []
+with overlap_with_chunks(lambda: when.append(time.perf_counter())):
+    run_chunks(lambda c: (time.sleep(0.2), ends.append(time.perf_counter())), 2)
+assert when[0] < min(ends), (when, ends)
+# in the driver: block b-1 is recorded while block b's chunks run (not after them), except
+# before the last block (nothing left to overlap with: recorded after it)
 X = np.random.default_rng(0).standard_normal((700, 4))
-_gram.gram(eng, X, X, True, block_rows=128)
-names = [name for _, name in eng.calls]
-assert all(nm.startswith("infntk-helper") for nm in names[:-1]), names
-assert names[-1] == threading.current_thread().name, names
-numba.set_num_threads(1)                    # a helper takes the caller's thread count
-assert wait_for(run_in_background(numba.get_num_threads)) == 1
-numba.set_num_threads(2)
-# closed forms (which run their blocks on the helper): the same bits as one thread, and
-# as the engine's own block driven here block by block
+eng, res = t._Recorder(delay=0.2), t._Resume(())
+_gram.gram(eng, X, X, True, block_rows=128, resume=res)
+assert res.recorded == [0, 128, 256, 384, 512, 640]
+for (r0, start, first_end), rec in zip(eng.calls[1:-1], res.times):
+    assert start < rec < first_end, (r0, start, rec, first_end)
+assert res.times[-2] > eng.calls[-1][2]
+# closed forms, series and composed networks: the same bits as on one thread, and closed
+# forms as their engine's own block driven here block by block
 Y = np.random.default_rng(1).standard_normal((300, 4))
-for act in ("gaussian", "relu", "erf"):
-    net = infntk.FCNet(act, depth=3, w_std=1.5, b_std=0.1)
+L = infntk
+nets = [infntk.FCNet(a, depth=3, w_std=1.5, b_std=0.1) for a in ("gaussian", "relu", "erf")]
+nets += [infntk.FCNet("tanh", depth=2, tol=1e-8),
+         infntk.Network([L.Dense(1.5, 0.1), L.Activation("relu"),
+                         L.Residual([L.Dense(1.0, 0.1), L.Activation("erf"), L.Dense()]),
+                         L.LayerNorm(), L.Dense()])]
+for i, net in enumerate(nets):
     for B in (None, Y):
         two = net.kernels(X, B, block_rows=128)
         numba.set_num_threads(1)
         one = net.kernels(X, B, block_rows=128)
         numba.set_num_threads(2)
+        for a, b in zip(two, one):
+            assert np.array_equal(a, b), (i, B is None)
+        if i >= 3:
+            continue
         eng = net._engine(4)
         sym = B is None
         B2 = X if sym else B
@@ -252,18 +281,18 @@ for act in ("gaussian", "relu", "erf"):
             eng.block(plan, X, B2, G, r0, sym, ref[0][r0:r1], ref[1][r0:r1])
         if sym:
             ref = [np.tril(M) + np.tril(M, -1).T for M in ref]
-        for a, b, c in zip(two, one, ref):
-            assert np.array_equal(a, b) and np.array_equal(a, c), act
+        for a, c in zip(two, ref):
+            assert np.array_equal(a, c), i
 print("ok")
 """
 
 
 def test_overlapped_blocks_on_two_threads(tmp_path):
-    """With two Numba threads the closed-form blocks run on a helper thread, overlapped with
-    the next product: same results, resume records and errors as on one thread."""
+    """With two Numba threads the driver's work between blocks runs while the engine's chunks
+    do: same results, resume records and errors as on one thread."""
     script = tmp_path / "two.py"
     script.write_text(_TWO_THREADS)
     env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
     res = subprocess.run([sys.executable, str(script), os.path.dirname(__file__)],
-                         capture_output=True, text=True, timeout=300, env=env)
+                         capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]

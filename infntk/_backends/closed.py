@@ -609,10 +609,6 @@ class ClosedFormEngine:
     setup : infntk._layers.LayerSetup
     """
 
-    #: ``block`` may run on a helper thread of the Gram driver (it calls compiled code on
-    #: plain arrays only, no user callable), overlapped with the next block's BLAS product
-    block_in_thread = True
-
     def __init__(self, family, setup):
         self.net = NetRecord(int(family.code), float(family.p0), float(family.p1),
                              setup.depth, setup.w2, setup.b2, setup.cK, setup.cb)
