@@ -118,7 +118,6 @@ class _Timed:
 
     def __init__(self, eng):
         self.eng, self.spans = eng, []
-        self.block_in_thread = getattr(eng, "block_in_thread", False)
 
     def __getattr__(self, name):
         return getattr(self.eng, name)
