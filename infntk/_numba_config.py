@@ -282,7 +282,6 @@ def run_chunks(fn, nchunks):
         raise error
 
 
-
 class _Task:
     """A task run at most once; its exception is kept (raised by overlap_with_chunks)."""
 

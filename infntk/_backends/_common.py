@@ -170,7 +170,8 @@ def rows_finite(blk, r0, symmetric, i0, i1):
     One pass: ``sum (v - v)`` is 0 exactly when every ``v`` is finite and NaN as soon as one
     is inf or NaN (``inf - inf`` is NaN), in any order of summation, so the sum may be
     reassociated (``fastmath={"reassoc"}`` only: no NaN or inf assumptions) and vectorizes:
-    ~0.3 ns per entry instead of ``np.isfinite(...).all()``'s ~1 ns and its temporary.
+    0.15-0.4 ns per entry (block in cache .. in memory) against 0.35-0.5 ns for
+    ``np.isfinite(...).all()``, which also makes a temporary.
     ``nogil``: the Gram driver runs it on its chunk threads, a share of the rows each.
     """
     n = blk.shape[1]
@@ -192,9 +193,10 @@ def mirror_tiles(M, r0, r1, c, nch, tile):
     of ``nch``; ``M`` square, C-contiguous).
 
     By ``tile x tile`` squares, so that the strided reads of one square stay in the L1 cache
-    (a plain transposed copy takes a cache line per entry read: ~5 ns per entry, this
-    ~0.5-1 ns). Chunks write disjoint rows and read only the strict lower triangle, which no
-    chunk writes, so they run on threads in any order; the copies are exact.
+    (1.4-1.9 ns per entry for n = 256..1000 against NumPy's transposed assignment's 1.4-3.1;
+    both bound by memory at n = 2000, 6-7 ns). Chunks write disjoint rows and read only the
+    strict lower triangle, which no chunk writes, so they run on threads in any order
+    (``nogil``); the copies are exact.
     """
     n = M.shape[0]
     for t0 in range(r0 + c * tile, r1, nch * tile):
