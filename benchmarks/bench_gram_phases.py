@@ -105,11 +105,11 @@ def phases(act, depth, n1, n2, symmetric, repeats, d=100):
 
 def load_driver(tree):
     """The ``infntk/_gram.py`` of checkout ``tree`` as a module of this package."""
-    spec = importlib.util.spec_from_file_location("infntk._gram_baseline",
+    loader = importlib.util.spec_from_file_location("infntk._gram_baseline",
                                                   os.path.join(tree, "infntk", "_gram.py"))
-    mod = importlib.util.module_from_spec(spec)
+    mod = importlib.util.module_from_spec(loader)
     sys.modules["infntk._gram_baseline"] = mod
-    spec.loader.exec_module(mod)
+    loader.loader.exec_module(mod)
     return mod
 
 

@@ -66,9 +66,9 @@ def test_large_block_check_finds_the_first_bad_entry(symmetric, value):
 
 # ------------------------------------------------------------------ the mirror
 @settings(deadline=None, max_examples=25)
-@given(n=st.integers(1, 150), block_rows=st.integers(1, 80), seed=st.integers(0, 99))
-def test_mirror_copies_the_lower_triangle_exactly(n, block_rows, seed):
-    M = np.random.default_rng(seed).standard_normal((n, n))
+@given(n=st.integers(1, 150), block_rows=st.integers(1, 80), state=st.integers(0, 99))
+def test_mirror_copies_the_lower_triangle_exactly(n, block_rows, state):
+    M = np.random.default_rng(state).standard_normal((n, n))
     low = np.tril(M)
     expected = low + np.tril(M, -1).T
     _gram.mirror_lower_to_upper(M, block_rows)
@@ -77,11 +77,11 @@ def test_mirror_copies_the_lower_triangle_exactly(n, block_rows, seed):
 
 @settings(deadline=None, max_examples=25)
 @given(n=st.integers(1, 150), block_rows=st.integers(1, 80), tile=st.integers(1, 40),
-       nch=st.integers(1, 3), seed=st.integers(0, 99))
-def test_block_stripes_in_row_order_give_the_mirrored_matrix(n, block_rows, tile, nch, seed):
+       nch=st.integers(1, 3), state=st.integers(0, 99))
+def test_block_stripes_in_row_order_give_the_mirrored_matrix(n, block_rows, tile, nch, state):
     """The driver's per-block mirror: after block ``r0:r1`` is written (rows below it are not
     yet, here NaN), its stripe of the upper triangle; in the end the mirrored matrix."""
-    M = np.random.default_rng(seed).standard_normal((n, n))
+    M = np.random.default_rng(state).standard_normal((n, n))
     expected = np.tril(M) + np.tril(M, -1).T
     W = np.full((n, n), np.nan)
     for r0 in range(0, n, block_rows):
