@@ -9,8 +9,12 @@ command line, :mod:`infntk.distributed`)::
     for each block of rows r0:r1:
         G = X1[r0:r1] @ X2[:cols].T     # cols = r1 in the symmetric case (lower triangle)
         engine.block(plan, X1, X2, G, r0, symmetric, out_nngp[r0:r1], out_ntk[r0:r1])
-    mirror the lower triangle (symmetric case)
+        check the block, mirror its lower triangle (symmetric case), record, count it
     Kernels(out_nngp, out_ntk, plan.error_bound, plan.orders)
+
+With several Numba threads, while an engine's block runs its chunks on the pool, the calling
+thread makes the next block's product and checks, mirrors, records and counts the previous
+block (see :func:`_fill_blocks`); the results are the same bits on any number of threads.
 
 Engines live in :mod:`infntk._backends` and follow the protocol described there; the driver
 knows nothing about activations or layers. Inputs arrive validated (C-contiguous float64,
@@ -23,8 +27,9 @@ The checks every caller gets, here once:
   the other kernel;
 * outputs to allocate are compared with the available memory first (``MemoryError`` with the
   bytes needed, instead of an out-of-memory kill after minutes of work);
-* every block is checked for finiteness as soon as it is written (``OverflowError`` naming the
-  row, the column and the network's settings, never a silent inf/NaN in the result);
+* every block is checked for finiteness as soon as it is written (with the overlap above,
+  while the next one is: ``OverflowError`` naming the row, the column and the network's
+  settings, never a silent inf/NaN in the result);
 * engine calls hold a process-wide lock when Numba's threading layer is not thread-safe (see
   :mod:`infntk._numba_config`), so Python threads (a dask thread pool) can share a network;
 * ``resume``: an object with ``done(r0) -> bool`` and ``record(r0, r1)`` (see
@@ -40,11 +45,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._numba_config import blas_one_thread, engine_lock
-
-# Gram matrices with at least this many entries run BLAS on one thread (_numba_config)
-_BLAS_LIMIT_PAIRS = 1 << 16
+from ._backends._common import mirror_stripe, mirror_tiles, rows_finite
+from ._numba_config import (blas_one_thread, chunk_count, engine_lock, overlap_with_chunks,
+                            run_chunks)
 from ._validation import check_positive_int
+
+# Gram matrices with at least this many entries run BLAS on one thread (_numba_config) and
+# overlap each block's engine call with the next block's BLAS product (_fill_blocks)
+_BLAS_LIMIT_PAIRS = 1 << 16
+# passes over at least this many output entries (finiteness test, mirror) run on the chunk
+# threads, a share of the rows each (below, a thread hand-off costs more than it saves)
+_PARALLEL_ENTRIES = 1 << 16
+# rows and columns of the squares the mirror copies at a time (mirror_tiles)
+_MIRROR_TILE = 32
 
 __all__ = ["Kernels", "KernelDiag", "gram", "diag", "row_blocks", "mirror_lower_to_upper",
            "check_out", "check_kinds", "check_no_alias", "check_memory", "available_memory",
@@ -190,11 +203,17 @@ def _describe(engine, label=None):
     return ", ".join(fields) or type(engine).__name__
 
 
-def check_block_finite(engine, dst, r0, symmetric, X1, X2, label=None):
+def check_block_finite(engine, dst, r0, symmetric, X1, X2, label=None, parallel=True):
     """``OverflowError`` if a written entry of the block rows ``r0:r0+len`` is inf or NaN.
 
     In the symmetric case only the lower triangle (``j <= i``) is written, so only it is read.
+    The test is one compiled pass (:func:`infntk._backends._common.rows_finite`), on the
+    chunk threads for large blocks (unless not ``parallel``: in the calling thread, while the
+    chunk threads run the next block); only a block that fails it is searched for its first
+    bad entry (row-major, ``nngp`` before ``ntk``), which the message names.
     """
+    if _blocks_finite(list(dst.values()), r0, symmetric, parallel):
+        return
     for name, blk in dst.items():
         nb = blk.shape[0]
         if symmetric:
@@ -215,6 +234,38 @@ def check_block_finite(engine, dst, r0, symmetric, X1, X2, label=None):
             f"the {name} kernel is {value!r} at row {r0 + i}, column {j} (inputs up to "
             f"|x| = {scale:.3g}; network {_describe(engine, label)}): float64 overflowed; reduce "
             "w_std, depth or the input scale (rescale X).")
+
+
+def _row_cuts(nb, parts, r0, symmetric):
+    """``parts + 1`` row boundaries splitting a block's ``nb`` rows into shares of about equal
+    work: equal row counts, or in the symmetric case equal areas (row ``i`` has ``r0 + i + 1``
+    written entries)."""
+    if not symmetric or parts == 1:
+        return [nb * p // parts for p in range(parts + 1)]
+    area = np.cumsum(np.arange(r0 + 1, r0 + nb + 1, dtype=np.float64))
+    cuts = np.searchsorted(area, area[-1] * np.arange(1, parts) / parts, side="right")
+    return [0] + [int(c) for c in cuts] + [nb]
+
+
+def _blocks_finite(blks, r0, symmetric, parallel=True):
+    """Whether every written entry of the blocks ``blks`` (rows ``r0:r0+nb`` of the outputs)
+    is finite; large blocks on the chunk threads (if ``parallel``), a share of the rows each."""
+    blks = [np.asarray(b) for b in blks]
+    if not blks or blks[0].size == 0:
+        return True
+    if any(b.dtype != np.float64 or b.ndim != 2 or not b.flags.c_contiguous for b in blks):
+        return all(np.isfinite(b[i, :r0 + i + 1] if symmetric else b[i]).all()
+                   for b in blks for i in range(b.shape[0]))
+    nb, n = blks[0].shape
+    parts = chunk_count(nb, per_thread=1) if parallel and nb * n >= _PARALLEL_ENTRIES else 1
+    cuts = _row_cuts(nb, parts, r0, symmetric)
+    ok = [True] * parts
+
+    def part(c):
+        ok[c] = all(rows_finite(b, r0, symmetric, cuts[c], cuts[c + 1]) for b in blks)
+
+    run_chunks(part, parts)
+    return all(ok)
 
 
 def compiled_view(X):
@@ -253,15 +304,37 @@ def row_blocks(n, block_rows):
 def mirror_lower_to_upper(M, block_rows=DEFAULT_BLOCK_ROWS):
     """Copy the strict lower triangle of a square matrix onto the upper one, by blocks.
 
-    Touches ``O(block_rows * n)`` entries at a time, so memory maps are streamed.
+    Touches ``O(block_rows * n)`` entries at a time, so memory maps are streamed. A float64
+    C-contiguous ``M`` (every output of :func:`gram`) is copied by the compiled
+    :func:`infntk._backends._common.mirror_tiles` (by ``32 x 32`` squares, on the chunk
+    threads for large matrices); the copies are exact either way.
     """
     n = M.shape[0]
+    A = np.asarray(M)
+    if A.dtype == np.float64 and A.flags.c_contiguous and A.flags.writeable:
+        for r0, r1 in row_blocks(n, block_rows):
+            ntiles = -(-(r1 - r0) // _MIRROR_TILE)
+            nch = (chunk_count(ntiles, per_thread=2)
+                   if (r1 - r0) * (n - r0) >= _PARALLEL_ENTRIES else 1)
+            run_chunks(lambda c: mirror_tiles(A, r0, r1, c, nch, _MIRROR_TILE), nch)
+        return
     for r0, r1 in row_blocks(n, block_rows):
         # rows r0:r1, columns > row: from column block r0:r1 of the rows below
         for i in range(r0, r1):
             M[i, i + 1:r1] = M[i + 1:r1, i]
         if r1 < n:
             M[r0:r1, r1:] = M[r1:, r0:r1].T
+
+
+def _mirror_block(M, r0, r1, parallel):
+    """The strict upper triangle's columns ``r0:r1`` of ``M`` from its rows ``r0:r1``
+    (:func:`infntk._backends._common.mirror_stripe`; on the chunk threads if ``parallel`` and
+    large)."""
+    A = np.asarray(M)
+    ntiles = -(-r1 // _MIRROR_TILE)
+    nch = (chunk_count(ntiles, per_thread=2)
+           if parallel and (r1 - r0) * r1 >= _PARALLEL_ENTRIES else 1)
+    run_chunks(lambda c: mirror_stripe(A, r0, r1, c, nch, _MIRROR_TILE), nch)
 
 
 def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
@@ -330,12 +403,16 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
         rows1 = engine.rows(X1)
         rows2 = rows1 if symmetric else engine.rows(X2)
         plan = engine.prepare(rows1, rows2, symmetric)
-    # (the limit costs ~1 ms: not worth it for small Gram matrices)
+    # the symmetric outputs are mirrored block by block (each block's rows while they are in
+    # the cache), except when resuming: then blocks already on disk are not read again, and
+    # the whole matrix is mirrored at the end
+    mirror = symmetric and resume is None
+    # (the BLAS limit is not worth it for small Gram matrices)
     with blas_one_thread() if n1 * n2 >= _BLAS_LIMIT_PAIRS else contextlib.nullcontext():
         _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_rows,
-                     progress, resume, label)
+                     progress, resume, label, mirror)
     engine.finish(plan)
-    if symmetric:
+    if symmetric and not mirror:
         for k in kinds:
             mirror_lower_to_upper(outs[k], block_rows)
     return Kernels(outs["nngp"] if "nngp" in kinds else None,
@@ -344,24 +421,77 @@ def gram(engine, X1, X2, symmetric, out_nngp=None, out_ntk=None,
 
 
 def _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_rows, progress,
-                 resume, label):
-    """The block loop of :func:`gram` (BLAS products, engine blocks, checks, progress)."""
+                 resume, label, mirror=False):
+    """The block loop of :func:`gram` (BLAS products, engine blocks, checks, progress).
+
+    Each block is filled by the engine, then checked, mirrored (``mirror``: its stripe of the
+    upper triangle, :func:`_mirror_block`), recorded (``resume``) and counted (``progress``),
+    in block order. The BLAS product of a block is made in the calling thread (under its
+    BLAS limit) and always as one product of the whole block, so its rounding, hence the
+    result, never depends on the thread count. With several Numba threads and a large
+    matrix, the calling thread makes the *next* block's product and checks, mirrors, records
+    and counts the *previous* block while the engine's block runs its chunks on the pool
+    (:func:`infntk._numba_config.overlap_with_chunks`), work that would otherwise leave the
+    chunk threads idle (a tenth to a fifth of a gaussian network's time at depth 10). Then
+    a block is recorded and counted once the next one is written too, an ``OverflowError``
+    is raised after the next block is written, and ``resume.done`` of the next block is
+    asked before the current one is recorded.
+    """
     n1, n2 = X1.shape[0], X2.shape[0]
-    for r0, r1 in row_blocks(n1, block_rows):
-        if resume is not None and resume.done(r0, r1):
-            continue
-        cols = r1 if symmetric else n2
-        G = X1[r0:r1] @ X2[:cols].T
-        # plain ndarray views (a memory map's too): one compiled signature for every output
-        dst = {k: np.asarray(outs[k][r0:r1] if k in kinds else scratch[k][:r1 - r0])
-               for k in _KINDS}
+    overlap = n1 * n2 >= _BLAS_LIMIT_PAIRS and chunk_count(2, per_thread=1) > 1
+
+    def todo():
+        for r0, r1 in row_blocks(n1, block_rows):
+            if resume is None or not resume.done(r0, r1):
+                yield r0, r1
+
+    def product(blk):
+        return None if blk is None else X1[blk[0]:blk[1]] @ X2[:blk[1] if symmetric else n2].T
+
+    def fill(r0, G, dst):
         with engine_lock():
             engine.block(plan, X1, X2, G, r0, symmetric, dst["nngp"], dst["ntk"])
-        check_block_finite(engine, {k: dst[k] for k in kinds}, r0, symmetric, X1, X2, label)
+
+    def settle(r0, r1, dst, parallel):
+        # the kept kernels only: the scratch of the others is the next block's already
+        kept = {k: dst[k] for k in kinds}
+        check_block_finite(engine, kept, r0, symmetric, X1, X2, label, parallel)
+        if mirror:
+            for k in kinds:
+                _mirror_block(outs[k], r0, r1, parallel)
         if resume is not None:
             resume.record(r0, r1)
         if progress is not None:
             progress((r1 - r0) * (r0 + r1 + 1) // 2 if symmetric else (r1 - r0) * n2)
+
+    blocks = todo()
+    nxt = next(blocks, None)
+    G_next = product(nxt)
+    prev = None                  # a block written, not yet settled (checked, recorded, ...)
+    while nxt is not None:
+        (r0, r1), G = nxt, G_next
+        # plain ndarray views (a memory map's too): one compiled signature for every output
+        dst = {k: np.asarray(outs[k][r0:r1] if k in kinds else scratch[k][:r1 - r0])
+               for k in _KINDS}
+        nxt = next(blocks, None)
+        if overlap and nxt is not None:
+            made = {}
+
+            def meanwhile(nxt=nxt, prev=prev):
+                made["G"] = product(nxt)
+                if prev is not None:
+                    settle(*prev, parallel=False)
+
+            with overlap_with_chunks(meanwhile):
+                fill(r0, G, dst)
+            G_next, prev = made["G"], (r0, r1, dst)
+        else:
+            fill(r0, G, dst)
+            if prev is not None:
+                settle(*prev, parallel=True)
+                prev = None
+            settle(r0, r1, dst, parallel=True)
+            G_next = product(nxt)
 
 
 def diag(engine, X):

@@ -1,5 +1,7 @@
 """What every engine shares: the overflow check of the per-row recursion, the clipped
-correlation of a pair, the smooth closed forms' stable-route pairs of one row."""
+correlation of a pair, the smooth closed forms' stable-route pairs of one row; and the Gram
+driver's two compiled passes over the output (the finiteness test of a block's rows, the
+mirror of a symmetric matrix's lower triangle)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +12,7 @@ from numba import njit
 from .._duals import diag_diff, smooth_pair, smooth_route_stable, stable_gap_limits
 
 __all__ = ["check_rows_finite", "clipped_correlation", "stable_pairs", "stable_pairs_all",
-           "stable_candidates", "max_or_nan"]
+           "stable_candidates", "max_or_nan", "rows_finite", "mirror_tiles", "mirror_stripe"]
 
 
 @njit(cache=True, error_model="numpy")
@@ -157,3 +159,71 @@ def check_rows_finite(q, ntk, layer=None):
     vals = q[bad].tolist()[:5] if np.ndim(q) == 2 else q[bad]
     raise OverflowError(f"the kernel overflows float64 ({where}: variance(s) {vals!r}); "
                         "reduce depth, w_std or the input scale.")
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
+def rows_finite(blk, r0, symmetric, i0, i1):
+    """Whether rows ``i0:i1`` of the block ``blk`` (``(nb, n)`` float64, C-contiguous) hold
+    finite numbers only, reading the written part: columns ``j <= r0 + i`` when
+    ``symmetric`` (block row ``i`` is output row ``r0 + i``), else every column.
+
+    One pass: ``sum (v - v)`` is 0 exactly when every ``v`` is finite and NaN as soon as one
+    is inf or NaN (``inf - inf`` is NaN), in any order of summation, so the sum may be
+    reassociated (``fastmath={"reassoc"}`` only: no NaN or inf assumptions) and vectorizes:
+    0.15-0.4 ns per entry (block in cache .. in memory) against 0.35-0.5 ns for
+    ``np.isfinite(...).all()``, which also makes a temporary.
+    ``nogil``: the Gram driver runs it on its chunk threads, a share of the rows each.
+    """
+    n = blk.shape[1]
+    s = 0.0
+    for i in range(i0, i1):
+        jend = min(r0 + i + 1, n) if symmetric else n
+        t = 0.0
+        for j in range(jend):
+            v = blk[i, j]
+            t += v - v
+        s += t
+    return s == 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def mirror_tiles(M, r0, r1, c, nch, tile):
+    """Copy ``M[j, i]`` onto ``M[i, j]`` for ``j > i`` and the rows ``i`` of the row tiles
+    ``[t, t + tile)`` of ``r0:r1``, ``t = r0 + c tile, r0 + (c + nch) tile, ...`` (chunk ``c``
+    of ``nch``; ``M`` square, C-contiguous).
+
+    By ``tile x tile`` squares, so that the strided reads of one square stay in the L1 cache
+    (1.4-1.9 ns per entry for n = 256..1000 against NumPy's transposed assignment's 1.4-3.1;
+    both bound by memory at n = 2000, 6-7 ns). Chunks write disjoint rows and read only the
+    strict lower triangle, which no chunk writes, so they run on threads in any order
+    (``nogil``); the copies are exact.
+    """
+    n = M.shape[0]
+    for t0 in range(r0 + c * tile, r1, nch * tile):
+        t1 = min(t0 + tile, r1)
+        for j0 in range(t0, n, tile):
+            j1 = min(j0 + tile, n)
+            for i in range(t0, t1):
+                for j in range(max(j0, i + 1), j1):
+                    M[i, j] = M[j, i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def mirror_stripe(M, r0, r1, c, nch, tile):
+    """Copy ``M[i, j]`` onto ``M[j, i]`` for the rows ``i`` of ``r0:r1`` and every ``j < i``: the
+    strict upper triangle's columns ``r0:r1`` from a block of rows as soon as it is written
+    (``M`` square, C-contiguous). Chunk ``c`` of ``nch`` writes the destination rows of the
+    tiles ``[t, t + tile)``, ``t = c tile, (c + nch) tile, ...`` below ``r1``.
+
+    After every block of rows has had its stripe copied, ``M`` is symmetric with the values
+    of its lower triangle, as after :func:`mirror_tiles` over all rows; the block's rows are
+    still in the cache when they are read here. Chunks write disjoint rows and read only
+    rows ``r0:r1`` left of the diagonal, which no chunk writes.
+    """
+    for t0 in range(c * tile, r1, nch * tile):
+        t1 = min(t0 + tile, r1)
+        for i0 in range(max(r0, t0), r1, tile):
+            i1 = min(i0 + tile, r1)
+            for j in range(t0, t1):
+                for i in range(max(i0, j + 1), i1):
+                    M[j, i] = M[i, j]
