@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from .conv import Conv, Flatten
+from .conv import Conv, Flatten, GlobalAvgPool
 from .fcnet import FCNet
 from .layers import Activation, Dense, LayerNorm, Residual
 from .network import Network
@@ -119,6 +119,15 @@ def _conv():
     net.kernels(X, X[:2].copy())
 
 
+def _conv_gap():
+    rng = np.random.default_rng(_RNG_SEED)
+    X = rng.standard_normal((3, 4, 4, 2))
+    net = Network([Conv(3, "same", 1.5, 0.1), Activation("relu"), GlobalAvgPool(),
+                   Dense(1.5, 0.1)])
+    net.kernels(X)
+    net.kernels(X, X[:2].copy())
+
+
 PATHS = (
     ("closed form, symmetric (relu)", _closed_symmetric),
     ("closed form, cross (relu)", _closed_cross),
@@ -131,6 +140,7 @@ PATHS = (
     ("callable activation", _callable),
     ("composed network (Residual, LayerNorm)", _composed),
     ("convolutional network", _conv),
+    ("convolutional network, GlobalAvgPool", _conv_gap),
 )
 
 
