@@ -406,13 +406,14 @@ def _sqnorm_diff(x, y):
 
 @njit(cache=True, error_model="numpy")
 def _first_layer(i, rows, cols, gi, jend, symmetric, w2, b2, cK0, cb0, A, B, TH, K, Dq,
-                 carried):
+                 carried, rowf):
     """The state after the first Dense layer for columns ``0..jend-1`` of output row ``i``.
 
     Angles from the Gram row ``gi`` (a loop that vectorizes), then from the rows themselves
     for the (nearly) parallel pairs and, in the symmetric case, the diagonal (the last
     column). With ``Dq`` of length ``jend`` (the smooth families), also ``D = q1 - q2`` of
-    those pairs and their columns in ``carried``; returns how many.
+    those pairs and their columns in ``carried``; returns how many. ``rowf``: uint8 work
+    array, ``(>= jend,)``.
     """
     X1, nsq1 = rows.X, rows.nsq
     X2, nsq2, nrm2, m02 = cols.X, cols.nsq, cols.nrm, cols.m0
@@ -429,7 +430,6 @@ def _first_layer(i, rows, cols, gi, jend, symmetric, w2, b2, cK0, cb0, A, B, TH,
     ncarried = np.int64(0)  # typed: a literal 0 would compile a second stable_pairs
     # the test first, in a loop that vectorizes (_needs_rows with sqrt(nsq2[j]) precomputed),
     # then the rare pairs that pass it
-    rowf = np.empty(jend, dtype=np.uint8)
     nrows = 0
     jlast = jend - 1 if symmetric else jend
     for j in range(jlast):
@@ -481,18 +481,20 @@ def _block_kinked(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch
     d = rows.X.shape[1]
     empty = np.empty(0)
     carried = np.empty(0, dtype=np.int64)
+    n2 = X2.shape[0]                 # the work vectors, once per chunk (jend <= n2)
+    A = np.empty(n2)
+    B = np.empty(n2)
+    TH = np.empty(n2)
+    K = np.empty(n2)
+    rowf = np.empty(n2, dtype=np.uint8)
     for t in range(c, (nb + 1) // 2, nch):
         for k in range(1 if nb - 1 - t == t else 2):
             ib = _row_index(t, k, nb)
             i = row0 + ib
-            jend = i + 1 if symmetric else X2.shape[0]
-            A = np.empty(jend)
-            B = np.empty(jend)
-            TH = np.empty(jend)
-            K = np.empty(jend)
+            jend = i + 1 if symmetric else n2
             gi = G[ib]
             _first_layer(i, rows, cols, gi, jend, symmetric, w2, b2, cK[0], cb[0], A, B, TH,
-                         K, empty, carried)
+                         K, empty, carried, rowf)
             if step:
                 # step, sign: only the angle matters, and at tiny norms (m < 1e-100) the gaps
                 # of nearly parallel rows are subnormal; recompute them with the rows (and b2)
@@ -538,17 +540,19 @@ def _block_arccos(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch
     nb = G.shape[0]
     empty = np.empty(0)
     carried = np.empty(0, dtype=np.int64)
+    n2 = X2.shape[0]                 # the work vectors, once per chunk (jend <= n2)
+    A = np.empty(n2)
+    B = np.empty(n2)
+    TH = np.empty(n2)
+    K = np.empty(n2)
+    rowf = np.empty(n2, dtype=np.uint8)
     for t in range(c, (nb + 1) // 2, nch):
         for k in range(1 if nb - 1 - t == t else 2):
             ib = _row_index(t, k, nb)
             i = row0 + ib
-            jend = i + 1 if symmetric else X2.shape[0]
-            A = np.empty(jend)
-            B = np.empty(jend)
-            TH = np.empty(jend)
-            K = np.empty(jend)
+            jend = i + 1 if symmetric else n2
             _first_layer(i, rows, cols, G[ib], jend, symmetric, w2, b2, cK[0], cb[0], A, B,
-                         TH, K, empty, carried)
+                         TH, K, empty, carried, rowf)
             for l in range(depth):
                 qa = q1[i, l]
                 ra = r1[i, l]
@@ -584,29 +588,31 @@ def _block_smooth(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch
     trig = family == FAMILY_SIN or family == FAMILY_COS
     recip = (family == FAMILY_GAUSSIAN or (trig and e1.shape[1] > 0)) and recip_den_ok(w2, b2)
     nb = G.shape[0]
+    n2 = X2.shape[0]                 # the work vectors, once per chunk (jend <= n2)
+    A = np.empty(n2)
+    B = np.empty(n2)
+    TH = np.empty(n2)
+    K = np.empty(n2)
+    rowf = np.empty(n2, dtype=np.uint8)
+    Dq = np.empty(n2)
+    carried = np.empty(n2, dtype=np.int64)
+    fix_j = np.empty(n2, dtype=np.int64)
+    fix_v = np.empty((n2, 6))
+    flag = np.empty(n2, dtype=np.uint8)
+    cand = np.empty(n2, dtype=np.int64)
     for t in range(c, (nb + 1) // 2, nch):
         for k in range(1 if nb - 1 - t == t else 2):
             ib = _row_index(t, k, nb)
             i = row0 + ib
-            jend = i + 1 if symmetric else X2.shape[0]
-            A = np.empty(jend)
-            B = np.empty(jend)
-            TH = np.empty(jend)
-            K = np.empty(jend)
+            jend = i + 1 if symmetric else n2
             # D = q1 - q2 for the nearly parallel pairs (the ones whose angle comes from the
             # rows): their radial gap needs it to full relative accuracy, which q1 - q2 of the
             # rounded per-row variances is not. NaN: not carried, q1 - q2 is used (a pair
             # starting at |cos| < 15/16 reaches a small gap only where the recursion
             # contracts, or keeps its gap O(1) in the chaotic regime).
-            Dq = np.empty(jend)
-            Dq[:] = math.nan
-            carried = np.empty(jend, dtype=np.int64)
-            fix_j = np.empty(jend, dtype=np.int64)
-            fix_v = np.empty((jend, 6))
-            flag = np.empty(jend, dtype=np.uint8)
-            cand = np.empty(jend, dtype=np.int64)
+            Dq[:jend] = math.nan
             ncarried = _first_layer(i, rows, cols, G[ib], jend, symmetric, w2, b2, cK[0], cb[0],
-                                    A, B, TH, K, Dq, carried)
+                                    A, B, TH, K, Dq, carried, rowf)
             for l in range(depth):
                 qa = q1[i, l]
                 ra = r1[i, l]
