@@ -633,6 +633,8 @@ def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
         At = np.ascontiguousarray(A.transpose(1, 3, 2, 0))
         Bt = At if B is A else np.ascontiguousarray(B.transpose(1, 3, 2, 0))
         st = [a.T if mode == 0 else np.ascontiguousarray(a.T) for a in (Q1, R1, SK1, Q2, R2, SK2)]
+        st.append(np.ascontiguousarray(Q1) if mode != 0 and prog["regime"][0] == "diagonal"
+                  else np.zeros((1, 1)))
 
     def chunk(c):
         if prog["planes"]:

@@ -1088,9 +1088,13 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                     bkey[cur] = key
             ho = iop[k, 7]
             wo = iop[k, 8]
+            qb_ = QB
+            rb_ = RB
             if lazy and fam >= 0:
-                _pl_stats(iop, k, 0, st, idx, n1, n2, ns, nb, wb, allfast, fastf, QA, RA, SKA,
-                          QB, RB, SKB)
+                if _pl_stats(iop, k, 0, st, idx, n1, n2, ns, nb, wb, lazy, allfast, fastf, QA,
+                             RA, SKA, QB, RB, SKB):
+                    qb_ = st[6]         # products in QA, RA; ones on y's side
+                    rb_ = st[6]
                 off = 0
             ndo = ho if circ else ho - abs(d)
             neo = wo if circ else wo - abs(e)
@@ -1117,7 +1121,7 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             if q == 3 and not record:
                 _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, S2, T2,
                           (olo * owp + olo) * nb, owp * nb, c, b2, cv, tb, QA, RA, SKA,
-                          (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB, bcol, 2 * wo * nb,
+                          (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb,
                           i0 + d, bmod)
                 S, S2 = S2, S
                 T, T2 = T2, T
@@ -1137,7 +1141,7 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                 fast = fastf[k]
             _pl_act(fam, p0, p1, fast, V, VT, np.int64(0), wp * nb, S2, T2,
                     (olo * owp + olo) * nb, owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA,
-                    (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB, bcol, 2 * wo * nb, i0 + d,
+                    (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb, i0 + d,
                     bmod)
             S, S2 = S2, S
             T, T2 = T2, T
@@ -1176,8 +1180,8 @@ def _pl_gather_b(F, G, n2, FB, GB, off, dst, h, w, wb, nb, ja, seg, ns):
 
 
 @njit(cache=True, error_model="numpy")
-def _pl_stats(iop, k, dst, st, idx, n1, n2, ns, nb, wb, allfast, fastf, QA, RA, SKA, QB, RB,
-              SKB):
+def _pl_stats(iop, k, dst, st, idx, n1, n2, ns, nb, wb, prod, allfast, fastf, QA, RA, SKA, QB,
+              RB, SKB):
     """The statistics of layer ``k`` for a batch of pairs into the batch layout at position
     ``dst`` (``x``'s ``(position, pair)``, ``y``'s in rows of ``2 w`` positions of which ``wb
     w`` are filled), from the position-major ``st = (Q1, R1, SK1, Q2, R2, SK2)`` (flat ``(nst,
@@ -1185,13 +1189,37 @@ def _pl_stats(iop, k, dst, st, idx, n1, n2, ns, nb, wb, allfast, fastf, QA, RA, 
     ``x`` is one image and ``y`` consecutive ones (``ns`` segments): ``x``'s values are
     broadcast, ``y``'s copied. Sets ``fastf[k]`` (the ReLU family's fast form applies: every
     variance in range, known for the whole call when ``allfast[k]``); ``sqrt(E[phi^2])`` only
-    where it does not."""
-    Q1, R1, SK1, Q2, R2, SK2 = st
+    where it does not.
+
+    ``prod`` (the plane ``(0, 0)``, ``wb = 1``) and the fast form for the whole call: the
+    products ``QA = q_x q_y``, ``RA = sqrt(q_x) sqrt(q_y)`` (``R = sqrt(Q)`` exactly, as
+    recorded) in ``x``'s layout, read against ``y``'s side ``st[6]`` (ones: ``QA * 1 = QA``
+    exactly, the same values as the separate factors): half the gathered data, ``x``'s
+    variances read from the image-major copy ``st[7]`` (``(n1, nst)``: one contiguous row per
+    ``x``). Returns whether it took this form."""
+    Q1, R1, SK1, Q2, R2, SK2, ONE, Q1I = st
     ia, ja, seg = idx
     off = iop[k, 4]
     hh = iop[k, 7]
     ww = iop[k, 8]
     n1_ = np.uint64(n1)
+    if prod and allfast[k] and wb == 1:
+        n2_ = np.uint64(n2)
+        nst = np.uint64(Q1I.shape[0]) // n1_
+        for v in range(hh * ww):
+            o = np.uint64((dst + v) * nb)
+            for g in range(ns):
+                b0 = np.uint64(seg[g])
+                b1 = np.uint64(seg[g + 1])
+                qa = Q1I[np.uint64(ia[b0]) * nst + np.uint64(off + v)]     # image-major: x's row
+                ra = math.sqrt(qa)
+                src = np.uint64(off + v) * n2_ + np.uint64(ja[b0])
+                for b in range(b1 - b0):
+                    qb = Q2[src + b]
+                    QA[o + b0 + b] = qa * qb
+                    RA[o + b0 + b] = ra * math.sqrt(qb)
+        fastf[k] = True
+        return True
     for v in range(hh * ww):
         o = np.uint64((dst + v) * nb)
         for g in range(ns):
@@ -1211,11 +1239,12 @@ def _pl_stats(iop, k, dst, st, idx, n1, n2, ns, nb, wb, allfast, fastf, QA, RA, 
             for b in range(nb):
                 SKA[(dst + v) * nb + b] = SK1[(off + v) * n1 + ia[b]]
         _pl_gather_b(SK2, SK2, np.uint64(n2), SKB, SKB, off, dst, hh, ww, wb, nb, ja, seg, ns)
+    return False
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchunks, Q1, R1,
-                 SK1, Q2, R2, SK2, out_nngp, out_ntk):
+                 SK1, Q2, R2, SK2, Q1I, out_nngp, out_ntk):
     """:func:`drive` for networks whose layers before the readout ``iop[kgap]`` are Conv
     layers, each with or without a fused activation: batches of up to ``nbmax`` pairs, plane
     by plane (``nplane``: entries of the largest padded plane). GlobalAvgPool sums every plane;
@@ -1228,7 +1257,8 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     Position-major inputs: the images ``X1`` are ``(H, C, W, n1)`` (``X.transpose(1, 3, 2,
     0)``), the statistics ``Q1, R1, SK1`` are ``(nst, n1)``: a batch's ``(position, pair)``
     layout is gathered from contiguous rows (for the statistics one ``x``'s value broadcast,
-    consecutive ``y``'s copied)."""
+    consecutive ``y``'s copied). ``Q1I``: ``Q1`` image-major, ``(n1, nst)`` (Flatten's pair
+    runs read ``x``'s variances from it; otherwise unused)."""
     H = X1.shape[0]
     C = X1.shape[1]
     W = X1.shape[2]
@@ -1239,8 +1269,8 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     npairs = _pair_count(mode, n1, n2)
     nst = Q1.shape[0]
     st = (Q1.reshape(-1), R1.reshape(-1), SK1.reshape(-1), Q2.reshape(-1), R2.reshape(-1),
-          SK2.reshape(-1))
-    Q1f, R1f, SK1f, Q2f, R2f, SK2f = st
+          SK2.reshape(-1), np.ones(2 * nplane * nbmax), Q1I.reshape(-1))
+    Q1f, R1f, SK1f, Q2f, R2f, SK2f, _, _ = st
     hL = iop[kgap, 5]
     wL = iop[kgap, 6]
     diag = iop[kgap, 0] == OP_FLAT
@@ -1345,8 +1375,8 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
         elif not lazy:
             for k in range(kgap):
                 if iop[k, 3] >= 0:
-                    _pl_stats(iop, k, iop[k, 4], st, idx, n1, n2, ns, nb, wb, allfast, fastf,
-                              QA, RA, SKA, QB, RB, SKB)
+                    _pl_stats(iop, k, iop[k, 4], st, idx, n1, n2, ns, nb, wb, eager, allfast,
+                              fastf, QA, RA, SKA, QB, RB, SKB)
         if diag:
             _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
                       SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, lazy,
