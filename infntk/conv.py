@@ -633,8 +633,10 @@ def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
         At = np.ascontiguousarray(A.transpose(1, 3, 2, 0))
         Bt = At if B is A else np.ascontiguousarray(B.transpose(1, 3, 2, 0))
         st = [a.T if mode == 0 else np.ascontiguousarray(a.T) for a in (Q1, R1, SK1, Q2, R2, SK2)]
-        st.append(np.ascontiguousarray(Q1) if mode != 0 and prog["regime"][0] == "diagonal"
-                  else np.zeros((1, 1)))
+        if mode != 0 and prog["regime"][0] == "diagonal":     # Flatten: _ce._pl_stats
+            st += [np.ascontiguousarray(Q1), _blocks(Q2, nb), _blocks(R2, nb)]
+        else:
+            st += [np.zeros((1, 1))] * 3
 
     def chunk(c):
         if prog["planes"]:
@@ -650,6 +652,15 @@ def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
         low = np.tril_indices(n1, -1)
         for out in (out_nngp, out_ntk):
             out[low] = out.T[low]
+
+
+def _blocks(a, nb):
+    """``(n, m)`` -> ``(ceil(n / nb), m, nb)``: blocks of ``nb`` rows, each transposed (rows
+    beyond ``n`` zero)."""
+    n, m = a.shape
+    out = np.zeros((-(-n // nb) * nb, m))
+    out[:n] = a
+    return np.ascontiguousarray(out.reshape(-1, nb, m).transpose(0, 2, 1))
 
 
 def _stat_arrays(n, prog):

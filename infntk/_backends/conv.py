@@ -408,8 +408,9 @@ def _prepare(S, T, bst, ib, lid, size):
 @njit(cache=True, error_model="numpy")
 def _act_diag(family, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, n):
     """Activation in place on the diagonal state ``S[:n]`` (variances ``q1[off + t]``,
-    ``q2[off + t]``); the ReLU family's vectorized loop when every variance is within
-    ``[1e-140, 1e140]``, the general dual otherwise."""
+    ``q2[off + t]``); the ReLU family's fused form (:func:`_abrelu_fast`) when every variance
+    is within ``[1e-140, 1e140]``, the general dual otherwise. (Flatten networks without
+    pooling run the plane engine; this serves the diagonal after an AvgPool.)"""
     qa = q1[off:off + n]
     qb = q2[off:off + n]
     ra = r1[off:off + n]
@@ -423,8 +424,11 @@ def _act_diag(family, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, n):
                 fast = False
                 break
     if fast:
+        kn2 = 0.5 * (p0 * p0 + p1 * p1)     # the ReLU family's constants (_abrelu_fast)
+        kc2 = (p0 - p1) * (p0 - p1) * _INV_2PI
+        kab = p0 * p1
         for t in range(n):
-            k, kd = _abrelu_kkd(p0, p1, math.sqrt(qa[t] * qb[t]), S[t])
+            k, kd = _abrelu_fast(kn2, kc2, kab, ra[t] * rb[t], qa[t] * qb[t], S[t])
             S[t] = k
             T[t] = T[t] * kd
     else:
@@ -1196,28 +1200,38 @@ def _pl_stats(iop, k, dst, st, idx, n1, n2, ns, nb, wb, prod, allfast, fastf, QA
     recorded) in ``x``'s layout, read against ``y``'s side ``st[6]`` (ones: ``QA * 1 = QA``
     exactly, the same values as the separate factors): half the gathered data, ``x``'s
     variances read from the image-major copy ``st[7]`` (``(n1, nst)``: one contiguous row per
-    ``x``). Returns whether it took this form."""
-    Q1, R1, SK1, Q2, R2, SK2, ONE, Q1I = st
+    ``x``), ``y``'s ``Q, R`` from the blocked copies ``st[8], st[9]`` (``(n2 / bk, nst, bk)``,
+    ``bk = len(ia)``, the largest batch: the images of a segment are one or two contiguous
+    stretches per position, and successive positions adjacent). Returns whether it took this
+    form."""
+    Q1, R1, SK1, Q2, R2, SK2, ONE, Q1I, Q2K, R2K = st
     ia, ja, seg = idx
     off = iop[k, 4]
     hh = iop[k, 7]
     ww = iop[k, 8]
     n1_ = np.uint64(n1)
     if prod and allfast[k] and wb == 1:
-        n2_ = np.uint64(n2)
         nst = np.uint64(Q1I.shape[0]) // n1_
-        for v in range(hh * ww):
-            o = np.uint64((dst + v) * nb)
-            for g in range(ns):
-                b0 = np.uint64(seg[g])
-                b1 = np.uint64(seg[g + 1])
-                qa = Q1I[np.uint64(ia[b0]) * nst + np.uint64(off + v)]     # image-major: x's row
+        bk = np.uint64(ia.shape[0])    # the blocks of y: the batch size
+        for g in range(ns):
+            b0 = np.uint64(seg[g])
+            b1 = np.uint64(seg[g + 1])
+            ra0 = np.uint64(ia[b0]) * nst + np.uint64(off)    # image-major: x's row
+            j0 = np.uint64(ja[b0])
+            # y's block rows: up to two pieces of consecutive images in blocks of bk
+            p1 = min(b1 - b0, bk - j0 % bk)
+            for v in range(hh * ww):
+                o = np.uint64((dst + v) * nb) + b0
+                qa = Q1I[ra0 + np.uint64(v)]
                 ra = math.sqrt(qa)
-                src = np.uint64(off + v) * n2_ + np.uint64(ja[b0])
-                for b in range(b1 - b0):
-                    qb = Q2[src + b]
-                    QA[o + b0 + b] = qa * qb
-                    RA[o + b0 + b] = ra * math.sqrt(qb)
+                src = ((j0 // bk) * nst + np.uint64(off + v)) * bk + j0 % bk
+                for b in range(p1):
+                    QA[o + b] = qa * Q2K[src + b]
+                    RA[o + b] = ra * R2K[src + b]
+                src = ((j0 // bk + np.uint64(1)) * nst + np.uint64(off + v)) * bk
+                for b in range(b1 - b0 - p1):
+                    QA[o + p1 + b] = qa * Q2K[src + b]
+                    RA[o + p1 + b] = ra * R2K[src + b]
         fastf[k] = True
         return True
     for v in range(hh * ww):
@@ -1244,7 +1258,7 @@ def _pl_stats(iop, k, dst, st, idx, n1, n2, ns, nb, wb, prod, allfast, fastf, QA
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchunks, Q1, R1,
-                 SK1, Q2, R2, SK2, Q1I, out_nngp, out_ntk):
+                 SK1, Q2, R2, SK2, Q1I, Q2K, R2K, out_nngp, out_ntk):
     """:func:`drive` for networks whose layers before the readout ``iop[kgap]`` are Conv
     layers, each with or without a fused activation: batches of up to ``nbmax`` pairs, plane
     by plane (``nplane``: entries of the largest padded plane). GlobalAvgPool sums every plane;
@@ -1257,8 +1271,9 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     Position-major inputs: the images ``X1`` are ``(H, C, W, n1)`` (``X.transpose(1, 3, 2,
     0)``), the statistics ``Q1, R1, SK1`` are ``(nst, n1)``: a batch's ``(position, pair)``
     layout is gathered from contiguous rows (for the statistics one ``x``'s value broadcast,
-    consecutive ``y``'s copied). ``Q1I``: ``Q1`` image-major, ``(n1, nst)`` (Flatten's pair
-    runs read ``x``'s variances from it; otherwise unused)."""
+    consecutive ``y``'s copied). ``Q1I``: ``Q1`` image-major, ``(n1, nst)``; ``Q2K, R2K``:
+    ``Q2, R2`` in blocks of ``nbmax`` images, ``(n2 / nbmax, nst, nbmax)`` (Flatten's pair runs
+    read the variances from these, :func:`_pl_stats`; otherwise unused)."""
     H = X1.shape[0]
     C = X1.shape[1]
     W = X1.shape[2]
@@ -1269,8 +1284,9 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     npairs = _pair_count(mode, n1, n2)
     nst = Q1.shape[0]
     st = (Q1.reshape(-1), R1.reshape(-1), SK1.reshape(-1), Q2.reshape(-1), R2.reshape(-1),
-          SK2.reshape(-1), np.ones(2 * nplane * nbmax), Q1I.reshape(-1))
-    Q1f, R1f, SK1f, Q2f, R2f, SK2f, _, _ = st
+          SK2.reshape(-1), np.ones(2 * nplane * nbmax), Q1I.reshape(-1), Q2K.reshape(-1),
+          R2K.reshape(-1))
+    Q1f, R1f, SK1f, Q2f, R2f, SK2f, _, _, _, _ = st
     hL = iop[kgap, 5]
     wL = iop[kgap, 6]
     diag = iop[kgap, 0] == OP_FLAT
