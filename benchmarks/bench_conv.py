@@ -19,7 +19,8 @@ With ``--baseline-tree DIR`` (another checkout of infntk, e.g. made by ``git wor
 each case is also timed with that checkout's engine in a subprocess right after this one's
 (alternating, so both see the same load), and the speed-up column compares the process CPU
 times per pair. ``--repeat N`` times each case N times (alternating with the baseline) and
-keeps the least times; ``--gap`` runs the GlobalAvgPool cases only.
+keeps the least times; ``--gap`` runs the GlobalAvgPool cases only, ``--flatten`` the Flatten
+ones; ``--flatten-n N`` sets the images of the Flatten cases (neural-tangents at most 64).
 
 Baseline measured in the same process: a plain NumPy prototype of the same recursion
 (:func:`numpy_pair`: the whole ``(h, w, h, w)`` covariance of one pair as one array, the

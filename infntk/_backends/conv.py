@@ -45,7 +45,8 @@ list).
 Networks whose full-state part is Conv and activation layers up to GlobalAvgPool run the plane
 engine instead (:func:`drive_planes`, below): every Conv keeps the offsets ``(i' - i, j' -
 j)``, so the planes of fixed offsets are independent; each runs through all layers in cache,
-for a batch of pairs with the pair index innermost (docs/conv.md, "Plane engine").
+for a batch of pairs with the pair index innermost (docs/conv.md, "Plane engine"). Flatten
+networks of Conv layers (no pooling) run its plane ``(0, 0)`` alone: the spatial diagonal.
 """
 from __future__ import annotations
 
@@ -1095,8 +1096,8 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             qb_ = QB
             rb_ = RB
             if lazy and fam >= 0:
-                if _pl_stats(iop, k, 0, st, idx, n1, n2, ns, nb, wb, lazy, allfast, fastf, QA,
-                             RA, SKA, QB, RB, SKB):
+                if _pl_stats(iop, k, np.int64(0), st, idx, n1, n2, ns, nb, wb, lazy, allfast,
+                             fastf, QA, RA, SKA, QB, RB, SKB):
                     qb_ = st[6]         # products in QA, RA; ones on y's side
                     rb_ = st[6]
                 off = 0
@@ -1141,7 +1142,7 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                 for r in range(ndo):
                     _pl_record(fam, p0, p1, V, r * wp * nb, c, b2, n, nb, wo, QA, RA, SKA,
                                (off + r * wo) * nb, QB, RB, SKB, (2 * off + r * 2 * wo) * nb)
-                fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, ho, wo, nb, 2)
+                fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, ho, wo, nb, np.int64(2))
                 fast = fastf[k]
             _pl_act(fam, p0, p1, fast, V, VT, np.int64(0), wp * nb, S2, T2,
                     (olo * owp + olo) * nb, owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA,
@@ -1336,7 +1337,7 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     wmode = 0 if mode == 0 else 2   # the symmetric Gram's lower triangle: by the caller
     for g0 in range(chunk * nbmax, npairs, nchunks * nbmax):
         nb = min(nbmax, npairs - g0)
-        ns = 0
+        ns = np.int64(0)
         for b in range(nb):
             i, j = _pair_of(g0 + b, mode, n1, n2)
             ia[b] = i
