@@ -441,11 +441,13 @@ def _compile(layers, H, W, C=1, width=None):
         rmap, cmap = tabs
         pmap[k, 0, :rmap.shape[0]] = rmap
         pmap[k, 1, :cmap.shape[0]] = cmap
-    # the plane engine (infntk._backends.conv.drive_planes): Conv and activations up to GAP
+    # the plane engine (infntk._backends.conv.drive_planes): Conv layers (activations fused)
+    # up to GlobalAvgPool (every plane) or Flatten (the plane (0, 0): the spatial diagonal)
     codes = [row[0] for row in rows_i]
-    kgap = codes.index(_ce.OP_GAP) if _ce.OP_GAP in codes else -1
-    pads = {row[2] for row in rows_i[:kgap] if row[0] == _ce.OP_CONV_F}
-    planes = kgap > 0 and all(c in (_ce.OP_CONV_F, _ce.OP_ACT_F) for c in codes[:kgap]) and (
+    kgap = next((k for k, c in enumerate(codes) if c in (_ce.OP_GAP, _ce.OP_FLAT)), -1)
+    pads = {row[2] for row in rows_i[:kgap] if row[0] in (_ce.OP_CONV_F, _ce.OP_CONV_D)}
+    body = ((_ce.OP_CONV_F, _ce.OP_ACT_F) if codes[kgap] == _ce.OP_GAP else (_ce.OP_CONV_D,))
+    planes = kgap > 0 and all(c in body for c in codes[:kgap]) and (
         pads == {_PAD_CODE["circular"]} or _PAD_CODE["circular"] not in pads)
     if planes and _ce.OP_ACT_F in codes[:kgap]:
         # every activation before GlobalAvgPool follows a Conv here (fused into it): an
@@ -617,30 +619,60 @@ def check_image_pair(X1, X2=None):
 
 def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
     """The engine's driver over ``numba.get_num_threads()`` threads, one chunk of pairs each
-    (the driver releases the GIL; pairs cost the same, so static chunks balance)."""
+    (the driver releases the GIL; pairs cost the same, so static chunks balance).
+
+    The statistics are ``(n, nstat)`` arrays; the plane engine keeps them position-major
+    (:func:`_stat_arrays` allocates them so, and ``.T`` is then the C array it reads; in mode
+    0 they are its output)."""
     n1, n2 = A.shape[0], B.shape[0]
     npairs = n1 if mode == 0 else n1 * (n1 - 1) // 2 if mode == 1 else n1 * n2
     nch = chunk_count(npairs, per_thread=1)
     nb = next((b for b in (32, 16) if b * prog["nplane"] <= _PLANE_ENTRIES), 8)
+    nb = max(1, min(nb, -(-npairs // nch)))     # a batch of consecutive pairs per chunk at least
+    if prog["planes"]:              # position-major images and statistics
+        At = np.ascontiguousarray(A.transpose(1, 3, 2, 0))
+        Bt = At if B is A else np.ascontiguousarray(B.transpose(1, 3, 2, 0))
+        st = [a.T if mode == 0 else np.ascontiguousarray(a.T) for a in (Q1, R1, SK1, Q2, R2, SK2)]
+        if mode != 0 and prog["regime"][0] == "diagonal":     # Flatten: _ce._pl_stats
+            st += [np.ascontiguousarray(Q1), _blocks(Q2, nb), _blocks(R2, nb)]
+        else:
+            st += [np.zeros((1, 1))] * 3
 
     def chunk(c):
         if prog["planes"]:
-            _ce.drive_planes(mode, A, B, prog["iop"], prog["fop"], prog["kgap"], prog["circ"],
-                             nb, prog["nplane"], c, nch, Q1, R1, SK1, Q2, R2, SK2,
-                             out_nngp, out_ntk)
+            _ce.drive_planes(mode, At, Bt, prog["iop"], prog["fop"], prog["kgap"], prog["circ"],
+                             nb, prog["nplane"], c, nch, *st, out_nngp, out_ntk)
             return
         _ce.drive(mode, A, B, prog["iop"], prog["fop"], prog["pmap"], prog["nfull"],
                   prog["nblock"], c, nch, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk)
 
     with engine_lock():
         run_chunks(chunk, nch)
+    if prog["planes"] and mode == 1:    # the plane engine writes the upper triangle
+        low = np.tril_indices(n1, -1)
+        for out in (out_nngp, out_ntk):
+            out[low] = out.T[low]
+
+
+def _blocks(a, nb):
+    """``(n, m)`` -> ``(ceil(n / nb), m, nb)``: blocks of ``nb`` rows, each transposed (rows
+    beyond ``n`` zero)."""
+    n, m = a.shape
+    out = np.zeros((-(-n // nb) * nb, m))
+    out[:n] = a
+    return np.ascontiguousarray(out.reshape(-1, nb, m).transpose(0, 2, 1))
+
+
+def _stat_arrays(n, prog):
+    """Zeroed ``(n, nstat)`` statistics arrays in the layout of the program's engine."""
+    if prog["planes"]:
+        return [np.zeros((prog["nstat"], n)).T for _ in range(3)]
+    return [np.zeros((n, prog["nstat"])) for _ in range(3)]
 
 
 def _self_statistics(X, prog):
     n = X.shape[0]
-    Q = np.zeros((n, prog["nstat"]))
-    R = np.zeros_like(Q)
-    SK = np.zeros_like(Q)
+    Q, R, SK = _stat_arrays(n, prog)
     kn = np.empty((n, 1))
     kt = np.empty((n, 1))
     _run(0, X, X, prog, Q, R, SK, Q, R, SK, kn, kt)

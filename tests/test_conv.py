@@ -130,7 +130,8 @@ MP_CASES = [
 ]
 STD = "standard"
 # the standard parameterization (width: the hidden channels); its NTK is checked on the
-# plane engine (GAP), the diagonal one (Flatten) and the full-state one (AvgPool)
+# plane engine (GAP, and Flatten on the plane (0, 0)) and the full-state one (AvgPool); the
+# diagonal engine against the plane (0, 0) in tests/test_conv_planes.py
 MP_CASES_STANDARD = [
     ("standard_relu_same_gap", (4, 4, 2), [conv(3, "same", 1.5, 0.1, STD), act("relu"),
                                            conv(3, "same", 1.5, 0.1, STD), act("relu"), GAP,

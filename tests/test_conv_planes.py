@@ -38,6 +38,10 @@ NETS = {
                  Dense(1.5, 0.1, "standard")],
 }
 SHAPES = {"circular_filter_larger_than_image": (3, 4, 1), "valid_same_unfused": (7, 6, 1)}
+# the same bodies with the Flatten readout: the plane engine runs the plane (0, 0) alone (the
+# spatial diagonal); the reference is then the diagonal engine
+FLAT_NETS = {name: [Flatten() if isinstance(L, GlobalAvgPool) else L for L in layers]
+             for name, layers in NETS.items()}
 
 
 def _full_state(monkeypatch):
@@ -64,6 +68,62 @@ def test_plane_engine_equals_the_full_state_engine(name, monkeypatch):
     _full_state(monkeypatch)
     ref = (conv_kernels(layers, X, width=width) + conv_kernels(layers, X, Y, width=width)
            + conv_diag(layers, X, width=width))
+    for g, r in zip(got, ref):
+        assert rel_err_vs_max(g, r) <= CLOSED_FORM_RTOL
+
+
+@pytest.mark.parametrize("name", sorted(FLAT_NETS))
+def test_flatten_plane_equals_the_diagonal_engine(name, monkeypatch):
+    """Flatten networks of Conv layers (activations fused) take the plane engine's plane
+    ``(0, 0)``: symmetric Gram (the upper triangle, mirrored), cross Gram and ``conv_diag``
+    against the diagonal engine; 11 images make batches of several segments (one ``x``
+    against consecutive ``y``) and a partial batch, 3 cross images rows shorter than a batch."""
+    layers = FLAT_NETS[name]
+    shape = SHAPES.get(name, (6, 5, 2))
+    rng = np.random.default_rng(100 + len(name))
+    X = rng.standard_normal((11,) + shape)
+    Y = rng.standard_normal((3,) + shape)
+    width = 4
+    got = (conv_kernels(layers, X, width=width) + conv_kernels(layers, X, Y, width=width)
+           + conv_kernels(layers, Y, X, width=width) + conv_diag(layers, X, width=width))
+    assert np.array_equal(got[0], got[0].T) and np.array_equal(got[1], got[1].T)
+    _full_state(monkeypatch)
+    ref = (conv_kernels(layers, X, width=width) + conv_kernels(layers, X, Y, width=width)
+           + conv_kernels(layers, Y, X, width=width) + conv_diag(layers, X, width=width))
+    for g, r in zip(got, ref):
+        assert rel_err_vs_max(g, r) <= CLOSED_FORM_RTOL
+
+
+def test_flatten_plane_mixed_scales_take_both_forms():
+    """Images whose variances leave the ReLU family's fast range (``1e80`` times the others)
+    next to ordinary ones: the call takes the per-batch check and the separate statistics
+    instead of the products, in the same batches. Without biases the kernels are homogeneous
+    of degree 2, ``K(c x, y) = c K(x, y)``, so the rows of the scaled images are the
+    ordinary kernel's rows times ``c`` (and ``c^2`` on their own diagonal)."""
+    layers = [Conv(3, "same", 1.5, 0.0), Activation("relu"), Conv(3, "same", 1.2, 0.0),
+              Activation("relu"), Flatten(), Dense(1.5, 0.0)]
+    X = np.random.default_rng(21).standard_normal((9, 5, 4, 1))
+    scale = np.ones(9)
+    scale[[2, 5]] = 1e80
+    ref = conv_kernels(layers, X)
+    got = conv_kernels(layers, X * scale[:, None, None, None])
+    for g, r in zip(got, ref):
+        assert rel_err_vs_max(g / np.outer(scale, scale), r) <= CLOSED_FORM_RTOL
+
+
+@pytest.mark.parametrize("name", ["relu_same", "sign_then_relu", "standard"])
+def test_flatten_self_statistics_equal_the_diagonal_engines(name):
+    """The self pass of a Flatten plane program against the diagonal engine's, entry by entry
+    (the statistics are kept position-major by the plane engine)."""
+    layers = FLAT_NETS[name]
+    shape = SHAPES.get(name, (6, 5, 2))
+    X = np.random.default_rng(9 + len(name)).standard_normal((10,) + shape)
+    H, W, C = shape
+    got = conv_mod._self_statistics(X, conv_mod._compile(layers, H, W, C, 4))
+    prog = conv_mod._compile(layers, H, W, C, 4)
+    assert prog["planes"]
+    prog["planes"] = False
+    ref = conv_mod._self_statistics(X, prog)
     for g, r in zip(got, ref):
         assert rel_err_vs_max(g, r) <= CLOSED_FORM_RTOL
 
@@ -110,6 +170,10 @@ ROUTES = [   # (layers, the path they take)
      "full"),
     ([Conv(2, "valid"), Conv(3), Activation("gelu"), GlobalAvgPool(), Activation("relu")],
      "planes"),
+    ([Conv(3), Activation("relu"), Conv(2, "valid"), Flatten(), Dense()], "planes"),
+    ([Conv(3), Activation("relu"), AvgPool(2), Conv(3), Activation("relu"), Flatten()],
+     "full"),
+    ([Conv(3, "circular"), Activation("relu"), Conv(3, "same"), Flatten()], "full"),
 ]
 
 
@@ -127,8 +191,9 @@ def test_plane_programs_fuse_every_activation(k):
         codes = list(prog["iop"][:, 0])
         if got == "planes":
             assert conv_mod._ce.OP_ACT_F not in codes[:prog["kgap"]]
-            assert conv_mod._ce.OP_CONV_F in codes[:prog["kgap"]]
-        else:
+            assert conv_mod._ce.OP_ACT_D not in codes[:prog["kgap"]]
+            assert {conv_mod._ce.OP_CONV_F, conv_mod._ce.OP_CONV_D} & set(codes[:prog["kgap"]])
+        elif conv_mod._ce.OP_GAP in codes:
             assert conv_mod._ce.OP_ACT_F in codes
     assert got == route
 

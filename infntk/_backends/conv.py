@@ -45,7 +45,8 @@ list).
 Networks whose full-state part is Conv and activation layers up to GlobalAvgPool run the plane
 engine instead (:func:`drive_planes`, below): every Conv keeps the offsets ``(i' - i, j' -
 j)``, so the planes of fixed offsets are independent; each runs through all layers in cache,
-for a batch of pairs with the pair index innermost (docs/conv.md, "Plane engine").
+for a batch of pairs with the pair index innermost (docs/conv.md, "Plane engine"). Flatten
+networks of Conv layers (no pooling) run its plane ``(0, 0)`` alone: the spatial diagonal.
 """
 from __future__ import annotations
 
@@ -474,8 +475,9 @@ def _prepare(S, T, bst, ib, lid, size):
 @njit(cache=True, error_model="numpy")
 def _act_diag(family, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, n):
     """Activation in place on the diagonal state ``S[:n]`` (variances ``q1[off + t]``,
-    ``q2[off + t]``); the ReLU family's vectorized loop when every variance is within
-    ``[1e-140, 1e140]``, the general dual otherwise."""
+    ``q2[off + t]``); the ReLU family's fused form (:func:`_abrelu_fast`) when every variance
+    is within ``[1e-140, 1e140]``, the general dual otherwise. (Flatten networks without
+    pooling run the plane engine; this serves the diagonal after an AvgPool.)"""
     qa = q1[off:off + n]
     qb = q2[off:off + n]
     ra = r1[off:off + n]
@@ -489,8 +491,11 @@ def _act_diag(family, p0, p1, q1, r1, sk1, q2, r2, sk2, off, S, T, n):
                 fast = False
                 break
     if fast:
+        kn2 = 0.5 * (p0 * p0 + p1 * p1)     # the ReLU family's constants (_abrelu_fast)
+        kc2 = (p0 - p1) * (p0 - p1) * _INV_2PI
+        kab = p0 * p1
         for t in range(n):
-            k, kd = _abrelu_kkd(p0, p1, math.sqrt(qa[t] * qb[t]), S[t])
+            k, kd = _abrelu_fast(kn2, kc2, kab, ra[t] * rb[t], qa[t] * qb[t], S[t])
             S[t] = k
             T[t] = T[t] * kd
     else:
@@ -1023,17 +1028,20 @@ def _pl_record(fam, p0, p1, V, vo, c, b2, n, nb, w, QA, RA, SKA, ao, QB, RB, SKB
 
 
 @njit(cache=True, error_model="numpy")
-def _pl_fast(fam, QA, QB, ao, bo, n, nb):
-    """The ReLU family's fast form applies to a layer: its ``n`` positions' variances (``nb``
-    pairs each, ``QB`` in rows of doubled width: ``2 n nb`` entries) within the range."""
+def _pl_fast(fam, QA, QB, ao, bo, h, w, nb, wb):
+    """The ReLU family's fast form applies to a layer: its ``h x w`` positions' variances
+    (``nb`` pairs each; ``QB`` in rows of ``2 w`` positions, of which the first ``wb w`` are
+    filled) within the range."""
     if fam != FAMILY_ABRELU:
         return False
-    for t in range(n * nb):
+    for t in range(h * w * nb):
         if not (QA[ao + t] > _Q_LO and QA[ao + t] < _Q_HI):
             return False
-    for t in range(2 * n * nb):
-        if not (QB[bo + t] > _Q_LO and QB[bo + t] < _Q_HI):
-            return False
+    for i in range(h):
+        o = bo + i * 2 * w * nb
+        for t in range(wb * w * nb):
+            if not (QB[o + t] > _Q_LO and QB[o + t] < _Q_HI):
+                return False
     return True
 
 
@@ -1067,8 +1075,10 @@ def _pl_input(XB, YB, C, W, nb, d, e, H, circ, S, T, wp, lo, i0, j0, nd, ne, bke
 
 
 @njit(cache=True, error_model="numpy")
-def _tail(iop, fop, k0, s_sc, t_sc, selfrun, q1, r1, sk1, q2, r2, sk2, dg):
-    """The scalar ops ``k0 ..`` after the readout (Dense, activations) of one pair."""
+def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j, n2):
+    """The scalar ops ``k0 ..`` after the readout (Dense, activations) of the pair ``(i, j)``,
+    statistics position-major (flat ``(nst, n)``: entry ``u n + i``); a self run records them
+    (as :func:`_record_self`)."""
     for k in range(k0, iop.shape[0]):
         code = iop[k, 0]
         off = iop[k, 4]
@@ -1076,11 +1086,16 @@ def _tail(iop, fop, k0, s_sc, t_sc, selfrun, q1, r1, sk1, q2, r2, sk2, dg):
             s_sc, t_sc = _dense(fop[k, 0], fop[k, 1], fop[k, 4], fop[k, 5], s_sc, t_sc)
         elif code == OP_ACT_S:
             fam = iop[k, 3]
+            p0 = fop[k, 2]
+            p1 = fop[k, 3]
+            a = off * n1 + i
+            b = off * n2 + j
             if selfrun:
-                dg[0] = s_sc
-                _record_self(fam, fop[k, 2], fop[k, 3], dg, np.int64(1), q1, r1, sk1, off)
-            kk, kd = _dual_other(fam, fop[k, 2], fop[k, 3], q1[off], q2[off], r1[off], r2[off],
-                                 sk1[off], sk2[off], s_sc)
+                Q1[a] = s_sc
+                R1[a] = math.sqrt(s_sc)
+                k11, _ = diag_dual(fam, p0, p1, s_sc)
+                SK1[a] = math.sqrt(k11)
+            kk, kd = _dual_other(fam, p0, p1, Q1[a], Q2[b], R1[a], R2[b], SK1[a], SK2[b], s_sc)
             s_sc = kk
             t_sc = t_sc * kd
     return s_sc, t_sc
@@ -1088,7 +1103,8 @@ def _tail(iop, fop, k0, s_sc, t_sc, selfrun, q1, r1, sk1, q2, r2, sk2, dg):
 
 @njit(cache=True, error_model="numpy")
 def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, SKA, QB, RB,
-              SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct):
+              SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, lazy, st, idx, n1, n2, ns,
+              wb, allfast):
     """Run the plane ``(d, e)`` of a batch of ``nb`` pairs through the ops ``0 .. kgap - 1``
     (Conv layers, each with or without a fused activation: the program builder never puts an
     unfused activation before GlobalAvgPool in a plane program) and add its columns to ``accv,
@@ -1096,7 +1112,10 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
     the variances of every activation are written into the batch statistics on the way and
     ``fastf`` is set. Buffers ``S0, T0`` / ``S1, T1`` alternate; ``bkey[b]`` is the layout
     whose zero border buffer ``b`` holds (-1: none), so a border is cleared only when a
-    buffer changes layout."""
+    buffer changes layout. ``lazy`` (a single plane: Flatten): each layer's statistics are
+    gathered (:func:`_pl_stats`, arguments ``st .. allfast``) into the start of ``QA ..``
+    just before the layer, while the buffers are in cache; otherwise they are in place for
+    every layer."""
     h = iop[0, 5]
     w = iop[0, 6]
     i0 = 0 if circ else max(0, -d)
@@ -1121,7 +1140,7 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
         off = iop[k, 4]
         p0 = fop[k, 2]
         p1 = fop[k, 3]
-        if code == OP_CONV_F:
+        if code == OP_CONV_F or code == OP_CONV_D:
             q = iop[k, 1]
             pad = iop[k, 2]
             if pad == 2:
@@ -1134,12 +1153,20 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                     bkey[cur] = key
             ho = iop[k, 7]
             wo = iop[k, 8]
+            qb_ = QB
+            rb_ = RB
+            if lazy and fam >= 0:
+                if _pl_stats(iop, k, np.int64(0), st, idx, n1, n2, ns, nb, wb, lazy, allfast,
+                             fastf, QA, RA, SKA, QB, RB, SKB):
+                    qb_ = st[6]         # products in QA, RA; ones on y's side
+                    rb_ = st[6]
+                off = 0
             ndo = ho if circ else ho - abs(d)
             neo = wo if circ else wo - abs(e)
             olo = 0             # the layout of the output: padded for the next Conv
             otot = 0
             for k2 in range(k + 1, kgap):
-                if iop[k2, 0] == OP_CONV_F:
+                if iop[k2, 0] == OP_CONV_F or iop[k2, 0] == OP_CONV_D:
                     if iop[k2, 2] != 1:
                         olo = (iop[k2, 1] - 1) // 2
                         otot = iop[k2, 1] - 1
@@ -1159,7 +1186,7 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             if q == 3 and not record:
                 _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, S2, T2,
                           (olo * owp + olo) * nb, owp * nb, c, b2, cv, tb, QA, RA, SKA,
-                          (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB, bcol, 2 * wo * nb,
+                          (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb,
                           i0 + d, bmod)
                 S, S2 = S2, S
                 T, T2 = T2, T
@@ -1175,11 +1202,11 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                 for r in range(ndo):
                     _pl_record(fam, p0, p1, V, r * wp * nb, c, b2, n, nb, wo, QA, RA, SKA,
                                (off + r * wo) * nb, QB, RB, SKB, (2 * off + r * 2 * wo) * nb)
-                fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, ho * wo, nb)
+                fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, ho, wo, nb, np.int64(2))
                 fast = fastf[k]
             _pl_act(fam, p0, p1, fast, V, VT, np.int64(0), wp * nb, S2, T2,
                     (olo * owp + olo) * nb, owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA,
-                    (off + i0 * wo + j0) * nb, wo * nb, QB, RB, SKB, bcol, 2 * wo * nb, i0 + d,
+                    (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb, i0 + d,
                     bmod)
             S, S2 = S2, S
             T, T2 = T2, T
@@ -1198,24 +1225,135 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             acct[t] += T[o + t]
 
 
+@njit(cache=True, error_model="numpy")
+def _pl_gather_b(F, G, n2, FB, GB, off, dst, h, w, wb, nb, ja, seg, ns):
+    """``y``'s statistics of one layer (positions ``off ..``) into the batch layout at ``dst``:
+    ``FB[(2 dst + i 2 w + jj) nb + b] = F[u n2 + ja[b]]`` (``u = off + i w + jj mod w``, ``jj <
+    wb w``: rows of ``2 w`` positions, wrapped), the same from ``G`` into ``GB``; per segment of
+    consecutive ``ja`` a contiguous copy."""
+    for i in range(h):
+        for jj in range(wb * w):
+            u = np.uint64(off + i * w + jj % w)
+            o = np.uint64((2 * dst + i * 2 * w + jj) * nb)
+            for g in range(ns):
+                b0 = np.uint64(seg[g])
+                b1 = np.uint64(seg[g + 1])
+                src = u * n2 + np.uint64(ja[b0])
+                for b in range(b1 - b0):
+                    FB[o + b0 + b] = F[src + b]
+                    GB[o + b0 + b] = G[src + b]
+
+
+@njit(cache=True, error_model="numpy")
+def _pl_stats(iop, k, dst, st, idx, n1, n2, ns, nb, wb, prod, allfast, fastf, QA, RA, SKA, QB,
+              RB, SKB):
+    """The statistics of layer ``k`` for a batch of pairs into the batch layout at position
+    ``dst`` (``x``'s ``(position, pair)``, ``y``'s in rows of ``2 w`` positions of which ``wb
+    w`` are filled), from the position-major ``st = (Q1, R1, SK1, Q2, R2, SK2)`` (flat ``(nst,
+    n)``) and ``idx = (ia, ja, seg)``: the pairs' images and the segments of the batch in which
+    ``x`` is one image and ``y`` consecutive ones (``ns`` segments): ``x``'s values are
+    broadcast, ``y``'s copied. Sets ``fastf[k]`` (the ReLU family's fast form applies: every
+    variance in range, known for the whole call when ``allfast[k]``); ``sqrt(E[phi^2])`` only
+    where it does not.
+
+    ``prod`` (the plane ``(0, 0)``, ``wb = 1``) and the fast form for the whole call: the
+    products ``QA = q_x q_y``, ``RA = sqrt(q_x) sqrt(q_y)`` (``R = sqrt(Q)`` exactly, as
+    recorded) in ``x``'s layout, read against ``y``'s side ``st[6]`` (ones: ``QA * 1 = QA``
+    exactly, the same values as the separate factors): half the gathered data, ``x``'s
+    variances read from the image-major copy ``st[7]`` (``(n1, nst)``: one contiguous row per
+    ``x``), ``y``'s ``Q, R`` from the blocked copies ``st[8], st[9]`` (``(n2 / bk, nst, bk)``,
+    ``bk = len(ia)``, the largest batch: the images of a segment are one or two contiguous
+    stretches per position, and successive positions adjacent). Returns whether it took this
+    form."""
+    Q1, R1, SK1, Q2, R2, SK2, ONE, Q1I, Q2K, R2K = st
+    ia, ja, seg = idx
+    off = iop[k, 4]
+    hh = iop[k, 7]
+    ww = iop[k, 8]
+    n1_ = np.uint64(n1)
+    if prod and allfast[k] and wb == 1:
+        nst = np.uint64(Q1I.shape[0]) // n1_
+        bk = np.uint64(ia.shape[0])    # the blocks of y: the batch size
+        for g in range(ns):
+            b0 = np.uint64(seg[g])
+            b1 = np.uint64(seg[g + 1])
+            ra0 = np.uint64(ia[b0]) * nst + np.uint64(off)    # image-major: x's row
+            j0 = np.uint64(ja[b0])
+            # y's block rows: up to two pieces of consecutive images in blocks of bk
+            p1 = min(b1 - b0, bk - j0 % bk)
+            for v in range(hh * ww):
+                o = np.uint64((dst + v) * nb) + b0
+                qa = Q1I[ra0 + np.uint64(v)]
+                ra = math.sqrt(qa)
+                src = ((j0 // bk) * nst + np.uint64(off + v)) * bk + j0 % bk
+                for b in range(p1):
+                    QA[o + b] = qa * Q2K[src + b]
+                    RA[o + b] = ra * R2K[src + b]
+                src = ((j0 // bk + np.uint64(1)) * nst + np.uint64(off + v)) * bk
+                for b in range(b1 - b0 - p1):
+                    QA[o + p1 + b] = qa * Q2K[src + b]
+                    RA[o + p1 + b] = ra * R2K[src + b]
+        fastf[k] = True
+        return True
+    for v in range(hh * ww):
+        o = np.uint64((dst + v) * nb)
+        for g in range(ns):
+            b0 = np.uint64(seg[g])
+            b1 = np.uint64(seg[g + 1])
+            a = np.uint64(off + v) * n1_ + np.uint64(ia[b0])
+            qa = Q1[a]
+            ra = R1[a]
+            for b in range(b0, b1):
+                QA[o + b] = qa
+                RA[o + b] = ra
+    _pl_gather_b(Q2, R2, np.uint64(n2), QB, RB, off, dst, hh, ww, wb, nb, ja, seg, ns)
+    fastf[k] = allfast[k] or _pl_fast(iop[k, 3], QA, QB, dst * nb, 2 * dst * nb, hh, ww, nb,
+                                      wb)
+    if not fastf[k]:
+        for v in range(hh * ww):
+            for b in range(nb):
+                SKA[(dst + v) * nb + b] = SK1[(off + v) * n1 + ia[b]]
+        _pl_gather_b(SK2, SK2, np.uint64(n2), SKB, SKB, off, dst, hh, ww, wb, nb, ja, seg, ns)
+    return False
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchunks, Q1, R1,
-                 SK1, Q2, R2, SK2, out_nngp, out_ntk):
-    """:func:`drive` for networks whose full-state part is Conv and activation layers up to
-    GlobalAvgPool (``iop[kgap]``): batches of up to ``nbmax`` pairs, plane by plane
-    (``nplane``: entries of the largest padded plane). Mode 0 computes the self statistics
-    (plane (0, 0) of the pairs ``(x, x)``) and then ``k(x, x)``."""
-    n1 = X1.shape[0]
-    n2 = X2.shape[0]
-    H = X1.shape[1]
+                 SK1, Q2, R2, SK2, Q1I, Q2K, R2K, out_nngp, out_ntk):
+    """:func:`drive` for networks whose layers before the readout ``iop[kgap]`` are Conv
+    layers, each with or without a fused activation: batches of up to ``nbmax`` pairs, plane
+    by plane (``nplane``: entries of the largest padded plane). GlobalAvgPool sums every plane;
+    Flatten reads the plane ``(0, 0)`` alone, the spatial diagonal (diagonal-regime Conv ops
+    run as the full-state ones on that plane). Mode 0 computes the self statistics (plane
+    ``(0, 0)`` of the pairs ``(x, x)``) and then ``k(x, x)``. The batches ``chunk, chunk +
+    nchunks, ...`` of the pair list are this call's: a batch is a run of consecutive pairs
+    (mostly one ``x`` against consecutive ``y``), whichever the number of chunks.
+
+    Position-major inputs: the images ``X1`` are ``(H, C, W, n1)`` (``X.transpose(1, 3, 2,
+    0)``), the statistics ``Q1, R1, SK1`` are ``(nst, n1)``: a batch's ``(position, pair)``
+    layout is gathered from contiguous rows (for the statistics one ``x``'s value broadcast,
+    consecutive ``y``'s copied). ``Q1I``: ``Q1`` image-major, ``(n1, nst)``; ``Q2K, R2K``:
+    ``Q2, R2`` in blocks of ``nbmax`` images, ``(n2 / nbmax, nst, nbmax)`` (Flatten's pair runs
+    read the variances from these, :func:`_pl_stats`; otherwise unused)."""
+    H = X1.shape[0]
+    C = X1.shape[1]
     W = X1.shape[2]
-    C = X1.shape[3]
+    n1 = X1.shape[3]
+    n2 = X2.shape[3]
+    X1f = X1.reshape(-1)
+    X2f = X2.reshape(-1)
     npairs = _pair_count(mode, n1, n2)
-    if npairs <= chunk:
-        return
-    nst = Q1.shape[1]
+    nst = Q1.shape[0]
+    st = (Q1.reshape(-1), R1.reshape(-1), SK1.reshape(-1), Q2.reshape(-1), R2.reshape(-1),
+          SK2.reshape(-1), np.ones(2 * nplane * nbmax), Q1I.reshape(-1), Q2K.reshape(-1),
+          R2K.reshape(-1))
+    Q1f, R1f, SK1f, Q2f, R2f, SK2f, _, _, _, _ = st
     hL = iop[kgap, 5]
     wL = iop[kgap, 6]
+    diag = iop[kgap, 0] == OP_FLAT
+    wb = 1 if diag else 2           # filled share of y's rows of 2 W (wrapped) positions
+    lazy = np.bool_(diag and mode != 0)     # one plane: each layer's statistics just in time
+    eager = np.bool_(False)
     S0 = np.zeros(nplane * nbmax)
     T0 = np.zeros(nplane * nbmax)
     S1 = np.zeros(nplane * nbmax)
@@ -1238,89 +1376,111 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     bkey = np.full(2, -1, dtype=np.int64)
     ia = np.zeros(nbmax, dtype=np.int64)
     ja = np.zeros(nbmax, dtype=np.int64)
-    dg = np.empty(1)
+    seg = np.zeros(nbmax + 1, dtype=np.int64)
+    idx = (ia, ja, seg)
+    # the layers whose variances are all within the fast form's range (checked once here,
+    # otherwise per batch)
+    allfast = np.zeros(kgap, dtype=np.bool_)
+    if mode != 0:
+        for k in range(kgap):
+            off = iop[k, 4]
+            m = iop[k, 7] * iop[k, 8]
+            allfast[k] = (iop[k, 3] == FAMILY_ABRELU and _in_range(Q1f, off * n1, m * n1)
+                          and _in_range(Q2f, off * n2, m * n2))
     # typed (not literal) arguments: one compiled copy of _pl_plane serves the self pass and
     # the other planes (a literal True/False or 0 compiles it again, and _pl_input with it;
     # tests/test_conv_planes.py checks the self pass against the full-state engine)
     rec_yes = np.bool_(True)
     rec_no = np.bool_(False)
     zero = np.int64(0)
-    mine = (npairs - chunk + nchunks - 1) // nchunks
-    for g0 in range(0, mine, nbmax):
-        nb = min(nbmax, mine - g0)
+    nbprev = -1
+    wmode = 0 if mode == 0 else 2   # the symmetric Gram's lower triangle: by the caller
+    for g0 in range(chunk * nbmax, npairs, nchunks * nbmax):
+        nb = min(nbmax, npairs - g0)
+        ns = np.int64(0)
         for b in range(nb):
-            t = chunk + (g0 + b) * nchunks
-            i, j = _pair_of(t, mode, n1, n2)
+            i, j = _pair_of(g0 + b, mode, n1, n2)
             ia[b] = i
             ja[b] = j
-        # the batch's images, pair index innermost (y in rows of 2 W positions)
-        for b in range(nb):
-            x = X1[ia[b]]
-            y = X2[ja[b]]
-            for i in range(H):
-                for ch in range(C):
-                    for j in range(W):
-                        XB[((i * C + ch) * W + j) * nb + b] = x[i, j, ch]
-                    for j in range(2 * W):
-                        YB[((i * C + ch) * 2 * W + j) * nb + b] = y[i, j % W, ch]
+            if b == 0 or i != ia[b - 1] + (mode == 0) or j != ja[b - 1] + 1:
+                seg[ns] = b         # segments: one x (mode 0: x = y) against consecutive y
+                ns += 1
+        seg[ns] = nb
+        # the batch's images, pair index innermost (y in rows of 2 W positions); per segment
+        # x's pixel broadcast (mode 0: copied, x = y), y's copied
+        for r in range(H * C):
+            for j in range(W):
+                o = np.uint64((r * W + j) * nb)
+                for g in range(ns):
+                    b0 = np.uint64(seg[g])
+                    b1 = np.uint64(seg[g + 1])
+                    src = np.uint64((r * W + j) * n1 + ia[b0])
+                    if mode == 0:
+                        for b in range(b1 - b0):
+                            XB[o + b0 + b] = X1f[src + b]
+                    else:
+                        xv = X1f[src]
+                        for b in range(b0, b1):
+                            XB[o + b] = xv
+            for j in range(wb * W):
+                o = np.uint64((r * 2 * W + j) * nb)
+                for g in range(ns):
+                    b0 = np.uint64(seg[g])
+                    b1 = np.uint64(seg[g + 1])
+                    src = np.uint64((r * W + j % W) * n2 + ja[b0])
+                    for b in range(b1 - b0):
+                        YB[o + b0 + b] = X2f[src + b]
         for t in range(W * nb):
             accv[t] = 0.0
             acct[t] = 0.0
-        bkey[0] = -1                # nb changed the layouts' strides
-        bkey[1] = -1
+        if nb != nbprev:            # nb changed the layouts' strides
+            bkey[0] = -1
+            bkey[1] = -1
+            nbprev = nb
         if mode == 0:
             _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_yes, fastf, QA, RA,
-                      SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
+                      SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, eager,
+                      st, idx, n1, n2, ns, wb, allfast)
             for t in range(W * nb):
                 accv[t] = 0.0
                 acct[t] = 0.0
-            for b in range(nb):
-                for u in range(nst):
-                    Q1[ia[b], u] = QA[u * nb + b]
-                    R1[ia[b], u] = RA[u * nb + b]
-                    SK1[ia[b], u] = SKA[u * nb + b]
-        else:
-            for b in range(nb):
-                for u in range(nst):
-                    QA[u * nb + b] = Q1[ia[b], u]
-                    RA[u * nb + b] = R1[ia[b], u]
-                    SKA[u * nb + b] = SK1[ia[b], u]
+            for u in range(nst):
+                for b in range(nb):
+                    Q1f[u * n1 + ia[b]] = QA[u * nb + b]
+                    R1f[u * n1 + ia[b]] = RA[u * nb + b]
+                    SK1f[u * n1 + ia[b]] = SKA[u * nb + b]
+        elif not lazy:
             for k in range(kgap):
-                fam = iop[k, 3]
-                if fam < 0:
-                    continue
-                off = iop[k, 4]
-                hh = iop[k, 7]
-                ww = iop[k, 8]
-                for i in range(hh):
-                    for jj in range(2 * ww):
-                        u = off + i * ww + jj % ww
-                        o = (2 * off + i * 2 * ww + jj) * nb
-                        for b in range(nb):
-                            QB[o + b] = Q2[ja[b], u]
-                            RB[o + b] = R2[ja[b], u]
-                            SKB[o + b] = SK2[ja[b], u]
-                fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, hh * ww, nb)
-        if circ:
+                if iop[k, 3] >= 0:
+                    _pl_stats(iop, k, iop[k, 4], st, idx, n1, n2, ns, nb, wb, eager, allfast,
+                              fastf, QA, RA, SKA, QB, RB, SKB)
+        if diag:
+            _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
+                      SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, lazy,
+                      st, idx, n1, n2, ns, wb, allfast)
+        elif circ:
             for d in range(hL):
                 for e in range(wL):
                     _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
-                              SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
+                              SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct,
+                              eager, st, idx, n1, n2, ns, wb, allfast)
         else:
             for d in range(1 - hL, hL):
                 for e in range(1 - wL, wL):
                     _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
-                              SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct)
+                              SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct,
+                              eager, st, idx, n1, n2, ns, wb, allfast)
+        npos = hL * wL if diag else hL * hL * wL * wL
         for b in range(nb):
             s_sc = 0.0
             t_sc = 0.0
             for cc in range(W):
                 s_sc += accv[cc * nb + b]
                 t_sc += acct[cc * nb + b]
-            s_sc = s_sc / (hL * hL * wL * wL)
-            t_sc = t_sc / (hL * hL * wL * wL)
+            s_sc = s_sc / npos
+            t_sc = t_sc / npos
             i = ia[b]
             j = ja[b]
-            a, bb = _tail(iop, fop, kgap + 1, s_sc, t_sc, mode == 0, Q1[i], R1[i], SK1[i],
-                          Q2[j], R2[j], SK2[j], dg)
-            _write_pair(mode, i, j, a, bb, out_nngp, out_ntk)
+            a, bb = _tail(iop, fop, kgap + 1, s_sc, t_sc, mode == 0, Q1f, R1f, SK1f, i, n1,
+                          Q2f, R2f, SK2f, j, n2)
+            _write_pair(wmode, i, j, a, bb, out_nngp, out_ntk)
