@@ -31,7 +31,7 @@ import numpy as np
 from ._backends import conv as _ce
 from ._backends import conv_series as _cs
 from ._backends.series import check_continuous
-from ._gram import compiled_view
+from ._gram import compiled_view, mirror_lower_to_upper
 from ._numba_config import chunk_count, engine_lock, run_chunks
 from ._validation import (check_parameterization, check_positive_int, check_real_dtype,
                           check_std, check_tol)
@@ -649,9 +649,8 @@ def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
     with engine_lock():
         run_chunks(chunk, nch)
     if prog["planes"] and mode == 1:    # the plane engine writes the upper triangle
-        low = np.tril_indices(n1, -1)
-        for out in (out_nngp, out_ntk):
-            out[low] = out.T[low]
+        for out in (out_nngp, out_ntk):   # (the lower one of the transpose; by blocks, no
+            mirror_lower_to_upper(out.T)  # index arrays of n^2 / 2 entries)
 
 
 def _blocks(a, nb):

@@ -92,9 +92,11 @@ def test_composed_and_conv_readonly_inputs_add_no_specialization(saved, tmp_path
     np.save(tmp_path / "I.npy", imgs)
     cnet = Network([Conv(3, "same", 1.5, 0.1), Activation("relu"), Flatten(), Dense(1.5, 0.1)])
     cref = cnet.kernels(imgs)
-    before = _signatures(conv_engine.drive, conv_engine._conv_diag, conv_engine._act_diag)
+    before = _signatures(conv_engine.drive, conv_engine.drive_planes, conv_engine._conv_diag,
+                         conv_engine._act_diag)
     cgot = cnet.kernels(np.load(tmp_path / "I.npy", mmap_mode="r"))
-    assert _signatures(conv_engine.drive, conv_engine._conv_diag, conv_engine._act_diag) == before
+    assert _signatures(conv_engine.drive, conv_engine.drive_planes, conv_engine._conv_diag,
+                      conv_engine._act_diag) == before
     np.testing.assert_array_equal(cgot.ntk, cref.ntk)
 
 
