@@ -453,6 +453,13 @@ def _first_layer(i, rows, cols, gi, jend, symmetric, w2, b2, cK0, cb0, A, B, TH,
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _work_vectors(n):
+    """The per-row state ``A, B, TH, K`` and the ``uint8`` flags of :func:`_first_layer`, for
+    up to ``n`` columns: allocated once per chunk, reused by its rows (``jend <= n``)."""
+    return np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n, dtype=np.uint8)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _row_index(t, k, nb):
     """Output row ``k`` (0 or 1) of row pair ``t``: ``t``, then ``nb - 1 - t``."""
     return t if k == 0 else nb - 1 - t
@@ -481,12 +488,8 @@ def _block_kinked(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch
     d = rows.X.shape[1]
     empty = np.empty(0)
     carried = np.empty(0, dtype=np.int64)
-    n2 = X2.shape[0]                 # the work vectors, once per chunk (jend <= n2)
-    A = np.empty(n2)
-    B = np.empty(n2)
-    TH = np.empty(n2)
-    K = np.empty(n2)
-    rowf = np.empty(n2, dtype=np.uint8)
+    n2 = X2.shape[0]
+    A, B, TH, K, rowf = _work_vectors(n2)
     for t in range(c, (nb + 1) // 2, nch):
         for k in range(1 if nb - 1 - t == t else 2):
             ib = _row_index(t, k, nb)
@@ -540,12 +543,8 @@ def _block_arccos(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch
     nb = G.shape[0]
     empty = np.empty(0)
     carried = np.empty(0, dtype=np.int64)
-    n2 = X2.shape[0]                 # the work vectors, once per chunk (jend <= n2)
-    A = np.empty(n2)
-    B = np.empty(n2)
-    TH = np.empty(n2)
-    K = np.empty(n2)
-    rowf = np.empty(n2, dtype=np.uint8)
+    n2 = X2.shape[0]
+    A, B, TH, K, rowf = _work_vectors(n2)
     for t in range(c, (nb + 1) // 2, nch):
         for k in range(1 if nb - 1 - t == t else 2):
             ib = _row_index(t, k, nb)
@@ -588,12 +587,8 @@ def _block_smooth(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch
     trig = family == FAMILY_SIN or family == FAMILY_COS
     recip = (family == FAMILY_GAUSSIAN or (trig and e1.shape[1] > 0)) and recip_den_ok(w2, b2)
     nb = G.shape[0]
-    n2 = X2.shape[0]                 # the work vectors, once per chunk (jend <= n2)
-    A = np.empty(n2)
-    B = np.empty(n2)
-    TH = np.empty(n2)
-    K = np.empty(n2)
-    rowf = np.empty(n2, dtype=np.uint8)
+    n2 = X2.shape[0]
+    A, B, TH, K, rowf = _work_vectors(n2)
     Dq = np.empty(n2)
     carried = np.empty(n2, dtype=np.int64)
     fix_j = np.empty(n2, dtype=np.int64)
