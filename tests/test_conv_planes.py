@@ -111,13 +111,10 @@ def test_flatten_plane_mixed_scales_take_both_forms():
         assert rel_err_vs_max(g / np.outer(scale, scale), r) <= CLOSED_FORM_RTOL
 
 
-@pytest.mark.parametrize("name", ["relu_same", "sign_then_relu", "standard"])
-def test_flatten_self_statistics_equal_the_diagonal_engines(name):
-    """The self pass of a Flatten plane program against the diagonal engine's, entry by entry
-    (the statistics are kept position-major by the plane engine)."""
-    layers = FLAT_NETS[name]
-    shape = SHAPES.get(name, (6, 5, 2))
-    X = np.random.default_rng(9 + len(name)).standard_normal((10,) + shape)
+def _plane_self_statistics_match(layers, shape, seed):
+    """The plane engine's self statistics of 10 random images against those of the same
+    program run by the other engine (full-state or diagonal), entry by entry."""
+    X = np.random.default_rng(seed).standard_normal((10,) + shape)
     H, W, C = shape
     got = conv_mod._self_statistics(X, conv_mod._compile(layers, H, W, C, 4))
     prog = conv_mod._compile(layers, H, W, C, 4)
@@ -126,6 +123,13 @@ def test_flatten_self_statistics_equal_the_diagonal_engines(name):
     ref = conv_mod._self_statistics(X, prog)
     for g, r in zip(got, ref):
         assert rel_err_vs_max(g, r) <= CLOSED_FORM_RTOL
+
+
+@pytest.mark.parametrize("name", ["relu_same", "sign_then_relu", "standard"])
+def test_flatten_self_statistics_equal_the_diagonal_engines(name):
+    """The self pass of a Flatten plane program against the diagonal engine's, entry by entry
+    (the statistics are kept position-major by the plane engine)."""
+    _plane_self_statistics_match(FLAT_NETS[name], SHAPES.get(name, (6, 5, 2)), 9 + len(name))
 
 
 def test_self_pair_is_exact_in_the_plane_engine():
@@ -149,17 +153,7 @@ def test_self_pass_statistics_equal_the_full_state_engines(name):
     variance ``q``, ``sqrt(q)`` and ``sqrt(E[phi^2])`` at every position, and ``k(x, x)``.
     A self pass that went wrong only there (one compiled copy of ``_pl_plane`` serves both
     paths) shows up here entry by entry, not only through the kernels."""
-    layers = NETS[name]
-    shape = SHAPES.get(name, (6, 5, 2))
-    X = np.random.default_rng(7 + len(name)).standard_normal((10,) + shape)
-    H, W, C = shape
-    got = conv_mod._self_statistics(X, conv_mod._compile(layers, H, W, C, 4))
-    prog = conv_mod._compile(layers, H, W, C, 4)
-    assert prog["planes"]
-    prog["planes"] = False
-    ref = conv_mod._self_statistics(X, prog)
-    for g, r in zip(got, ref):
-        assert rel_err_vs_max(g, r) <= CLOSED_FORM_RTOL
+    _plane_self_statistics_match(NETS[name], SHAPES.get(name, (6, 5, 2)), 7 + len(name))
 
 
 ROUTES = [   # (layers, the path they take)
