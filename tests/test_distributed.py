@@ -111,3 +111,27 @@ def test_gram_to_npy_symmetric_and_cross(client, tmp_path):
     assert rel_err_vs_max(out["ntk"], net.ntk(X, Y)) <= DIST_RTOL
     with pytest.raises(ValueError, match="kernels"):
         gram_to_npy(net, X, path=str(tmp_path / "E"), kernels=("foo",))
+
+
+@pytest.mark.parametrize("readout", ["gap", "flatten"])
+def test_images_equal_local(client, readout):
+    # a convolutional network's blocks take images (n, H, W, C); each block's self statistics
+    # come from its own images, so the blocks agree with the local Gram matrices
+    rng = np.random.default_rng(3)
+    X, Y = rng.standard_normal((11, 5, 4, 2)), rng.standard_normal((6, 5, 4, 2))
+    head = infntk.GlobalAvgPool() if readout == "gap" else infntk.Flatten()
+    net = infntk.Network([infntk.Conv(3, "same", 1.4, 0.1), infntk.Activation("relu"),
+                          infntk.Conv(3, "circular", 1.3, 0.2), infntk.Activation("erf"),
+                          head, infntk.Dense(1.2, 0.1)])
+    k = gram(net, X, chunks=4)
+    assert k.ntk.chunks == ((4, 4, 3), (4, 4, 3))
+    nngp, ntk = client.compute([k.nngp, k.ntk], sync=True)
+    ref = net.kernels(X)
+    assert rel_err_vs_max(ntk, ref.ntk) <= DIST_RTOL
+    assert rel_err_vs_max(nngp, ref.nngp) <= DIST_RTOL
+    np.testing.assert_array_equal(ntk, ntk.T)
+    c = gram(net, X, Y, chunks=(5, 4))
+    ntk_c, = dask.compute(c.ntk)
+    assert rel_err_vs_max(ntk_c, net.ntk(X, Y)) <= DIST_RTOL
+    with pytest.raises(ValueError, match="X2"):
+        gram(net, X, rng.standard_normal((3, 5, 4, 1)))
