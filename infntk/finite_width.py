@@ -73,8 +73,9 @@ import numpy as np
 
 from ._validation import check_matrix, check_parameterization, check_positive_int, check_std
 from .activations import Activation, get_activation
+from .layers import Activation as ActivationLayer, Dense, compose_activations
 
-__all__ = ["corrections", "FiniteWidthCorrections", "MAX_INPUTS", "layer_list"]
+__all__ = ["corrections", "FiniteWidthCorrections", "MAX_INPUTS", "layer_list", "network_layer_list"]
 
 #: largest number of inputs accepted (the vertex holds n^4 numbers per layer)
 MAX_INPUTS = 64
@@ -239,24 +240,72 @@ def layer_list(net):
     """The Dense layers of ``net`` as ``[(w_std, b_std, activation), ...]`` (``L + 1`` entries).
 
     ``activation`` is the one applied to the previous layer's pre-activations (``None`` for the
-    first layer). Reads only ``net.depth``, ``net.w_std``, ``net.b_std``, ``net.activation``;
-    another layer description can produce the same list and use the same recursion.
+    first layer). For an :class:`infntk.FCNet` it reads ``net.depth``, ``net.w_std``,
+    ``net.b_std``, ``net.activation``; for an :class:`infntk.Network` it reads its layers (see
+    :func:`network_layer_list`).
 
     Parameters
     ----------
-    net : FCNet
+    net : FCNet or Network
 
     Returns
     -------
     list of tuple
     """
+    return _layers_of(net)[0]
+
+
+def network_layer_list(layers):
+    """``(layer list, parameterization)`` of a fully-connected layer sequence.
+
+    ``layers`` must be ``Dense``, then any number of ``[Activation ..., Dense]`` groups: one or
+    more activations between two Dense layers (two in a row act on one Gaussian
+    pre-activation and compose, as in :class:`infntk.Network`), none meaning the identity. The
+    last layer is the Dense readout. Every Dense layer must have the same parameterization (the
+    recursions take one). Residual, LayerNorm and convolutional layers are refused.
+    """
+    layers = list(layers)
+    out, act = [], None
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Dense):
+            if out and act is None:
+                act = get_activation("identity")     # Dense after Dense: a linear layer between
+            out.append((layer, act))
+            act = None
+        elif isinstance(layer, ActivationLayer):
+            if not out:
+                raise ValueError("net.layers[0] must be a Dense layer (an Activation needs a "
+                                 f"Gaussian input), got {layer!r}.")
+            act = layer.fn if act is None else compose_activations(act, layer.fn)
+        else:
+            raise TypeError(f"net.layers[{i}] is {type(layer).__name__}; corrections() takes "
+                            "fully-connected networks only (Dense and Activation layers; the "
+                            "layer recursions of Roberts, Yaida and Hanin are for MLPs).")
+    if not out or act is not None:
+        raise ValueError("net.layers must end with a Dense layer (the readout), got "
+                         f"{layers[-1]!r} last." if layers else "net.layers is empty.")
+    pars = sorted({d.parameterization for d, _ in out})
+    if len(pars) > 1:
+        raise ValueError("every Dense layer of net must have the same parameterization for "
+                         f"corrections(), got {pars}.")
+    return [(d.w_std, d.b_std, a) for d, a in out], pars[0]
+
+
+def _layers_of(net):
+    """``(layer list, parameterization)`` of an FCNet or a fully-connected Network."""
+    if not hasattr(net, "depth") and hasattr(net, "layers"):
+        if getattr(net, "_conv", False):
+            raise TypeError("net is a convolutional Network; corrections() takes "
+                            "fully-connected networks only (Dense and Activation layers).")
+        return network_layer_list(net.layers)
     for attr in ("depth", "w_std", "b_std", "activation"):
         if not hasattr(net, attr):
-            raise TypeError(f"net must be an infntk.FCNet (no attribute {attr!r}), "
-                            f"got {type(net).__name__}.")
+            raise TypeError(f"net must be an infntk.FCNet or a fully-connected infntk.Network "
+                            f"(no attribute {attr!r}), got {type(net).__name__}.")
     act = get_activation(net.activation) if not isinstance(net.activation, Activation) \
         else net.activation
-    return [(net.w_std, net.b_std, None)] + [(net.w_std, net.b_std, act)] * net.depth
+    return ([(net.w_std, net.b_std, None)] + [(net.w_std, net.b_std, act)] * net.depth,
+            getattr(net, "parameterization", "ntk"))
 
 
 # ----------------------------------------------------------------------------- recursion
@@ -501,9 +550,12 @@ def corrections(net, X, width, *, orders=None, vertex_order=None):
 
     Parameters
     ----------
-    net : FCNet
+    net : FCNet or Network
         The architecture (activation, depth, w_std, b_std, parameterization); every hidden
-        layer has ``width`` units, the readout one (as :class:`infntk.empirical.MLP`).
+        layer has ``width`` units, the readout one (as :class:`infntk.empirical.MLP`). A
+        :class:`infntk.Network` of Dense and Activation layers may change ``w_std``,
+        ``b_std`` and the activation from layer to layer (one parameterization for all; see
+        :func:`network_layer_list`); its finite counterpart is ``net.finite(width, seed)``.
     X : array_like, shape (n, d), n <= 64
         Inputs (no zero row when the first layer has no bias: the recursions divide by the
         variance of each input).
@@ -550,8 +602,9 @@ def corrections(net, X, width, *, orders=None, vertex_order=None):
     >>> [round(float(v), 10) for v in (c.ntk[0, 0] / K, c.ntk_var[0, 0] / K ** 2)]
     [2.0, 12.0]
     """
-    layers = [_Layer(float(w), None if b is None else float(b), a) for (w, b, a) in layer_list(net)]
-    return _corrections_layers(layers, X, width, getattr(net, "parameterization", "ntk"),
+    spec, parameterization = _layers_of(net)
+    layers = [_Layer(float(w), None if b is None else float(b), a) for (w, b, a) in spec]
+    return _corrections_layers(layers, X, width, parameterization,
                                orders=orders, vertex_order=vertex_order)
 
 

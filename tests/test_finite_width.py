@@ -214,3 +214,68 @@ def test_bias_vs_monte_carlo():
     t0, ste = _richardson(16, res[16][2], res[16][3], 32, res[32][2], res[32][3])
     assert np.all(np.abs(k0) <= _mc_tol(ske))
     assert np.all(np.abs(t0) <= _mc_tol(ste))
+
+
+# ----------------------------------------------------------------------------- Network input
+def _mixed_network(par="ntk"):
+    return infntk.Network([infntk.Dense(1.4, 0.1, par), infntk.Activation("relu"),
+                           infntk.Dense(1.2, 0.3, par), infntk.Activation("erf"),
+                           infntk.Dense(1.5, 0.2, par)], width=64)
+
+
+def test_network_of_fcnet_layers_equals_fcnet():
+    X = _X(3)
+    fc = infntk.FCNet("gelu", depth=2, w_std=1.3, b_std=0.1)
+    net = infntk.Network([infntk.Dense(1.3, 0.1), infntk.Activation("gelu")] * 2
+                         + [infntk.Dense(1.3, 0.1)])
+    a, b = corrections(net, X, 64), corrections(fc, X, 64)
+    for name in ("nngp", "ntk", "nngp_bias", "nngp_var", "ntk_bias", "ntk_var"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+@pytest.mark.parametrize("parameterization", ["ntk", "standard"])
+def test_network_leading_kernels_match_its_engine(parameterization):
+    # per-layer w_std, b_std and activations: the leading order is the composed engine's kernel
+    X = _X(4, seed=2)
+    net = _mixed_network(parameterization)
+    c = corrections(net, X, width=64)
+    k = net.kernels(X)
+    tol = tolerance(1e-10, "erf layer: polar quadrature (48 x 4 x 40 nodes)")
+    assert rel_err_vs_max(c.nngp, k.nngp) <= tol
+    assert rel_err_vs_max(c.ntk, k.ntk) <= tol
+
+
+def test_network_variance_vs_monte_carlo():
+    # the finite network of the same layers (net.finite), two widths, extrapolated in 1/width
+    X = _X(2, seed=4)
+    net = _mixed_network()
+    S = 500
+    stats = {}
+    for n in (32, 128):
+        ks = np.empty((S, 2, 2))
+        ts = np.empty_like(ks)
+        for s in range(S):
+            f = net.finite(n, seed=[7, n, s], input_dim=X.shape[1])
+            ks[s], ts[s] = f.nngp(X), f.ntk(X)
+        c = corrections(net, X, n)
+        vk, sk = _var_and_se(ks)
+        vt, st = _var_and_se(ts)
+        stats[n] = (n * vk - c.nngp_var, n * sk, n * vt - c.ntk_var, n * st)
+    (rk1, sk1, rt1, st1), (rk2, sk2, rt2, st2) = stats[32], stats[128]
+    k0, ske = _richardson(32, rk1, sk1, 128, rk2, sk2)
+    t0, ste = _richardson(32, rt1, st1, 128, rt2, st2)
+    assert np.all(np.abs(k0) <= _mc_tol(ske))
+    assert np.all(np.abs(t0) <= _mc_tol(ste))
+
+
+def test_network_layers_refused():
+    X = _X(2)
+    Dn, A = infntk.Dense, infntk.Activation
+    with pytest.raises(TypeError, match=r"layers\[2\] is LayerNorm"):
+        corrections(infntk.Network([Dn(), A("relu"), infntk.LayerNorm(), Dn()]), X, 8)
+    with pytest.raises(TypeError, match=r"layers\[1\] is Residual"):
+        corrections(infntk.Network([Dn(), infntk.Residual([A("relu"), Dn()]), Dn()]), X, 8)
+    with pytest.raises(TypeError, match="convolutional"):
+        corrections(infntk.Network([infntk.Conv(3), infntk.Flatten(), Dn()]), X, 8)
+    with pytest.raises(ValueError, match="same parameterization"):
+        corrections(infntk.Network([Dn(), A("relu"), Dn(1.0, 0.0, "standard")], width=8), X, 8)
