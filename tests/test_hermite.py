@@ -280,3 +280,31 @@ def test_row_expansions_consistent_with_dual_series():
     np.testing.assert_allclose(r.b, H.derivative_coefficients("tanh", 25, q), rtol=0,
                                atol=tolerance(1e-13, "Stein-relation derivative coefficients vs "
                                                      "the rows' path (sqrt(k) factors)"))
+
+
+_MP_ACTS = {
+    "tanh": (mpmath.tanh, lambda x: mpmath.sech(x) ** 2),
+    "sigmoid": (lambda x: 1 / (1 + mpmath.exp(-x)), lambda x: 1 / (4 * mpmath.cosh(x / 2) ** 2)),
+    "softplus": (lambda x: mpmath.log1p(mpmath.exp(x)), lambda x: 1 / (1 + mpmath.exp(-x))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_MP_ACTS))
+@pytest.mark.parametrize("derivative", [False, True])
+def test_second_moments_vs_mpmath(name, derivative):
+    # E[phi(sqrt(q) z)^2] and E[phi'(sqrt(q) z)^2] to a few ulps, including q ~ 1 where the
+    # Gauss-Hermite order tuned on phi was too low for phi'^2 (tanh: sech^4, 4e-14 at q = 1.1);
+    # the series engine's diagonal allows 64 eps for them (_DIAG_ERR)
+    tol = tolerance(8 * np.finfo(float).eps, "a positive sum over ~550 composite nodes: a few "
+                    "roundings; well inside the series engine's 64 eps diagonal allowance")
+    f = _MP_ACTS[name][1 if derivative else 0]
+    qs = [0.05, 0.5, 0.9, 1.0, 1.1, 1.2, 3.0, 50.0]
+    # one variance per call: a chunk's rule must not depend on its other variances being large
+    got = [H.second_moment(name, q, derivative=derivative) for q in qs]
+    with mpmath.workdps(30):
+        for q, v in zip(qs, got):
+            r = mpmath.sqrt(q)
+            pts = [-mpmath.inf, -12, -4, -1, -1 / r, 0, 1 / r, 1, 4, 12, mpmath.inf]
+            ref = mpmath.quad(lambda z: f(r * z) ** 2 * mpmath.exp(-z * z / 2),
+                              sorted(set(pts))) / mpmath.sqrt(2 * mpmath.pi)
+            assert abs(v - float(ref)) <= tol * float(ref), (q, v, ref)
