@@ -445,8 +445,12 @@ def _fill_blocks(engine, plan, X1, X2, symmetric, outs, scratch, kinds, block_ro
             if resume is None or not resume.done(r0, r1):
                 yield r0, r1
 
+    use_product = getattr(engine, "gram_product", True)     # the conv engine needs none
+
     def product(blk):
-        return None if blk is None else X1[blk[0]:blk[1]] @ X2[:blk[1] if symmetric else n2].T
+        if blk is None or not use_product:
+            return None
+        return X1[blk[0]:blk[1]] @ X2[:blk[1] if symmetric else n2].T
 
     def fill(r0, G, dst):
         with engine_lock():

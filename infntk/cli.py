@@ -38,7 +38,6 @@ import time
 import numpy as np
 
 from . import _gram, _io, _warmup
-from ._validation import check_pair
 from .fcnet import FCNet
 from .layer_spec import GRAMMAR, parse_layers
 from .network import Network
@@ -216,12 +215,12 @@ def compute_to(net, X, Y, outs, block_rows=256, progress=True, resume=None):
     (blocks already on disk are skipped, new ones recorded).
     """
     from tqdm.auto import tqdm
-    A, B, same = _user(check_pair, X, Y, "X", "--y")
+    A, B, same = _user(net._check_inputs, X, Y, ("X", "--y"))
     n1, n2 = A.shape[0], B.shape[0]
     total = n1 * (n1 + 1) // 2 if same else n1 * n2
     with tqdm(total=total, unit="pair", unit_scale=True, disable=not progress,
               desc="kernel", file=sys.stderr) as bar:
-        _user(_gram.gram, net._engine(A.shape[1]), A, B, same, outs.get("nngp"),
+        _user(_gram.gram, net._gram_engine(A), A, B, same, outs.get("nngp"),
               outs.get("ntk"), block_rows, kinds=tuple(outs), progress=bar.update,
               resume=resume, label=repr(net))
     for arr in outs.values():
@@ -232,18 +231,19 @@ def compute_to(net, X, Y, outs, block_rows=256, progress=True, resume=None):
 
 def _cmd_kernel(args):
     net = _make_net(args)
-    if getattr(net, "_conv", False):
+    images = getattr(net, "_conv", False)
+    if images and not net.blockwise:
         return _cmd_kernel_images(args, net)
-    X = load_matrix(args.X, "X")
-    Y = load_matrix(args.y, "--y") if args.y else None
-    if Y is not None and Y.shape[1] != X.shape[1]:
+    X = load_matrix(args.X, "X", images=images)
+    Y = load_matrix(args.y, "--y", images=images) if args.y else None
+    if not images and Y is not None and Y.shape[1] != X.shape[1]:
         raise UsageError(f"X and --y must have the same number of columns, got X {X.shape} "
                          f"and Y {Y.shape}")
     # validate values (NaN, empty) up front, without copying a float64 memmap
-    X, Y2, same = _user(check_pair, X, Y, "X", "--y")
+    X, Y2, same = _user(net._check_inputs, X, Y, ("X", "--y"))
     Y = None if same else Y2
     try:
-        net._engine(X.shape[1])     # settings that fail only at compute time, checked now
+        net._gram_engine(X)         # settings that fail only at compute time, checked now
     except OverflowError as exc:
         raise UsageError(str(exc)) from None
     kinds = ("nngp", "ntk") if args.kernel == "both" else (args.kernel,)
@@ -303,10 +303,13 @@ def _cmd_kernel(args):
 
 
 def _cmd_kernel_images(args, net):
-    """``infntk kernel`` for a convolutional ``--layers`` network: images ``(n, H, W, C)``.
+    """``infntk kernel`` for a convolutional ``--layers`` network with a series activation:
+    images ``(n, H, W, C)``.
 
-    The kernels are computed in memory by the convolutional engine and written atomically
-    (``.npz``, or ``.npy`` files; not block-wise, so not resumable).
+    Its certified bound is planned over the whole matrix, so the kernels are computed in
+    memory and written atomically (``.npz``, or ``.npy`` files; not block-wise, so not
+    resumable). Closed-form convolutional networks take :func:`_cmd_kernel`'s block-wise,
+    resumable path.
     """
     from .conv import check_image_pair
     X = load_matrix(args.X, "X", images=True)

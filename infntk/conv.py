@@ -804,3 +804,79 @@ def conv_diag(layers, X, width=None, tol=1e-10):
         return _cs.series_self_kernels(prog, A, check_tol(tol))
     _, _, _, k = _self_statistics(A, _compile(layers, H, W, C, _width(width)))
     return k[:, 0].copy(), k[:, 1].copy()
+
+
+class _ConvPlan:
+    """What :class:`ConvEngine` keeps between blocks: both sides' self statistics."""
+
+    error_bound = None
+    orders = None
+
+    def __init__(self, rows1, rows2):
+        self.rows1 = rows1
+        self.rows2 = rows2
+
+
+class ConvEngine:
+    """The Gram driver's engine protocol (:mod:`infntk._gram`) for a convolutional network
+    of closed-form activations, so that its Gram matrices are made block by block like every
+    other engine's: memory-mapped outputs written where they belong, the memory check before
+    allocating, each block checked for overflow, and resumable block-wise writes.
+
+    ``rows(X)``: the self statistics of the images (:func:`_self_statistics`, once per image).
+    ``block``: the block's rows against the columns it needs, by the same compiled pair
+    engines as :func:`conv_kernels` (symmetric: the rows before the block against the block
+    as a cross kernel, the block's own square as a symmetric one, its diagonal from the self
+    kernels; every pair with its smaller index first, so the results are those of
+    :func:`conv_kernels` bit for bit, whatever the block size). The driver's BLAS product is
+    not used (``gram_product = False``).
+    """
+
+    gram_product = False
+
+    def __init__(self, layers, shape, width=None):
+        if _has_series(layers):
+            raise ValueError("ConvEngine takes closed-form activations only; a network with "
+                             "a series activation goes through conv_kernels_bounded.")
+        H, W, C = shape
+        self.layers = layers
+        self.prog = _compile(layers, H, W, C, _width(width))
+
+    def rows(self, X):
+        return _self_statistics(X, self.prog)
+
+    def prepare(self, rows1, rows2, symmetric):
+        return _ConvPlan(rows1, rows1 if symmetric else rows2)
+
+    def block(self, plan, X1, X2, G, row0, symmetric, out_nngp, out_ntk):
+        nb = out_nngp.shape[0]
+        r1 = row0 + nb
+        Q1, R1, SK1, k1 = plan.rows1
+        Q2, R2, SK2, _ = plan.rows2
+        a = (Q1[row0:r1], R1[row0:r1], SK1[row0:r1])
+        A = X1[row0:r1]
+        if not symmetric:
+            _run(2, A, X2, self.prog, *a, Q2, R2, SK2, out_nngp, out_ntk)
+            return
+        if row0 > 0:              # the rows before the block: a cross kernel, each pair
+            # with its smaller index first, as the symmetric pair list orders it (the same
+            # floats as the whole-matrix engine, for every block size)
+            cn, ct = np.empty((row0, nb)), np.empty((row0, nb))
+            _run(2, X1[:row0], A, self.prog, Q1[:row0], R1[:row0], SK1[:row0], *a, cn, ct)
+            out_nngp[:, :row0] = cn.T
+            out_ntk[:, :row0] = ct.T
+        sn, stt = np.empty((nb, nb)), np.empty((nb, nb))
+        if nb > 1:
+            _run(1, A, A, self.prog, *a, *a, sn, stt)
+        idx = np.arange(nb)
+        sn[idx, idx] = k1[row0:r1, 0]
+        stt[idx, idx] = k1[row0:r1, 1]
+        out_nngp[:, row0:r1] = sn
+        out_ntk[:, row0:r1] = stt
+
+    def finish(self, plan):
+        pass
+
+    def diag(self, rows):
+        k = rows[3]
+        return k[:, 0].copy(), k[:, 1].copy()

@@ -78,6 +78,9 @@ class Network:
                                  'parameterization="standard" (the hidden width).')
             self.layers, self.tol = layers, check_tol(tol)
             self._homogeneous = None
+            # closed forms only: the Gram driver, block by block (conv.ConvEngine); a series
+            # activation: the whole matrix with its certified bound (conv_kernels_bounded)
+            self._conv_series = conv._has_series(layers)
             return
         for i, layer in enumerate(layers):
             if not isinstance(layer, (Dense, Activation, Residual, LayerNorm)):
@@ -109,6 +112,28 @@ class Network:
         return any(isinstance(l, Dense) and l.parameterization == "standard"
                    for l in _flatten(self.layers)[1:])
 
+    @property
+    def blockwise(self):
+        """Whether the Gram matrices are made block by block by the Gram driver (memory-mapped
+        outputs written in place, resumable command-line writes): every network except a
+        convolutional one with a series activation (whose certified bound is planned over the
+        whole matrix)."""
+        return not (self._conv and self._conv_series)
+
+    def _check_inputs(self, X1, X2=None, names=("X1", "X2")):
+        """``(A, B, same)``: validated rows, or images for a convolutional network."""
+        if self._conv:
+            from .conv import check_image_pair
+            return check_image_pair(X1, X2)
+        return check_pair(X1, X2, *names)
+
+    def _gram_engine(self, A):
+        """The Gram driver's engine for validated inputs ``A`` (rows or images)."""
+        if self._conv:
+            from .conv import ConvEngine
+            return ConvEngine(self.layers, A.shape[1:], self.width)
+        return self._engine(A.shape[1])
+
     def _engine(self, d):
         if self._homogeneous is not None:
             dense, act, depth = self._homogeneous
@@ -136,6 +161,10 @@ class Network:
         Kernels
             ``.nngp`` and ``.ntk``, each ``(n1, n2)``; ``.error_bound`` for series layers.
         """
+        if self._conv and not self._conv_series:
+            A, B, same = self._check_inputs(X1, X2)
+            return _gram.gram(self._gram_engine(A), A, B, same, out_nngp, out_ntk, block_rows,
+                              label=repr(self))
         if self._conv:
             from . import conv
             nngp, ntk, bound, orders = conv.conv_kernels_bounded(self.layers, X1, X2,
