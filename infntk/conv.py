@@ -635,8 +635,8 @@ def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
         st = [a.T if mode == 0 else np.ascontiguousarray(a.T) for a in (Q1, R1, SK1, Q2, R2, SK2)]
         if mode != 0 and prog["regime"][0] == "diagonal":     # Flatten: _ce._pl_stats
             st += [np.ascontiguousarray(Q1), _blocks(Q2, nb), _blocks(R2, nb)]
-        else:
-            st += [np.zeros((1, 1))] * 3
+        else:                       # unused; the same array types (one compiled signature)
+            st += [np.zeros((1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1, 1))]
 
     def chunk(c):
         if prog["planes"]:

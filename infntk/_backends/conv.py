@@ -55,10 +55,10 @@ import math
 import numpy as np
 from numba import njit
 
-from .._duals import (_PLAIN_MAX, atan_unit, diag_dual, erf_plain, gaussian_plain, gelu_plain,
-                      pair_kkd, trig_plain)
+from .._duals import (_PLAIN_MAX, arccos_pair, atan_unit, diag_dual, erf_plain, gaussian_plain,
+                      gelu_plain, kinked_state, smooth_kkd, smooth_plain, trig_plain)
 from .._vmath import _atan_centre, _atan_reduced_fma, fma
-from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_ERF,
+from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS, FAMILY_ERF,
                            FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 
 # op codes (see infntk.conv._compile)
@@ -166,81 +166,135 @@ def _geomean_exact(qa, qb):
 
 
 @njit(cache=True, error_model="numpy")
-def _dual_other(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
-    """(k, kd) of any closed-form family at the pair state ``(qa, qb, s)`` (one compiled copy,
-    called per entry: the slow families pay a call; the ReLU family comes here only for
-    variances beyond the fast form's range)."""
+def _dual_kinked(family, p0, p1, qa, qb, ska, skb, s):
+    """(k, kd) of the ReLU family's general form (variances beyond the fast form's range), the
+    step family and the arc-cosine kernels at the pair state ``(qa, qb, s)``: the duals of
+    :mod:`infntk._duals` (``kinked_state``, ``arccos_pair``) with ``A, B = m -+ s``, ``m`` the
+    exact geometric mean. No smooth family here: the plane engine compiles none of their scalar
+    forms (their loops are in :func:`_act_entries`)."""
     m = _geomean_exact(qa, qb)
     if family == FAMILY_ABRELU:
         return _abrelu_kkd(p0, p1, m, s)
     A = max(m - s, 0.0)
     B = max(m + s, 0.0)
-    return pair_kkd(family, p0, p1, qa, qb, A, B, ska, skb)
+    if family == FAMILY_ABSTEP:
+        k, kd, _, _ = kinked_state(True, p0, p1, A, B, ska * skb)
+        return k, kd
+    k, kd, _, _ = arccos_pair(int(p0), math.sqrt(qa) * math.sqrt(qb), A, B)
+    return k, kd
 
 
 @njit(cache=True, error_model="numpy")
-def _act_entries(fam, p0, p1, n, D, DT, do, QA, RA, SKA, ao, QB, RB, SKB, bo):
+def _smooth_wide(family, qa, qb, A, B):
+    """(k, kd) of a smooth family (erf, GELU, sin, cos, Gaussian) beyond the plain forms' range
+    (a variance >= ``_PLAIN_MAX`` = 1e75): :func:`infntk._duals.smooth_kkd`, whose forms
+    neither over- nor underflow (``hypot`` for ``sqrt(det)``, GELU's scaled form), evaluated
+    with ``B < A`` mirrored for the even families (cos, Gaussian: ``k(-s) = k(s)``, ``kd``
+    odd), as the fully-connected engine's stable route does. The engines keep only ``k, kd``,
+    so its gaps are not needed."""
+    r1 = math.sqrt(qa)
+    r2 = math.sqrt(qb)
+    if (family == FAMILY_COS or family == FAMILY_GAUSSIAN) and B < A:
+        k, kd = smooth_kkd(family, qa, qb, r1, r2, B, A)
+        return k, -kd
+    return smooth_kkd(family, qa, qb, r1, r2, A, B)
+
+
+@njit(cache=True, error_model="numpy")
+def _dual_other(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
+    """(k, kd) of any closed-form family at the pair state ``(qa, qb, s)``, one entry (the
+    full-state and diagonal engines; the ReLU family comes here only for variances beyond the
+    fast form's range): :func:`_dual_kinked`, or for the smooth families their plain form
+    (:func:`infntk._duals.smooth_plain`) at the exact geometric mean inside its range and
+    :func:`_smooth_wide` beyond."""
+    if family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS:
+        return _dual_kinked(family, p0, p1, qa, qb, ska, skb, s)
+    m = _geomean_exact(qa, qb)
+    A = max(m - s, 0.0)
+    B = max(m + s, 0.0)
+    if qa < _PLAIN_MAX and qb < _PLAIN_MAX:
+        return smooth_plain(family, qa, qb, math.sqrt(qa), math.sqrt(qb), A, B)
+    return _smooth_wide(family, qa, qb, A, B)
+
+
+@njit(cache=True, error_model="numpy")
+def _act_entries(fam, p0, p1, n, D, DT, do, QA, RA, SKA, ao, QB, RB, SKB, bo, WK):
     """In place over ``n`` entries: ``D[do + t] = k``, ``DT[do + t] *= kd`` at the pair state
     ``s = D[do + t]`` and the variances ``QA[ao + t]``, ``QB[bo + t]``, for a family other
-    than the ReLU family's fast form.
+    than the ReLU family's fast form (``WK``: ``3 n`` floats of work space).
 
-    The smooth families, when every entry is inside their plain range, run one loop per
-    family that vectorizes (the floats of :func:`_dual_other`, which calls the same plain
-    duals one entry at a time: ~10x slower); everything else goes through
-    :func:`_dual_other` entry by entry.
+    The smooth families run one loop per family that vectorizes, at ``m = WK[t]``: ``sqrt(q_a
+    q_b)``, computed with the range check, or, where that product leaves the normal range
+    (``m <= 1e-150``), the exact geometric mean (:func:`_geomean_exact`). Entries with a
+    variance beyond the plain forms' range (``>= 1e75``, where they would overflow) are
+    evaluated first by :func:`_smooth_wide` (their ``k`` and ``DT kd`` kept in ``WK[n:3n]``)
+    and put back after the loop. The other families go through :func:`_dual_kinked` entry
+    by entry.
     """
     n = np.uint64(n)          # offsets are uint64 (the callers'): no mixed int64 sums
-    smooth = not (fam == FAMILY_ABRELU or fam == FAMILY_ABSTEP or fam == FAMILY_ARCCOS)
-    bad = 0
-    if smooth:
-        for t in range(n):                  # branch-free: vectorizes
-            qa = QA[ao + t]
-            qb = QB[bo + t]
-            bad += (qa >= _PLAIN_MAX) | (qb >= _PLAIN_MAX) | (math.sqrt(qa * qb) <= 1e-150)
-    if not smooth or bad > 0:
+    if fam == FAMILY_ABRELU or fam == FAMILY_ABSTEP or fam == FAMILY_ARCCOS:
         for t in range(n):
-            k, kd = _dual_other(fam, p0, p1, QA[ao + t], QB[bo + t], RA[ao + t], RB[bo + t],
-                                SKA[ao + t], SKB[bo + t], D[do + t])
+            k, kd = _dual_kinked(fam, p0, p1, QA[ao + t], QB[bo + t], SKA[ao + t], SKB[bo + t],
+                                 D[do + t])
             D[do + t] = k
             DT[do + t] = DT[do + t] * kd
-    elif fam == FAMILY_ERF:
+        return
+    bad = 0
+    for t in range(n):                  # branch-free: vectorizes
+        qa = QA[ao + t]
+        qb = QB[bo + t]
+        m = math.sqrt(qa * qb)
+        WK[t] = m
+        bad += (qa >= _PLAIN_MAX) | (qb >= _PLAIN_MAX) | (m <= 1e-150)
+    wide = 0
+    if bad > 0:
         for t in range(n):
             qa = QA[ao + t]
             qb = QB[bo + t]
-            m = math.sqrt(qa * qb)
+            if qa >= _PLAIN_MAX or qb >= _PLAIN_MAX:
+                m = _geomean_exact(qa, qb)
+                s = D[do + t]
+                k, kd = _smooth_wide(fam, qa, qb, max(m - s, 0.0), max(m + s, 0.0))
+                WK[n + t] = k
+                WK[n + n + t] = DT[do + t] * kd
+                wide += 1
+            elif WK[t] <= 1e-150:
+                WK[t] = _geomean_exact(qa, qb)
+    if fam == FAMILY_ERF:
+        for t in range(n):
+            m = WK[t]
             s = D[do + t]
-            k, kd = erf_plain(qa, qb, max(m - s, 0.0), max(m + s, 0.0))
+            k, kd = erf_plain(QA[ao + t], QB[bo + t], max(m - s, 0.0), max(m + s, 0.0))
             D[do + t] = k
             DT[do + t] = DT[do + t] * kd
     elif fam == FAMILY_GELU:
         for t in range(n):
-            qa = QA[ao + t]
-            qb = QB[bo + t]
-            m = math.sqrt(qa * qb)
+            m = WK[t]
             s = D[do + t]
-            k, kd = gelu_plain(qa, qb, max(m - s, 0.0), max(m + s, 0.0))
+            k, kd = gelu_plain(QA[ao + t], QB[bo + t], max(m - s, 0.0), max(m + s, 0.0))
             D[do + t] = k
             DT[do + t] = DT[do + t] * kd
     elif fam == FAMILY_GAUSSIAN:
         for t in range(n):
-            qa = QA[ao + t]
-            qb = QB[bo + t]
-            m = math.sqrt(qa * qb)
+            m = WK[t]
             s = D[do + t]
-            k, kd = gaussian_plain(qa, qb, max(m - s, 0.0), max(m + s, 0.0))
+            k, kd = gaussian_plain(QA[ao + t], QB[bo + t], max(m - s, 0.0), max(m + s, 0.0))
             D[do + t] = k
             DT[do + t] = DT[do + t] * kd
     else:
         is_sin = fam == FAMILY_SIN
         for t in range(n):
-            qa = QA[ao + t]
-            qb = QB[bo + t]
-            m = math.sqrt(qa * qb)
+            m = WK[t]
             s = D[do + t]
-            k, kd = trig_plain(is_sin, math.sqrt(qa), math.sqrt(qb), max(m - s, 0.0),
-                               max(m + s, 0.0))
+            k, kd = trig_plain(is_sin, math.sqrt(QA[ao + t]), math.sqrt(QB[bo + t]),
+                               max(m - s, 0.0), max(m + s, 0.0))
             D[do + t] = k
             DT[do + t] = DT[do + t] * kd
+    if wide > 0:
+        for t in range(n):
+            if QA[ao + t] >= _PLAIN_MAX or QB[bo + t] >= _PLAIN_MAX:
+                D[do + t] = WK[n + t]
+                DT[do + t] = WK[n + n + t]
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -923,7 +977,7 @@ def _pl_taps(Sin, Tin, U, UT, V, VT, q, wp, ndo, nb):
 
 @njit(cache=True, error_model="numpy")
 def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv, tb, QA, RA,
-            SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod):
+            SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod, WK):
     """``nrows`` rows of ``n`` entries: ``s = c V[vo + r vs + t] + b2``, ``t' = c VT[.] + (cv
     V[.] + tb)``, ``D[do + r ds + t] = k(s)``, ``DT = t' kd``, variances ``QA[ao + r as_ + t]`` and
     ``QB[bo + rb bs + t]``, ``rb = brow + r`` (wrapped at ``bmod`` if ``bmod > 0``).
@@ -959,12 +1013,12 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv
                 v = V[vo_ + t]
                 D[do_ + t] = c * v + b2
                 DT[do_ + t] = c * VT[vo_ + t] + (cv * v + tb)
-            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_)
+            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_, WK)
 
 
 @njit(cache=True, error_model="numpy")
 def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, b2, cv, tb, QA,
-              RA, SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod):
+              RA, SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod, WK):
     """A 3 x 3 Conv with its activation (``fam < 0``: none), row by row so that the row sums
     stay in L1: ``U = S[r] + S[r + 1] + S[r + 2]`` (rows of ``wp nb`` entries), then for each
     entry ``s = c v + b2`` (``v = U[t] + U[t + nb] + U[t + 2 nb]``), ``t' = c (UT ...) + (cv v
@@ -1006,7 +1060,7 @@ def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, 
                 v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
                 D[do_ + t] = c * v + b2
                 DT[do_ + t] = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
-            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_)
+            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_, WK)
 
 
 @njit(cache=True, error_model="numpy")
@@ -1075,10 +1129,13 @@ def _pl_input(XB, YB, C, W, nb, d, e, H, circ, S, T, wp, lo, i0, j0, nd, ne, bke
 
 
 @njit(cache=True, error_model="numpy")
-def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j, n2):
+def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j, n2, WK, TS,
+          TT):
     """The scalar ops ``k0 ..`` after the readout (Dense, activations) of the pair ``(i, j)``,
     statistics position-major (flat ``(nst, n)``: entry ``u n + i``); a self run records them
-    (as :func:`_record_self`)."""
+    (as :func:`_record_self`). An activation is :func:`_act_entries` on the one entry ``TS[0],
+    TT[0]`` (the planes' duals, the same floats: no other compiled form; ``WK``: at least 3
+    floats)."""
     for k in range(k0, iop.shape[0]):
         code = iop[k, 0]
         off = iop[k, 4]
@@ -1095,16 +1152,19 @@ def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j,
                 R1[a] = math.sqrt(s_sc)
                 k11, _ = diag_dual(fam, p0, p1, s_sc)
                 SK1[a] = math.sqrt(k11)
-            kk, kd = _dual_other(fam, p0, p1, Q1[a], Q2[b], R1[a], R2[b], SK1[a], SK2[b], s_sc)
-            s_sc = kk
-            t_sc = t_sc * kd
+            TS[0] = s_sc
+            TT[0] = t_sc
+            _act_entries(fam, p0, p1, np.int64(1), TS, TT, np.uint64(0), Q1, R1, SK1,
+                         np.uint64(a), Q2, R2, SK2, np.uint64(b), WK)
+            s_sc = TS[0]
+            t_sc = TT[0]
     return s_sc, t_sc
 
 
 @njit(cache=True, error_model="numpy")
 def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, SKA, QB, RB,
               SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, lazy, st, idx, n1, n2, ns,
-              wb, allfast):
+              wb, allfast, WK):
     """Run the plane ``(d, e)`` of a batch of ``nb`` pairs through the ops ``0 .. kgap - 1``
     (Conv layers, each with or without a fused activation: the program builder never puts an
     unfused activation before GlobalAvgPool in a plane program) and add its columns to ``accv,
@@ -1187,7 +1247,7 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                 _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, S2, T2,
                           (olo * owp + olo) * nb, owp * nb, c, b2, cv, tb, QA, RA, SKA,
                           (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb,
-                          i0 + d, bmod)
+                          i0 + d, bmod, WK)
                 S, S2 = S2, S
                 T, T2 = T2, T
                 cur = 1 - cur
@@ -1207,7 +1267,7 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             _pl_act(fam, p0, p1, fast, V, VT, np.int64(0), wp * nb, S2, T2,
                     (olo * owp + olo) * nb, owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA,
                     (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb, i0 + d,
-                    bmod)
+                    bmod, WK)
             S, S2 = S2, S
             T, T2 = T2, T
             cur = 1 - cur
@@ -1373,6 +1433,9 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     fastf = np.zeros(kgap, dtype=np.bool_)
     accv = np.zeros(W * nbmax)
     acct = np.zeros(W * nbmax)
+    WK = np.zeros(3 * W * nbmax)    # _act_entries' work space (a row of a plane)
+    TS = np.zeros(1)                # _tail's activations: one entry
+    TT = np.zeros(1)
     bkey = np.full(2, -1, dtype=np.int64)
     ia = np.zeros(nbmax, dtype=np.int64)
     ja = np.zeros(nbmax, dtype=np.int64)
@@ -1440,7 +1503,7 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
         if mode == 0:
             _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_yes, fastf, QA, RA,
                       SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, eager,
-                      st, idx, n1, n2, ns, wb, allfast)
+                      st, idx, n1, n2, ns, wb, allfast, WK)
             for t in range(W * nb):
                 accv[t] = 0.0
                 acct[t] = 0.0
@@ -1457,19 +1520,19 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
         if diag:
             _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
                       SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, lazy,
-                      st, idx, n1, n2, ns, wb, allfast)
+                      st, idx, n1, n2, ns, wb, allfast, WK)
         elif circ:
             for d in range(hL):
                 for e in range(wL):
                     _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
                               SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct,
-                              eager, st, idx, n1, n2, ns, wb, allfast)
+                              eager, st, idx, n1, n2, ns, wb, allfast, WK)
         else:
             for d in range(1 - hL, hL):
                 for e in range(1 - wL, wL):
                     _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
                               SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct,
-                              eager, st, idx, n1, n2, ns, wb, allfast)
+                              eager, st, idx, n1, n2, ns, wb, allfast, WK)
         npos = hL * wL if diag else hL * hL * wL * wL
         for b in range(nb):
             s_sc = 0.0
@@ -1482,5 +1545,5 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
             i = ia[b]
             j = ja[b]
             a, bb = _tail(iop, fop, kgap + 1, s_sc, t_sc, mode == 0, Q1f, R1f, SK1f, i, n1,
-                          Q2f, R2f, SK2f, j, n2)
+                          Q2f, R2f, SK2f, j, n2, WK, TS, TT)
             _write_pair(wmode, i, j, a, bb, out_nngp, out_ntk)
