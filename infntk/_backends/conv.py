@@ -166,13 +166,16 @@ def _geomean_exact(qa, qb):
 
 
 @njit(cache=True, error_model="numpy")
-def _dual_kinked(family, p0, p1, qa, qb, ska, skb, s):
+def _dual_kinked(family, p0, p1, qa, qb, ska, skb, s, allf):
     """(k, kd) of the ReLU family's general form (variances beyond the fast form's range), the
     step family and the arc-cosine kernels at the pair state ``(qa, qb, s)``: the duals of
     :mod:`infntk._duals` (``kinked_state``, ``arccos_pair``) with ``A, B = m -+ s``, ``m`` the
     exact geometric mean. No smooth family here: the plane engine compiles none of their scalar
-    forms (their loops are in :func:`_act_entries`)."""
+    forms (their loops are in :func:`_act_entries`). ``allf`` None: the ReLU family only (the
+    branch of the other families is pruned at compile time: a ReLU network compiles neither)."""
     m = _geomean_exact(qa, qb)
+    if allf is None:
+        return _abrelu_kkd(p0, p1, m, s)
     if family == FAMILY_ABRELU:
         return _abrelu_kkd(p0, p1, m, s)
     A = max(m - s, 0.0)
@@ -208,7 +211,7 @@ def _dual_other(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
     (:func:`infntk._duals.smooth_plain`) at the exact geometric mean inside its range and
     :func:`_smooth_wide` beyond."""
     if family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS:
-        return _dual_kinked(family, p0, p1, qa, qb, ska, skb, s)
+        return _dual_kinked(family, p0, p1, qa, qb, ska, skb, s, np.int64(1))
     m = _geomean_exact(qa, qb)
     A = max(m - s, 0.0)
     B = max(m + s, 0.0)
@@ -218,10 +221,12 @@ def _dual_other(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
 
 
 @njit(cache=True, error_model="numpy")
-def _act_entries(fam, p0, p1, n, D, DT, do, QA, RA, SKA, ao, QB, RB, SKB, bo, WK):
+def _act_entries(fam, p0, p1, n, D, DT, do, QA, RA, SKA, ao, QB, RB, SKB, bo, WK, allf):
     """In place over ``n`` entries: ``D[do + t] = k``, ``DT[do + t] *= kd`` at the pair state
     ``s = D[do + t]`` and the variances ``QA[ao + t]``, ``QB[bo + t]``, for a family other
-    than the ReLU family's fast form (``WK``: ``3 n`` floats of work space).
+    than the ReLU family's fast form (``WK``: ``3 n`` floats of work space). ``allf`` None:
+    the network has no family but the ReLU family's, and only its general form is compiled
+    (Numba prunes a branch on an argument that is None at compile time).
 
     The smooth families run one loop per family that vectorizes, at ``m = WK[t]``: ``sqrt(q_a
     q_b)``, computed with the range check, or, where that product leaves the normal range
@@ -235,9 +240,11 @@ def _act_entries(fam, p0, p1, n, D, DT, do, QA, RA, SKA, ao, QB, RB, SKB, bo, WK
     if fam == FAMILY_ABRELU or fam == FAMILY_ABSTEP or fam == FAMILY_ARCCOS:
         for t in range(n):
             k, kd = _dual_kinked(fam, p0, p1, QA[ao + t], QB[bo + t], SKA[ao + t], SKB[bo + t],
-                                 D[do + t])
+                                 D[do + t], allf)
             D[do + t] = k
             DT[do + t] = DT[do + t] * kd
+        return
+    if allf is None:
         return
     bad = 0
     for t in range(n):                  # branch-free: vectorizes
@@ -977,7 +984,7 @@ def _pl_taps(Sin, Tin, U, UT, V, VT, q, wp, ndo, nb):
 
 @njit(cache=True, error_model="numpy")
 def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv, tb, QA, RA,
-            SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod, WK):
+            SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod, WK, allf):
     """``nrows`` rows of ``n`` entries: ``s = c V[vo + r vs + t] + b2``, ``t' = c VT[.] + (cv
     V[.] + tb)``, ``D[do + r ds + t] = k(s)``, ``DT = t' kd``, variances ``QA[ao + r as_ + t]`` and
     ``QB[bo + rb bs + t]``, ``rb = brow + r`` (wrapped at ``bmod`` if ``bmod > 0``).
@@ -1013,12 +1020,13 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv
                 v = V[vo_ + t]
                 D[do_ + t] = c * v + b2
                 DT[do_ + t] = c * VT[vo_ + t] + (cv * v + tb)
-            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_, WK)
+            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_, WK,
+                         allf)
 
 
 @njit(cache=True, error_model="numpy")
 def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, b2, cv, tb, QA,
-              RA, SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod, WK):
+              RA, SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod, WK, allf):
     """A 3 x 3 Conv with its activation (``fam < 0``: none), row by row so that the row sums
     stay in L1: ``U = S[r] + S[r + 1] + S[r + 2]`` (rows of ``wp nb`` entries), then for each
     entry ``s = c v + b2`` (``v = U[t] + U[t + nb] + U[t + 2 nb]``), ``t' = c (UT ...) + (cv v
@@ -1060,7 +1068,8 @@ def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, 
                 v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
                 D[do_ + t] = c * v + b2
                 DT[do_ + t] = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
-            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_, WK)
+            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_, WK,
+                         allf)
 
 
 @njit(cache=True, error_model="numpy")
@@ -1130,7 +1139,7 @@ def _pl_input(XB, YB, C, W, nb, d, e, H, circ, S, T, wp, lo, i0, j0, nd, ne, bke
 
 @njit(cache=True, error_model="numpy")
 def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j, n2, WK, TS,
-          TT):
+          TT, allf):
     """The scalar ops ``k0 ..`` after the readout (Dense, activations) of the pair ``(i, j)``,
     statistics position-major (flat ``(nst, n)``: entry ``u n + i``); a self run records them
     (as :func:`_record_self`). An activation is :func:`_act_entries` on the one entry ``TS[0],
@@ -1155,7 +1164,7 @@ def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j,
             TS[0] = s_sc
             TT[0] = t_sc
             _act_entries(fam, p0, p1, np.int64(1), TS, TT, np.uint64(0), Q1, R1, SK1,
-                         np.uint64(a), Q2, R2, SK2, np.uint64(b), WK)
+                         np.uint64(a), Q2, R2, SK2, np.uint64(b), WK, allf)
             s_sc = TS[0]
             t_sc = TT[0]
     return s_sc, t_sc
@@ -1164,7 +1173,7 @@ def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j,
 @njit(cache=True, error_model="numpy")
 def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, SKA, QB, RB,
               SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, lazy, st, idx, n1, n2, ns,
-              wb, allfast, WK):
+              wb, allfast, WK, allf):
     """Run the plane ``(d, e)`` of a batch of ``nb`` pairs through the ops ``0 .. kgap - 1``
     (Conv layers, each with or without a fused activation: the program builder never puts an
     unfused activation before GlobalAvgPool in a plane program) and add its columns to ``accv,
@@ -1247,7 +1256,7 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                 _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, S2, T2,
                           (olo * owp + olo) * nb, owp * nb, c, b2, cv, tb, QA, RA, SKA,
                           (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb,
-                          i0 + d, bmod, WK)
+                          i0 + d, bmod, WK, allf)
                 S, S2 = S2, S
                 T, T2 = T2, T
                 cur = 1 - cur
@@ -1267,7 +1276,7 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             _pl_act(fam, p0, p1, fast, V, VT, np.int64(0), wp * nb, S2, T2,
                     (olo * owp + olo) * nb, owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA,
                     (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb, i0 + d,
-                    bmod, WK)
+                    bmod, WK, allf)
             S, S2 = S2, S
             T, T2 = T2, T
             cur = 1 - cur
@@ -1379,7 +1388,7 @@ def _pl_stats(iop, k, dst, st, idx, n1, n2, ns, nb, wb, prod, allfast, fastf, QA
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchunks, Q1, R1,
-                 SK1, Q2, R2, SK2, Q1I, Q2K, R2K, out_nngp, out_ntk):
+                 SK1, Q2, R2, SK2, Q1I, Q2K, R2K, out_nngp, out_ntk, allf):
     """:func:`drive` for networks whose layers before the readout ``iop[kgap]`` are Conv
     layers, each with or without a fused activation: batches of up to ``nbmax`` pairs, plane
     by plane (``nplane``: entries of the largest padded plane). GlobalAvgPool sums every plane;
@@ -1394,7 +1403,10 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     layout is gathered from contiguous rows (for the statistics one ``x``'s value broadcast,
     consecutive ``y``'s copied). ``Q1I``: ``Q1`` image-major, ``(n1, nst)``; ``Q2K, R2K``:
     ``Q2, R2`` in blocks of ``nbmax`` images, ``(n2 / nbmax, nst, nbmax)`` (Flatten's pair runs
-    read the variances from these, :func:`_pl_stats`; otherwise unused)."""
+    read the variances from these, :func:`_pl_stats`; otherwise unused). ``allf``: None if
+    every activation of the network is of the ReLU family (relu, leaky_relu, abs, identity),
+    which then compiles no other family's dual (a second specialization of the plane engine,
+    as the closed-form engine's family-group kernels); otherwise ``1``."""
     H = X1.shape[0]
     C = X1.shape[1]
     W = X1.shape[2]
@@ -1503,7 +1515,7 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
         if mode == 0:
             _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_yes, fastf, QA, RA,
                       SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, eager,
-                      st, idx, n1, n2, ns, wb, allfast, WK)
+                      st, idx, n1, n2, ns, wb, allfast, WK, allf)
             for t in range(W * nb):
                 accv[t] = 0.0
                 acct[t] = 0.0
@@ -1520,19 +1532,19 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
         if diag:
             _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
                       SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, lazy,
-                      st, idx, n1, n2, ns, wb, allfast, WK)
+                      st, idx, n1, n2, ns, wb, allfast, WK, allf)
         elif circ:
             for d in range(hL):
                 for e in range(wL):
                     _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
                               SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct,
-                              eager, st, idx, n1, n2, ns, wb, allfast, WK)
+                              eager, st, idx, n1, n2, ns, wb, allfast, WK, allf)
         else:
             for d in range(1 - hL, hL):
                 for e in range(1 - wL, wL):
                     _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
                               SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct,
-                              eager, st, idx, n1, n2, ns, wb, allfast, WK)
+                              eager, st, idx, n1, n2, ns, wb, allfast, WK, allf)
         npos = hL * wL if diag else hL * hL * wL * wL
         for b in range(nb):
             s_sc = 0.0
@@ -1545,5 +1557,5 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
             i = ia[b]
             j = ja[b]
             a, bb = _tail(iop, fop, kgap + 1, s_sc, t_sc, mode == 0, Q1f, R1f, SK1f, i, n1,
-                          Q2f, R2f, SK2f, j, n2, WK, TS, TT)
+                          Q2f, R2f, SK2f, j, n2, WK, TS, TT, allf)
             _write_pair(wmode, i, j, a, bb, out_nngp, out_ntk)
