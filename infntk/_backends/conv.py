@@ -35,7 +35,8 @@ carried gaps). A pair of identical positions gets ``A = 0`` exactly: the self va
 computed by the same passes, in the same order, as the pair's entries. Elsewhere the absolute
 error of ``A`` is a few ulp of ``m``; see docs/conv.md for what that means for accuracy. The
 ReLU family (relu, leaky_relu, abs, identity) has a branch-free, libm-free form below that
-the compiler vectorizes; the other closed forms go through :func:`infntk._duals.pair_kkd`.
+the compiler vectorizes; the other closed forms go through :func:`_dual_other` (the smooth
+families' plain forms, or :func:`infntk._duals.smooth_kkd` beyond their range).
 
 Compilation: one driver (:func:`drive`: self statistics, symmetric or cross Gram; no parallel
 kernel: the caller runs one chunk of pairs per thread, the driver releases the GIL), one pair
@@ -47,6 +48,11 @@ engine instead (:func:`drive_planes`, below): every Conv keeps the offsets ``(i'
 j)``, so the planes of fixed offsets are independent; each runs through all layers in cache,
 for a batch of pairs with the pair index innermost (docs/conv.md, "Plane engine"). Flatten
 networks of Conv layers (no pooling) run its plane ``(0, 0)`` alone: the spatial diagonal.
+Its compilation: :func:`drive_planes` has the pieces called once (the plane runner, the fused
+3 x 3 Conv, the row activation, the scalar tail) inlined, since Numba links and re-optimizes
+every callee's code into each caller's module (a deep chain pays a big leaf at every level);
+two family groups (``allf``), so that a network of the ReLU family alone compiles no other
+family's dual.
 """
 from __future__ import annotations
 
@@ -116,7 +122,7 @@ def _abrelu_kkd(a, b, m, s):
     return k, kd
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _abrelu_fast(n2, c2, ab, m, qq, s):
     """(k, kd) of the ReLU family (:func:`_abrelu_kkd`) with one square root and one
     division, for ``q_x, q_y`` in ``[1e-140, 1e140]`` (so ``m > 0``): ``m = sqrt(q_x)
@@ -982,13 +988,18 @@ def _pl_taps(Sin, Tin, U, UT, V, VT, q, wp, ndo, nb):
             VT[t] += UT[sb + t]
 
 
-@njit(cache=True, error_model="numpy")
-def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv, tb, QA, RA,
-            SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod, WK, allf):
+@njit(cache=True, inline="always", error_model="numpy")
+def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, coef, sa, ao, as_, sb, bo,
+            bs, brow, bmod, WK, allf):
     """``nrows`` rows of ``n`` entries: ``s = c V[vo + r vs + t] + b2``, ``t' = c VT[.] + (cv
     V[.] + tb)``, ``D[do + r ds + t] = k(s)``, ``DT = t' kd``, variances ``QA[ao + r as_ + t]`` and
     ``QB[bo + rb bs + t]``, ``rb = brow + r`` (wrapped at ``bmod`` if ``bmod > 0``).
-    ``fam < 0``: no activation, ``D = s``, ``DT = c VT + s``."""
+    ``fam < 0``: no activation, ``D = s``, ``DT = c VT + s``. ``coef = (c, b2, cv, tb)``, ``sa =
+    (QA, RA, SKA)``, ``sb = (QB, RB, SKB)`` (inlined into :func:`_pl_plane`: at most 30
+    arguments, or CPython passes them as a tuple that Numba cannot inline)."""
+    c, b2, cv, tb = coef
+    QA, RA, SKA = sa
+    QB, RB, SKB = sb
     n_ = np.uint64(n)
     kn2 = 0.5 * (p0 * p0 + p1 * p1)         # the ReLU family's constants
     kc2 = (p0 - p1) * (p0 - p1) * _INV_2PI
@@ -1024,14 +1035,18 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv
                          allf)
 
 
-@njit(cache=True, error_model="numpy")
-def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, b2, cv, tb, QA,
-              RA, SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod, WK, allf):
+@njit(cache=True, inline="always", error_model="numpy")
+def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, coef, sa, ao, as_,
+              sb, bo, bs, brow, bmod, WK, allf):
     """A 3 x 3 Conv with its activation (``fam < 0``: none), row by row so that the row sums
     stay in L1: ``U = S[r] + S[r + 1] + S[r + 2]`` (rows of ``wp nb`` entries), then for each
     entry ``s = c v + b2`` (``v = U[t] + U[t + nb] + U[t + 2 nb]``), ``t' = c (UT ...) + (cv v
     + tb)`` and the
-    activation, written to ``D[do + r ds + t]`` (variances as in :func:`_pl_act`)."""
+    activation, written to ``D[do + r ds + t]`` (variances and packed arguments as in
+    :func:`_pl_act`)."""
+    c, b2, cv, tb = coef
+    QA, RA, SKA = sa
+    QB, RB, SKB = sb
     st = np.uint64(wp * nb)
     nb_ = np.uint64(nb)
     n_ = np.uint64(n)
@@ -1137,7 +1152,7 @@ def _pl_input(XB, YB, C, W, nb, d, e, H, circ, S, T, wp, lo, i0, j0, nd, ne, bke
             T[o + t] = 0.0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j, n2, WK, TS,
           TT, allf):
     """The scalar ops ``k0 ..`` after the readout (Dense, activations) of the pair ``(i, j)``,
@@ -1170,10 +1185,9 @@ def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j,
     return s_sc, t_sc
 
 
-@njit(cache=True, error_model="numpy")
-def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, SKA, QB, RB,
-              SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, lazy, st, idx, n1, n2, ns,
-              wb, allfast, WK, allf):
+@njit(cache=True, inline="always", error_model="numpy")
+def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, bst, bufs, bkey, accv,
+              acct, lazy, st, idx, n1, n2, ns, wb, allfast, WK, allf):
     """Run the plane ``(d, e)`` of a batch of ``nb`` pairs through the ops ``0 .. kgap - 1``
     (Conv layers, each with or without a fused activation: the program builder never puts an
     unfused activation before GlobalAvgPool in a plane program) and add its columns to ``accv,
@@ -1184,7 +1198,11 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
     buffer changes layout. ``lazy`` (a single plane: Flatten): each layer's statistics are
     gathered (:func:`_pl_stats`, arguments ``st .. allfast``) into the start of ``QA ..``
     just before the layer, while the buffers are in cache; otherwise they are in place for
-    every layer."""
+    every layer. ``bst = (QA, RA, SKA, QB, RB, SKB)`` (the batch statistics), ``bufs = (S0, T0,
+    S1, T1, U, UT, V, VT)`` (inlined into :func:`drive_planes`, its one caller: at most 30
+    arguments, see :func:`_pl_act`)."""
+    QA, RA, SKA, QB, RB, SKB = bst
+    S0, T0, S1, T1, U, UT, V, VT = bufs
     h = iop[0, 5]
     w = iop[0, 6]
     i0 = 0 if circ else max(0, -d)
@@ -1253,10 +1271,12 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             bmod = ho if circ else 0
             fast = fastf[k] if fam >= 0 else False
             if q == 3 and not record:
+                coef = (c, b2, cv, tb)
+                sa = (QA, RA, SKA)
+                sb = (qb_, rb_, SKB)
                 _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, S2, T2,
-                          (olo * owp + olo) * nb, owp * nb, c, b2, cv, tb, QA, RA, SKA,
-                          (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb,
-                          i0 + d, bmod, WK, allf)
+                          (olo * owp + olo) * nb, owp * nb, coef, sa, (off + i0 * wo + j0) * nb,
+                          wo * nb, sb, bcol, 2 * wo * nb, i0 + d, bmod, WK, allf)
                 S, S2 = S2, S
                 T, T2 = T2, T
                 cur = 1 - cur
@@ -1273,10 +1293,13 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                                (off + r * wo) * nb, QB, RB, SKB, (2 * off + r * 2 * wo) * nb)
                 fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, ho, wo, nb, np.int64(2))
                 fast = fastf[k]
+            coef = (c, b2, cv, tb)
+            sa = (QA, RA, SKA)
+            sb = (qb_, rb_, SKB)
             _pl_act(fam, p0, p1, fast, V, VT, np.int64(0), wp * nb, S2, T2,
-                    (olo * owp + olo) * nb, owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA,
-                    (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb, i0 + d,
-                    bmod, WK, allf)
+                    (olo * owp + olo) * nb, owp * nb, ndo, n, coef, sa,
+                    (off + i0 * wo + j0) * nb, wo * nb, sb, bcol, 2 * wo * nb, i0 + d, bmod, WK,
+                    allf)
             S, S2 = S2, S
             T, T2 = T2, T
             cur = 1 - cur
@@ -1425,7 +1448,7 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     diag = iop[kgap, 0] == OP_FLAT
     wb = 1 if diag else 2           # filled share of y's rows of 2 W (wrapped) positions
     lazy = np.bool_(diag and mode != 0)     # one plane: each layer's statistics just in time
-    eager = np.bool_(False)
+    eager = np.bool_(False)                 # (GlobalAvgPool, and the self runs: in place)
     S0 = np.zeros(nplane * nbmax)
     T0 = np.zeros(nplane * nbmax)
     S1 = np.zeros(nplane * nbmax)
@@ -1453,6 +1476,8 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     ja = np.zeros(nbmax, dtype=np.int64)
     seg = np.zeros(nbmax + 1, dtype=np.int64)
     idx = (ia, ja, seg)
+    bst = (QA, RA, SKA, QB, RB, SKB)
+    bufs = (S0, T0, S1, T1, U, UT, V, VT)
     # the layers whose variances are all within the fast form's range (checked once here,
     # otherwise per batch)
     allfast = np.zeros(kgap, dtype=np.bool_)
@@ -1467,7 +1492,6 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     # tests/test_conv_planes.py checks the self pass against the full-state engine)
     rec_yes = np.bool_(True)
     rec_no = np.bool_(False)
-    zero = np.int64(0)
     nbprev = -1
     wmode = 0 if mode == 0 else 2   # the symmetric Gram's lower triangle: by the caller
     for g0 in range(chunk * nbmax, npairs, nchunks * nbmax):
@@ -1512,39 +1536,34 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
             bkey[0] = -1
             bkey[1] = -1
             nbprev = nb
-        if mode == 0:
-            _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_yes, fastf, QA, RA,
-                      SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, eager,
-                      st, idx, n1, n2, ns, wb, allfast, WK, allf)
-            for t in range(W * nb):
-                accv[t] = 0.0
-                acct[t] = 0.0
-            for u in range(nst):
-                for b in range(nb):
-                    Q1f[u * n1 + ia[b]] = QA[u * nb + b]
-                    R1f[u * n1 + ia[b]] = RA[u * nb + b]
-                    SK1f[u * n1 + ia[b]] = SKA[u * nb + b]
-        elif not lazy:
+        if mode != 0 and not lazy:
             for k in range(kgap):
                 if iop[k, 3] >= 0:
                     _pl_stats(iop, k, iop[k, 4], st, idx, n1, n2, ns, nb, wb, eager, allfast,
                               fastf, QA, RA, SKA, QB, RB, SKB)
-        if diag:
-            _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
-                      SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, lazy,
-                      st, idx, n1, n2, ns, wb, allfast, WK, allf)
-        elif circ:
-            for d in range(hL):
-                for e in range(wL):
-                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
-                              SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct,
-                              eager, st, idx, n1, n2, ns, wb, allfast, WK, allf)
-        else:
-            for d in range(1 - hL, hL):
-                for e in range(1 - wL, wL):
-                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
-                              SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct,
-                              eager, st, idx, n1, n2, ns, wb, allfast, WK, allf)
+        # one call site of _pl_plane (inlined): pass 0 of mode 0 is the self pass (plane
+        # (0, 0), recording), then the planes of the pair runs: (0, 0) for Flatten, every
+        # offset (modulo the size for circular padding) for GlobalAvgPool
+        for ps in range(2 if mode == 0 else 1):
+            rec = mode == 0 and ps == 0
+            d0 = 0 if rec or diag or circ else 1 - hL
+            e0 = 0 if rec or diag or circ else 1 - wL
+            d1 = 1 if rec or diag else hL
+            e1 = 1 if rec or diag else wL
+            recf = rec_yes if rec else rec_no
+            for d in range(d0, d1):
+                for e in range(e0, e1):
+                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, recf, fastf, bst, bufs,
+                              bkey, accv, acct, lazy, st, idx, n1, n2, ns, wb, allfast, WK, allf)
+            if rec:
+                for t in range(W * nb):
+                    accv[t] = 0.0
+                    acct[t] = 0.0
+                for u in range(nst):
+                    for b in range(nb):
+                        Q1f[u * n1 + ia[b]] = QA[u * nb + b]
+                        R1f[u * n1 + ia[b]] = RA[u * nb + b]
+                        SK1f[u * n1 + ia[b]] = SKA[u * nb + b]
         npos = hL * wL if diag else hL * hL * wL * wL
         for b in range(nb):
             s_sc = 0.0
