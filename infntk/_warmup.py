@@ -128,6 +128,17 @@ def _conv_gap():
     net.kernels(X, X[:2].copy())
 
 
+def _conv_families():
+    rng = np.random.default_rng(_RNG_SEED)
+    X = rng.standard_normal((3, 4, 4, 2))
+    # any family but the ReLU family's: the plane engine's second group (one compiled copy
+    # serves erf, GELU, sin, cos, Gaussian, step, sign and the arc-cosine kernels)
+    net = Network([Conv(3, "same", 1.5, 0.1), Activation("erf"), GlobalAvgPool(),
+                   Dense(1.5, 0.1)])
+    net.kernels(X)
+    net.kernels(X, X[:2].copy())
+
+
 PATHS = (
     ("closed form, symmetric (relu)", _closed_symmetric),
     ("closed form, cross (relu)", _closed_cross),
@@ -141,6 +152,7 @@ PATHS = (
     ("composed network (Residual, LayerNorm)", _composed),
     ("convolutional network", _conv),
     ("convolutional network, GlobalAvgPool", _conv_gap),
+    ("convolutional network, other families (erf)", _conv_families),
 )
 
 

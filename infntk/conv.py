@@ -35,6 +35,7 @@ from ._gram import compiled_view, mirror_lower_to_upper
 from ._numba_config import chunk_count, engine_lock, run_chunks
 from ._validation import (check_parameterization, check_positive_int, check_real_dtype,
                           check_std, check_tol)
+from .activations import FAMILY_ABRELU
 from .layers import Activation, Dense, compose_activations
 
 __all__ = ["Conv", "AvgPool", "Flatten", "GlobalAvgPool", "conv_kernels", "conv_kernels_bounded",
@@ -635,13 +636,17 @@ def _run(mode, A, B, prog, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk):
         st = [a.T if mode == 0 else np.ascontiguousarray(a.T) for a in (Q1, R1, SK1, Q2, R2, SK2)]
         if mode != 0 and prog["regime"][0] == "diagonal":     # Flatten: _ce._pl_stats
             st += [np.ascontiguousarray(Q1), _blocks(Q2, nb), _blocks(R2, nb)]
-        else:
-            st += [np.zeros((1, 1))] * 3
+        else:                       # unused; the same array types (one compiled signature)
+            st += [np.zeros((1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1, 1))]
+
+    # the plane engine's family group: None if every activation is of the ReLU family (then
+    # no other family's dual is compiled), else 1
+    allf = None if set(prog["iop"][:, 3].tolist()) <= {-1, FAMILY_ABRELU} else 1
 
     def chunk(c):
         if prog["planes"]:
             _ce.drive_planes(mode, At, Bt, prog["iop"], prog["fop"], prog["kgap"], prog["circ"],
-                             nb, prog["nplane"], c, nch, *st, out_nngp, out_ntk)
+                             nb, prog["nplane"], c, nch, *st, out_nngp, out_ntk, allf)
             return
         _ce.drive(mode, A, B, prog["iop"], prog["fop"], prog["pmap"], prog["nfull"],
                   prog["nblock"], c, nch, Q1, R1, SK1, Q2, R2, SK2, out_nngp, out_ntk)

@@ -135,3 +135,34 @@ def test_a_kinked_network_loads_no_other_family_groups_code():
     assert counts == {"_block_kinked": 1, "_block_arccos": 0, "_block_smooth": 0,
                       "_plain_pass": 0, "_act_kinked": 1, "_act_arccos": 0, "_act_smooth": 0,
                       "_act_row": 0}
+
+
+_CONV_GROUPS = r"""
+import json, numpy as np
+from infntk import Network
+from infntk.conv import Conv, Flatten, GlobalAvgPool
+from infntk.layers import Activation, Dense
+from infntk._backends import conv as ce
+X = np.random.default_rng(0).standard_normal((3, 4, 4, 2))
+counts = []
+for act, readout in (("relu", Flatten), ("leaky_relu", GlobalAvgPool), ("erf", Flatten),
+                     ("sign", GlobalAvgPool), ("arccos", Flatten)):
+    a = Activation(act, n=2) if act == "arccos" else Activation(act)
+    net = Network([Conv(3, "same", 1.5, 0.1), a, readout(), Dense(1.5, 0.1)])
+    net.kernels(X)
+    net.kernels(X, X[:2].copy())
+    counts.append(len(ce.drive_planes.signatures))
+print(json.dumps(counts))
+"""
+
+
+def test_conv_plane_engine_has_two_family_groups():
+    """The plane engine is compiled once for networks of the ReLU family alone (Flatten and
+    GlobalAvgPool, symmetric and cross, self statistics: one signature) and once for every
+    other family (``allf``: the other families' duals are pruned from the first copy)."""
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _CONV_GROUPS], capture_output=True, text=True,
+                         check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 1, 2, 2, 2]

@@ -35,7 +35,8 @@ carried gaps). A pair of identical positions gets ``A = 0`` exactly: the self va
 computed by the same passes, in the same order, as the pair's entries. Elsewhere the absolute
 error of ``A`` is a few ulp of ``m``; see docs/conv.md for what that means for accuracy. The
 ReLU family (relu, leaky_relu, abs, identity) has a branch-free, libm-free form below that
-the compiler vectorizes; the other closed forms go through :func:`infntk._duals.pair_kkd`.
+the compiler vectorizes; the other closed forms go through :func:`_dual_other` (the smooth
+families' plain forms, or :func:`infntk._duals.smooth_kkd` beyond their range).
 
 Compilation: one driver (:func:`drive`: self statistics, symmetric or cross Gram; no parallel
 kernel: the caller runs one chunk of pairs per thread, the driver releases the GIL), one pair
@@ -47,6 +48,11 @@ engine instead (:func:`drive_planes`, below): every Conv keeps the offsets ``(i'
 j)``, so the planes of fixed offsets are independent; each runs through all layers in cache,
 for a batch of pairs with the pair index innermost (docs/conv.md, "Plane engine"). Flatten
 networks of Conv layers (no pooling) run its plane ``(0, 0)`` alone: the spatial diagonal.
+Its compilation: :func:`drive_planes` has the pieces called once (the plane runner, the fused
+3 x 3 Conv, the row activation, the scalar tail) inlined, since Numba links and re-optimizes
+every callee's code into each caller's module (a deep chain pays a big leaf at every level);
+two family groups (``allf``), so that a network of the ReLU family alone compiles no other
+family's dual.
 """
 from __future__ import annotations
 
@@ -55,10 +61,10 @@ import math
 import numpy as np
 from numba import njit
 
-from .._duals import (_PLAIN_MAX, atan_unit, diag_dual, erf_plain, gaussian_plain, gelu_plain,
-                      pair_kkd, trig_plain)
+from .._duals import (_PLAIN_MAX, arccos_pair, atan_unit, diag_dual, erf_plain, gaussian_plain,
+                      gelu_plain, kinked_state, smooth_kkd, smooth_plain, trig_plain)
 from .._vmath import _atan_centre, _atan_reduced_fma, fma
-from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_ERF,
+from ..activations import (FAMILY_ABRELU, FAMILY_ABSTEP, FAMILY_ARCCOS, FAMILY_COS, FAMILY_ERF,
                            FAMILY_GAUSSIAN, FAMILY_GELU, FAMILY_SIN)
 
 # op codes (see infntk.conv._compile)
@@ -116,7 +122,7 @@ def _abrelu_kkd(a, b, m, s):
     return k, kd
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _abrelu_fast(n2, c2, ab, m, qq, s):
     """(k, kd) of the ReLU family (:func:`_abrelu_kkd`) with one square root and one
     division, for ``q_x, q_y`` in ``[1e-140, 1e140]`` (so ``m > 0``): ``m = sqrt(q_x)
@@ -166,81 +172,142 @@ def _geomean_exact(qa, qb):
 
 
 @njit(cache=True, error_model="numpy")
-def _dual_other(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
-    """(k, kd) of any closed-form family at the pair state ``(qa, qb, s)`` (one compiled copy,
-    called per entry: the slow families pay a call; the ReLU family comes here only for
-    variances beyond the fast form's range)."""
+def _dual_kinked(family, p0, p1, qa, qb, ska, skb, s, allf):
+    """(k, kd) of the ReLU family's general form (variances beyond the fast form's range), the
+    step family and the arc-cosine kernels at the pair state ``(qa, qb, s)``: the duals of
+    :mod:`infntk._duals` (``kinked_state``, ``arccos_pair``) with ``A, B = m -+ s``, ``m`` the
+    exact geometric mean. No smooth family here: the plane engine compiles none of their scalar
+    forms (their loops are in :func:`_act_entries`). ``allf`` None: the ReLU family only (the
+    branch of the other families is pruned at compile time: a ReLU network compiles neither)."""
     m = _geomean_exact(qa, qb)
+    if allf is None:
+        return _abrelu_kkd(p0, p1, m, s)
     if family == FAMILY_ABRELU:
         return _abrelu_kkd(p0, p1, m, s)
     A = max(m - s, 0.0)
     B = max(m + s, 0.0)
-    return pair_kkd(family, p0, p1, qa, qb, A, B, ska, skb)
+    if family == FAMILY_ABSTEP:
+        k, kd, _, _ = kinked_state(True, p0, p1, A, B, ska * skb)
+        return k, kd
+    k, kd, _, _ = arccos_pair(int(p0), math.sqrt(qa) * math.sqrt(qb), A, B)
+    return k, kd
 
 
 @njit(cache=True, error_model="numpy")
-def _act_entries(fam, p0, p1, n, D, DT, do, QA, RA, SKA, ao, QB, RB, SKB, bo):
+def _smooth_wide(family, qa, qb, A, B):
+    """(k, kd) of a smooth family (erf, GELU, sin, cos, Gaussian) beyond the plain forms' range
+    (a variance >= ``_PLAIN_MAX`` = 1e75): :func:`infntk._duals.smooth_kkd`, whose forms
+    neither over- nor underflow (``hypot`` for ``sqrt(det)``, GELU's scaled form), evaluated
+    with ``B < A`` mirrored for the even families (cos, Gaussian: ``k(-s) = k(s)``, ``kd``
+    odd), as the fully-connected engine's stable route does. The engines keep only ``k, kd``,
+    so its gaps are not needed."""
+    r1 = math.sqrt(qa)
+    r2 = math.sqrt(qb)
+    if (family == FAMILY_COS or family == FAMILY_GAUSSIAN) and B < A:
+        k, kd = smooth_kkd(family, qa, qb, r1, r2, B, A)
+        return k, -kd
+    return smooth_kkd(family, qa, qb, r1, r2, A, B)
+
+
+@njit(cache=True, error_model="numpy")
+def _dual_other(family, p0, p1, qa, qb, ra, rb, ska, skb, s):
+    """(k, kd) of any closed-form family at the pair state ``(qa, qb, s)``, one entry (the
+    full-state and diagonal engines; the ReLU family comes here only for variances beyond the
+    fast form's range): :func:`_dual_kinked`, or for the smooth families their plain form
+    (:func:`infntk._duals.smooth_plain`) at the exact geometric mean inside its range and
+    :func:`_smooth_wide` beyond."""
+    if family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS:
+        return _dual_kinked(family, p0, p1, qa, qb, ska, skb, s, np.int64(1))
+    m = _geomean_exact(qa, qb)
+    A = max(m - s, 0.0)
+    B = max(m + s, 0.0)
+    if qa < _PLAIN_MAX and qb < _PLAIN_MAX:
+        return smooth_plain(family, qa, qb, math.sqrt(qa), math.sqrt(qb), A, B)
+    return _smooth_wide(family, qa, qb, A, B)
+
+
+@njit(cache=True, error_model="numpy")
+def _act_entries(fam, p0, p1, n, D, DT, do, QA, RA, SKA, ao, QB, RB, SKB, bo, WK, allf):
     """In place over ``n`` entries: ``D[do + t] = k``, ``DT[do + t] *= kd`` at the pair state
     ``s = D[do + t]`` and the variances ``QA[ao + t]``, ``QB[bo + t]``, for a family other
-    than the ReLU family's fast form.
+    than the ReLU family's fast form (``WK``: ``3 n`` floats of work space). ``allf`` None:
+    the network has no family but the ReLU family's, and only its general form is compiled
+    (Numba prunes a branch on an argument that is None at compile time).
 
-    The smooth families, when every entry is inside their plain range, run one loop per
-    family that vectorizes (the floats of :func:`_dual_other`, which calls the same plain
-    duals one entry at a time: ~10x slower); everything else goes through
-    :func:`_dual_other` entry by entry.
+    The smooth families run one loop per family that vectorizes, at ``m = WK[t]``: ``sqrt(q_a
+    q_b)``, computed with the range check, or, where that product leaves the normal range
+    (``m <= 1e-150``), the exact geometric mean (:func:`_geomean_exact`). Entries with a
+    variance beyond the plain forms' range (``>= 1e75``, where they would overflow) are
+    evaluated first by :func:`_smooth_wide` (their ``k`` and ``DT kd`` kept in ``WK[n:3n]``)
+    and put back after the loop. The other families go through :func:`_dual_kinked` entry
+    by entry.
     """
     n = np.uint64(n)          # offsets are uint64 (the callers'): no mixed int64 sums
-    smooth = not (fam == FAMILY_ABRELU or fam == FAMILY_ABSTEP or fam == FAMILY_ARCCOS)
-    bad = 0
-    if smooth:
-        for t in range(n):                  # branch-free: vectorizes
-            qa = QA[ao + t]
-            qb = QB[bo + t]
-            bad += (qa >= _PLAIN_MAX) | (qb >= _PLAIN_MAX) | (math.sqrt(qa * qb) <= 1e-150)
-    if not smooth or bad > 0:
+    if fam == FAMILY_ABRELU or fam == FAMILY_ABSTEP or fam == FAMILY_ARCCOS:
         for t in range(n):
-            k, kd = _dual_other(fam, p0, p1, QA[ao + t], QB[bo + t], RA[ao + t], RB[bo + t],
-                                SKA[ao + t], SKB[bo + t], D[do + t])
+            k, kd = _dual_kinked(fam, p0, p1, QA[ao + t], QB[bo + t], SKA[ao + t], SKB[bo + t],
+                                 D[do + t], allf)
             D[do + t] = k
             DT[do + t] = DT[do + t] * kd
-    elif fam == FAMILY_ERF:
+        return
+    if allf is None:
+        return
+    bad = 0
+    for t in range(n):                  # branch-free: vectorizes
+        qa = QA[ao + t]
+        qb = QB[bo + t]
+        m = math.sqrt(qa * qb)
+        WK[t] = m
+        bad += (qa >= _PLAIN_MAX) | (qb >= _PLAIN_MAX) | (m <= 1e-150)
+    wide = 0
+    if bad > 0:
         for t in range(n):
             qa = QA[ao + t]
             qb = QB[bo + t]
-            m = math.sqrt(qa * qb)
+            if qa >= _PLAIN_MAX or qb >= _PLAIN_MAX:
+                m = _geomean_exact(qa, qb)
+                s = D[do + t]
+                k, kd = _smooth_wide(fam, qa, qb, max(m - s, 0.0), max(m + s, 0.0))
+                WK[n + t] = k
+                WK[n + n + t] = DT[do + t] * kd
+                wide += 1
+            elif WK[t] <= 1e-150:
+                WK[t] = _geomean_exact(qa, qb)
+    if fam == FAMILY_ERF:
+        for t in range(n):
+            m = WK[t]
             s = D[do + t]
-            k, kd = erf_plain(qa, qb, max(m - s, 0.0), max(m + s, 0.0))
+            k, kd = erf_plain(QA[ao + t], QB[bo + t], max(m - s, 0.0), max(m + s, 0.0))
             D[do + t] = k
             DT[do + t] = DT[do + t] * kd
     elif fam == FAMILY_GELU:
         for t in range(n):
-            qa = QA[ao + t]
-            qb = QB[bo + t]
-            m = math.sqrt(qa * qb)
+            m = WK[t]
             s = D[do + t]
-            k, kd = gelu_plain(qa, qb, max(m - s, 0.0), max(m + s, 0.0))
+            k, kd = gelu_plain(QA[ao + t], QB[bo + t], max(m - s, 0.0), max(m + s, 0.0))
             D[do + t] = k
             DT[do + t] = DT[do + t] * kd
     elif fam == FAMILY_GAUSSIAN:
         for t in range(n):
-            qa = QA[ao + t]
-            qb = QB[bo + t]
-            m = math.sqrt(qa * qb)
+            m = WK[t]
             s = D[do + t]
-            k, kd = gaussian_plain(qa, qb, max(m - s, 0.0), max(m + s, 0.0))
+            k, kd = gaussian_plain(QA[ao + t], QB[bo + t], max(m - s, 0.0), max(m + s, 0.0))
             D[do + t] = k
             DT[do + t] = DT[do + t] * kd
     else:
         is_sin = fam == FAMILY_SIN
         for t in range(n):
-            qa = QA[ao + t]
-            qb = QB[bo + t]
-            m = math.sqrt(qa * qb)
+            m = WK[t]
             s = D[do + t]
-            k, kd = trig_plain(is_sin, math.sqrt(qa), math.sqrt(qb), max(m - s, 0.0),
-                               max(m + s, 0.0))
+            k, kd = trig_plain(is_sin, math.sqrt(QA[ao + t]), math.sqrt(QB[bo + t]),
+                               max(m - s, 0.0), max(m + s, 0.0))
             D[do + t] = k
             DT[do + t] = DT[do + t] * kd
+    if wide > 0:
+        for t in range(n):
+            if QA[ao + t] >= _PLAIN_MAX or QB[bo + t] >= _PLAIN_MAX:
+                D[do + t] = WK[n + t]
+                DT[do + t] = WK[n + n + t]
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -921,13 +988,18 @@ def _pl_taps(Sin, Tin, U, UT, V, VT, q, wp, ndo, nb):
             VT[t] += UT[sb + t]
 
 
-@njit(cache=True, error_model="numpy")
-def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv, tb, QA, RA,
-            SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod):
+@njit(cache=True, inline="always", error_model="numpy")
+def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, coef, sa, ao, as_, sb, bo,
+            bs, brow, bmod, WK, allf):
     """``nrows`` rows of ``n`` entries: ``s = c V[vo + r vs + t] + b2``, ``t' = c VT[.] + (cv
     V[.] + tb)``, ``D[do + r ds + t] = k(s)``, ``DT = t' kd``, variances ``QA[ao + r as_ + t]`` and
     ``QB[bo + rb bs + t]``, ``rb = brow + r`` (wrapped at ``bmod`` if ``bmod > 0``).
-    ``fam < 0``: no activation, ``D = s``, ``DT = c VT + s``."""
+    ``fam < 0``: no activation, ``D = s``, ``DT = c VT + s``. ``coef = (c, b2, cv, tb)``, ``sa =
+    (QA, RA, SKA)``, ``sb = (QB, RB, SKB)`` (inlined into :func:`_pl_plane`: at most 30
+    arguments, or CPython passes them as a tuple that Numba cannot inline)."""
+    c, b2, cv, tb = coef
+    QA, RA, SKA = sa
+    QB, RB, SKB = sb
     n_ = np.uint64(n)
     kn2 = 0.5 * (p0 * p0 + p1 * p1)         # the ReLU family's constants
     kc2 = (p0 - p1) * (p0 - p1) * _INV_2PI
@@ -959,17 +1031,22 @@ def _pl_act(fam, p0, p1, fast, V, VT, vo, vs, D, DT, do, ds, nrows, n, c, b2, cv
                 v = V[vo_ + t]
                 D[do_ + t] = c * v + b2
                 DT[do_ + t] = c * VT[vo_ + t] + (cv * v + tb)
-            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_)
+            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_, WK,
+                         allf)
 
 
-@njit(cache=True, error_model="numpy")
-def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, b2, cv, tb, QA,
-              RA, SKA, ao, as_, QB, RB, SKB, bo, bs, brow, bmod):
+@njit(cache=True, inline="always", error_model="numpy")
+def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, coef, sa, ao, as_,
+              sb, bo, bs, brow, bmod, WK, allf):
     """A 3 x 3 Conv with its activation (``fam < 0``: none), row by row so that the row sums
     stay in L1: ``U = S[r] + S[r + 1] + S[r + 2]`` (rows of ``wp nb`` entries), then for each
     entry ``s = c v + b2`` (``v = U[t] + U[t + nb] + U[t + 2 nb]``), ``t' = c (UT ...) + (cv v
     + tb)`` and the
-    activation, written to ``D[do + r ds + t]`` (variances as in :func:`_pl_act`)."""
+    activation, written to ``D[do + r ds + t]`` (variances and packed arguments as in
+    :func:`_pl_act`)."""
+    c, b2, cv, tb = coef
+    QA, RA, SKA = sa
+    QB, RB, SKB = sb
     st = np.uint64(wp * nb)
     nb_ = np.uint64(nb)
     n_ = np.uint64(n)
@@ -1006,7 +1083,8 @@ def _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, D, DT, do, ds, c, 
                 v = U[t] + U[nb_ + t] + U[nb_ + nb_ + t]
                 D[do_ + t] = c * v + b2
                 DT[do_ + t] = c * (UT[t] + UT[nb_ + t] + UT[nb_ + nb_ + t]) + (cv * v + tb)
-            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_)
+            _act_entries(fam, p0, p1, n, D, DT, do_, QA, RA, SKA, ao_, QB, RB, SKB, bo_, WK,
+                         allf)
 
 
 @njit(cache=True, error_model="numpy")
@@ -1074,11 +1152,14 @@ def _pl_input(XB, YB, C, W, nb, d, e, H, circ, S, T, wp, lo, i0, j0, nd, ne, bke
             T[o + t] = 0.0
 
 
-@njit(cache=True, error_model="numpy")
-def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j, n2):
+@njit(cache=True, inline="always", error_model="numpy")
+def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j, n2, WK, TS,
+          TT, allf):
     """The scalar ops ``k0 ..`` after the readout (Dense, activations) of the pair ``(i, j)``,
     statistics position-major (flat ``(nst, n)``: entry ``u n + i``); a self run records them
-    (as :func:`_record_self`)."""
+    (as :func:`_record_self`). An activation is :func:`_act_entries` on the one entry ``TS[0],
+    TT[0]`` (the planes' duals, the same floats: no other compiled form; ``WK``: at least 3
+    floats)."""
     for k in range(k0, iop.shape[0]):
         code = iop[k, 0]
         off = iop[k, 4]
@@ -1095,16 +1176,18 @@ def _tail(iop, fop, k0, s_sc, t_sc, selfrun, Q1, R1, SK1, i, n1, Q2, R2, SK2, j,
                 R1[a] = math.sqrt(s_sc)
                 k11, _ = diag_dual(fam, p0, p1, s_sc)
                 SK1[a] = math.sqrt(k11)
-            kk, kd = _dual_other(fam, p0, p1, Q1[a], Q2[b], R1[a], R2[b], SK1[a], SK2[b], s_sc)
-            s_sc = kk
-            t_sc = t_sc * kd
+            TS[0] = s_sc
+            TT[0] = t_sc
+            _act_entries(fam, p0, p1, np.int64(1), TS, TT, np.uint64(0), Q1, R1, SK1,
+                         np.uint64(a), Q2, R2, SK2, np.uint64(b), WK, allf)
+            s_sc = TS[0]
+            t_sc = TT[0]
     return s_sc, t_sc
 
 
-@njit(cache=True, error_model="numpy")
-def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, SKA, QB, RB,
-              SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, lazy, st, idx, n1, n2, ns,
-              wb, allfast):
+@njit(cache=True, inline="always", error_model="numpy")
+def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, bst, bufs, bkey, accv,
+              acct, lazy, st, idx, n1, n2, ns, wb, allfast, WK, allf):
     """Run the plane ``(d, e)`` of a batch of ``nb`` pairs through the ops ``0 .. kgap - 1``
     (Conv layers, each with or without a fused activation: the program builder never puts an
     unfused activation before GlobalAvgPool in a plane program) and add its columns to ``accv,
@@ -1115,7 +1198,11 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
     buffer changes layout. ``lazy`` (a single plane: Flatten): each layer's statistics are
     gathered (:func:`_pl_stats`, arguments ``st .. allfast``) into the start of ``QA ..``
     just before the layer, while the buffers are in cache; otherwise they are in place for
-    every layer."""
+    every layer. ``bst = (QA, RA, SKA, QB, RB, SKB)`` (the batch statistics), ``bufs = (S0, T0,
+    S1, T1, U, UT, V, VT)`` (inlined into :func:`drive_planes`, its one caller: at most 30
+    arguments, see :func:`_pl_act`)."""
+    QA, RA, SKA, QB, RB, SKB = bst
+    S0, T0, S1, T1, U, UT, V, VT = bufs
     h = iop[0, 5]
     w = iop[0, 6]
     i0 = 0 if circ else max(0, -d)
@@ -1184,10 +1271,12 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
             bmod = ho if circ else 0
             fast = fastf[k] if fam >= 0 else False
             if q == 3 and not record:
+                coef = (c, b2, cv, tb)
+                sa = (QA, RA, SKA)
+                sb = (qb_, rb_, SKB)
                 _pl_conv3(fam, p0, p1, fast, S, T, wp, ndo, n, nb, U, UT, S2, T2,
-                          (olo * owp + olo) * nb, owp * nb, c, b2, cv, tb, QA, RA, SKA,
-                          (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb,
-                          i0 + d, bmod)
+                          (olo * owp + olo) * nb, owp * nb, coef, sa, (off + i0 * wo + j0) * nb,
+                          wo * nb, sb, bcol, 2 * wo * nb, i0 + d, bmod, WK, allf)
                 S, S2 = S2, S
                 T, T2 = T2, T
                 cur = 1 - cur
@@ -1204,10 +1293,13 @@ def _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, record, fastf, QA, RA, 
                                (off + r * wo) * nb, QB, RB, SKB, (2 * off + r * 2 * wo) * nb)
                 fastf[k] = _pl_fast(fam, QA, QB, off * nb, 2 * off * nb, ho, wo, nb, np.int64(2))
                 fast = fastf[k]
+            coef = (c, b2, cv, tb)
+            sa = (QA, RA, SKA)
+            sb = (qb_, rb_, SKB)
             _pl_act(fam, p0, p1, fast, V, VT, np.int64(0), wp * nb, S2, T2,
-                    (olo * owp + olo) * nb, owp * nb, ndo, n, c, b2, cv, tb, QA, RA, SKA,
-                    (off + i0 * wo + j0) * nb, wo * nb, qb_, rb_, SKB, bcol, 2 * wo * nb, i0 + d,
-                    bmod)
+                    (olo * owp + olo) * nb, owp * nb, ndo, n, coef, sa,
+                    (off + i0 * wo + j0) * nb, wo * nb, sb, bcol, 2 * wo * nb, i0 + d, bmod, WK,
+                    allf)
             S, S2 = S2, S
             T, T2 = T2, T
             cur = 1 - cur
@@ -1319,7 +1411,7 @@ def _pl_stats(iop, k, dst, st, idx, n1, n2, ns, nb, wb, prod, allfast, fastf, QA
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchunks, Q1, R1,
-                 SK1, Q2, R2, SK2, Q1I, Q2K, R2K, out_nngp, out_ntk):
+                 SK1, Q2, R2, SK2, Q1I, Q2K, R2K, out_nngp, out_ntk, allf):
     """:func:`drive` for networks whose layers before the readout ``iop[kgap]`` are Conv
     layers, each with or without a fused activation: batches of up to ``nbmax`` pairs, plane
     by plane (``nplane``: entries of the largest padded plane). GlobalAvgPool sums every plane;
@@ -1334,7 +1426,10 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     layout is gathered from contiguous rows (for the statistics one ``x``'s value broadcast,
     consecutive ``y``'s copied). ``Q1I``: ``Q1`` image-major, ``(n1, nst)``; ``Q2K, R2K``:
     ``Q2, R2`` in blocks of ``nbmax`` images, ``(n2 / nbmax, nst, nbmax)`` (Flatten's pair runs
-    read the variances from these, :func:`_pl_stats`; otherwise unused)."""
+    read the variances from these, :func:`_pl_stats`; otherwise unused). ``allf``: None if
+    every activation of the network is of the ReLU family (relu, leaky_relu, abs, identity),
+    which then compiles no other family's dual (a second specialization of the plane engine,
+    as the closed-form engine's family-group kernels); otherwise ``1``."""
     H = X1.shape[0]
     C = X1.shape[1]
     W = X1.shape[2]
@@ -1353,7 +1448,7 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     diag = iop[kgap, 0] == OP_FLAT
     wb = 1 if diag else 2           # filled share of y's rows of 2 W (wrapped) positions
     lazy = np.bool_(diag and mode != 0)     # one plane: each layer's statistics just in time
-    eager = np.bool_(False)
+    eager = np.bool_(False)                 # (GlobalAvgPool, and the self runs: in place)
     S0 = np.zeros(nplane * nbmax)
     T0 = np.zeros(nplane * nbmax)
     S1 = np.zeros(nplane * nbmax)
@@ -1373,11 +1468,16 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     fastf = np.zeros(kgap, dtype=np.bool_)
     accv = np.zeros(W * nbmax)
     acct = np.zeros(W * nbmax)
+    WK = np.zeros(3 * W * nbmax)    # _act_entries' work space (a row of a plane)
+    TS = np.zeros(1)                # _tail's activations: one entry
+    TT = np.zeros(1)
     bkey = np.full(2, -1, dtype=np.int64)
     ia = np.zeros(nbmax, dtype=np.int64)
     ja = np.zeros(nbmax, dtype=np.int64)
     seg = np.zeros(nbmax + 1, dtype=np.int64)
     idx = (ia, ja, seg)
+    bst = (QA, RA, SKA, QB, RB, SKB)
+    bufs = (S0, T0, S1, T1, U, UT, V, VT)
     # the layers whose variances are all within the fast form's range (checked once here,
     # otherwise per batch)
     allfast = np.zeros(kgap, dtype=np.bool_)
@@ -1392,7 +1492,6 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
     # tests/test_conv_planes.py checks the self pass against the full-state engine)
     rec_yes = np.bool_(True)
     rec_no = np.bool_(False)
-    zero = np.int64(0)
     nbprev = -1
     wmode = 0 if mode == 0 else 2   # the symmetric Gram's lower triangle: by the caller
     for g0 in range(chunk * nbmax, npairs, nchunks * nbmax):
@@ -1437,39 +1536,34 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
             bkey[0] = -1
             bkey[1] = -1
             nbprev = nb
-        if mode == 0:
-            _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_yes, fastf, QA, RA,
-                      SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, eager,
-                      st, idx, n1, n2, ns, wb, allfast)
-            for t in range(W * nb):
-                accv[t] = 0.0
-                acct[t] = 0.0
-            for u in range(nst):
-                for b in range(nb):
-                    Q1f[u * n1 + ia[b]] = QA[u * nb + b]
-                    R1f[u * n1 + ia[b]] = RA[u * nb + b]
-                    SK1f[u * n1 + ia[b]] = SKA[u * nb + b]
-        elif not lazy:
+        if mode != 0 and not lazy:
             for k in range(kgap):
                 if iop[k, 3] >= 0:
                     _pl_stats(iop, k, iop[k, 4], st, idx, n1, n2, ns, nb, wb, eager, allfast,
                               fastf, QA, RA, SKA, QB, RB, SKB)
-        if diag:
-            _pl_plane(XB, YB, C, nb, zero, zero, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
-                      SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct, lazy,
-                      st, idx, n1, n2, ns, wb, allfast)
-        elif circ:
-            for d in range(hL):
-                for e in range(wL):
-                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
-                              SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct,
-                              eager, st, idx, n1, n2, ns, wb, allfast)
-        else:
-            for d in range(1 - hL, hL):
-                for e in range(1 - wL, wL):
-                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, rec_no, fastf, QA, RA,
-                              SKA, QB, RB, SKB, S0, T0, S1, T1, U, UT, V, VT, bkey, accv, acct,
-                              eager, st, idx, n1, n2, ns, wb, allfast)
+        # one call site of _pl_plane (inlined): pass 0 of mode 0 is the self pass (plane
+        # (0, 0), recording), then the planes of the pair runs: (0, 0) for Flatten, every
+        # offset (modulo the size for circular padding) for GlobalAvgPool
+        for ps in range(2 if mode == 0 else 1):
+            rec = mode == 0 and ps == 0
+            d0 = 0 if rec or diag or circ else 1 - hL
+            e0 = 0 if rec or diag or circ else 1 - wL
+            d1 = 1 if rec or diag else hL
+            e1 = 1 if rec or diag else wL
+            recf = rec_yes if rec else rec_no
+            for d in range(d0, d1):
+                for e in range(e0, e1):
+                    _pl_plane(XB, YB, C, nb, d, e, circ, iop, fop, kgap, recf, fastf, bst, bufs,
+                              bkey, accv, acct, lazy, st, idx, n1, n2, ns, wb, allfast, WK, allf)
+            if rec:
+                for t in range(W * nb):
+                    accv[t] = 0.0
+                    acct[t] = 0.0
+                for u in range(nst):
+                    for b in range(nb):
+                        Q1f[u * n1 + ia[b]] = QA[u * nb + b]
+                        R1f[u * n1 + ia[b]] = RA[u * nb + b]
+                        SK1f[u * n1 + ia[b]] = SKA[u * nb + b]
         npos = hL * wL if diag else hL * hL * wL * wL
         for b in range(nb):
             s_sc = 0.0
@@ -1482,5 +1576,5 @@ def drive_planes(mode, X1, X2, iop, fop, kgap, circ, nbmax, nplane, chunk, nchun
             i = ia[b]
             j = ja[b]
             a, bb = _tail(iop, fop, kgap + 1, s_sc, t_sc, mode == 0, Q1f, R1f, SK1f, i, n1,
-                          Q2f, R2f, SK2f, j, n2)
+                          Q2f, R2f, SK2f, j, n2, WK, TS, TT, allf)
             _write_pair(wmode, i, j, a, bb, out_nngp, out_ntk)
