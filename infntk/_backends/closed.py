@@ -87,7 +87,7 @@ _PARALLEL_TOL = 0.0625
 _SPLITTER = 134217729.0  # 2^27 + 1, Dekker/Veltkamp split
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _two_product(a, b):
     """p, e with p + e = a * b exactly (Dekker, no FMA needed)."""
     p = a * b
@@ -101,7 +101,7 @@ def _two_product(a, b):
     return p, e
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _cross_norm2_exact(x, y):
     """|x ^ y|^2 = sum_{k<l} (x_k y_l - x_l y_k)^2 with each minor from exact products.
 
@@ -118,7 +118,7 @@ def _cross_norm2_exact(x, y):
     return acc
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _sin2_from_rows(x, y, nx2, g):
     """sin^2 of the angle between rows x and y, accurate relative to itself, and |x|^2 - |y|^2.
 
@@ -310,7 +310,9 @@ def _advance(k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, th):
 @njit(cache=True, error_model="numpy")
 def _plain_pass(family, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl, A, B, TH, K):
     """One smooth activation layer by the plain route for columns ``j < jend``: one loop per
-    family (each vectorizes: the dual and :func:`_advance_plain` inlined, on scalars)."""
+    family (each vectorizes: the dual and :func:`_advance_plain` inlined, on scalars).
+    Inlined into :func:`_block_smooth`, its one call site (not compiled twice); not so
+    :func:`_plain_pass_recip`, whose ``fastmath`` flags an inlined body would lose."""
     if family == FAMILY_ERF:
         for j in range(jend):
             k, kd = erf_plain(qa, q2l[j], A[j], B[j])
@@ -622,20 +624,21 @@ def _block_smooth(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch
                 # the pairs that take the stable route (carried D, or a small gap the rest of
                 # the network would amplify): computed first from the entry state, applied last
                 ga = g1[i, l]
+                # (one call site of each: they are inlined, see stable_pairs)
+                nc = np.int64(-2)                    # -2: only the pairs that carry D
                 if row_may_need_stable(qa, q2max[l], ga, g2max[l]):
                     # candidates from the gaps alone (a superset), then the exact test on
-                    # them; every column when a variance leaves the plain range
+                    # them; every column (-1) when a variance leaves the plain range
                     nc = stable_candidates(family, qa, q2max[l], ra * math.sqrt(q2max[l]), A, B,
                                            Dq, jend, flag, cand)
-                    if nc >= 0:
-                        nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B,
-                                            Dq, cand, nc, fix_j, fix_v)
-                    else:
-                        nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A,
-                                                B, Dq, jend, flag, fix_j, fix_v)
-                else:                                # only the pairs that carry D
+                if nc == -1:
+                    nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A,
+                                            B, Dq, jend, flag, fix_j, fix_v)
+                else:
+                    some = nc >= 0
                     nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
-                                        carried, ncarried, fix_j, fix_v)
+                                        cand if some else carried, nc if some else ncarried,
+                                        fix_j, fix_v)
                 for cc in range(nfix):
                     j = fix_j[cc]
                     fix_v[cc, 5] = TH[j]
