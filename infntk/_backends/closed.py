@@ -206,22 +206,32 @@ def _first_layer_gram_pre(g, nx, ny, mx, my, w2, b2, d):
 
 @njit(cache=True, error_model="numpy")
 def _first_layer_rows(x, y, g, nx2, ny2, w2, b2, d, identical):
-    """(A, B) of Sigma^1 from the rows themselves, for (nearly) parallel or identical rows."""
-    if identical:
-        return _first_layer_ab(nx2, ny2, 0.0, 2.0, 0.0, w2, b2, d)
-    # rows scaled by one power of two (exact) to norm ~1: the exact products and minors of
-    # _sin2_from_rows neither overflow (norms up to 1e150) nor underflow (down to 1e-150)
-    e = math.frexp(math.sqrt(max(nx2, ny2)))[1]
-    c = math.ldexp(1.0, -e)
-    xs = x * c
-    ys = y * c
-    s2, dn2 = _sin2_from_rows(xs, ys, nx2 * c * c, g * c * c)
-    dn2 = dn2 / (c * c)
-    dn = dn2 / (math.sqrt(nx2) + math.sqrt(ny2))
-    ac = math.sqrt(1.0 - s2)
-    if g > 0.0:
-        return _first_layer_ab(nx2, ny2, s2 / (1.0 + ac), 1.0 + ac, dn, w2, b2, d)
-    return _first_layer_ab(nx2, ny2, 1.0 + ac, s2 / (1.0 + ac), dn, w2, b2, d)
+    """(A, B) of Sigma^1 from the rows themselves, for (nearly) parallel or identical rows.
+
+    (One call site of the inlined :func:`_first_layer_ab`, explicit loops rather than array
+    expressions: each of those is compiled on its own.)"""
+    omc = 0.0
+    opc = 2.0
+    dn = 0.0
+    if not identical:
+        # rows scaled by one power of two (exact) to norm ~1: the exact products and minors
+        # of _sin2_from_rows neither overflow (norms up to 1e150) nor underflow (1e-150)
+        e = math.frexp(math.sqrt(max(nx2, ny2)))[1]
+        c = math.ldexp(1.0, -e)
+        xs = np.empty(x.shape[0])
+        ys = np.empty(y.shape[0])
+        for k in range(x.shape[0]):
+            xs[k] = x[k] * c
+            ys[k] = y[k] * c
+        s2, dn2 = _sin2_from_rows(xs, ys, nx2 * c * c, g * c * c)
+        dn2 = dn2 / (c * c)
+        dn = dn2 / (math.sqrt(nx2) + math.sqrt(ny2))
+        ac = math.sqrt(1.0 - s2)
+        lo = s2 / (1.0 + ac)
+        hi = 1.0 + ac
+        omc = lo if g > 0.0 else hi
+        opc = hi if g > 0.0 else lo
+    return _first_layer_ab(nx2, ny2, omc, opc, dn, w2, b2, d)
 
 
 @njit(cache=True, error_model="numpy")
@@ -513,9 +523,13 @@ def _block_kinked(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch
                         c2 = sc * sc
                         same = symmetric and j == i
                         if same or _needs_rows(gi[j], nx2, nsq2[j]):
-                            A[j], B[j] = _first_layer_rows(x * sc, X2[j] * sc, gi[j] * c2,
-                                                           nx2 * c2, nsq2[j] * c2, w2, b2 * c2,
-                                                           d, same)
+                            xs = np.empty(d)         # loops: no array expressions to compile
+                            ys = np.empty(d)
+                            for k2 in range(d):
+                                xs[k2] = x[k2] * sc
+                                ys[k2] = X2[j, k2] * sc
+                            A[j], B[j] = _first_layer_rows(xs, ys, gi[j] * c2, nx2 * c2,
+                                                           nsq2[j] * c2, w2, b2 * c2, d, same)
                         else:
                             A[j], B[j] = _first_layer_gram(gi[j] * c2, nx2 * c2, nsq2[j] * c2,
                                                            w2, b2 * c2, d)
