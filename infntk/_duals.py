@@ -748,9 +748,14 @@ def _erf_radial(q1, q2, r1, r2, D, sk1, sk2):
     dr = D / (r1 + r2)
     z1 = min(12.0, 6.0 / r1)           # erf(r1 z) varies below z1, erf(r2 z) below z2
     z2 = min(12.0, 6.0 / r2)
-    I = _erf_g2_panels(0.0, z1, min(0.5, 0.5 / r1), r1, r2, dr, sk1, sk2, ds)
-    I += _erf_g2_panels(z1, z2, min(0.5, 0.5 / r2), r1, r2, dr, sk1, sk2, ds)
-    I += _erf_g2_panels(z2, 12.0, 0.5, r1, r2, dr, sk1, sk2, ds)
+    # the three segments [0, z1], [z1, z2], [z2, 12] in one loop: one inlined copy of the
+    # panels (each term is >= +0, so 0.0 + first term is the first term)
+    I = 0.0
+    for seg in range(3):
+        za = 0.0 if seg == 0 else (z1 if seg == 1 else z2)
+        zb = z1 if seg == 0 else (z2 if seg == 1 else 12.0)
+        h = min(0.5, 0.5 / r1) if seg == 0 else (min(0.5, 0.5 / r2) if seg == 1 else 0.5)
+        I += _erf_g2_panels(za, zb, h, r1, r2, dr, sk1, sk2, ds)
     return sk1 * sk2 * I * _INV_SQRT_2PI
 
 
