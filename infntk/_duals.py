@@ -62,7 +62,7 @@ _BIG = 1e150
 _G_SERIES = tuple(((-1.0) ** (k + 1)) * 2 * k / math.factorial(2 * k + 1) for k in range(1, 9))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def g_small(x, sin_x, cos_x):
     """sin x - x cos x for 0 <= x <= pi/2, accurate to a few ulp (relative).
 
@@ -100,7 +100,7 @@ def small_angle(A, B):
     return 2.0 * atan_ratio(lo, hi), sA * sB
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def angles(m, A, B):
     """(theta, pi - theta) from the pair state; (pi/2, pi/2) for a degenerate pair.
 
@@ -311,7 +311,7 @@ def kinked_state(step, a, b, A, B, skk):
 _T_SERIES = tuple(((-1.0) ** (k + 1)) * 4.0 ** k / math.factorial(2 * k + 1) for k in range(1, 10))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def t_small(x, sin_x, cos_x):
     """x - sin x cos x for 0 <= x <= pi/2, relative accuracy (series below 0.5)."""
     if x < 0.5:
@@ -323,7 +323,7 @@ def t_small(x, sin_x, cos_x):
     return x - sin_x * cos_x
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def arccos_J_complement(n, m, A, B, theta, phi):
     """J_n(0) - J_n(theta) >= 0 without cancellation for small theta (n = 2, 3)."""
     sin_t = math.sqrt(A / m) * math.sqrt(B / m)
@@ -748,16 +748,25 @@ def _erf_radial(q1, q2, r1, r2, D, sk1, sk2):
     dr = D / (r1 + r2)
     z1 = min(12.0, 6.0 / r1)           # erf(r1 z) varies below z1, erf(r2 z) below z2
     z2 = min(12.0, 6.0 / r2)
-    I = _erf_g2_panels(0.0, z1, min(0.5, 0.5 / r1), r1, r2, dr, sk1, sk2, ds)
-    I += _erf_g2_panels(z1, z2, min(0.5, 0.5 / r2), r1, r2, dr, sk1, sk2, ds)
-    I += _erf_g2_panels(z2, 12.0, 0.5, r1, r2, dr, sk1, sk2, ds)
+    # the three segments [0, z1], [z1, z2], [z2, 12] in one loop: one inlined copy of the
+    # panels (each term is >= +0, so 0.0 + first term is the first term)
+    I = 0.0
+    for seg in range(3):
+        za = 0.0 if seg == 0 else (z1 if seg == 1 else z2)
+        zb = z1 if seg == 0 else (z2 if seg == 1 else 12.0)
+        h = min(0.5, 0.5 / r1) if seg == 0 else (min(0.5, 0.5 / r2) if seg == 1 else 0.5)
+        I += _erf_g2_panels(za, zb, h, r1, r2, dr, sk1, sk2, ds)
     return sk1 * sk2 * I * _INV_SQRT_2PI
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _radial(family, q1, q2, r1, r2, D, sk1, sk2):
     """The radial gap R (see :func:`_radial_gap`), from the carried ``D = q1 - q2`` for sin,
-    cos and gaussian (:func:`_radial_gap_exact`); erf and GELU use :func:`_radial_gap`."""
+    cos and gaussian (:func:`_radial_gap_exact`); erf and GELU use :func:`_radial_gap`.
+
+    Inlined (a dispatch on the family, small) into its one call site in
+    :func:`_smooth_pair_oriented`, itself inlined into :func:`smooth_pair`: the big leaves
+    below are then linked into one function, not re-optimized at three more levels."""
     if family == FAMILY_GAUSSIAN or ((family == FAMILY_SIN or family == FAMILY_COS)
                                      and abs(D) < 0.5 * (r1 + r2) * (r1 + r2)):
         if D == 0.0:
@@ -805,7 +814,7 @@ def _gelu_gap_graded(q1, q2, r1, r2, m, g):
     return 0.5 * w * h0 * acc
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2, D):
     """(k, kd, kA, kB) of the non-homogeneous closed forms, as :func:`smooth_pair`.
 
@@ -815,25 +824,33 @@ def _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2, D):
     radial part from its even expansion in ``log(r1/r2)``; likewise ``kB`` near ``s = -m``.
     Both are then accurate relative to themselves, which matters in the chaotic regime where
     the recursion magnifies ``1 - rho`` layer after layer.
+
+    The radial gap ``R`` is computed once, where one of the gaps needs it (one inlined copy
+    of :func:`_radial`); inlined into :func:`smooth_pair`, its one call site.
     """
     k, kd = smooth_kkd(family, q1, q2, r1, r2, A, B)
     sk = sk1 * sk2
     m = r1 * r2
     lim = _GAP_QUAD * min(m, 1.0)
+    near_a = A <= lim
+    graded = ((not near_a) and family == FAMILY_GELU and A <= _GELU_GRADED * m
+              and m < _BIG)
+    near_b = B <= lim
+    odd = family == FAMILY_ERF or family == FAMILY_SIN      # odd: sk + k(-m) = R
     R = -1.0
-    if A <= lim:
+    if near_a or graded or (near_b and odd):
         R = _radial(family, q1, q2, r1, r2, D, sk1, sk2)
+    if near_a:
         kA = R + _gap_integral(family, q1, q2, r1, r2, m, A, np.bool_(True))
-    elif family == FAMILY_GELU and A <= _GELU_GRADED * m and m < _BIG:
-        R = _radial(family, q1, q2, r1, r2, D, sk1, sk2)
+    elif graded:
         kA = R + _gelu_gap_graded(q1, q2, r1, r2, m, A)
     else:
         kA = sk - k
-    if B <= lim:
-        kneg, _ = smooth_kkd(family, q1, q2, r1, r2, 2.0 * m, 0.0)
-        if family == FAMILY_ERF or family == FAMILY_SIN:    # odd: sk + k(-m) = R
-            anti = R if R >= 0.0 else _radial(family, q1, q2, r1, r2, D, sk1, sk2)
+    if near_b:
+        if odd:
+            anti = R
         else:
+            kneg, _ = smooth_kkd(family, q1, q2, r1, r2, 2.0 * m, 0.0)
             anti = sk + kneg
         kB = anti + _gap_integral(family, q1, q2, r1, r2, m, B, np.bool_(False))
     else:
@@ -851,10 +868,12 @@ def smooth_pair(family, q1, q2, r1, r2, A, B, sk1, sk2, D):
     evaluated mirrored, ``(s, A, B) -> (-s, B, A)`` (``kA``, ``kB`` unchanged, ``kd`` odd), so
     that the small gap is formed by the accurate route; see :func:`_smooth_pair_oriented`.
     """
-    if (family == FAMILY_COS or family == FAMILY_GAUSSIAN) and B < A:
-        k, kd, kA, kB = _smooth_pair_oriented(family, q1, q2, r1, r2, B, A, sk1, sk2, D)
-        return k, -kd, kA, kB
-    return _smooth_pair_oriented(family, q1, q2, r1, r2, A, B, sk1, sk2, D)
+    mirror = (family == FAMILY_COS or family == FAMILY_GAUSSIAN) and B < A
+    a = B if mirror else A
+    b = A if mirror else B
+    # one call site: one inlined copy of the oriented evaluation
+    k, kd, kA, kB = _smooth_pair_oriented(family, q1, q2, r1, r2, a, b, sk1, sk2, D)
+    return k, (-kd if mirror else kd), kA, kB
 
 
 # ----------------------------------------------------------------------------- plain route

@@ -39,6 +39,11 @@ def stable_pairs(family, qa, ra, s1, ga, q2, r2, s2, g2, A, B, D, cand, ncand, f
     :func:`infntk._duals.smooth_pair` (``dk = k11 - k22`` by ``diag_diff`` for a carried pair,
     NaN otherwise); returns their number. The state (``A``, ``B``, ``D``) is not modified: the
     engines run their plain pass over every pair next, then overwrite these.
+
+    Inlined, like :func:`stable_pairs_all` and :func:`stable_candidates`, into the engines'
+    row loops (one call site each there): the stable-route duals (:func:`smooth_pair` and
+    the leaves below it) are then linked and compiled once more per engine kernel only, not
+    once more per level of calls.
     """
     nfix = 0
     for c in range(ncand):

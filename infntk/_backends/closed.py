@@ -87,7 +87,7 @@ _PARALLEL_TOL = 0.0625
 _SPLITTER = 134217729.0  # 2^27 + 1, Dekker/Veltkamp split
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _two_product(a, b):
     """p, e with p + e = a * b exactly (Dekker, no FMA needed)."""
     p = a * b
@@ -101,7 +101,7 @@ def _two_product(a, b):
     return p, e
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _cross_norm2_exact(x, y):
     """|x ^ y|^2 = sum_{k<l} (x_k y_l - x_l y_k)^2 with each minor from exact products.
 
@@ -118,7 +118,7 @@ def _cross_norm2_exact(x, y):
     return acc
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _sin2_from_rows(x, y, nx2, g):
     """sin^2 of the angle between rows x and y, accurate relative to itself, and |x|^2 - |y|^2.
 
@@ -206,22 +206,32 @@ def _first_layer_gram_pre(g, nx, ny, mx, my, w2, b2, d):
 
 @njit(cache=True, error_model="numpy")
 def _first_layer_rows(x, y, g, nx2, ny2, w2, b2, d, identical):
-    """(A, B) of Sigma^1 from the rows themselves, for (nearly) parallel or identical rows."""
-    if identical:
-        return _first_layer_ab(nx2, ny2, 0.0, 2.0, 0.0, w2, b2, d)
-    # rows scaled by one power of two (exact) to norm ~1: the exact products and minors of
-    # _sin2_from_rows neither overflow (norms up to 1e150) nor underflow (down to 1e-150)
-    e = math.frexp(math.sqrt(max(nx2, ny2)))[1]
-    c = math.ldexp(1.0, -e)
-    xs = x * c
-    ys = y * c
-    s2, dn2 = _sin2_from_rows(xs, ys, nx2 * c * c, g * c * c)
-    dn2 = dn2 / (c * c)
-    dn = dn2 / (math.sqrt(nx2) + math.sqrt(ny2))
-    ac = math.sqrt(1.0 - s2)
-    if g > 0.0:
-        return _first_layer_ab(nx2, ny2, s2 / (1.0 + ac), 1.0 + ac, dn, w2, b2, d)
-    return _first_layer_ab(nx2, ny2, 1.0 + ac, s2 / (1.0 + ac), dn, w2, b2, d)
+    """(A, B) of Sigma^1 from the rows themselves, for (nearly) parallel or identical rows.
+
+    (One call site of the inlined :func:`_first_layer_ab`, explicit loops rather than array
+    expressions: each of those is compiled on its own.)"""
+    omc = 0.0
+    opc = 2.0
+    dn = 0.0
+    if not identical:
+        # rows scaled by one power of two (exact) to norm ~1: the exact products and minors
+        # of _sin2_from_rows neither overflow (norms up to 1e150) nor underflow (1e-150)
+        e = math.frexp(math.sqrt(max(nx2, ny2)))[1]
+        c = math.ldexp(1.0, -e)
+        xs = np.empty(x.shape[0])
+        ys = np.empty(y.shape[0])
+        for k in range(x.shape[0]):
+            xs[k] = x[k] * c
+            ys[k] = y[k] * c
+        s2, dn2 = _sin2_from_rows(xs, ys, nx2 * c * c, g * c * c)
+        dn2 = dn2 / (c * c)
+        dn = dn2 / (math.sqrt(nx2) + math.sqrt(ny2))
+        ac = math.sqrt(1.0 - s2)
+        lo = s2 / (1.0 + ac)
+        hi = 1.0 + ac
+        omc = lo if g > 0.0 else hi
+        opc = hi if g > 0.0 else lo
+    return _first_layer_ab(nx2, ny2, omc, opc, dn, w2, b2, d)
 
 
 @njit(cache=True, error_model="numpy")
@@ -310,7 +320,9 @@ def _advance(k, kd, kA, kB, s1, s2, rn1, rn2, w2, b2, cK, cb, th):
 @njit(cache=True, error_model="numpy")
 def _plain_pass(family, jend, qa, ra, s1, rn1, q2l, r2l, s2l, r2n, w2, b2, cKl, cbl, A, B, TH, K):
     """One smooth activation layer by the plain route for columns ``j < jend``: one loop per
-    family (each vectorizes: the dual and :func:`_advance_plain` inlined, on scalars)."""
+    family (each vectorizes: the dual and :func:`_advance_plain` inlined, on scalars).
+    Inlined into :func:`_block_smooth`, its one call site (not compiled twice); not so
+    :func:`_plain_pass_recip`, whose ``fastmath`` flags an inlined body would lose."""
     if family == FAMILY_ERF:
         for j in range(jend):
             k, kd = erf_plain(qa, q2l[j], A[j], B[j])
@@ -511,9 +523,13 @@ def _block_kinked(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch
                         c2 = sc * sc
                         same = symmetric and j == i
                         if same or _needs_rows(gi[j], nx2, nsq2[j]):
-                            A[j], B[j] = _first_layer_rows(x * sc, X2[j] * sc, gi[j] * c2,
-                                                           nx2 * c2, nsq2[j] * c2, w2, b2 * c2,
-                                                           d, same)
+                            xs = np.empty(d)         # loops: no array expressions to compile
+                            ys = np.empty(d)
+                            for k2 in range(d):
+                                xs[k2] = x[k2] * sc
+                                ys[k2] = X2[j, k2] * sc
+                            A[j], B[j] = _first_layer_rows(xs, ys, gi[j] * c2, nx2 * c2,
+                                                           nsq2[j] * c2, w2, b2 * c2, d, same)
                         else:
                             A[j], B[j] = _first_layer_gram(gi[j] * c2, nx2 * c2, nsq2[j] * c2,
                                                            w2, b2 * c2, d)
@@ -622,20 +638,21 @@ def _block_smooth(net, rows, cols, G, row0, symmetric, out_nngp, out_ntk, c, nch
                 # the pairs that take the stable route (carried D, or a small gap the rest of
                 # the network would amplify): computed first from the entry state, applied last
                 ga = g1[i, l]
+                # (one call site of each: they are inlined, see stable_pairs)
+                nc = np.int64(-2)                    # -2: only the pairs that carry D
                 if row_may_need_stable(qa, q2max[l], ga, g2max[l]):
                     # candidates from the gaps alone (a superset), then the exact test on
-                    # them; every column when a variance leaves the plain range
+                    # them; every column (-1) when a variance leaves the plain range
                     nc = stable_candidates(family, qa, q2max[l], ra * math.sqrt(q2max[l]), A, B,
                                            Dq, jend, flag, cand)
-                    if nc >= 0:
-                        nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B,
-                                            Dq, cand, nc, fix_j, fix_v)
-                    else:
-                        nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A,
-                                                B, Dq, jend, flag, fix_j, fix_v)
-                else:                                # only the pairs that carry D
+                if nc == -1:
+                    nfix = stable_pairs_all(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A,
+                                            B, Dq, jend, flag, fix_j, fix_v)
+                else:
+                    some = nc >= 0
                     nfix = stable_pairs(family, qa, ra, s1, ga, q2l, r2l, s2l, g2T[l], A, B, Dq,
-                                        carried, ncarried, fix_j, fix_v)
+                                        cand if some else carried, nc if some else ncarried,
+                                        fix_j, fix_v)
                 for cc in range(nfix):
                     j = fix_j[cc]
                     fix_v[cc, 5] = TH[j]

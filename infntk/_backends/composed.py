@@ -320,7 +320,8 @@ def act_kernel(family):
 def _act_row(family, jend, qa, ra, s1, ga, q2, r2, sk2, g2, q2max, g2max, A, B, K, KD, D):
     """One row of :func:`_act_smooth`. The plain route (vectorized) except for the pairs that
     need the stable one (carried ``D``, or :func:`infntk._duals.smooth_route_stable`), exactly
-    as the FC engine does, so that a homogeneous network gives the FC engine's floats."""
+    as the FC engine does, so that a homogeneous network gives the FC engine's floats.
+    Inlined into :func:`_act_smooth`, its one call site (compiled once, not twice)."""
     fix_j = np.empty(jend, dtype=np.int64)
     fix_v = np.empty((jend, 6))
     if row_may_need_stable(qa, q2max, ga, g2max):

@@ -204,209 +204,6 @@ def _quadrature_eligible(rq1, rq2, i, j, depth):
     return True
 
 
-@njit(cache=True, error_model="numpy")
-def _series_row(ib, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb,
-                flags, errq):
-    """One output row, by chunks of ``_CHUNK`` columns (the work vectors stay in L1).
-
-    Next to the kernels it propagates, per pair, the bounds ``eS``, ``eT`` on the errors of
-    the carried ``S_l`` and ``Theta_l`` (docs/series_engine.md, "Certified bound") and
-    records their largest value in ``errb[ib]``. A pair whose bound exceeds ``net.thr``
-    (its Mehler series has not converged, docs/series_engine.md, "Direct quadrature") is
-    marked in ``flags[ib, j]`` instead and left out of ``errb`` (the caller recomputes it);
-    the largest such bound of the row goes to ``errq[ib]`` (used if the row stays on the series).
-    """
-    depth, Ks, w2, b2, d, cK, cb, grid, thr = net
-    nsq1, rq1, a1, b1, E1, Ed1, g1, roff = rows
-    rq2, a2T, b2T, g2, c0, c1 = cols
-    sE1, sEd1, stT1, stD1, sS11, th01, sE2, sEd2, stT2, stD2, sS12, th02, first, rnd = bnd
-    i = row0 + ib
-    ir = i - roff
-    jend = min(c1, i + 1 if symmetric else G.shape[1])
-    S = np.empty(_CHUNK)
-    TH = np.empty(_CHUNK)
-    R = np.empty(_CHUNK)
-    acc = np.empty(_CHUNK)
-    accd = np.empty(_CHUNK)
-    eS = np.empty(_CHUNK)
-    eT = np.empty(_CHUNK)
-    AB = np.empty(_CHUNK)
-    DL = np.empty(_CHUNK)
-    AD = np.empty(_CHUNK)
-    RP = np.empty(_CHUNK)
-    FT = np.empty(_CHUNK)
-    FD = np.empty(_CHUNK)
-    PA = np.empty(_CHUNK)
-    PD = np.empty(_CHUNK)
-    EK = np.empty(_CHUNK)
-    EKD = np.empty(_CHUNK)
-    OM = np.empty(_CHUNK)
-    OMD = np.empty(_CHUNK)
-    OMI = OM.view(np.int64)
-    OMDI = OMD.view(np.int64)
-    MA = np.empty(_CHUNK, dtype=np.int64)
-    MD = np.empty(_CHUNK, dtype=np.int64)
-    ng = grid.size
-    ex = 0.0
-    worst = 0.0
-    worstq = 0.0
-    for j0 in range(c0, jend, _CHUNK):
-        nj = min(_CHUNK, jend - j0)
-        jc = j0 - c0
-        for jj in range(nj):
-            j = j0 + jj
-            g = G[ib, j] / d
-            if symmetric and j == i:
-                g = nsq1[i] / d
-            S[jj] = w2 * g + b2
-            TH[jj] = cK[0] * g + cb[0]
-            eS[jj] = first * rq1[0, i] * rq2[0, j]
-            eT[jj] = first * math.sqrt(th01[i] * th02[j])
-        for l in range(depth):
-            K = Ks[l]
-            r1 = rq1[l, i]
-            r2 = rq2[l, j0:j0 + nj]
-            for jj in range(nj):
-                m = r1 * r2[jj]
-                rho, ex = clipped_correlation(S[jj], m, ex)
-                R[jj] = rho
-            c = a1[l, ir, K]
-            cd = b1[l, ir, K]
-            ak = a2T[l, K, jc:jc + nj]
-            bk = b2T[l, K, jc:jc + nj]
-            for jj in range(nj):
-                acc[jj] = c * ak[jj]
-                accd[jj] = cd * bk[jj]
-            # Horner, four degrees per pass over the columns (the accumulators stay in
-            # registers): the same operations in the same order as one degree per pass
-            k = K - 1
-            while k >= 3:
-                x0, x1, x2, x3 = a1[l, ir, k], a1[l, ir, k - 1], a1[l, ir, k - 2], a1[l, ir, k - 3]
-                y0, y1, y2, y3 = b1[l, ir, k], b1[l, ir, k - 1], b1[l, ir, k - 2], b1[l, ir, k - 3]
-                ak0, ak1 = a2T[l, k, jc:jc + nj], a2T[l, k - 1, jc:jc + nj]
-                ak2, ak3 = a2T[l, k - 2, jc:jc + nj], a2T[l, k - 3, jc:jc + nj]
-                bk0, bk1 = b2T[l, k, jc:jc + nj], b2T[l, k - 1, jc:jc + nj]
-                bk2, bk3 = b2T[l, k - 2, jc:jc + nj], b2T[l, k - 3, jc:jc + nj]
-                for jj in range(nj):
-                    r = R[jj]
-                    sa = acc[jj] * r + x0 * ak0[jj]
-                    sa = sa * r + x1 * ak1[jj]
-                    sa = sa * r + x2 * ak2[jj]
-                    acc[jj] = sa * r + x3 * ak3[jj]
-                    sb = accd[jj] * r + y0 * bk0[jj]
-                    sb = sb * r + y1 * bk1[jj]
-                    sb = sb * r + y2 * bk2[jj]
-                    accd[jj] = sb * r + y3 * bk3[jj]
-                k -= 4
-            while k >= 0:
-                c = a1[l, ir, k]
-                cd = b1[l, ir, k]
-                ak = a2T[l, k, jc:jc + nj]
-                bk = b2T[l, k, jc:jc + nj]
-                for jj in range(nj):
-                    acc[jj] = acc[jj] * R[jj] + c * ak[jj]
-                    accd[jj] = accd[jj] * R[jj] + cd * bk[jj]
-                k -= 1
-            cKl = cK[l + 1]
-            cbl = cb[l + 1]
-            Rl = rnd[l]
-            p1 = sE1[l, i]
-            pd1 = sEd1[l, i]
-            t1 = stT1[l, i]
-            u1 = stD1[l, i]
-            v1 = sS11[l, i]
-            K1 = K + 1.0
-            sK1 = math.sqrt(K1)
-            hK = 2.0 * K + 3.0
-            # the bound's per-pair factors, branch-free loops that vectorize:
-            # |rho^|, delta, min(1, |rho^| + delta), Horner's rounding factor, the levels' start
-            for jj in range(nj):
-                m = r1 * r2[jj]
-                a = abs(R[jj])
-                dl = eS[jj] / m if m > 0.0 else 0.0
-                aD = min(1.0, a + dl)
-                AB[jj] = a
-                DL[jj] = dl
-                AD[jj] = aD
-                RP[jj] = min(Rl, _rounding_fast(a, hK, sK1))
-                OM[jj] = 1.0 - a
-                OMD[jj] = 1.0 - aD
-            for jj in range(nj):
-                MA[jj] = _level_start(OMI[jj], AB[jj], ng)
-                MD[jj] = _level_start(OMDI[jj], AD[jj], ng)
-            # |rho^|^(K+1), min(1, |rho^| + delta)^(K+1) by repeated squaring, times an
-            # allowance for its roundings
-            _powers(AB, AD, FT, FD, PA, PD, nj, K + 1, 1.0 + 2.0 * (K + 2.0) * _EPS)
-            diag = i - j0 if symmetric and j0 <= i < j0 + nj else -1
-            for jj in range(nj):
-                j = j0 + jj
-                a = AB[jj]
-                aD = AD[jj]
-                ma = MA[jj]
-                while grid[ma] < a:
-                    ma += 1
-                md = MD[jj]
-                while grid[md] < aD:
-                    md += 1
-                p2 = sE2[l, j]
-                pd2 = sEd2[l, j]
-                lip = pd1 * pd2
-                Rp = RP[jj]
-                jg = jc + jj
-                # graded sums at the level above |rho^| (rounding, coefficient errors)
-                # and above the exact |rho| <= aD (the sensitivity of the phi' series)
-                hk = 1.01 * _EPS * g1[l, ir, ma, _G_MA] * g2[l, jg, ma, _G_MA]
-                qk = (_COEF_ERR * _EPS * (p1 * g2[l, jg, ma, _G_NA]
-                                          + p2 * g1[l, ir, ma, _G_NA])
-                      + _COEF_ERR * _COEF_ERR * _EPS * _EPS * K1 * p1 * p2)
-                hd = 1.01 * _EPS * g1[l, ir, ma, _G_MB] * g2[l, jg, ma, _G_MB]
-                qd = (_COEF_ERR * _EPS * (pd1 * g2[l, jg, ma, _G_NB]
-                                          + pd2 * g1[l, ir, ma, _G_NB])
-                      + _COEF_ERR * _COEF_ERR * _EPS * _EPS * K1 * lip)
-                sens = min(v1 * sS12[l, j],
-                           1.01 * g1[l, ir, md, _G_S1] * g2[l, jg, md, _G_S1])
-                EK[jj] = (lip * eS[jj] + FT[jj] * t1 * stT2[l, j]
-                          + min(Rp * p1 * p2, hk + qk))
-                EKD[jj] = DL[jj] * sens + FD[jj] * u1 * stD2[l, j] + min(Rp * lip, hd + qd)
-            if diag >= 0:
-                # exact second moments: only the propagated error of the variance and
-                # their quadrature error (no Horner sum: independent of K)
-                acc[diag] = E1[l, i]
-                accd[diag] = Ed1[l, i]
-                lip = pd1 * sEd2[l, i]
-                Rd = min(Rl, _DIAG_ERR * _EPS)
-                EK[diag] = lip * eS[diag] + Rd * p1 * sE2[l, i]
-                ekd = Rd * lip
-                m = r1 * r2[diag]
-                if m > 0.0:
-                    ekd += (eS[diag] / m) * v1 * sS12[l, i]
-                EKD[diag] = ekd
-            for jj in range(nj):
-                j = j0 + jj
-                lip = pd1 * sEd2[l, j]
-                eK = EK[jj]
-                thn = cKl * acc[jj] + w2 * accd[jj] * TH[jj] + cbl
-                eT[jj] = (cKl * eK + w2 * ((1.0 + Rl) * lip * eT[jj]
-                                           + EKD[jj] * (abs(TH[jj]) + eT[jj]))
-                          + 4.0 * _EPS * abs(thn))
-                TH[jj] = thn
-                S[jj] = w2 * acc[jj] + b2
-                eS[jj] = w2 * eK + 4.0 * _EPS * abs(S[jj])
-        dg = i - j0 if symmetric else -1
-        for jj in range(nj):
-            out_nngp[ib, j0 + jj] = S[jj]
-            out_ntk[ib, j0 + jj] = TH[jj]
-            e = max(eS[jj], eT[jj])
-            if e > thr and jj != dg and _quadrature_eligible(rq1, rq2, i, j0 + jj, depth):
-                flags[ib, j0 + jj] = 1
-                worstq = max(worstq, e)
-            else:
-                worst = max(worst, e)
-    excess[ib] = max(excess[ib], ex)
-    errb[ib] = max(errb[ib], worst)
-    errq[ib] = max(errq[ib], worstq)
-
-
 def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess, errb,
                  flags, errq):
     """Fill the rows ``ib`` of one block of the NNGP and NTK Gram matrices.
@@ -435,15 +232,217 @@ def series_block(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, ex
 @njit(cache=True, nogil=True, error_model="numpy")
 def _series_block_chunk(net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess,
                         errb, flags, errq, c, nch):
-    """The row pairs ``(t, nb-1-t)``, ``t = c, c + nch, ...`` of :func:`series_block`."""
+    """The row pairs ``(t, nb-1-t)``, ``t = c, c + nch, ...`` of :func:`series_block`.
+
+    Each output row ``ib`` by chunks of ``_CHUNK`` columns (the work vectors stay in L1).
+    (The row's body is written here, not in a function of its own: Numba links a callee's
+    code into its caller's module and optimizes and code-generates it there again, and
+    inlining it at the bytecode level costs a second front end; either doubled the
+    compilation of this, the engine's one large kernel.)
+
+    Next to the kernels it propagates, per pair, the bounds ``eS``, ``eT`` on the errors of
+    the carried ``S_l`` and ``Theta_l`` (docs/series_engine.md, "Certified bound") and
+    records their largest value in ``errb[ib]``. A pair whose bound exceeds ``net.thr``
+    (its Mehler series has not converged, docs/series_engine.md, "Direct quadrature") is
+    marked in ``flags[ib, j]`` instead and left out of ``errb`` (the caller recomputes it);
+    the largest such bound of the row goes to ``errq[ib]`` (used if the row stays on the series).
+    """
     nb = G.shape[0]
     for t in range(c, (nb + 1) // 2, nch):
-        _series_row(t, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk, excess,
-                    errb, flags, errq)
-        u = nb - 1 - t
-        if u != t:
-            _series_row(u, net, rows, cols, bnd, G, row0, symmetric, out_nngp, out_ntk,
-                        excess, errb, flags, errq)
+        for kk in range(1 if nb - 1 - t == t else 2):
+            ib = t if kk == 0 else nb - 1 - t
+            depth, Ks, w2, b2, d, cK, cb, grid, thr = net
+            nsq1, rq1, a1, b1, E1, Ed1, g1, roff = rows
+            rq2, a2T, b2T, g2, c0, c1 = cols
+            sE1, sEd1, stT1, stD1, sS11, th01, sE2, sEd2, stT2, stD2, sS12, th02, first, rnd = bnd
+            i = row0 + ib
+            ir = i - roff
+            jend = min(c1, i + 1 if symmetric else G.shape[1])
+            S = np.empty(_CHUNK)
+            TH = np.empty(_CHUNK)
+            R = np.empty(_CHUNK)
+            acc = np.empty(_CHUNK)
+            accd = np.empty(_CHUNK)
+            eS = np.empty(_CHUNK)
+            eT = np.empty(_CHUNK)
+            AB = np.empty(_CHUNK)
+            DL = np.empty(_CHUNK)
+            AD = np.empty(_CHUNK)
+            RP = np.empty(_CHUNK)
+            FT = np.empty(_CHUNK)
+            FD = np.empty(_CHUNK)
+            PA = np.empty(_CHUNK)
+            PD = np.empty(_CHUNK)
+            EK = np.empty(_CHUNK)
+            EKD = np.empty(_CHUNK)
+            OM = np.empty(_CHUNK)
+            OMD = np.empty(_CHUNK)
+            OMI = OM.view(np.int64)
+            OMDI = OMD.view(np.int64)
+            MA = np.empty(_CHUNK, dtype=np.int64)
+            MD = np.empty(_CHUNK, dtype=np.int64)
+            ng = grid.size
+            ex = 0.0
+            worst = 0.0
+            worstq = 0.0
+            for j0 in range(c0, jend, _CHUNK):
+                nj = min(_CHUNK, jend - j0)
+                jc = j0 - c0
+                for jj in range(nj):
+                    j = j0 + jj
+                    g = G[ib, j] / d
+                    if symmetric and j == i:
+                        g = nsq1[i] / d
+                    S[jj] = w2 * g + b2
+                    TH[jj] = cK[0] * g + cb[0]
+                    eS[jj] = first * rq1[0, i] * rq2[0, j]
+                    eT[jj] = first * math.sqrt(th01[i] * th02[j])
+                for l in range(depth):
+                    K = Ks[l]
+                    r1 = rq1[l, i]
+                    r2 = rq2[l, j0:j0 + nj]
+                    for jj in range(nj):
+                        m = r1 * r2[jj]
+                        rho, ex = clipped_correlation(S[jj], m, ex)
+                        R[jj] = rho
+                    ca = a1[l, ir, K]
+                    cd = b1[l, ir, K]
+                    ak = a2T[l, K, jc:jc + nj]
+                    bk = b2T[l, K, jc:jc + nj]
+                    for jj in range(nj):
+                        acc[jj] = ca * ak[jj]
+                        accd[jj] = cd * bk[jj]
+                    # Horner, four degrees per pass over the columns (the accumulators stay in
+                    # registers): the same operations in the same order as one degree per pass
+                    k = K - 1
+                    while k >= 3:
+                        x0, x1 = a1[l, ir, k], a1[l, ir, k - 1]
+                        x2, x3 = a1[l, ir, k - 2], a1[l, ir, k - 3]
+                        y0, y1 = b1[l, ir, k], b1[l, ir, k - 1]
+                        y2, y3 = b1[l, ir, k - 2], b1[l, ir, k - 3]
+                        ak0, ak1 = a2T[l, k, jc:jc + nj], a2T[l, k - 1, jc:jc + nj]
+                        ak2, ak3 = a2T[l, k - 2, jc:jc + nj], a2T[l, k - 3, jc:jc + nj]
+                        bk0, bk1 = b2T[l, k, jc:jc + nj], b2T[l, k - 1, jc:jc + nj]
+                        bk2, bk3 = b2T[l, k - 2, jc:jc + nj], b2T[l, k - 3, jc:jc + nj]
+                        for jj in range(nj):
+                            r = R[jj]
+                            sa = acc[jj] * r + x0 * ak0[jj]
+                            sa = sa * r + x1 * ak1[jj]
+                            sa = sa * r + x2 * ak2[jj]
+                            acc[jj] = sa * r + x3 * ak3[jj]
+                            sb = accd[jj] * r + y0 * bk0[jj]
+                            sb = sb * r + y1 * bk1[jj]
+                            sb = sb * r + y2 * bk2[jj]
+                            accd[jj] = sb * r + y3 * bk3[jj]
+                        k -= 4
+                    while k >= 0:
+                        ca = a1[l, ir, k]
+                        cd = b1[l, ir, k]
+                        ak = a2T[l, k, jc:jc + nj]
+                        bk = b2T[l, k, jc:jc + nj]
+                        for jj in range(nj):
+                            acc[jj] = acc[jj] * R[jj] + ca * ak[jj]
+                            accd[jj] = accd[jj] * R[jj] + cd * bk[jj]
+                        k -= 1
+                    cKl = cK[l + 1]
+                    cbl = cb[l + 1]
+                    Rl = rnd[l]
+                    p1 = sE1[l, i]
+                    pd1 = sEd1[l, i]
+                    t1 = stT1[l, i]
+                    u1 = stD1[l, i]
+                    v1 = sS11[l, i]
+                    K1 = K + 1.0
+                    sK1 = math.sqrt(K1)
+                    hK = 2.0 * K + 3.0
+                    # the bound's per-pair factors, branch-free loops that vectorize:
+                    # |rho^|, delta, min(1, |rho^| + delta), Horner's rounding factor, the
+                    # levels' start
+                    for jj in range(nj):
+                        m = r1 * r2[jj]
+                        a = abs(R[jj])
+                        dl = eS[jj] / m if m > 0.0 else 0.0
+                        aD = min(1.0, a + dl)
+                        AB[jj] = a
+                        DL[jj] = dl
+                        AD[jj] = aD
+                        RP[jj] = min(Rl, _rounding_fast(a, hK, sK1))
+                        OM[jj] = 1.0 - a
+                        OMD[jj] = 1.0 - aD
+                    for jj in range(nj):
+                        MA[jj] = _level_start(OMI[jj], AB[jj], ng)
+                        MD[jj] = _level_start(OMDI[jj], AD[jj], ng)
+                    # |rho^|^(K+1), min(1, |rho^| + delta)^(K+1) by repeated squaring, times an
+                    # allowance for its roundings
+                    _powers(AB, AD, FT, FD, PA, PD, nj, K + 1, 1.0 + 2.0 * (K + 2.0) * _EPS)
+                    diag = i - j0 if symmetric and j0 <= i < j0 + nj else -1
+                    for jj in range(nj):
+                        j = j0 + jj
+                        a = AB[jj]
+                        aD = AD[jj]
+                        ma = MA[jj]
+                        while grid[ma] < a:
+                            ma += 1
+                        md = MD[jj]
+                        while grid[md] < aD:
+                            md += 1
+                        p2 = sE2[l, j]
+                        pd2 = sEd2[l, j]
+                        lip = pd1 * pd2
+                        Rp = RP[jj]
+                        jg = jc + jj
+                        # graded sums at the level above |rho^| (rounding, coefficient errors)
+                        # and above the exact |rho| <= aD (the sensitivity of the phi' series)
+                        hk = 1.01 * _EPS * g1[l, ir, ma, _G_MA] * g2[l, jg, ma, _G_MA]
+                        qk = (_COEF_ERR * _EPS * (p1 * g2[l, jg, ma, _G_NA]
+                                                  + p2 * g1[l, ir, ma, _G_NA])
+                              + _COEF_ERR * _COEF_ERR * _EPS * _EPS * K1 * p1 * p2)
+                        hd = 1.01 * _EPS * g1[l, ir, ma, _G_MB] * g2[l, jg, ma, _G_MB]
+                        qd = (_COEF_ERR * _EPS * (pd1 * g2[l, jg, ma, _G_NB]
+                                                  + pd2 * g1[l, ir, ma, _G_NB])
+                              + _COEF_ERR * _COEF_ERR * _EPS * _EPS * K1 * lip)
+                        sens = min(v1 * sS12[l, j],
+                                   1.01 * g1[l, ir, md, _G_S1] * g2[l, jg, md, _G_S1])
+                        EK[jj] = (lip * eS[jj] + FT[jj] * t1 * stT2[l, j]
+                                  + min(Rp * p1 * p2, hk + qk))
+                        EKD[jj] = DL[jj] * sens + FD[jj] * u1 * stD2[l, j] + min(Rp * lip, hd + qd)
+                    if diag >= 0:
+                        # exact second moments: only the propagated error of the variance and
+                        # their quadrature error (no Horner sum: independent of K)
+                        acc[diag] = E1[l, i]
+                        accd[diag] = Ed1[l, i]
+                        lip = pd1 * sEd2[l, i]
+                        Rd = min(Rl, _DIAG_ERR * _EPS)
+                        EK[diag] = lip * eS[diag] + Rd * p1 * sE2[l, i]
+                        ekd = Rd * lip
+                        m = r1 * r2[diag]
+                        if m > 0.0:
+                            ekd += (eS[diag] / m) * v1 * sS12[l, i]
+                        EKD[diag] = ekd
+                    for jj in range(nj):
+                        j = j0 + jj
+                        lip = pd1 * sEd2[l, j]
+                        eK = EK[jj]
+                        thn = cKl * acc[jj] + w2 * accd[jj] * TH[jj] + cbl
+                        eT[jj] = (cKl * eK + w2 * ((1.0 + Rl) * lip * eT[jj]
+                                                   + EKD[jj] * (abs(TH[jj]) + eT[jj]))
+                                  + 4.0 * _EPS * abs(thn))
+                        TH[jj] = thn
+                        S[jj] = w2 * acc[jj] + b2
+                        eS[jj] = w2 * eK + 4.0 * _EPS * abs(S[jj])
+                dg = i - j0 if symmetric else -1
+                for jj in range(nj):
+                    out_nngp[ib, j0 + jj] = S[jj]
+                    out_ntk[ib, j0 + jj] = TH[jj]
+                    e = max(eS[jj], eT[jj])
+                    if e > thr and jj != dg and _quadrature_eligible(rq1, rq2, i, j0 + jj, depth):
+                        flags[ib, j0 + jj] = 1
+                        worstq = max(worstq, e)
+                    else:
+                        worst = max(worst, e)
+            excess[ib] = max(excess[ib], ex)
+            errb[ib] = max(errb[ib], worst)
+            errq[ib] = max(errq[ib], worstq)
 
 
 # ----------------------------------------------------------------------------- admissible phi
