@@ -35,7 +35,30 @@ import tempfile
 import threading
 
 __all__ = ["cache_dir", "threading_layer_default", "engine_lock", "blas_one_thread",
-           "chunk_count", "run_chunks", "overlap_with_chunks"]
+           "chunk_count", "run_chunks", "overlap_with_chunks", "interrupted_by_user",
+           "INTERRUPTS"]
+
+#: what a Ctrl-C may arrive as: ``KeyboardInterrupt``, or a ``SystemError`` when the signal
+#: lands while Numba runs Python code from C (loading a cached function, ``_numba_unpickle``)
+INTERRUPTS = (KeyboardInterrupt, SystemError)
+
+
+def interrupted_by_user(exc):
+    """Whether ``exc`` is a Ctrl-C: a ``KeyboardInterrupt``, or a ``SystemError`` raised with
+    one as its cause or context (a C callback that returned while the interrupt was pending).
+
+    >>> interrupted_by_user(KeyboardInterrupt()), interrupted_by_user(SystemError("x"))
+    (True, False)
+    """
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        if not isinstance(exc, SystemError):
+            return False
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def _writable_dir(path):

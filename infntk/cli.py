@@ -38,6 +38,7 @@ import time
 import numpy as np
 
 from . import _gram, _io, _warmup
+from ._numba_config import INTERRUPTS, interrupted_by_user
 from .fcnet import FCNet
 from .layer_spec import GRAMMAR, parse_layers
 from .network import Network
@@ -288,7 +289,9 @@ def _cmd_kernel(args):
                   "on disk", file=sys.stderr)
         try:
             compute_to(net, X, Y, outs, args.block_rows, not args.no_progress, resume=prog)
-        except KeyboardInterrupt:
+        except INTERRUPTS as exc:
+            if not interrupted_by_user(exc):
+                raise
             raise _Interrupted("rerun the same command to resume") from None
         except BaseException:
             prog.discard()          # a failed computation leaves nothing behind
@@ -337,7 +340,9 @@ def _cmd_kernel_images(args, net):
     t0 = time.perf_counter()
     try:
         k = _user(net.kernels, A, None if same else B)
-    except KeyboardInterrupt:
+    except INTERRUPTS as exc:
+        if not interrupted_by_user(exc):
+            raise
         raise _Interrupted("nothing was written") from None
     res = {"nngp": k.nngp, "ntk": k.ntk}
     if ext == ".npz":
@@ -600,7 +605,9 @@ def main(argv=None):
     except _Interrupted as exc:
         print(f"infntk: interrupted: {exc}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
+    except INTERRUPTS as exc:
+        if not interrupted_by_user(exc):
+            raise
         print("infntk: interrupted: no output written", file=sys.stderr)
         return 130
     except MemoryError as exc:

@@ -39,6 +39,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from . import _io
+from ._numba_config import INTERRUPTS, interrupted_by_user
 from ._validation import (check_depth, check_matrix, check_parameterization, check_positive_int,
                           check_std, check_tol)
 from .activations import get_activation
@@ -480,7 +481,9 @@ def width_sweep(activation="relu", depth=2, w_std=1.0, b_std=0.0, parameterizati
         results.complete = True
         if checkpoint is not None:
             results.save(checkpoint, overwrite=True)
-    except KeyboardInterrupt:
+    except INTERRUPTS as exc:
+        if not interrupted_by_user(exc):
+            raise
         warnings.warn(f"width_sweep interrupted after {len(results.records)} runs; pass the "
                       "returned result as results= to resume.", RuntimeWarning, stacklevel=2)
     finally:
@@ -520,7 +523,9 @@ def _network_sweep(net, widths, seeds, X, dtype, results, progress):
             if bar is not None:
                 bar.update(1)
         results.complete = True
-    except KeyboardInterrupt:
+    except INTERRUPTS as exc:
+        if not interrupted_by_user(exc):
+            raise
         warnings.warn(f"width_sweep interrupted after {len(results.records)} runs; pass the "
                       "returned result as results= to resume.", RuntimeWarning, stacklevel=3)
     finally:

@@ -655,3 +655,31 @@ def test_compiled_kernels_are_not_cached_in_the_package():
     locator = closed._block_kinked._cache._cache_path
     pkg = os.path.dirname(infntk.__file__)
     assert not os.path.abspath(locator).startswith(pkg), locator
+
+
+def test_an_interrupt_inside_a_c_callback_counts_as_ctrl_c(monkeypatch, capsys):
+    # a SIGINT landing while Numba runs Python from C (loading a cached function) surfaces as
+    # a SystemError chained from the KeyboardInterrupt: still a Ctrl-C (exit 130, one line)
+    from infntk import cli
+    from infntk._numba_config import interrupted_by_user
+
+    def boom(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("<built-in function _numba_unpickle> returned a result with an "
+                              "exception set") from exc
+    assert interrupted_by_user(SystemError("x").with_traceback(None)) is False
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(func=boom)
+    assert cli.main(["kernel", "X.npy", "--out", "K.npy"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["infntk: interrupted: no output written"]
+
+    def other(args):
+        raise SystemError("a real bug")
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(func=other)
+    with pytest.raises(SystemError, match="a real bug"):
+        cli.main(["kernel", "X.npy", "--out", "K.npy"])
