@@ -1071,21 +1071,6 @@ def smooth_route_stable(family, q1, q2, m, A, B, gain):
 
 
 @njit(cache=True, error_model="numpy")
-def pair_kkd(family, p0, p1, q1, q2, A, B, sk1, sk2):
-    """(k, kd) for one pair of any family, for engines that carry the covariance ``s`` rather
-    than the gaps (the convolutional ones, which form ``A, B = m -+ s`` from it and keep no
-    ``kA``, ``kB``): inside the plain forms' range the smooth families take the plain route
-    (:func:`smooth_plain`, accurate to a few ulp of ``sqrt(k11 k22)``, as accurate as a
-    covariance carried in absolute terms is), which costs a fraction of the stable route;
-    otherwise :func:`pair_dual`."""
-    smooth = not (family == FAMILY_ABRELU or family == FAMILY_ABSTEP or family == FAMILY_ARCCOS)
-    if smooth and q1 < _PLAIN_MAX and q2 < _PLAIN_MAX:
-        return smooth_plain(family, q1, q2, math.sqrt(q1), math.sqrt(q2), A, B)
-    k, kd, _, _ = pair_dual(family, p0, p1, q1, q2, A, B, sk1, sk2)
-    return k, kd
-
-
-@njit(cache=True, error_model="numpy")
 def pair_dual(family, p0, p1, q1, q2, A, B, sk1, sk2):
     """(k, kd, kA, kB) for one pair of any family; ``sk = sqrt(E[phi(u)^2])`` per row.
 
