@@ -31,7 +31,7 @@ import numpy as np
 from ._backends import conv as _ce
 from ._backends import conv_series as _cs
 from ._backends.series import check_continuous
-from ._gram import compiled_view, mirror_lower_to_upper
+from ._gram import check_memory, compiled_view, mirror_lower_to_upper
 from ._numba_config import chunk_count, engine_lock, run_chunks
 from ._validation import (check_parameterization, check_positive_int, check_real_dtype,
                           check_std, check_tol)
@@ -848,6 +848,10 @@ class ConvEngine:
         self.prog = _compile(layers, H, W, C, _width(width))
 
     def rows(self, X):
+        # the statistics (3 arrays of n x nstat floats) and the engine's copies of them in
+        # its own layout (up to 3 more), checked before the self runs fill them
+        check_memory(6 * 8 * X.shape[0] * self.prog["nstat"],
+                     f"the self statistics of {X.shape[0]} images")
         return _self_statistics(X, self.prog)
 
     def prepare(self, rows1, rows2, symmetric):

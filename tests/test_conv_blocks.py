@@ -52,6 +52,11 @@ def test_memmap_outputs_and_memory_check(tmp_path, monkeypatch):
     with pytest.raises(MemoryError, match="needs"):
         net.kernels(X)
     assert calls == []            # refused before any block was computed
+    # room for the 4 x 4 outputs, not for the self statistics (positions x layers per image)
+    monkeypatch.setattr(_gram, "available_memory", lambda: 2000)
+    with pytest.raises(MemoryError, match="self statistics of 4 images"):
+        net.kernels(X[:4])
+    assert calls == []
 
 
 def test_cli_images_resume_after_an_interrupt(tmp_path, capsys, monkeypatch):
