@@ -139,13 +139,18 @@ def test_input_validation():
 
 
 # ----------------------------------------------------------------------------- Monte Carlo
-def _samples(act, depth, w, b, par, X, n, S, seed):
+def _samples_of(make, X, S):
+    """Empirical NNGP and NTK of the finite networks ``make(s)``, ``s < S``."""
     ks = np.empty((S,) + (X.shape[0],) * 2)
     ts = np.empty_like(ks)
     for s in range(S):
-        m = MLP(n, depth, act, w, b, par, seed=[seed, n, s])
+        m = make(s)
         ks[s], ts[s] = m.nngp(X), m.ntk(X)
     return ks, ts
+
+
+def _samples(act, depth, w, b, par, X, n, S, seed):
+    return _samples_of(lambda s: MLP(n, depth, act, w, b, par, seed=[seed, n, s]), X, S)
 
 
 def _var_and_se(x):
@@ -252,11 +257,8 @@ def test_network_variance_vs_monte_carlo():
     S = 500
     stats = {}
     for n in (32, 128):
-        ks = np.empty((S, 2, 2))
-        ts = np.empty_like(ks)
-        for s in range(S):
-            f = net.finite(n, seed=[7, n, s], input_dim=X.shape[1])
-            ks[s], ts[s] = f.nngp(X), f.ntk(X)
+        ks, ts = _samples_of(lambda s: net.finite(n, seed=[7, n, s], input_dim=X.shape[1]),
+                             X, S)
         c = corrections(net, X, n)
         vk, sk = _var_and_se(ks)
         vt, st = _var_and_se(ts)
